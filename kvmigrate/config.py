@@ -1,0 +1,100 @@
+"""Configuration: where the servers are and how hard kvmigrate may push them.
+
+URLs come from options, else from the environment, in the order documented in the README.
+Secrets never leave this object unmasked: `repr`, `str` and `describe()` all mask them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kvmigrate.errors import ConfigError
+from kvmigrate.masking import mask_url, url_secrets
+
+KV_URL_VARS = ("KVMIGRATE_KV_URL", "KV_URL")
+PG_URL_VARS = (
+    "KVMIGRATE_PG_URL",
+    "DATABASE_URL_UNPOOLED",
+    "POSTGRES_URL_NON_POOLING",
+    "DATABASE_URL",
+    "POSTGRES_URL",
+)
+
+
+class Config(BaseModel):
+    """Everything a command needs to reach the servers; immutable once built."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kv_url: str | None = None
+    pg_url: str | None = None
+    batch_size: int = Field(default=1000, ge=1, le=100_000)
+    scan_count: int = Field(default=1000, ge=10, le=100_000)
+    max_requests: int | None = Field(default=None, ge=1)
+    daily_quota: int = Field(default=3000, ge=1)
+    connect_retries: int = Field(default=5, ge=0, le=50)
+    use_eval: bool = True
+
+    def __repr__(self) -> str:
+        return f"Config(kv_url={self.masked_kv_url!r}, pg_url={self.masked_pg_url!r})"
+
+    __str__ = __repr__
+
+    @property
+    def masked_kv_url(self) -> str | None:
+        return mask_url(self.kv_url) if self.kv_url else None
+
+    @property
+    def masked_pg_url(self) -> str | None:
+        return mask_url(self.pg_url) if self.pg_url else None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Literal secrets to scrub from any text before it is shown."""
+        return url_secrets(self.kv_url) + url_secrets(self.pg_url)
+
+    def require_kv(self) -> str:
+        """Return the KV URL or raise a ConfigError listing where it was looked for."""
+        if not self.kv_url:
+            raise ConfigError(
+                "no KV URL: pass --kv-url or set one of " + ", ".join(KV_URL_VARS),
+                hint="on Vercel, `vercel env pull` writes KV_URL into .env.local",
+            )
+        return self.kv_url
+
+    def require_pg(self) -> str:
+        """Return the Postgres URL or raise a ConfigError listing where it was looked for."""
+        if not self.pg_url:
+            raise ConfigError(
+                "no Postgres URL: pass --pg-url or set one of " + ", ".join(PG_URL_VARS),
+                hint="prefer the unpooled URL (DATABASE_URL_UNPOOLED) for migrations",
+            )
+        return self.pg_url
+
+
+def first_env(names: tuple[str, ...], env: Mapping[str, str] | None = None) -> str | None:
+    """Return the first non-empty value among the environment variables `names`."""
+    source = os.environ if env is None else env
+    for name in names:
+        value = source.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def build_config(
+    *,
+    kv_url: str | None = None,
+    pg_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: object,
+) -> Config:
+    """Build a Config from explicit values, falling back to the environment for URLs."""
+    return Config(
+        kv_url=kv_url or first_env(KV_URL_VARS, env),
+        pg_url=pg_url or first_env(PG_URL_VARS, env),
+        **{k: v for k, v in options.items() if v is not None},  # type: ignore[arg-type]
+    )

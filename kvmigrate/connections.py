@@ -1,0 +1,138 @@
+"""Open connections to KV and Postgres, with bounded retries for cold starts and drops.
+
+Serverless Postgres (Neon) and Upstash can take seconds to wake up: connecting retries with
+exponential backoff, each retry reported through `on_retry`, and gives up with ConnectError.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import redis
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+from kvmigrate.budget import RequestBudget
+from kvmigrate.errors import ConnectError
+from kvmigrate.kv.client import KvClient
+from kvmigrate.masking import mask_text, mask_url
+
+log = logging.getLogger("kvmigrate")
+RetryHook = Callable[[str], None]
+
+APPLICATION_NAME = "kvmigrate"
+
+
+def is_pooled_url(url: str) -> bool:
+    """True for PgBouncer transaction-mode endpoints (Neon `-pooler` hosts, `pgbouncer=true`)."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    return "-pooler" in (parts.hostname or "") or query.get("pgbouncer", "").lower() == "true"
+
+
+def _clean_pg_url(url: str) -> str:
+    """Drop query parameters libpq does not know (Prisma's `pgbouncer`, `connection_limit`)."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in {"pgbouncer", "connection_limit"}]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _normalise_kv_url(url: str) -> str:
+    for alias, real in (("valkeys://", "rediss://"), ("valkey://", "redis://")):
+        if url.startswith(alias):
+            return real + url[len(alias) :]
+    return url
+
+
+def _report(hook: RetryHook | None, what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        msg = (
+            f"{what}: attempt {state.attempt_number} failed "
+            f"({mask_text(str(exc)).strip().splitlines()[0] if exc else 'error'}); retrying"
+        )
+        log.warning(msg)
+        if hook:
+            hook(msg)
+
+    return before_sleep
+
+
+def _retrying(attempts: int, what: str, hook: RetryHook | None, exc: type[BaseException] | tuple[type[BaseException], ...]) -> Retrying:
+    return Retrying(
+        stop=stop_after_attempt(max(attempts, 0) + 1),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        retry=retry_if_exception_type(exc),
+        before_sleep=_report(hook, what),
+        reraise=True,
+    )
+
+
+def connect_kv(
+    url: str,
+    budget: RequestBudget,
+    *,
+    retries: int = 5,
+    read_only: bool = False,
+    on_retry: RetryHook | None = None,
+    timeout: float = 10.0,
+) -> KvClient:
+    """Open a KV client and PING it (costs 1 request). TLS is used for `rediss://` URLs."""
+    real = _normalise_kv_url(url)
+    try:
+        client = redis.Redis.from_url(
+            real, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+        )
+    except ValueError as exc:
+        raise ConnectError(f"bad KV URL {mask_url(url)}: {exc}") from None
+    kv = KvClient(client, budget, read_only=read_only)
+    try:
+        for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, redis.ConnectionError):
+            with attempt:
+                kv.call("PING")
+    except (redis.RedisError, OSError) as exc:
+        raise ConnectError(
+            f"cannot connect to KV at {mask_url(url)}: {mask_text(str(exc))}",
+            hint="check the URL (KV_URL is a rediss:// URL on Vercel) and that the store is up",
+        ) from None
+    return kv
+
+
+def connect_pg(
+    url: str,
+    *,
+    retries: int = 5,
+    autocommit: bool = False,
+    on_retry: RetryHook | None = None,
+    timeout: int = 10,
+) -> psycopg.Connection:
+    """Open a Postgres connection (application_name=kvmigrate), retrying cold starts.
+
+    Pooled (PgBouncer transaction-mode) URLs get `prepare_threshold=None`; session features
+    such as advisory locks need the unpooled URL.
+    """
+    kwargs: dict[str, object] = {
+        "application_name": APPLICATION_NAME,
+        "connect_timeout": timeout,
+        "autocommit": autocommit,
+    }
+    if is_pooled_url(url):
+        kwargs["prepare_threshold"] = None
+    try:
+        for attempt in _retrying(retries, f"Postgres {mask_url(url)}", on_retry, psycopg.OperationalError):
+            with attempt:
+                return psycopg.connect(_clean_pg_url(url), **kwargs)  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raise ConnectError(
+            f"cannot connect to Postgres at {mask_url(url)}: {mask_text(str(exc)).strip()}",
+            hint="check the URL; on Neon use the unpooled URL (DATABASE_URL_UNPOOLED)",
+        ) from None
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,79 @@
+"""One error hierarchy; each class carries the process exit code the CLI uses.
+
+| exit | meaning |
+|---|---|
+| 0 | ok |
+| 1 | differences found, or a gate refused the step |
+| 2 | bad usage or configuration |
+| 3 | cannot connect to KV or Postgres |
+| 4 | stopped by the request budget (resumable) |
+| 5 | rejects present and `--strict` given |
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+
+
+class KvmigrateError(Exception):
+    """Root of every error kvmigrate raises on purpose. `hint` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class GateRefused(KvmigrateError):
+    """A phase step was refused (out of order, or its verify is missing, stale or dirty)."""
+
+    exit_code = 1
+
+
+class DifferencesFound(KvmigrateError):
+    """verify found rows that differ between KV and Postgres."""
+
+    exit_code = 1
+
+
+class ConfigError(KvmigrateError):
+    """Bad usage or configuration: a missing URL, an unknown entity, a bad option."""
+
+    exit_code = 2
+
+
+class ConnectError(KvmigrateError):
+    """A server could not be reached (after the bounded retries)."""
+
+    exit_code = 3
+
+
+class BudgetExhausted(KvmigrateError):
+    """The KV request cap was reached; the run stopped cleanly and resumes next time."""
+
+    exit_code = 4
+
+
+class RejectsPresent(KvmigrateError):
+    """Rejected records exist and `--strict` was given."""
+
+    exit_code = 5
+
+
+class NotImplementedYet(KvmigrateError):
+    """A command that is planned but not built yet; says so instead of faking a result."""
+
+    exit_code = 2
+
+
+#: The documented exit codes; the README table is tested against this mapping.
+EXIT_CODES: dict[int, str] = {
+    0: "ok",
+    1: "differences found, or a gate refused the step",
+    2: "bad usage or configuration",
+    3: "cannot connect to KV or Postgres",
+    4: "stopped by the request budget (resumable: run the same command again)",
+    5: "rejects present and --strict given",
+}

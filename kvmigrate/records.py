@@ -1,0 +1,65 @@
+"""Plain values that flow through the pipeline: raw KV records in, rows or rejects out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+#: A raw KV value as read: bytes for strings (and one field of a split hash), a dict for
+#: hashes, a list for lists and sets, a list of (member, score) pairs for sorted sets.
+RawValue = Union[bytes, dict[bytes, bytes], list[bytes], list[tuple[bytes, float]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One source record: a whole KV key, or one field of a big registry hash.
+
+    `redis_type` is the server's type name ("string", "hash", "list", "set", "zset"); for a
+    field of a split hash it is "hash" and `field` names the field, `value` is its bytes.
+    """
+
+    key: str
+    redis_type: str
+    value: RawValue
+    field: str = ""
+    family: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One target row. `values` maps column to a Python value (str, int, bool, float,
+    timezone-aware datetime, date, list, dict for JSONB, or None). `rank` orders sources that
+    produce the same primary key: the higher rank wins (or fills gaps, for merge tables)."""
+
+    table: str
+    values: Mapping[str, Any]
+    rank: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Why a record cannot be migrated: a stable `code` and a message naming the problem."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a transformer made of one record.
+
+    `reject` set → the record is rejected (rows must then be empty). Otherwise it is migrated,
+    possibly into zero rows (a derived index). `stats` carries counters worth reporting
+    (e.g. {"dangling_ids": 2, "handle_normalised": 1}); `refs` names message ids a list points
+    to, so the engine can count dangling references once all messages are known.
+    """
+
+    rows: tuple[Row, ...] = ()
+    reject: Reject | None = None
+    stats: Mapping[str, int] = field(default_factory=dict)
+    refs: tuple[str, ...] = ()
+
+    @staticmethod
+    def rejected(code: str, message: str) -> Outcome:
+        return Outcome(reject=Reject(code, message))
