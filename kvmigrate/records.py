@@ -50,13 +50,16 @@ class Outcome:
     """What a transformer made of one record.
 
     `reject` set → the record is rejected (rows must then be empty). Otherwise it is migrated,
-    possibly into zero rows (a derived index). `stats` carries counters worth reporting
+    possibly into zero rows (a derived index). `item_rejects` lists bad items inside a
+    migrated container (a list of messages with one broken element): (item label such as
+    "[3]", Reject); the good items still migrate. `stats` carries counters worth reporting
     (e.g. {"dangling_ids": 2, "handle_normalised": 1}); `refs` names message ids a list points
     to, so the engine can count dangling references once all messages are known.
     """
 
     rows: tuple[Row, ...] = ()
     reject: Reject | None = None
+    item_rejects: tuple[tuple[str, Reject], ...] = ()
     stats: Mapping[str, int] = field(default_factory=dict)
     refs: tuple[str, ...] = ()
 
