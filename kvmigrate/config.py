@@ -93,6 +93,9 @@ def build_config(
     **options: object,
 ) -> Config:
     """Build a Config from explicit values, falling back to the environment for URLs."""
+    retries = first_env(("KVMIGRATE_CONNECT_RETRIES",), env)
+    if retries is not None and "connect_retries" not in options:
+        options["connect_retries"] = retries
     return Config(
         kv_url=kv_url or first_env(KV_URL_VARS, env),
         pg_url=pg_url or first_env(PG_URL_VARS, env),

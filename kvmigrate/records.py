@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 #: A raw KV value as read: bytes for strings (and one field of a split hash), a dict for
 #: hashes, a list for lists and sets, a list of (member, score) pairs for sorted sets.
-RawValue = Union[bytes, dict[bytes, bytes], list[bytes], list[tuple[bytes, float]]]
+RawValue = bytes | dict[bytes, bytes] | list[bytes] | list[tuple[bytes, float]]
 
 
 @dataclass(frozen=True, slots=True)

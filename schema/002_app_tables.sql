@@ -5,7 +5,7 @@
 --   board_posts.tags; a `details` JSONB on board_posts, invites and streaks keeps every KV
 --   field that has no column (reactions, comments, activeDays, bonus_for_inviting...), so
 --   nothing is dropped.
-CREATE EXTENSION IF NOT EXISTS pgcrypto;
+-- gen_random_uuid() is built in since PostgreSQL 13; no extension is needed.
 
 CREATE TABLE users (
     handle        TEXT PRIMARY KEY,

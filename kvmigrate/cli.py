@@ -1,0 +1,184 @@
+"""The command line: a thin Typer layer over `kvmigrate.commands`.
+
+Each command parses its options, builds a Config, calls one library function and renders the
+result: human text on stderr, `--json` on stdout. Errors print one `error:` line and a `hint:`
+line, and exit with the documented code (README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from kvmigrate import __version__, commands, report
+from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
+from kvmigrate.errors import EXIT_CODES, KvmigrateError, NotImplementedYet
+from kvmigrate.masking import mask_text
+
+app = typer.Typer(
+    name="kvmigrate",
+    help="Move an app's data from a Redis-compatible KV store (Vercel KV / Upstash) to Postgres "
+    "in four phases: setup, dual-write + verify, cutover, cleanup.\n\n"
+    "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + ".",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+
+@dataclass
+class Globals:
+    kv_url: str | None = None
+    pg_url: str | None = None
+    json: bool = False
+    verbose: int = 0
+    traceback: bool = False
+
+
+def _globals(ctx: typer.Context) -> Globals:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Globals) else Globals()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    kv_url: Annotated[
+        str | None,
+        typer.Option("--kv-url", help=f"KV store URL (redis:// or rediss://). Default: ${', $'.join(KV_URL_VARS)}."),
+    ] = None,
+    pg_url: Annotated[
+        str | None,
+        typer.Option("--pg-url", help=f"Postgres URL. Default: ${', $'.join(PG_URL_VARS)}."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (repeat).")] = 0,
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the full trace of an error.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Global options apply to every command and go before it: kvmigrate --json status."""
+    if version:
+        typer.echo(f"kvmigrate {__version__}")
+        raise typer.Exit(0)
+    ctx.obj = Globals(kv_url, pg_url, json_out, verbose, traceback)
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr, format="%(message)s")
+
+
+def config_from(ctx: typer.Context, **options: Any) -> Config:
+    g = _globals(ctx)
+    return build_config(kv_url=g.kv_url, pg_url=g.pg_url, **options)
+
+
+def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[Any], int] | None = None) -> None:
+    """Call one library function, render its result, map errors to exit codes. Never returns."""
+    g = _globals(ctx)
+    console = Console(stderr=True, highlight=False)
+    command = ctx.command_path.split(" ", 1)[-1]
+    started = dt.datetime.now(dt.timezone.utc)
+    secrets = build_config(kv_url=g.kv_url, pg_url=g.pg_url).secrets
+    try:
+        result = fn()
+    except KvmigrateError as exc:
+        _fail(console, g, command, started, exc.exit_code, exc.message, exc.hint, secrets)
+    except KeyboardInterrupt:
+        _fail(console, g, command, started, 130, "interrupted", "run the same command again to resume", secrets)
+    except Exception as exc:  # a bug: say so plainly, keep secrets out, offer the trace
+        if g.traceback:
+            raise
+        _fail(console, g, command, started, 1, f"unexpected {type(exc).__name__}: {exc}",
+              "rerun with --traceback and report it", secrets)
+    code = exit_code_of(result) if exit_code_of else 0
+    if g.json:
+        typer.echo(report.dumps(report.envelope(command, started=started, exit_code=code, result=result), secrets))
+    else:
+        console.print(mask_text(_capture(result), secrets), highlight=False, markup=False, end="", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _capture(result: Any) -> str:
+    buf = Console(record=True, width=160, file=io.StringIO(), highlight=False, soft_wrap=True)
+    report.render(result, buf)
+    return buf.export_text()
+
+
+def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code: int,
+          message: str, hint: str | None, secrets: tuple[str, ...]) -> None:
+    if g.json:
+        env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint)
+        typer.echo(report.dumps(env, secrets))
+    console.print("error: " + mask_text(message, secrets), markup=False, highlight=False)
+    if hint:
+        console.print("hint: " + mask_text(hint, secrets), markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+def not_yet(name: str, issue: str) -> Callable[[], Any]:
+    def fail() -> Any:
+        raise NotImplementedYet(f"`kvmigrate {name}` is not implemented yet", hint=f"planned: {issue}")
+
+    return fail
+
+
+# --------------------------------------------------------------------------- phase 1
+
+
+@app.command()
+def setup(
+    ctx: typer.Context,
+    *,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL that would run; change nothing.")] = False,
+) -> None:
+    """Apply the schema (phase 1): kvmigrate's state tables and the app's tables, each file once."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.setup(config, dry_run=dry_run))
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check both connections (version, round trip, TLS, pooler), schema and privileges."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.doctor(config), exit_code_of=lambda r: 0 if r.ok else (3 if r.unreachable else 1))
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """The migration on embedded Postgres + Valkey (or on --pg-url/--kv-url): nothing to install."""
+    from kvmigrate.demo import run_demo
+
+    config = config_from(ctx)
+    run(ctx, lambda: run_demo(config), exit_code_of=lambda r: 0 if r.ok else 1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+# --------------------------------------------------------------------------- planned commands
+# Each says plainly that it is not built yet (exit 2) instead of faking a result.
+
+for _name, _help, _issue in (
+    ("inventory", "Census of the KV keyspace and the KV requests a backfill would cost.", "backfill engine"),
+    ("backfill", "Copy KV history into Postgres, resumably (phase 2).", "backfill engine"),
+    ("rejects", "List rejected records with reasons and original values.", "backfill engine"),
+    ("verify", "Diff KV against Postgres, field by field (phase 2).", "verify"),
+    ("dual-write", "Mark entities dual-written, then backfill and verify (phase 2).", "phases"),
+    ("cutover", "Switch reads to Postgres after a clean verify (phase 3).", "phases"),
+    ("cleanup", "Archive migrated keys, then delete verified ones (phase 4).", "phases"),
+    ("restore", "Put archived keys back (the undo of cleanup).", "phases"),
+    ("status", "Phase of each entity, last runs, rejects, KV requests today.", "phases"),
+):
+
+    def _planned(ctx: typer.Context, _n: str = _name, _i: str = _issue) -> None:
+        run(ctx, not_yet(_n, _i))
+
+    app.command(name=_name, help=_help + " (not implemented yet)")(_planned)

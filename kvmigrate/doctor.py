@@ -1,0 +1,104 @@
+"""Pre-flight checks: can kvmigrate reach both servers, and may it do its work there?"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+
+from kvmigrate.budget import RequestBudget
+from kvmigrate.config import Config
+from kvmigrate.connections import connect_kv, connect_pg, is_pooled_url
+from kvmigrate.errors import ConnectError, KvmigrateError
+from kvmigrate.pg.migrations import schema_status
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class DoctorResult:
+    checks: tuple[Check, ...]
+    unreachable: bool
+    kv_requests: int
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def check_kv(config: Config, budget: RequestBudget) -> list[Check]:
+    """Reach KV and read its version. Costs 3 requests (PING, PING, INFO); read-only."""
+    url = config.require_kv()
+    try:
+        kv = connect_kv(url, budget, retries=config.connect_retries, read_only=True)
+    except ConnectError as exc:
+        return [Check("kv reachable", False, exc.message)]
+    t0 = time.perf_counter()
+    kv.call("PING")
+    rtt = (time.perf_counter() - t0) * 1000
+    info = kv.call("INFO", "server")
+    version = info.get("valkey_version") and f"Valkey {info['valkey_version']}" or f"Redis {info.get('redis_version', '?')}"
+    tls = url.startswith(("rediss://", "valkeys://"))
+    detail = f"{config.masked_kv_url}: {version}, {rtt:.1f} ms round trip, TLS {'on' if tls else 'off'}"
+    return [Check("kv reachable", True, detail)]
+
+
+def check_pg(config: Config) -> list[Check]:
+    """Reach Postgres; check version, schema, privileges. Read-only."""
+    url = config.require_pg()
+    try:
+        conn = connect_pg(url, retries=config.connect_retries, autocommit=True)
+    except ConnectError as exc:
+        return [Check("postgres reachable", False, exc.message)]
+    with conn:
+        t0 = time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        rtt = (time.perf_counter() - t0) * 1000
+        version = conn.info.server_version
+        pooled = is_pooled_url(url)
+        major = version // 10000
+        checks = [
+            Check(
+                "postgres reachable",
+                True,
+                f"{config.masked_pg_url}: PostgreSQL {major}.{version % 10000}, {rtt:.1f} ms round trip, "
+                + ("pooled endpoint (use the unpooled URL for setup/backfill)" if pooled else "direct (unpooled)"),
+            ),
+            Check("postgres version", major >= 14, f"PostgreSQL {major} (14 or newer needed)"),
+        ]
+        checks.append(_schema_check(conn))
+        checks.append(_privilege_check(conn))
+    return checks
+
+
+def _schema_check(conn: psycopg.Connection) -> Check:
+    try:
+        applied, known = schema_status(conn)
+    except KvmigrateError as exc:
+        return Check("schema current", False, exc.message)
+    if applied == known:
+        return Check("schema current", True, f"{applied} of {known} schema files applied")
+    return Check("schema current", False, f"{applied} of {known} schema files applied: run `kvmigrate setup`")
+
+
+def _privilege_check(conn: psycopg.Connection) -> Check:
+    row = conn.execute(
+        "SELECT has_database_privilege(current_user, current_database(), 'CREATE'),"
+        " has_schema_privilege(current_user, 'public', 'CREATE'), current_user"
+    ).fetchone()
+    assert row is not None
+    ok = bool(row[0]) and bool(row[1])
+    return Check("privileges", ok, f"user {row[2]} may {'create schemas and tables' if ok else 'NOT create schemas/tables'}")
+
+
+def run_doctor(config: Config, budget: RequestBudget) -> DoctorResult:
+    """Run every check; never raises for a failed check (each is reported)."""
+    checks = check_kv(config, budget) + check_pg(config)
+    unreachable = any(c.name.endswith("reachable") and not c.ok for c in checks)
+    return DoctorResult(tuple(checks), unreachable, budget.spent)

@@ -1,0 +1,139 @@
+"""Apply the versioned SQL files in `schema/` in order, each exactly once.
+
+Each file runs in one transaction together with its row in `kvmigrate.schema_migrations`
+(version, name, sha256). A transaction-scoped advisory lock serialises concurrent runs, so it
+works through a transaction-mode pooler too. An applied file whose checksum changed is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from kvmigrate.errors import ConfigError, KvmigrateError
+
+_FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+LOCK_KEY = 0x6B766D69  # "kvmi": the advisory lock every schema change takes
+
+_BOOTSTRAP = """
+CREATE SCHEMA IF NOT EXISTS kvmigrate;
+CREATE TABLE IF NOT EXISTS kvmigrate.schema_migrations (
+    version     INT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    checksum    TEXT NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+)"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def filename(self) -> str:
+        return f"{self.version:03d}_{self.name}.sql"
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    """What setup did (or, with dry_run, would do)."""
+
+    applied: tuple[Migration, ...]
+    already: tuple[Migration, ...]
+    dry_run: bool
+
+
+def schema_dir() -> Path:
+    """The `schema/` folder: beside the package in a checkout, else the installed copy."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / "schema",
+        Path(sys.prefix) / "share" / "kvmigrate" / "schema",
+    ]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise ConfigError("cannot find the schema/ folder", hint="reinstall kvmigrate")
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    """Read `NNN_name.sql` files in version order; refuse duplicates and stray names."""
+    folder = directory or schema_dir()
+    found: dict[int, Migration] = {}
+    for path in sorted(folder.glob("*.sql")):
+        m = _FILE_RE.match(path.name)
+        if not m:
+            raise ConfigError(f"schema file {path.name} is not named NNN_name.sql")
+        version = int(m.group(1))
+        if version in found:
+            raise ConfigError(f"two schema files share version {version:03d}")
+        found[version] = Migration(version, m.group(2), path.read_text(encoding="utf-8"))
+    return [found[v] for v in sorted(found)]
+
+
+def applied_checksums(conn: psycopg.Connection) -> dict[int, str]:
+    """Versions already applied with their checksums; empty when setup never ran. Read-only."""
+    exists = conn.execute("SELECT to_regclass('kvmigrate.schema_migrations') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return {}
+    rows = conn.execute("SELECT version, checksum FROM kvmigrate.schema_migrations").fetchall()
+    return {int(v): str(c) for v, c in rows}
+
+
+def check_unchanged(migrations: list[Migration], applied: dict[int, str]) -> None:
+    """Refuse when an applied file's content changed since it ran."""
+    for mig in migrations:
+        if mig.version in applied and applied[mig.version] != mig.checksum:
+            raise KvmigrateError(
+                f"schema file {mig.filename} was changed after it was applied "
+                f"(checksum {applied[mig.version][:12]} in the database, {mig.checksum[:12]} on disk)",
+                hint="never edit an applied schema file: restore it and add a new NNN_name.sql",
+            )
+
+
+def apply_migrations(
+    conn: psycopg.Connection, *, dry_run: bool = False, directory: Path | None = None
+) -> SetupResult:
+    """Apply pending schema files. One transaction per file; writes unless dry_run."""
+    migrations = load_migrations(directory)
+    if dry_run:
+        applied = applied_checksums(conn)
+        conn.rollback()
+        check_unchanged(migrations, applied)
+        pending = tuple(m for m in migrations if m.version not in applied)
+        return SetupResult(pending, tuple(m for m in migrations if m.version in applied), True)
+    done: list[Migration] = []
+    for mig in migrations:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            conn.execute(_BOOTSTRAP)
+            applied = applied_checksums(conn)
+            check_unchanged(migrations, applied)
+            if mig.version in applied:
+                continue
+            conn.execute(sql.SQL(mig.sql))  # trusted file from schema/
+            conn.execute(
+                "INSERT INTO kvmigrate.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                (mig.version, mig.name, mig.checksum),
+            )
+            done.append(mig)
+    already = tuple(m for m in migrations if m not in done)
+    return SetupResult(tuple(done), already, False)
+
+
+def schema_status(conn: psycopg.Connection, directory: Path | None = None) -> tuple[int, int]:
+    """(applied, known) counts of schema files. Read-only."""
+    migrations = load_migrations(directory)
+    applied = applied_checksums(conn)
+    return sum(1 for m in migrations if m.version in applied), len(migrations)

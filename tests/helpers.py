@@ -1,0 +1,31 @@
+"""Small helpers shared by tests: run the CLI in-process, with secrets-aware assertions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+from typer.testing import CliRunner, Result
+
+from kvmigrate.cli import app
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run `kvmigrate ARGS` in-process; stdout and stderr are both captured."""
+    runner = CliRunner()
+    base = {
+        "KVMIGRATE_KV_URL": "", "KV_URL": "", "KVMIGRATE_PG_URL": "", "DATABASE_URL_UNPOOLED": "",
+        "POSTGRES_URL_NON_POOLING": "", "DATABASE_URL": "", "POSTGRES_URL": "",
+    }
+    return runner.invoke(app, list(args), env={**base, **(env or {})}, catch_exceptions=False)
+
+
+def cli_json(*args: str, env: dict[str, str] | None = None, expect: int = 0) -> dict:
+    """Run with --json and return the parsed envelope, asserting the exit code."""
+    result = cli("--json", *args, env=env)
+    assert result.exit_code == expect, result.output
+    return orjson.loads(result.stdout)
+
+
+def all_output(results: Sequence[Result]) -> str:
+    return "\n".join(r.output for r in results)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from kvmigrate.config import build_config
+from kvmigrate.connections import is_pooled_url
+from kvmigrate.masking import mask_text, mask_url
+
+
+def test_pg_url_falls_back_through_vercel_variables_in_order() -> None:
+    env = {"POSTGRES_URL": "postgresql://p@h/pooled", "DATABASE_URL_UNPOOLED": "postgresql://p@h/direct"}
+    assert build_config(env=env).pg_url == "postgresql://p@h/direct"
+    assert build_config(env={"POSTGRES_URL": "postgresql://p@h/x"}).pg_url == "postgresql://p@h/x"
+    assert build_config(pg_url="postgresql://cli@h/x", env=env).pg_url == "postgresql://cli@h/x"
+
+
+def test_kv_url_prefers_kvmigrate_variable_then_vercel_kv_url() -> None:
+    assert build_config(env={"KV_URL": "rediss://a@b:1"}).kv_url == "rediss://a@b:1"
+    env = {"KV_URL": "rediss://a@b:1", "KVMIGRATE_KV_URL": "redis://c:2"}
+    assert build_config(env=env).kv_url == "redis://c:2"
+
+
+def test_config_repr_masks_passwords_and_tokens() -> None:
+    config = build_config(
+        kv_url="rediss://default:tok3nSECRET@eu1-x.upstash.io:6379",
+        pg_url="postgresql://neondb_owner:npg_PASSWORD1@ep-x-pooler.neon.tech/neondb?sslmode=require",
+        env={},
+    )
+    text = repr(config) + str(config)
+    assert "tok3nSECRET" not in text and "npg_PASSWORD1" not in text
+    assert "neondb_owner:***@" in text
+
+
+def test_mask_url_handles_lone_redis_token_and_query_secrets() -> None:
+    assert mask_url("redis://onlytoken@host:6379") == "redis://***@host:6379"
+    assert "s3cr3t" not in mask_url("postgresql://u@h/db?password=s3cr3t")
+    assert mask_text("failed: postgresql://u:pw123@h/db and redis://:tok@h") == (
+        "failed: postgresql://u:***@h/db and redis://:***@h"
+    )
+
+
+def test_pooled_endpoints_are_detected() -> None:
+    assert is_pooled_url("postgresql://u:p@ep-cool-123-pooler.us-east-2.aws.neon.tech/db")
+    assert is_pooled_url("postgresql://u:p@host/db?pgbouncer=true")
+    assert not is_pooled_url("postgresql://u:p@ep-cool-123.us-east-2.aws.neon.tech/db")
