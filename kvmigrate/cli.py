@@ -7,12 +7,15 @@ line, and exit with the documented code (README, "Exit codes").
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import logging
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -149,6 +152,83 @@ def doctor(ctx: typer.Context) -> None:
     run(ctx, lambda: commands.doctor(config), exit_code_of=lambda r: 0 if r.ok else (3 if r.unreachable else 1))
 
 
+EntityOpt = Annotated[
+    list[str] | None,
+    typer.Option("--entity", "-e", help="Only this entity (repeat for several). Default: all, in load order."),
+]
+MaxRequestsOpt = Annotated[
+    int | None,
+    typer.Option("--max-requests", min=1, help="Stop cleanly (exit 4) before spending more KV commands than this."),
+]
+NoEvalOpt = Annotated[
+    bool, typer.Option("--no-eval", help="Read with pipelines instead of one server-side script per batch.")
+]
+
+
+@app.command()
+def inventory(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, no_eval: NoEvalOpt = False) -> None:
+    """Census of the keyspace: keys per entity and pattern, types, sizes, TTLs, unknown patterns,
+    and the KV requests a backfill would cost. Read-only."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    run(ctx, lambda: commands.inventory(config))
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and transform everything; write nothing.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=10, help="Keys per SCAN page and load batch.")] = 1000,
+    max_requests: MaxRequestsOpt = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,
+    memories_dir: Annotated[
+        Path | None, typer.Option("--memories-dir", help="Folder of thread_*.jsonl memory files. Default: ~/.vibe/memory.")
+    ] = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Copy KV history into Postgres (phase 2): idempotent, resumable, never writes to KV."""
+    config = config_from(ctx, max_requests=max_requests, batch_size=batch_size, scan_count=batch_size,
+                         use_eval=not no_eval)
+    with progress_bar(ctx, "backfill") as on_page:
+        run(ctx, lambda: commands.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
+                                           strict=strict, memories_dir=memories_dir, progress=on_page))
+
+
+@app.command()
+def rejects(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    export: Annotated[Path | None, typer.Option("--export", help="Write every reject to this JSONL file (mode 0600).")] = None,
+) -> None:
+    """List rejected records with their reason and original value. Read-only."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.rejects(config, entities=entity or (), export=export))
+
+
+@contextlib.contextmanager
+def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int, Any], None]]:
+    """A rich progress bar on stderr (keys/s, rejects so far); silent when stderr is no terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} keys/s"),
+                   TextColumn("rejects {task.fields[rejects]}"), TimeElapsedColumn(), console=console,
+                   transient=True, disable=not console.is_terminal)
+    task = bar.add_task(label, total=None, rate="-", rejects=0)
+    started = time.perf_counter()
+
+    def on_page(done: int, total: int, tallies: Any) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-6)
+        rejected = sum(t.rejected + t.item_rejects for t in tallies.values())
+        bar.update(task, completed=done, total=max(total, done), rate=f"{rate:,.0f}", rejects=rejected)
+
+    with bar:
+        yield on_page
+
+
 @app.command()
 def demo(ctx: typer.Context) -> None:
     """The migration on embedded Postgres + Valkey (or on --pg-url/--kv-url): nothing to install."""
@@ -167,9 +247,6 @@ def main() -> None:
 # Each says plainly that it is not built yet (exit 2) instead of faking a result.
 
 for _name, _help, _issue in (
-    ("inventory", "Census of the KV keyspace and the KV requests a backfill would cost.", "backfill engine"),
-    ("backfill", "Copy KV history into Postgres, resumably (phase 2).", "backfill engine"),
-    ("rejects", "List rejected records with reasons and original values.", "backfill engine"),
     ("verify", "Diff KV against Postgres, field by field (phase 2).", "verify"),
     ("dual-write", "Mark entities dual-written, then backfill and verify (phase 2).", "phases"),
     ("cutover", "Switch reads to Postgres after a clean verify (phase 3).", "phases"),

@@ -7,11 +7,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+from kvmigrate.backfill import BackfillResult, Progress, run_backfill
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_pg
 from kvmigrate.doctor import DoctorResult, run_doctor
+from kvmigrate.errors import RejectsPresent
+from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
+from kvmigrate.rejects import RejectsResult, list_rejects
 
 
 def setup(config: Config, *, dry_run: bool = False) -> SetupResult:
@@ -23,3 +30,38 @@ def setup(config: Config, *, dry_run: bool = False) -> SetupResult:
 def doctor(config: Config) -> DoctorResult:
     """Check both connections, versions, schema and privileges. Read-only; ~3 KV requests."""
     return run_doctor(config, RequestBudget(cap=config.max_requests, phase="doctor"))
+
+
+def inventory(config: Config) -> InventoryResult:
+    """Census of the keyspace and the predicted backfill cost. Read-only; ~2 KV requests/1,000 keys."""
+    return run_inventory(config)
+
+
+def backfill(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    dry_run: bool = False,
+    restart: bool = False,
+    strict: bool = False,
+    memories_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> BackfillResult:
+    """Copy KV history into Postgres (phase 2), resuming from the last checkpoint.
+
+    Writes Postgres unless dry_run; never writes KV. With `strict`, rejects raise RejectsPresent
+    (exit 5) after the run completed and was recorded.
+    """
+    result = run_backfill(config, entities=entities, dry_run=dry_run, restart=restart,
+                          memories_dir=memories_dir, progress=progress)
+    if strict and result.rejected:
+        raise RejectsPresent(
+            f"{result.rejected} records were rejected (run {result.run_id})",
+            hint="inspect them with `kvmigrate rejects`; fix the data in KV and rerun backfill",
+        )
+    return result
+
+
+def rejects(config: Config, *, entities: Sequence[str] = (), export: Path | None = None) -> RejectsResult:
+    """List rejected records with reasons and original values; optionally export JSONL. Read-only."""
+    return list_rejects(config, entities=tuple(entities), export=export)

@@ -9,12 +9,19 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.table import Table
 
 from kvmigrate import __version__
+from kvmigrate.backfill import BackfillResult
+from kvmigrate.batch import Tally
+from kvmigrate.budget import RequestBudget
 from kvmigrate.demo import DemoResult
 from kvmigrate.doctor import DoctorResult
+from kvmigrate.entities import ENTITY_NAMES
+from kvmigrate.inventory import InventoryResult
 from kvmigrate.masking import mask_text
 from kvmigrate.pg.migrations import SetupResult
+from kvmigrate.rejects import RejectsResult
 
 
 @singledispatch
@@ -47,6 +54,63 @@ def _(result: DoctorResult) -> dict[str, Any]:
         "kv_requests": result.kv_requests,
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
     }
+
+
+@to_dict.register
+def _(budget: RequestBudget) -> dict[str, Any]:
+    return budget.to_dict()
+
+
+@to_dict.register
+def _(t: Tally) -> dict[str, Any]:
+    return {"scanned": t.scanned, "migrated": t.migrated, "rejected": t.rejected, "kept": t.kept,
+            "unknown": t.unknown, "rows_written": t.rows_written, "item_rejects": t.item_rejects,
+            "stats": dict(sorted(t.stats.items()))}
+
+
+@to_dict.register
+def _(r: BackfillResult) -> dict[str, Any]:
+    order: list[str] = [n for n in ENTITY_NAMES if n in r.tallies]
+    order += sorted(n for n in r.tallies if n not in order)
+    return {
+        "run_id": r.run_id,
+        "dry_run": r.dry_run,
+        "complete": r.complete,
+        "resumed_from_cursor": r.resumed_from,
+        "kv_requests": r.budget.spent,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "entities": {n: to_dict(r.tallies[n]) for n in order},
+        "kept_patterns": dict(sorted(r.kept_patterns.items())),
+        "unknown_patterns": {p: {"keys": c, "example": e} for p, (c, e) in sorted(r.unknown_patterns.items())},
+        "placeholder_users": r.placeholders,
+        "dangling_refs": r.dangling_refs,
+        "scripting_fallback": r.fallback_reason,
+        "seconds": round(r.seconds, 3),
+    }
+
+
+@to_dict.register
+def _(r: InventoryResult) -> dict[str, Any]:
+    return {
+        "total_keys": r.total_keys,
+        "by_status": dict(r.by_status()),
+        "patterns": {
+            p: {"status": c.status, "entity": c.entity, "keys": c.keys, "types": dict(c.types), "items": c.items,
+                "bytes": c.bytes, "with_ttl": c.with_ttl, "example": c.example}
+            for p, c in sorted(r.patterns.items())
+        },
+        "scan_pages": r.pages,
+        "predicted_backfill_requests": r.predicted_backfill,
+        "predicted_backfill_requests_without_scripting": r.predicted_backfill_pipeline,
+        "naive_requests": r.naive_requests,
+        "kv_requests": r.budget.spent,
+    }
+
+
+@to_dict.register
+def _(r: RejectsResult) -> dict[str, Any]:
+    return {"count": len(r.rows), "by_reason": r.by_reason, "exported_to": r.exported_to,
+            "rejects": [dataclasses.asdict(x) for x in r.rows]}
 
 
 @singledispatch
@@ -85,6 +149,66 @@ def _(result: DemoResult, console: Console) -> None:
     console.print("== doctor", style="bold")
     render(result.doctor, console)
     console.print("not built yet, so not run: " + ", ".join(result.steps_not_built))
+
+
+@render.register
+def _(r: BackfillResult, console: Console) -> None:
+    data = to_dict(r)
+    table = Table(title="backfill" + (" (dry run: nothing written)" if r.dry_run else f" run {r.run_id}"))
+    for col in ("entity", "scanned", "migrated", "rejected", "kept", "unknown", "rows written", "item rejects"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for name, t in data["entities"].items():
+        table.add_row(name, *(str(t[k]) for k in ("scanned", "migrated", "rejected", "kept", "unknown",
+                                                   "rows_written", "item_rejects")))
+    console.print(table)
+    for pattern, info in data["unknown_patterns"].items():
+        console.print(f"unknown: {pattern} ({info['keys']} keys, e.g. {info['example']!r}) left in KV, not migrated")
+    if r.placeholders:
+        console.print(f"placeholder users: {r.placeholders} handles referenced with no user record (see README)")
+    if r.dangling_refs:
+        console.print(f"dangling references: {r.dangling_refs} message ids listed whose msg: record is gone")
+    if r.resumed_from:
+        console.print(f"resumed from scan cursor {r.resumed_from}")
+    if r.fallback_reason:
+        console.print(f"scripting refused ({r.fallback_reason}): read with pipelines")
+    console.print(f"KV requests: {r.budget.spent} ({', '.join(f'{k} {v}' for k, v in sorted(r.budget.by_command.items()))})"
+                  f" in {r.seconds:.1f}s")
+    if r.rejected:
+        console.print(f"{r.rejected} rejects: see `kvmigrate rejects`")
+
+
+@render.register
+def _(r: InventoryResult, console: Console) -> None:
+    table = Table(title=f"inventory: {r.total_keys} keys")
+    for col in ("pattern", "status", "entity", "keys", "types", "items", "bytes", "with TTL"):
+        table.add_column(col, justify="right" if col in ("keys", "items", "bytes", "with TTL") else "left")
+    for pattern, c in sorted(r.patterns.items(), key=lambda kv: (kv[1].status, kv[0])):
+        types = ", ".join(f"{t} {n}" for t, n in c.types.most_common())
+        table.add_row(pattern, c.status, c.entity or "", str(c.keys), types, str(c.items), str(c.bytes),
+                      str(c.with_ttl))
+    console.print(table)
+    console.print(", ".join(f"{k}: {v}" for k, v in sorted(r.by_status().items())))
+    console.print(f"a backfill would cost about {r.predicted_backfill} KV requests "
+                  f"({r.predicted_backfill_pipeline} without scripting; a naive per-key copy: {r.naive_requests})")
+    console.print(f"this inventory cost {r.budget.spent} KV requests")
+
+
+@render.register
+def _(r: RejectsResult, console: Console) -> None:
+    if not r.rows:
+        console.print("no rejects")
+        return
+    table = Table(title=f"{len(r.rows)} rejects")
+    for col in ("entity", "key", "field", "reason", "message", "value"):
+        table.add_column(col, overflow="fold")
+    for x in r.rows[:200]:
+        value = (x.raw_value or "")[:60] + ("…" if x.raw_value and len(x.raw_value) > 60 else "")
+        table.add_row(x.entity, x.key, x.field, x.reason, x.message, value + (" (base64)" if x.encoding == "base64" else ""))
+    console.print(table)
+    if len(r.rows) > 200:
+        console.print(f"… {len(r.rows) - 200} more: use --json or --export FILE")
+    if r.exported_to:
+        console.print(f"exported to {r.exported_to}")
 
 
 def envelope(

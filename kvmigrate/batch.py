@@ -1,0 +1,147 @@
+"""Turn one page of read records into a loadable batch: rows per table, ledger, rejects.
+
+Pure: no I/O. The backfill engine (and verify) feed it records and decide what to write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvmigrate.entities.base import Entity, TableSpec
+from kvmigrate.pg.loader import SourcedRow
+from kvmigrate.records import Outcome, RawRecord, RawValue, Reject
+from kvmigrate.state import LedgerEntry, RejectEntry
+
+#: Given a row's values, the name of a required column it leaves empty (or None).
+RequiredCheck = Callable[[Mapping[str, Any]], "str | None"]
+
+
+@dataclass
+class Tally:
+    """Counts for one entity (or the pseudo-entities `kept` and `unknown`)."""
+
+    scanned: int = 0
+    migrated: int = 0
+    rejected: int = 0
+    kept: int = 0
+    unknown: int = 0
+    rows_written: int = 0
+    item_rejects: int = 0
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Tally) -> None:
+        for name in ("scanned", "migrated", "rejected", "kept", "unknown", "rows_written", "item_rejects"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.stats.update(other.stats)
+
+
+@dataclass
+class Batch:
+    """Everything one page produces, ready for one transaction."""
+
+    rows: dict[str, list[SourcedRow]] = field(default_factory=lambda: defaultdict(list))
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    rejects: list[RejectEntry] = field(default_factory=list)
+    records: list[tuple[str, str]] = field(default_factory=list)
+    tallies: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
+    refs: set[str] = field(default_factory=set)
+    kept_patterns: Counter[str] = field(default_factory=Counter)
+    unknown_patterns: dict[str, list[object]] = field(default_factory=dict)
+
+    def note_policy(self, key: str, status: str, pattern: str, redis_type: str = "") -> None:
+        """Record a key kept by policy or unknown (never read)."""
+        self.ledger.append(LedgerEntry(key, "", status, pattern, redis_type or "?", None, status, None, 0))
+        tally = self.tallies[status]
+        tally.scanned += 1
+        setattr(tally, status, getattr(tally, status) + 1)
+        if status == "kept":
+            self.kept_patterns[pattern] += 1
+        else:
+            slot = self.unknown_patterns.setdefault(pattern, [0, key])
+            slot[0] = int(slot[0]) + 1  # type: ignore[call-overload]
+
+    def add_outcome(self, entity: Entity, record: RawRecord, outcome: Outcome,
+                    required: Mapping[str, RequiredCheck] | None = None) -> None:
+        """Fold one transformer outcome into the batch (rows, ledger, rejects, tallies)."""
+        tally = self.tallies[entity.name]
+        tally.scanned += 1
+        tally.stats.update(outcome.stats)
+        self.records.append((record.key, record.field))
+        digest = value_digest(record.redis_type, record.value)
+        reject = outcome.reject or _missing_required(outcome, required)
+        if reject is not None:
+            tally.rejected += 1
+            self.ledger.append(LedgerEntry(record.key, record.field, entity.name, record.family,
+                                           record.redis_type, digest, "rejected", reject.code, 0))
+            self.rejects.append(RejectEntry(record.key, record.field, entity.name, reject.code,
+                                            reject.message, raw_bytes(record.value)))
+            return
+        tally.migrated += 1
+        for label, item in outcome.item_rejects:
+            tally.item_rejects += 1
+            self.rejects.append(RejectEntry(record.key, f"{record.field}#{label}", entity.name, item.code,
+                                            item.message, None))
+        for row in outcome.rows:
+            self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field))
+        self.refs.update(outcome.refs)
+        self.ledger.append(LedgerEntry(record.key, record.field, entity.name, record.family, record.redis_type,
+                                       digest, "migrated", None, len(outcome.rows)))
+
+
+def _missing_required(outcome: Outcome, required: Mapping[str, RequiredCheck] | None) -> Reject | None:
+    """A row that leaves a NOT NULL column empty would fail the whole batch: reject it here."""
+    if not required:
+        return None
+    for row in outcome.rows:
+        check = required.get(row.table)
+        col = check(row.values) if check else None
+        if col:
+            return Reject("missing_field", f"{row.table}.{col} would be empty (the column is required)")
+    return None
+
+
+def value_digest(redis_type: str, value: RawValue | None) -> str:
+    """A stable 128-bit digest of a raw value, whatever its Redis type."""
+    h = hashlib.blake2b(redis_type.encode(), digest_size=16)
+    for part in _parts(value):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _parts(value: RawValue | None) -> Iterable[bytes]:
+    if value is None:
+        return ()
+    if isinstance(value, bytes):
+        return (value,)
+    if isinstance(value, dict):
+        return (p for k in sorted(value) for p in (k, value[k]))
+    return (p if isinstance(p, bytes) else repr(p).encode() for item in value
+            for p in (item if isinstance(item, tuple) else (item,)))
+
+
+def raw_bytes(value: RawValue | None) -> bytes | str | None:
+    """The original value as stored in the rejects table: bytes, or JSON text for containers."""
+    if value is None or isinstance(value, bytes):
+        return value
+    import orjson
+
+    def enc(b: object) -> object:
+        return b.decode("utf-8", "backslashreplace") if isinstance(b, bytes) else b
+
+    if isinstance(value, dict):
+        return orjson.dumps({str(enc(k)): enc(v) for k, v in value.items()}).decode()
+    return orjson.dumps([[enc(x) for x in i] if isinstance(i, tuple) else enc(i) for i in value]).decode()
+
+
+def table_specs(entities: Iterable[Entity]) -> dict[str, TableSpec]:
+    """Every target table the given entities write, by name (one TableSpec per table)."""
+    specs: dict[str, TableSpec] = {}
+    for entity in entities:
+        for spec in entity.tables:
+            specs.setdefault(spec.name, spec)
+    return specs

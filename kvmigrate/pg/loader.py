@@ -1,0 +1,212 @@
+"""Load rows into the app's tables: COPY into a temporary stage, then set-based SQL.
+
+Per table and batch, inside the caller's transaction:
+1. rows are deduplicated by primary key in Python (highest source rank wins, or fills gaps);
+2. `COPY` into a temp stage table (same columns plus the source's rank and key);
+3. a placeholder user row is created for every referenced handle with no user (README rule);
+4. `INSERT … ON CONFLICT DO NOTHING` for new keys, then one `UPDATE … FROM stage` for rows
+   whose values differ (`IS DISTINCT FROM`), only where the source outranks the row's owner;
+5. `kvmigrate.row_origin` records which source owns each row.
+So an unchanged rerun writes 0 rows, and a crash never half-applies a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from kvmigrate.entities.base import TableSpec
+
+PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
+_META = ("_rank", "_src", "_fld")
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedRow:
+    """A row with the record it came from: (rank, source key, source field) orders sources."""
+
+    values: Mapping[str, Any]
+    rank: int
+    source_key: str
+    source_field: str
+
+    @property
+    def order(self) -> tuple[int, str, str]:
+        return (self.rank, self.source_key, self.source_field)
+
+
+@dataclass
+class LoadStats:
+    inserted: int = 0
+    updated: int = 0
+    placeholders: int = 0
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+
+def fill_merge(high: Mapping[str, Any], low: Mapping[str, Any], json_columns: Sequence[str]) -> dict[str, Any]:
+    """The `fill` rule: the higher-ranked row wins column by column, the lower fills NULLs;
+    JSONB objects merge key by key with the higher rank winning."""
+    out = dict(low)
+    for col, value in high.items():
+        if col in json_columns and isinstance(value, dict) and isinstance(low.get(col), dict):
+            out[col] = {**low[col], **value}
+        elif value is not None:
+            out[col] = value
+        else:
+            out.setdefault(col, None)
+    return out
+
+
+def dedupe(spec: TableSpec, rows: Sequence[SourcedRow]) -> list[SourcedRow]:
+    """One row per primary key: highest (rank, source) wins; `fill` tables merge instead."""
+    best: dict[Any, SourcedRow] = {}
+    for row in rows:
+        pk = row.values[spec.pk]
+        cur = best.get(pk)
+        if cur is None:
+            best[pk] = row
+            continue
+        high, low = (row, cur) if row.order > cur.order else (cur, row)
+        if spec.merge == "fill":
+            merged = fill_merge(high.values, low.values, spec.json_columns)
+            best[pk] = SourcedRow(merged, high.rank, high.source_key, high.source_field)
+        else:
+            best[pk] = high
+    return list(best.values())
+
+
+class TableLoader:
+    """Stages and upserts rows of one table. Construct once per connection."""
+
+    def __init__(self, conn: psycopg.Connection, spec: TableSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.stage = f"kvm_stage_{spec.name}"
+        self.types, self.not_null = self._describe()
+        ident = sql.Identifier
+        cols = [ident(c) for c in spec.columns]
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT {cols}, 0::int AS _rank, ''::text AS _src,"
+                    " ''::text AS _fld FROM {table} WITH NO DATA").format(
+                stage=ident(self.stage), cols=sql.SQL(", ").join(cols), table=ident(spec.name))
+        )
+        self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
+            stage=ident(self.stage), cols=sql.SQL(", ").join([*cols, *(ident(m) for m in _META)]))
+
+    def _describe(self) -> tuple[list[str], set[str]]:
+        rows = self.conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (self.spec.name,),
+        ).fetchall()
+        info = {name: (typ, notnull) for name, typ, notnull in rows}
+        return [info[c][0] for c in self.spec.columns], {n for n, (_, nn) in info.items() if nn}
+
+    def missing_required(self, values: Mapping[str, Any]) -> str | None:
+        """Name of a NOT NULL column the row leaves empty, if any (checked before loading)."""
+        for col in self.spec.columns:
+            if col in self.not_null and values.get(col) is None:
+                return col
+        return None
+
+    def load(self, rows: Sequence[SourcedRow], *, users: TableLoader | None = None) -> LoadStats:
+        """Stage and upsert `rows` (already deduplicated) in the caller's transaction."""
+        stats = LoadStats()
+        if not rows:
+            return stats
+        c = self.conn
+        c.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.stage)))
+        with c.cursor().copy(self._copy) as cp:
+            cp.set_types([*self.types, "integer", "text", "text"])
+            for row in rows:
+                cp.write_row([self._adapt(row.values.get(col), col) for col in self.spec.columns]
+                             + [row.rank, row.source_key, row.source_field])
+        if self.spec.user_refs:
+            stats.placeholders = self._placeholders()
+        stats.inserted = self._insert_new()
+        stats.updated = self._update_changed()
+        self._record_origin()
+        return stats
+
+    def _adapt(self, value: Any, col: str) -> Any:
+        if col in self.spec.json_columns and value is not None:
+            return Jsonb(value)
+        return value
+
+    def _placeholders(self) -> int:
+        refs = sql.SQL(" UNION ").join(
+            sql.SQL("SELECT {c} AS h FROM {s}").format(c=sql.Identifier(c), s=sql.Identifier(self.stage))
+            for c in self.spec.user_refs
+        )
+        cur = self.conn.execute(
+            sql.SQL(
+                "WITH refs AS ({refs}), made AS ("
+                " INSERT INTO users (handle, settings) SELECT h, %s FROM refs WHERE h IS NOT NULL {own}"
+                " ON CONFLICT (handle) DO NOTHING RETURNING handle)"
+                " INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
+                " SELECT 'users', handle, -1, '', '' FROM made ON CONFLICT DO NOTHING"
+            ).format(refs=refs, own=sql.SQL(
+                "AND h NOT IN (SELECT handle FROM {})").format(sql.Identifier(self.stage))
+                if self.spec.name == "users" else sql.SQL("")),
+            (Jsonb(PLACEHOLDER_SETTINGS),),
+        )
+        return cur.rowcount
+
+    def _insert_new(self) -> int:
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in self.spec.columns)
+        cur = self.conn.execute(
+            sql.SQL("INSERT INTO {t} ({cols}) SELECT {cols} FROM {s} ON CONFLICT ({pk}) DO NOTHING").format(
+                t=sql.Identifier(self.spec.name), cols=cols, s=sql.Identifier(self.stage),
+                pk=sql.Identifier(self.spec.pk))
+        )
+        return cur.rowcount
+
+    def _update_changed(self) -> int:
+        spec, ident = self.spec, sql.Identifier
+        outranks = sql.SQL("(o.pk IS NULL OR o.rank < 0 OR (s._rank, s._src, s._fld) >= (o.rank, o.source_key, o.source_field))")
+        cols = [c for c in spec.columns if c != spec.pk]
+        if spec.merge == "fill":
+            new = [self._fill_expr(c, outranks) for c in cols]
+            where = sql.SQL("TRUE")
+        else:
+            new = [sql.SQL("s.{}").format(ident(c)) for c in cols]
+            where = outranks
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(ident(c), e) for c, e in zip(cols, new, strict=True))
+        current = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in cols)
+        query = sql.SQL(
+            "UPDATE {t} AS t SET {assign} FROM {s} AS s"
+            " LEFT JOIN kvmigrate.row_origin o ON o.tbl = {tname} AND o.pk = s.{pk}::text"
+            " WHERE t.{pk} = s.{pk} AND {where} AND ({current}) IS DISTINCT FROM ({new})"
+        ).format(t=ident(spec.name), assign=assignments, s=ident(self.stage), tname=sql.Literal(spec.name),
+                 pk=ident(spec.pk), where=where, current=current, new=sql.SQL(", ").join(new))
+        return self.conn.execute(query).rowcount
+
+    def _fill_expr(self, col: str, outranks: sql.Composable) -> sql.Composable:
+        c = sql.Identifier(col)
+        if col in self.spec.json_columns:
+            return sql.SQL(
+                "CASE WHEN o.rank < 0 THEN s.{c} WHEN {hi} THEN coalesce(t.{c}, '{{}}') || coalesce(s.{c}, '{{}}')"
+                " ELSE coalesce(s.{c}, '{{}}') || coalesce(t.{c}, '{{}}') END").format(c=c, hi=outranks)
+        return sql.SQL("CASE WHEN {hi} THEN coalesce(s.{c}, t.{c}) ELSE coalesce(t.{c}, s.{c}) END").format(
+            c=c, hi=outranks)
+
+    def _record_origin(self) -> None:
+        self.conn.execute(
+            sql.SQL(
+                "INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
+                " SELECT {tname}, {pk}::text, _rank, _src, _fld FROM {s}"
+                " ON CONFLICT (tbl, pk) DO UPDATE SET rank = EXCLUDED.rank, source_key = EXCLUDED.source_key,"
+                " source_field = EXCLUDED.source_field"
+                " WHERE (EXCLUDED.rank, EXCLUDED.source_key, EXCLUDED.source_field)"
+                " > (row_origin.rank, row_origin.source_key, row_origin.source_field)"
+            ).format(tname=sql.Literal(self.spec.name), pk=sql.Identifier(self.spec.pk), s=sql.Identifier(self.stage))
+        )

@@ -1,0 +1,52 @@
+"""`kvmigrate rejects`: what could not be migrated, why, and the original value. Read-only."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from kvmigrate.config import Config
+from kvmigrate.connections import connect_pg
+
+
+@dataclass(frozen=True)
+class RejectRow:
+    key: str
+    field: str
+    entity: str
+    reason: str
+    message: str
+    raw_value: str | None
+    encoding: str
+
+
+@dataclass(frozen=True)
+class RejectsResult:
+    rows: tuple[RejectRow, ...]
+    by_reason: dict[str, int]
+    exported_to: str | None
+
+
+def list_rejects(config: Config, *, entities: tuple[str, ...] = (), export: Path | None = None) -> RejectsResult:
+    """Read kvmigrate.rejects (optionally one entity); `export` writes JSONL (mode 0600)."""
+    with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT key, field, entity, reason_code, message, raw_value, raw_encoding FROM kvmigrate.rejects"
+            " WHERE cardinality(%s::text[]) = 0 OR entity = ANY(%s::text[]) ORDER BY entity, key, field",
+            (list(entities), list(entities)),
+        ).fetchall()
+    result = tuple(RejectRow(*r) for r in rows)
+    by_reason: dict[str, int] = {}
+    for r in result:
+        by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
+    if export is not None:
+        fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            for r in result:
+                fh.write(orjson.dumps(dataclasses.asdict(r)) + b"\n")
+    return RejectsResult(result, by_reason, str(export) if export else None)
+

@@ -1,0 +1,189 @@
+"""kvmigrate's own records in Postgres: runs, the ledger, rejects, checkpoints, KV spend.
+
+Every function takes an open connection and runs in the caller's transaction unless it says
+otherwise, so a batch's data, ledger and checkpoint commit together.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from kvmigrate.budget import RequestBudget
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    key: str
+    field: str
+    entity: str
+    family: str
+    redis_type: str
+    value_hash: str | None
+    status: str  # migrated | rejected | kept | unknown
+    reason: str | None
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class RejectEntry:
+    key: str
+    field: str
+    entity: str
+    code: str
+    message: str
+    raw: bytes | str | None
+
+
+def start_run(conn: psycopg.Connection, command: str, *, dry_run: bool, options: dict[str, Any]) -> int:
+    """Insert a `running` row in kvmigrate.runs and commit it. Returns the run id."""
+    with conn.transaction():
+        row = conn.execute(
+            "INSERT INTO kvmigrate.runs (command, dry_run, options, os_user, host)"
+            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+            (command, dry_run, Jsonb(options), _user(), socket.gethostname()),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def finish_run(conn: psycopg.Connection, run_id: int, *, status: str, budget: RequestBudget,
+               result: dict[str, Any]) -> None:
+    """Close a run (ok/stopped/failed) and add its KV spend to today's tally; commits."""
+    with conn.transaction():
+        conn.execute(
+            "UPDATE kvmigrate.runs SET status = %s, finished_at = now(), kv_requests = %s, result = %s"
+            " WHERE id = %s",
+            (status, budget.spent, Jsonb(result), run_id),
+        )
+        record_kv_spend(conn, budget)
+
+
+def record_kv_spend(conn: psycopg.Connection, budget: RequestBudget, *, day: date | None = None) -> None:
+    """Add the budget's commands to kvmigrate.kv_requests for the (UTC) day."""
+    today = day or datetime.now(timezone.utc).date()
+    by = [(today, cmd, budget.phase, n) for cmd, n in budget.by_command.items() if n]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO kvmigrate.kv_requests (day, command, phase, n) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (day, command, phase) DO UPDATE SET n = kv_requests.n + EXCLUDED.n",
+            by,
+        )
+
+
+def kv_spent_today(conn: psycopg.Connection) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM kvmigrate.kv_requests WHERE day = (now() AT TIME ZONE 'UTC')::date"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def get_checkpoint(conn: psycopg.Connection, name: str) -> int | None:
+    row = conn.execute("SELECT cursor FROM kvmigrate.checkpoints WHERE name = %s", (name,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def set_checkpoint(conn: psycopg.Connection, name: str, cursor: int, run_id: int) -> None:
+    conn.execute(
+        "INSERT INTO kvmigrate.checkpoints (name, cursor, run_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET cursor = EXCLUDED.cursor, run_id = EXCLUDED.run_id, updated_at = now()",
+        (name, str(cursor), run_id),
+    )
+
+
+def clear_checkpoint(conn: psycopg.Connection, name: str) -> None:
+    conn.execute("DELETE FROM kvmigrate.checkpoints WHERE name = %s", (name,))
+
+
+_LEDGER_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS kvm_stage_ledger (LIKE kvmigrate.ledger);
+CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects);
+"""
+
+
+def write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> int:
+    """Upsert ledger rows; rows whose hash/status did not change are not rewritten."""
+    if not entries:
+        return 0
+    conn.execute(_LEDGER_STAGE)
+    conn.execute("TRUNCATE kvm_stage_ledger")
+    cols = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows", "run_id")
+    with conn.cursor().copy(f"COPY kvm_stage_ledger ({', '.join(cols)}) FROM STDIN") as cp:
+        for e in entries:
+            cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
+                          e.reason, e.rows, run_id))
+    cur = conn.execute(
+        "INSERT INTO kvmigrate.ledger (key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id)"
+        " SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id"
+        " FROM kvm_stage_ledger ORDER BY key, field"
+        " ON CONFLICT (key, field) DO UPDATE SET entity = EXCLUDED.entity, family = EXCLUDED.family,"
+        " redis_type = EXCLUDED.redis_type, value_hash = EXCLUDED.value_hash, status = EXCLUDED.status,"
+        " reason = EXCLUDED.reason, rows = EXCLUDED.rows, run_id = EXCLUDED.run_id, updated_at = now()"
+        " WHERE (ledger.entity, ledger.family, ledger.redis_type, ledger.value_hash, ledger.status, ledger.reason,"
+        " ledger.rows) IS DISTINCT FROM (EXCLUDED.entity, EXCLUDED.family, EXCLUDED.redis_type,"
+        " EXCLUDED.value_hash, EXCLUDED.status, EXCLUDED.reason, EXCLUDED.rows)"
+    )
+    return cur.rowcount
+
+
+def encode_raw(raw: bytes | str | None) -> tuple[str | None, str]:
+    """Store a raw value losslessly: UTF-8 text when it decodes (and has no NUL), else base64."""
+    if raw is None:
+        return None, "utf8"
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    try:
+        text = raw.decode("utf-8")
+        if "\x00" not in text:
+            return text, "utf8"
+    except UnicodeDecodeError:
+        pass
+    return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[str, str]],
+                  rejects: Sequence[RejectEntry]) -> None:
+    """Replace the rejects of the given records (key, field) with `rejects`. An item reject
+    inside a container record is stored with field `<record field>#<item label>`."""
+    if not keys:
+        return
+    conn.execute(_LEDGER_STAGE)
+    conn.execute("TRUNCATE kvm_stage_rejects")
+    with conn.cursor().copy(
+        "COPY kvm_stage_rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
+        " FROM STDIN"
+    ) as cp:
+        for r in rejects:
+            value, encoding = encode_raw(r.raw)
+            cp.write_row((r.key, r.field, r.entity, r.code, r.message, value, encoding, run_id))
+    # Drop rejects of these records that no longer apply (the value was fixed, or the item moved).
+    conn.execute(
+        "DELETE FROM kvmigrate.rejects r USING unnest(%s::text[], %s::text[]) AS b(key, field)"
+        " WHERE r.key = b.key AND (r.field = b.field OR left(r.field, length(b.field) + 1) = b.field || '#')"
+        " AND NOT EXISTS (SELECT 1 FROM kvm_stage_rejects s WHERE s.key = r.key AND s.field = r.field)",
+        ([k for k, _ in keys], [f for _, f in keys]),
+    )
+    conn.execute(
+        "INSERT INTO kvmigrate.rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
+        " SELECT DISTINCT ON (key, field) key, field, entity, reason_code, message, raw_value, raw_encoding, run_id"
+        " FROM kvm_stage_rejects ORDER BY key, field"
+        " ON CONFLICT (key, field) DO UPDATE SET reason_code = EXCLUDED.reason_code, message = EXCLUDED.message,"
+        " raw_value = EXCLUDED.raw_value, raw_encoding = EXCLUDED.raw_encoding, entity = EXCLUDED.entity"
+        " WHERE (rejects.reason_code, rejects.message, rejects.raw_value)"
+        " IS DISTINCT FROM (EXCLUDED.reason_code, EXCLUDED.message, EXCLUDED.raw_value)"
+    )
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
