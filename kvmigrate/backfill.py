@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 
 from kvmigrate import state
-from kvmigrate.batch import Batch, Tally, table_specs
+from kvmigrate.batch import Batch, RequiredCheck, Tally, table_specs
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
-from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import BatchReader, KeyValue, hscan_records, scan_pages
+from kvmigrate.kv.source import KvSource
 from kvmigrate.pg.loader import LoadStats, TableLoader, dedupe
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.records import RawRecord
@@ -66,7 +65,7 @@ class _Run:
     kv: KvClient
     entities: tuple[Entity, ...]
     result: BackfillResult
-    loaders: dict[str, TableLoader] = field(default_factory=dict)
+    writer: BatchWriter | None = None
     refs: set[str] = field(default_factory=set)
     seen_messages: set[str] = field(default_factory=set)
 
@@ -104,6 +103,7 @@ def run_backfill(
         run_id = None if dry_run else state.start_run(
             conn, "backfill", dry_run=False, options={"entities": [e.name for e in chosen], "restart": restart})
         run = _Run(config, conn, kv, chosen, BackfillResult(run_id, dry_run, budget))
+        run.writer = None if run_id is None else BatchWriter(conn, run_id)
         try:
             _scan(run, restart=restart, progress=progress)
             _memories(run, memories_dir, explicit="memories" in entities)
@@ -141,72 +141,32 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
     cursor = 0 if restart or run.result.dry_run else (state.get_checkpoint(run.conn, name) or 0)
     run.conn.rollback()
     run.result.resumed_from = cursor or None
-    classifier = Classifier(ENTITIES)
-    reader = BatchReader(run.kv, use_eval=run.config.use_eval)
-    wanted = {e.name for e in run.entities}
+    source = KvSource(run.kv, run.entities, count=run.config.scan_count, use_eval=run.config.use_eval)
     keys_seen = 0
     total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar
-    for next_cursor, keys in scan_pages(run.kv, cursor=cursor, count=run.config.scan_count):
+    for page in source.pages(cursor):
         batch = Batch()
-        to_read: list[tuple[str, Entity, object]] = []
-        for key in keys:
-            c = classifier.classify(key)
-            if c.status != "entity":
-                batch.note_policy(key, c.status, c.pattern)
-            elif c.entity is not None and c.entity.name in wanted:
-                to_read.append((key, c.entity, c.family))
-        for record, entity in _read(run, reader, to_read):
+        for key, status, pattern in page.policy:
+            batch.note_policy(key, status, pattern)
+        for record, entity in page.records:
             batch.add_outcome(entity, record, entity.transform(record), _required(run))
-        _commit(run, batch, checkpoint=(name, next_cursor))
-        keys_seen += len(keys)
+        _commit(run, batch, checkpoint=(name, page.cursor))
+        keys_seen += page.keys
         if progress:
             progress(keys_seen, total, run.result.tallies)
     run.result.complete = True
-    run.result.fallback_reason = reader.fallback_reason
+    run.result.fallback_reason = source.fallback_reason
     if not run.result.dry_run:
         with run.conn.transaction():
             state.clear_checkpoint(run.conn, name)
 
 
-def _read(run: _Run, reader: BatchReader, items: list[tuple[str, Entity, object]]) -> Iterator[tuple[RawRecord, Entity]]:
-    """Read a page's entity keys: split registry hashes by HSCAN, the rest in one batch."""
-    plain = [(k, e, f) for k, e, f in items if not getattr(f, "split_fields", False)]
-    for key, entity, family in items:
-        if getattr(family, "split_fields", False):
-            seen: set[str] = set()
-            for record in hscan_records(run.kv, key, family, count=run.config.scan_count):  # type: ignore[arg-type]
-                if record.field not in seen:
-                    seen.add(record.field)
-                    yield record, entity
-    values = reader.read([k for k, _, _ in plain], [f for _, _, f in plain])  # type: ignore[misc]
-    for kv_value, (_, entity, family) in zip(values, plain, strict=True):
-        if kv_value.redis_type == "none":
-            continue  # deleted since SCAN listed it: nothing to migrate, nothing to account
-        yield _record(kv_value, family.name), entity  # type: ignore[attr-defined]
-
-
-def _record(kv_value: KeyValue, family: str) -> RawRecord:
-    return RawRecord(kv_value.key, kv_value.redis_type, kv_value.value, "", family)  # type: ignore[arg-type]
-
-
-def _required(run: _Run) -> dict[str, Callable[..., str | None]]:
-    if run.result.dry_run:
-        return {}
-    _ensure_loaders(run)
-    return {name: loader.missing_required for name, loader in run.loaders.items()}
-
-
-def _ensure_loaders(run: _Run) -> None:
-    if run.loaders:
-        return
-    specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
-    for name, spec in specs.items():
-        run.loaders[name] = TableLoader(run.conn, spec)
-    run.conn.commit()
+def _required(run: _Run) -> dict[str, RequiredCheck]:
+    return {} if run.writer is None else run.writer.required()
 
 
 def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> None:
-    """Load one batch: rows (users first), ledger, rejects and checkpoint in one transaction."""
+    """Fold a batch into the result and, unless dry run, write it in one transaction."""
     result = run.result
     for name, tally in batch.tallies.items():
         result.tallies.setdefault(name, Tally()).add(tally)
@@ -215,24 +175,46 @@ def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> N
         slot = result.unknown_patterns.setdefault(pattern, [0, example])
         slot[0] = int(slot[0]) + int(count)  # type: ignore[call-overload]
     run.refs.update(batch.refs)
-    if result.dry_run:
+    if run.writer is None:
         run.seen_messages.update(str(r.values["id"]) for r in batch.rows.get("messages", ()))
         return
-    _ensure_loaders(run)
-    with run.conn.transaction():
-        for table, loader in run.loaders.items():
-            stats = loader.load(dedupe(loader.spec, batch.rows.get(table, [])))
-            _count_written(result, batch, table, stats)
-        state.write_ledger(run.conn, result.run_id or 0, batch.ledger)
-        state.write_rejects(run.conn, result.run_id or 0, batch.records, batch.rejects)
-        if checkpoint:
-            state.set_checkpoint(run.conn, checkpoint[0], checkpoint[1], result.run_id or 0)
+    for table, stats in run.writer.write(batch, checkpoint=checkpoint).items():
+        owner = next((e.name for e in ENTITIES if e.tables and e.tables[0].name == table), table)
+        result.tallies.setdefault(owner, Tally()).rows_written += stats.written
 
 
-def _count_written(result: BackfillResult, batch: Batch, table: str, stats: LoadStats) -> None:
-    """Rows written count for the entity that owns the table (lists it first)."""
-    owner = next((e.name for e in ENTITIES if e.tables and e.tables[0].name == table), table)
-    result.tallies.setdefault(owner, Tally()).rows_written += stats.written
+class BatchWriter:
+    """Writes batches to Postgres: rows (users first), ledger, rejects, checkpoint, one
+    transaction per batch. Shared by backfill and verify's repair."""
+
+    def __init__(self, conn: psycopg.Connection, run_id: int) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
+        self.loaders = {name: TableLoader(conn, spec) for name, spec in specs.items()}
+        conn.commit()
+
+    def required(self) -> dict[str, RequiredCheck]:
+        return {name: loader.missing_required for name, loader in self.loaders.items()}
+
+    def write(self, batch: Batch, *, checkpoint: tuple[str, int] | None = None) -> dict[str, LoadStats]:
+        """Load one batch in one transaction. Returns rows written per table."""
+        out: dict[str, LoadStats] = {}
+        with self.conn.transaction():
+            for table, loader in self.loaders.items():
+                out[table] = loader.load(dedupe(loader.spec, batch.rows.get(table, [])))
+            state.write_ledger(self.conn, self.run_id, batch.ledger)
+            state.write_rejects(self.conn, self.run_id, batch.records, batch.rejects)
+            if checkpoint:
+                state.set_checkpoint(self.conn, checkpoint[0], checkpoint[1], self.run_id)
+        return out
+
+    def load_records(self, records: Sequence[tuple[RawRecord, Entity]]) -> int:
+        """Transform and load specific records through the normal path. Returns rows written."""
+        batch = Batch()
+        for record, entity in records:
+            batch.add_outcome(entity, record, entity.transform(record), self.required())
+        return sum(s.written for s in self.write(batch).values())
 
 
 def _memories(run: _Run, directory: Path | None, *, explicit: bool) -> None:

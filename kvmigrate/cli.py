@@ -208,6 +208,31 @@ def rejects(
     run(ctx, lambda: commands.rejects(config, entities=entity or (), export=export))
 
 
+@app.command()
+def verify(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="rows: compare every row; buckets: hash buckets first, "
+                                      "rows only where a bucket differs.")] = "rows",
+    sample: Annotated[int | None, typer.Option("--sample", min=1, help="Check N random migrated keys per entity "
+                                               "(cheap; not enough for the cutover gate).")] = None,
+    recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds to wait before re-checking "
+                                                 "differences (writes in flight heal).")] = 3.0,
+    repair: Annotated[bool, typer.Option("--repair", help="Re-copy missing and differing rows from KV.")] = False,
+    repair_extra: Annotated[bool, typer.Option("--repair-extra", help="Delete rows that have no KV source "
+                                               "(needs --yes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair-extra.")] = False,
+    max_requests: MaxRequestsOpt = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
+                                     recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra, yes=yes),
+        exit_code_of=lambda r: 0 if r.clean else 1)
+
+
 @contextlib.contextmanager
 def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int, Any], None]]:
     """A rich progress bar on stderr (keys/s, rejects so far); silent when stderr is no terminal."""
@@ -247,7 +272,6 @@ def main() -> None:
 # Each says plainly that it is not built yet (exit 2) instead of faking a result.
 
 for _name, _help, _issue in (
-    ("verify", "Diff KV against Postgres, field by field (phase 2).", "verify"),
     ("dual-write", "Mark entities dual-written, then backfill and verify (phase 2).", "phases"),
     ("cutover", "Switch reads to Postgres after a clean verify (phase 3).", "phases"),
     ("cleanup", "Archive migrated keys, then delete verified ones (phase 4).", "phases"),

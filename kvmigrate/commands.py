@@ -15,10 +15,11 @@ from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_pg
 from kvmigrate.doctor import DoctorResult, run_doctor
-from kvmigrate.errors import RejectsPresent
+from kvmigrate.errors import ConfigError, RejectsPresent
 from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.rejects import RejectsResult, list_rejects
+from kvmigrate.verify import VerifyResult, run_verify
 
 
 def setup(config: Config, *, dry_run: bool = False) -> SetupResult:
@@ -65,3 +66,25 @@ def backfill(
 def rejects(config: Config, *, entities: Sequence[str] = (), export: Path | None = None) -> RejectsResult:
     """List rejected records with reasons and original values; optionally export JSONL. Read-only."""
     return list_rejects(config, entities=tuple(entities), export=export)
+
+
+def verify(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    mode: str = "rows",
+    sample: int | None = None,
+    recheck_delay: float = 3.0,
+    repair: bool = False,
+    repair_extra: bool = False,
+    yes: bool = False,
+) -> VerifyResult:
+    """Diff KV against Postgres (phase 2) and record the result for the cutover gate.
+
+    Reads KV (about 2 commands per 1,000 string keys; a sample costs far less); writes only
+    kvmigrate's records unless `repair` (re-copies rows) or `repair_extra` + `yes` (deletes rows).
+    """
+    if repair_extra and not yes:
+        raise ConfigError("--repair-extra deletes rows from Postgres", hint="add --yes to confirm")
+    return run_verify(config, entities=entities, mode=mode, sample=sample, recheck_delay=recheck_delay,
+                      repair=repair, repair_extra=repair_extra)

@@ -22,6 +22,7 @@ from kvmigrate.inventory import InventoryResult
 from kvmigrate.masking import mask_text
 from kvmigrate.pg.migrations import SetupResult
 from kvmigrate.rejects import RejectsResult
+from kvmigrate.verify import Difference, VerifyResult
 
 
 @singledispatch
@@ -111,6 +112,36 @@ def _(r: InventoryResult) -> dict[str, Any]:
 def _(r: RejectsResult) -> dict[str, Any]:
     return {"count": len(r.rows), "by_reason": r.by_reason, "exported_to": r.exported_to,
             "rejects": [dataclasses.asdict(x) for x in r.rows]}
+
+
+def _diff(d: Difference) -> dict[str, Any]:
+    out: dict[str, Any] = {"table": d.table, "pk": d.pk, "key": d.key}
+    if d.source_field:
+        out["field"] = d.source_field
+    if d.kind == "different":
+        out["fields"] = d.fields
+    return out
+
+
+@to_dict.register
+def _(r: VerifyResult) -> dict[str, Any]:
+    return {
+        "clean": r.clean,
+        "mode": r.mode,
+        "sampled": r.sampled,
+        "confidence": r.confidence(),
+        "run_id": r.run_id,
+        "kv_requests": r.budget.spent,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "entities": {
+            name: {"checked": c.checked, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
+                   "extra": [_diff(d) for d in c.extra], "different": [_diff(d) for d in c.different],
+                   "healed": c.healed, "repaired": c.repaired}
+            for name, c in r.entities.items()
+        },
+        "extra_deleted": r.extra_deleted,
+        "seconds": round(r.seconds, 3),
+    }
 
 
 @singledispatch
@@ -209,6 +240,30 @@ def _(r: RejectsResult, console: Console) -> None:
         console.print(f"… {len(r.rows) - 200} more: use --json or --export FILE")
     if r.exported_to:
         console.print(f"exported to {r.exported_to}")
+
+
+@render.register
+def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
+    title = f"verify ({r.mode}{f', sample of {r.sampled} per entity' if r.sampled else ''}): " + (
+        "CLEAN" if r.clean else "DIFFERENCES")
+    table = Table(title=title)
+    for col in ("entity", "checked", "missing", "extra", "different", "healed", "repaired"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for name, c in r.entities.items():
+        table.add_row(name, str(c.checked), str(len(c.missing)), str(len(c.extra)), str(len(c.different)),
+                      str(c.healed), str(c.repaired))
+    console.print(table)
+    for name, c in r.entities.items():
+        for d in (c.missing + c.extra + c.different)[:examples]:
+            detail = "; ".join(f"{f}: KV {v[0]!r} vs PG {v[1]!r}" for f, v in d.fields.items())
+            console.print(f"{d.kind}: {name} {d.table}.{d.pk} (from {d.key or 'no KV key'}) {detail}", markup=False)
+    if r.confidence():
+        console.print(r.confidence())
+    if r.extra_deleted:
+        console.print(f"deleted {r.extra_deleted} extra rows")
+    console.print(f"KV requests: {r.budget.spent} in {r.seconds:.1f}s")
+    if not r.clean:
+        console.print("fix with `kvmigrate verify --repair` (re-copies from KV), then verify again")
 
 
 def envelope(

@@ -86,10 +86,10 @@ def dedupe(spec: TableSpec, rows: Sequence[SourcedRow]) -> list[SourcedRow]:
 class TableLoader:
     """Stages and upserts rows of one table. Construct once per connection."""
 
-    def __init__(self, conn: psycopg.Connection, spec: TableSpec) -> None:
+    def __init__(self, conn: psycopg.Connection, spec: TableSpec, *, stage_prefix: str = "kvm_stage_") -> None:
         self.conn = conn
         self.spec = spec
-        self.stage = f"kvm_stage_{spec.name}"
+        self.stage = f"{stage_prefix}{spec.name}"
         self.types, self.not_null = self._describe()
         ident = sql.Identifier
         cols = [ident(c) for c in spec.columns]
@@ -122,19 +122,25 @@ class TableLoader:
         stats = LoadStats()
         if not rows:
             return stats
-        c = self.conn
-        c.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.stage)))
-        with c.cursor().copy(self._copy) as cp:
-            cp.set_types([*self.types, "integer", "text", "text"])
-            for row in rows:
-                cp.write_row([self._adapt(row.values.get(col), col) for col in self.spec.columns]
-                             + [row.rank, row.source_key, row.source_field])
+        self.stage_rows(rows)
         if self.spec.user_refs:
             stats.placeholders = self._placeholders()
         stats.inserted = self._insert_new()
         stats.updated = self._update_changed()
         self._record_origin()
         return stats
+
+    def stage_rows(self, rows: Sequence[SourcedRow], *, truncate: bool = True) -> None:
+        """COPY rows (with their source) into this loader's temp stage table."""
+        if truncate:
+            self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.stage)))
+        if not rows:
+            return
+        with self.conn.cursor().copy(self._copy) as cp:
+            cp.set_types([*self.types, "integer", "text", "text"])
+            for row in rows:
+                cp.write_row([self._adapt(row.values.get(col), col) for col in self.spec.columns]
+                             + [row.rank, row.source_key, row.source_field])
 
     def _adapt(self, value: Any, col: str) -> Any:
         if col in self.spec.json_columns and value is not None:

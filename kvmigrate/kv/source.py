@@ -1,0 +1,81 @@
+"""The KV side of every command: pages of classified, read records. Read-only.
+
+Backfill, verify and cleanup all see the keyspace through `read_pages`, so they agree on what
+each key is and read it the same way (one SCAN per page, one batch read per page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from kvmigrate.entities import ENTITIES, Entity
+from kvmigrate.entities.base import Family
+from kvmigrate.kv.classify import Classifier
+from kvmigrate.kv.client import KvClient
+from kvmigrate.kv.scanner import BatchReader, hscan_records, scan_pages
+from kvmigrate.records import RawRecord
+
+
+@dataclass
+class Page:
+    """One SCAN page: where to resume after it, keys kept/unknown by policy, and entity records."""
+
+    cursor: int
+    keys: int
+    policy: list[tuple[str, str, str]] = field(default_factory=list)  # (key, status, pattern)
+    records: list[tuple[RawRecord, Entity]] = field(default_factory=list)
+
+
+class KvSource:
+    """Reads pages of the keyspace for a set of entities."""
+
+    def __init__(self, kv: KvClient, entities: Sequence[Entity], *, count: int = 1000, use_eval: bool = True) -> None:
+        self.kv = kv
+        self.wanted = {e.name for e in entities}
+        self.count = count
+        self.classifier = Classifier(ENTITIES)
+        self.reader = BatchReader(kv, use_eval=use_eval)
+
+    def pages(self, cursor: int = 0) -> Iterator[Page]:
+        """Yield every page from `cursor` until the scan completes. ~2 commands per page."""
+        for next_cursor, keys in scan_pages(self.kv, cursor=cursor, count=self.count):
+            page = Page(next_cursor, len(keys))
+            items: list[tuple[str, Entity, Family]] = []
+            for key in keys:
+                c = self.classifier.classify(key)
+                if c.status != "entity":
+                    page.policy.append((key, c.status, c.pattern))
+                elif c.entity is not None and c.family is not None and c.entity.name in self.wanted:
+                    items.append((key, c.entity, c.family))
+            page.records = list(self.read(items))
+            yield page
+
+    def read(self, items: Sequence[tuple[str, Entity, Family]]) -> Iterator[tuple[RawRecord, Entity]]:
+        """Read the given entity keys: registry hashes field by field (HSCAN), the rest in one
+        batch (1 EVAL, or MGET + pipelines). Keys deleted since SCAN are skipped."""
+        plain = [(k, e, f) for k, e, f in items if not f.split_fields]
+        for key, entity, family in items:
+            if family.split_fields:
+                seen: set[str] = set()
+                for record in hscan_records(self.kv, key, family, count=self.count):
+                    if record.field not in seen:
+                        seen.add(record.field)
+                        yield record, entity
+        values = self.reader.read([k for k, _, _ in plain], [f for _, _, f in plain])
+        for kv_value, (_, entity, family) in zip(values, plain, strict=True):
+            if kv_value.redis_type != "none" and kv_value.value is not None:
+                yield RawRecord(kv_value.key, kv_value.redis_type, kv_value.value, "", family.name), entity
+
+    def read_keys(self, keys: Sequence[str]) -> list[tuple[RawRecord, Entity]]:
+        """Classify and read specific keys (verify's re-check, repair, sampling)."""
+        items = []
+        for key in keys:
+            c = self.classifier.classify(key)
+            if c.status == "entity" and c.entity is not None and c.family is not None:
+                items.append((key, c.entity, c.family))
+        return list(self.read(items))
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self.reader.fallback_reason
