@@ -104,8 +104,8 @@ def clear_checkpoint(conn: psycopg.Connection, name: str) -> None:
 
 
 _LEDGER_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS kvm_stage_ledger (LIKE kvmigrate.ledger);
-CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects);
+CREATE TEMP TABLE IF NOT EXISTS kvm_stage_ledger (LIKE kvmigrate.ledger INCLUDING DEFAULTS);
+CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUDING DEFAULTS);
 """
 
 

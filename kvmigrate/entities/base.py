@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from kvmigrate.entities.common import Bad
 from kvmigrate.records import Outcome, RawRecord
 
 
@@ -52,3 +53,46 @@ class Entity(Protocol):
     def transform(self, record: RawRecord) -> Outcome:
         """Turn one record into rows or a reject. Never raises; never does I/O."""
         ...
+
+
+class EntityBase:
+    """Shared plumbing for entity modules: dispatch a record to the handler of its family,
+    reject a Redis type the family does not accept, and turn any `Bad` value (or any other
+    exception: a transformer never raises) into a Reject whose message names the key.
+
+    A subclass sets `name`, `load_order`, `families`, `tables` and defines one method
+    `from_<family name>(record) -> Outcome` per family.
+    """
+
+    name: str = ""
+    load_order: int = 0
+    families: tuple[Family, ...] = ()
+    tables: tuple[TableSpec, ...] = ()
+
+    def family(self, name: str) -> Family:
+        for fam in self.families:
+            if fam.name == name:
+                return fam
+        raise KeyError(name)
+
+    def transform(self, record: RawRecord) -> Outcome:
+        """Turn one record into rows or a reject. Never raises; never does I/O."""
+        where = record.key + (f" field {record.field!r}" if record.field else "")
+        try:
+            fam = self.family(record.family)
+        except KeyError:
+            return Outcome.rejected("unknown_family", f"{where}: no {self.name} family {record.family!r}")
+        if record.redis_type not in fam.types:
+            expected = " or ".join(sorted(fam.types))
+            return Outcome.rejected(
+                "wrong_redis_type", f"{where} is a Redis {record.redis_type}, expected {expected}")
+        handler = getattr(self, f"from_{fam.name}")
+        try:
+            outcome: Outcome = handler(record)
+        except Bad as exc:
+            return Outcome.rejected(exc.code, f"{where}: {exc}")
+        except RecursionError:
+            return Outcome.rejected("too_deep", f"{where}: value is nested too deeply")
+        except Exception as exc:  # noqa: BLE001 - a transformer never raises; the bug is reported
+            return Outcome.rejected("transform_error", f"{where}: {type(exc).__name__}: {exc}")
+        return outcome

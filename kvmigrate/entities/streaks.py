@@ -1,0 +1,82 @@
+"""Streaks (with achievements): `streak:{handle}` → one `streaks` row.
+
+Two codebases wrote the same key name in two Redis types (KV-LAYOUT.md):
+* a hash of strings (A): `current`, `longest`, `totalDays`, `lastActive` ("YYYY-MM-DD"),
+  numbers as strings, any field may be missing;
+* a JSON string (B): `current`, `longest`, `lastActive`, `activeDays` (up to 30 dates),
+  `badges` (the achievements).
+
+Rules (README, "Data rules"): the handle comes from the key, normalised; `total_days` is
+`totalDays` when present, else the number of distinct `activeDays`; `badges` (or
+`achievements`) become `achievements`, in the order stored; every other field — `activeDays`
+included — is kept in `details` so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kvmigrate.entities import common as c
+from kvmigrate.entities.base import EntityBase, Family, TableSpec
+from kvmigrate.records import Outcome, RawRecord, Row
+
+TABLE = TableSpec(
+    "streaks",
+    "handle",
+    ("handle", "current_streak", "longest_streak", "total_days", "last_active", "achievements", "details"),
+    user_refs=("handle",),
+    json_columns=("details",),
+)
+_MAPPED = {"current", "longest", "totalDays", "total_days", "lastActive", "last_active", "badges", "achievements"}
+
+
+class Streaks(EntityBase):
+    name = "streaks"
+    load_order = 40
+    families = (Family("streak", "streak:*", frozenset({"hash", "string"}), rank=10),)
+    tables = (TABLE,)
+
+    def from_streak(self, record: RawRecord) -> Outcome:
+        raw_handle = record.key.split(":", 1)[1]
+        handle = c.handle(raw_handle, what=f"handle {raw_handle!r} in the key")
+        if isinstance(record.value, dict):
+            fields: dict[str, Any] = {k: c.unjson(v) for k, v in c.hash_text(record.value).items()}
+        elif isinstance(record.value, bytes):
+            fields = c.check_json_text(c.json_object(record.value))
+        else:
+            raise c.Bad("wrong_redis_type", f"unexpected value of type {type(record.value).__name__}")
+        row = streak_row(handle, fields)
+        stats = {"handle_normalised": 1} if handle != raw_handle else {}
+        return Outcome(rows=(Row("streaks", row, self.family("streak").rank),), stats=stats)
+
+
+def streak_row(handle: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The `streaks` row for one streak record (either shape), or raise Bad."""
+    active = fields.get("activeDays")
+    if active is not None and not isinstance(active, list):
+        raise c.Bad("wrong_type", f"activeDays is {type(active).__name__}, expected a list of dates")
+    total = fields.get("totalDays", fields.get("total_days"))
+    if total is None and active is not None:
+        days = {c.day(d, what="activeDays entry") for d in active}
+        total_days: int | None = len({d for d in days if d is not None})
+    else:
+        total_days = c.integer(total, what="totalDays")
+    badges = fields.get("badges", fields.get("achievements"))
+    if badges is None:
+        achievements: list[str] = []
+    elif isinstance(badges, list) and all(isinstance(b, str) for b in badges):
+        achievements = list(badges)
+    else:
+        raise c.Bad("wrong_type", "badges must be a list of text")
+    return {
+        "handle": handle,
+        "current_streak": c.integer(fields.get("current"), what="current"),
+        "longest_streak": c.integer(fields.get("longest"), what="longest"),
+        "total_days": total_days,
+        "last_active": c.day(fields.get("lastActive", fields.get("last_active")), what="lastActive"),
+        "achievements": achievements,
+        "details": {k: v for k, v in fields.items() if k not in _MAPPED},
+    }
+
+
+STREAKS = Streaks()
