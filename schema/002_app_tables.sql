@@ -2,8 +2,8 @@
 -- * TIMESTAMPTZ everywhere: KV holds UTC epochs, and a naive TIMESTAMP invites timezone bugs;
 -- * ids keep the ids KV already has (TEXT), so a message keeps its `msg_...` id;
 -- * columns the app relies on but the RFC forgot: invites.expires_at and invites.status;
---   board_posts.tags; a `details` JSONB on board_posts, invites and streaks keeps every KV
---   field that has no column (reactions, comments, activeDays, bonus_for_inviting...), so
+--   board_posts.tags; a `details` JSONB on board_posts, invites, streaks and memories keeps every
+--   source field that has no column (reactions, comments, activeDays, bonus_for_inviting...), so
 --   nothing is dropped.
 -- gen_random_uuid() is built in since PostgreSQL 13; no extension is needed.
 
@@ -53,6 +53,7 @@ CREATE TABLE memories (
     owner        TEXT NOT NULL REFERENCES users(handle),
     about        TEXT NOT NULL REFERENCES users(handle),
     observation  TEXT NOT NULL,
+    details      JSONB DEFAULT '{}',
     created_at   TIMESTAMPTZ DEFAULT now()
 );
 CREATE INDEX idx_memories_owner ON memories(owner, about);
