@@ -1,6 +1,8 @@
 -- kvmigrate's own bookkeeping, in its own schema so it never mixes with the app's tables.
 -- runs: one row per command run; checkpoints: where a backfill resumes; ledger: one row per
--- source record (a KV key, or one field of a big registry hash) with its final bucket;
+-- source record (a KV key, or one field of a big registry hash) with its final bucket, the
+-- digest of the value verify last found consistent (cleanup deletes only that value), and when
+-- cleanup archived and deleted it;
 -- rejects: the original value and the reason; row_origin: which source owns each target row;
 -- phases + phase_history: the dual-write/read flags the app obeys; verify_results: the
 -- evidence the cutover gate reads; kv_requests: commands spent per day, against the quota.
@@ -40,6 +42,10 @@ CREATE TABLE kvmigrate.ledger (
     rows        INT NOT NULL DEFAULT 0,
     run_id      BIGINT REFERENCES kvmigrate.runs(id),
     updated_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    verified_hash TEXT,
+    verified_at   TIMESTAMPTZ,
+    archived_at   TIMESTAMPTZ,
+    deleted_at    TIMESTAMPTZ,
     PRIMARY KEY (key, field)
 );
 CREATE INDEX ledger_entity_status ON kvmigrate.ledger (entity, status);

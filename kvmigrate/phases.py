@@ -1,0 +1,157 @@
+"""The phase flags each entity's app code obeys, and the state machine that moves them.
+
+Per entity: `writes ∈ {kv, dual, postgres}` and `reads ∈ {kv, postgres}`. The legal path is
+
+    kv/kv ──dual-write──▶ dual/kv ──cutover──▶ dual/postgres ──cleanup──▶ postgres/postgres
+
+and back where it is safe: `cutover --rollback` returns reads to KV, `dual-write --rollback`
+stops dual writes while reads are still on KV. Cleanup is not undone by a flag: KV stops
+receiving writes, so going back needs `restore` and a decision (see docs/runbook.md).
+
+The state lives in Postgres (`kvmigrate.phases`, with a `phase_history` row for every change:
+from, to, when, OS user and host, why) and is published to the KV hash `kvmigrate:flags`
+(fields `<entity>.writes`, `<entity>.reads`, plus `version` and `updated_at`) for apps that read
+their flags from KV: one HSET per change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+
+from kvmigrate.entities import ENTITIES, Entity
+from kvmigrate.errors import GateRefused
+from kvmigrate.kv.client import KvClient
+
+FLAGS_KEY = "kvmigrate:flags"
+LOCK_PHASES = 0x6B766D70  # "kvmp": phase changes are serialised per database
+
+
+@dataclass(frozen=True)
+class Phase:
+    writes: str
+    reads: str
+
+    @property
+    def name(self) -> str:
+        return PHASE_NAMES.get((self.writes, self.reads), f"{self.writes}/{self.reads}")
+
+
+KV_ONLY = Phase("kv", "kv")
+DUAL = Phase("dual", "kv")
+CUTOVER = Phase("dual", "postgres")
+CLEANED = Phase("postgres", "postgres")
+PHASE_NAMES = {
+    ("kv", "kv"): "kv",
+    ("dual", "kv"): "dual-write",
+    ("dual", "postgres"): "cutover",
+    ("postgres", "postgres"): "cleanup",
+}
+
+#: step → (the phases it may start from, the phase it ends in, the command to run first otherwise)
+STEPS: dict[str, tuple[tuple[Phase, ...], Phase, str]] = {
+    "dual-write": ((KV_ONLY, DUAL), DUAL, "kvmigrate setup"),
+    "dual-write-rollback": ((DUAL, KV_ONLY), KV_ONLY, "kvmigrate cutover --rollback"),
+    "cutover": ((DUAL, CUTOVER), CUTOVER, "kvmigrate dual-write"),
+    "cutover-rollback": ((CUTOVER, DUAL), DUAL, "kvmigrate dual-write"),
+    "cleanup": ((CUTOVER, CLEANED), CLEANED, "kvmigrate cutover"),
+}
+
+
+def kv_entities(entities: Sequence[Entity] = ENTITIES) -> tuple[Entity, ...]:
+    """Entities whose data lives in KV (memories come from files and have no flags)."""
+    return tuple(e for e in entities if e.families)
+
+
+def current(conn: psycopg.Connection, entity: str) -> Phase:
+    """The entity's phase (kv/kv when it was never changed). Read-only."""
+    row = conn.execute("SELECT writes, reads FROM kvmigrate.phases WHERE entity = %s", (entity,)).fetchone()
+    return Phase(row[0], row[1]) if row else KV_ONLY
+
+
+def all_phases(conn: psycopg.Connection) -> dict[str, Phase]:
+    """Every KV entity's phase. Read-only."""
+    rows = dict(((e, Phase(w, r)) for e, w, r in conn.execute("SELECT entity, writes, reads FROM kvmigrate.phases")))
+    return {e.name: rows.get(e.name, KV_ONLY) for e in kv_entities()}
+
+
+def check_step(conn: psycopg.Connection, entity: str, step: str) -> Phase:
+    """Return the entity's phase if `step` may start from it, else raise GateRefused naming the
+    command to run first. Read-only."""
+    allowed, _, first = STEPS[step]
+    phase = current(conn, entity)
+    if phase not in allowed:
+        raise GateRefused(
+            f"{entity}: `{step.replace('-rollback', ' --rollback')}` is not allowed in phase "
+            f"{phase.name} (writes={phase.writes}, reads={phase.reads})",
+            hint=f"run `{first} --entity {entity}` first" if "rollback" not in step else
+            f"the entity is not in a phase this step undoes; see `kvmigrate status`",
+        )
+    return phase
+
+
+def set_phase(conn: psycopg.Connection, kv: KvClient, entity: str, to: Phase, *, reason: str) -> bool:
+    """Move the entity to `to` (recording history) and republish the flags hash.
+
+    One transaction in Postgres, then 1 KV command (HSET). Returns False when already there.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PHASES,))
+        before = current(conn, entity)
+        if before == to:
+            return False
+        conn.execute(
+            "INSERT INTO kvmigrate.phases (entity, writes, reads) VALUES (%s, %s, %s)"
+            " ON CONFLICT (entity) DO UPDATE SET writes = EXCLUDED.writes, reads = EXCLUDED.reads, updated_at = now()",
+            (entity, to.writes, to.reads))
+        conn.execute(
+            "INSERT INTO kvmigrate.phase_history (entity, from_writes, from_reads, to_writes, to_reads, os_user, host,"
+            " reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (entity, before.writes, before.reads, to.writes, to.reads, _user(), socket.gethostname(), reason))
+    publish(conn, kv)
+    return True
+
+
+def publish(conn: psycopg.Connection, kv: KvClient) -> dict[str, str]:
+    """Write every entity's flags to the KV hash `kvmigrate:flags`. Costs 1 command (HSET)."""
+    phases = all_phases(conn)
+    row = conn.execute("SELECT count(*) FROM kvmigrate.phase_history").fetchone()
+    conn.commit()
+    flags = {"version": str(row[0] if row else 0), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    for name, phase in phases.items():
+        flags[f"{name}.writes"] = phase.writes
+        flags[f"{name}.reads"] = phase.reads
+    kv.call("HSET", FLAGS_KEY, *[part for item in flags.items() for part in item])
+    return flags
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    entity: str
+    from_phase: str
+    to_phase: str
+    changed_at: dt.datetime
+    by: str
+    reason: str
+
+
+def history(conn: psycopg.Connection, entity: str | None = None, *, limit: int = 50) -> list[HistoryRow]:
+    """The latest phase changes, newest first. Read-only."""
+    rows = conn.execute(
+        "SELECT entity, from_writes, from_reads, to_writes, to_reads, changed_at, os_user, host, reason"
+        " FROM kvmigrate.phase_history WHERE %s::text IS NULL OR entity = %s ORDER BY id DESC LIMIT %s",
+        (entity, entity, limit)).fetchall()
+    return [HistoryRow(e, Phase(fw or "kv", fr or "kv").name, Phase(tw, tr).name, at, f"{u}@{h}", why or "")
+            for e, fw, fr, tw, tr, at, u, h, why in rows]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
