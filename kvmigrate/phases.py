@@ -90,7 +90,7 @@ def check_step(conn: psycopg.Connection, entity: str, step: str) -> Phase:
             f"{entity}: `{step.replace('-rollback', ' --rollback')}` is not allowed in phase "
             f"{phase.name} (writes={phase.writes}, reads={phase.reads})",
             hint=f"run `{first} --entity {entity}` first" if "rollback" not in step else
-            f"the entity is not in a phase this step undoes; see `kvmigrate status`",
+            "the entity is not in a phase this step undoes; see `kvmigrate status`",
         )
     return phase
 
