@@ -1,0 +1,121 @@
+"""Thread memories: lines of the client's `thread_{handle}.jsonl` files → `memories` rows.
+
+Memories are not in KV: the client appends one JSON object per line, `{id, timestamp (ISO),
+observation, from, about, …}`, to `~/.vibe/memory/thread_{handle}.jsonl`, where `{handle}` is
+the thread partner (the `about` handle, sanitised for a file name). `iter_memory_records` turns
+every non-blank line into a RawRecord (`key = "file:<file name>"`, `field = "L<line number>"`);
+the transformer is pure like every other.
+
+Rules (README, "Data rules"): the memory `id` is required and is the primary key (a rerun
+rewrites nothing); `owner` ← `from` and `about` ← `about`, both required and normalised — the
+file name is not used as a fallback owner, because it names the thread partner, not the owner;
+`observation` is required text; `created_at` ← `timestamp` (missing: empty); every other field
+goes to `details`. A bad line is a reject and the file goes on; a file that cannot be read is
+one `unreadable_file` reject (key `file:<name>`, no field) whose raw value is the error text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from kvmigrate.entities import common as c
+from kvmigrate.entities.base import EntityBase, Family, TableSpec
+from kvmigrate.entities.board import required_text
+from kvmigrate.errors import ConfigError
+from kvmigrate.records import Outcome, RawRecord, Row
+
+TABLE = TableSpec(
+    "memories",
+    "id",
+    ("id", "owner", "about", "observation", "details", "created_at"),
+    user_refs=("owner", "about"),
+    json_columns=("details",),
+)
+FILE_GLOB = "thread_*.jsonl"
+#: Record "families" stamped by `iter_memory_records`; never matched against KV keys.
+FILE = Family("file", "file:" + FILE_GLOB, frozenset({"jsonl"}), rank=10)
+UNREADABLE = Family("unreadable", "file:" + FILE_GLOB, frozenset({"jsonl"}))
+_MAPPED = ("id", "timestamp", "observation", "from", "about")
+
+
+class Memories(EntityBase):
+    """Memories have no KV family (`families` is empty, so no key ever matches); their records
+    come from files, and `family()` knows the two kinds `iter_memory_records` produces, so the
+    shared `transform` (type check, dispatch, Bad → reject, never raises) applies unchanged."""
+
+    name = "memories"
+    load_order = 70
+    families = ()
+    tables = (TABLE,)
+
+    def family(self, name: str) -> Family:
+        for fam in (FILE, UNREADABLE):
+            if fam.name == name:
+                return fam
+        raise KeyError(name)
+
+    def from_file(self, record: RawRecord) -> Outcome:
+        if not isinstance(record.value, bytes):
+            raise c.Bad("wrong_type", f"unexpected value of type {type(record.value).__name__}")
+        fields = c.check_json_text(c.json_object(record.value, what="line"), what="line")
+        row, changed = memory_row(fields)
+        stats = {"handle_normalised": changed} if changed else {}
+        return Outcome(rows=(Row(TABLE.name, row, FILE.rank),), stats=stats)
+
+    def from_unreadable(self, record: RawRecord) -> Outcome:
+        error = record.value.decode("utf-8", "replace") if isinstance(record.value, bytes) else "?"
+        raise c.Bad("unreadable_file",
+                    f"the file could not be read ({error}); its unread lines did not migrate")
+
+
+def memory_row(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The `memories` row for one line, and how many handles normalising changed; or raise Bad."""
+    memory_id = required_text(fields, "id")
+    handles: dict[str, str] = {}
+    changed = 0
+    for column, name in (("owner", "from"), ("about", "about")):
+        raw = fields.get(name)
+        if raw is None or raw == "":
+            raise c.Bad("missing_field", f"the memory has no {name!r} handle")
+        handles[column] = c.handle(raw, what=name)
+        changed += handles[column] != raw
+    row = {
+        "id": memory_id,
+        **handles,
+        "observation": required_text(fields, "observation"),
+        "details": {k: v for k, v in fields.items() if k not in _MAPPED},
+        "created_at": c.optional_timestamp(fields.get("timestamp")),
+    }
+    return row, changed
+
+
+def iter_memory_records(folder: Path) -> Iterator[RawRecord]:
+    """Yield one record per non-blank line of every `thread_*.jsonl` file in `folder`, files by
+    name, lines in order. Reads files only; a file that cannot be read (or stops being readable)
+    yields one `unreadable` record instead of raising. A folder that cannot be listed raises
+    ConfigError."""
+    try:
+        paths = sorted(p for p in folder.iterdir() if p.match(FILE_GLOB))
+    except OSError as exc:
+        raise ConfigError(f"cannot list the memories folder {folder}: {exc.strerror or exc}",
+                          hint="check its permissions, or pass --memories-dir DIR") from None
+    for path in paths:
+        yield from _file_records(path)
+
+
+def _file_records(path: Path) -> Iterator[RawRecord]:
+    key = "file:" + path.name
+    try:
+        with path.open("rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                value = line.rstrip(b"\n").rstrip(b"\r")
+                if value.strip():
+                    yield RawRecord(key, "jsonl", value, f"L{number}", FILE.name)
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        yield RawRecord(key, "jsonl", error.encode("utf-8", "replace"), "", UNREADABLE.name)
+
+
+MEMORIES = Memories()
