@@ -102,7 +102,7 @@ def run_backfill(
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
         run_id = None if dry_run else state.start_run(
             conn, "backfill", dry_run=False, options={"entities": [e.name for e in chosen], "restart": restart})
-        run = _Run(config, conn, kv, chosen, BackfillResult(run_id, dry_run, budget))
+        run = _Run(config, conn, kv, chosen, BackfillResult(run_id, dry_run, budget, {e.name: Tally() for e in chosen}))
         run.writer = None if run_id is None else BatchWriter(conn, run_id)
         try:
             _scan(run, restart=restart, progress=progress)
@@ -180,7 +180,8 @@ def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> N
         return
     for table, stats in run.writer.write(batch, checkpoint=checkpoint).items():
         owner = next((e.name for e in ENTITIES if e.tables and e.tables[0].name == table), table)
-        result.tallies.setdefault(owner, Tally()).rows_written += stats.written
+        if stats.written:
+            result.tallies.setdefault(owner, Tally()).rows_written += stats.written
 
 
 class BatchWriter:

@@ -233,6 +233,59 @@ def verify(
         exit_code_of=lambda r: 0 if r.clean else 1)
 
 
+# --------------------------------------------------------------------------- phases 2-4
+
+SettleOpt = Annotated[
+    float,
+    typer.Option("--settle", min=0, help="Seconds to wait after changing flags, so every app instance sees them "
+                 "(at least the app's flag cache time)."),
+]
+
+
+@app.command("dual-write")
+def dual_write(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    settle: SettleOpt = 15.0,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Stop dual writes (only while reads are on KV).")] = False,
+    recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds before re-checking "
+                                                 "differences.")] = 3.0,
+    max_requests: MaxRequestsOpt = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Mark entities dual-written (phase 2), then backfill and verify them; exit 1 if verify differs."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    with progress_bar(ctx, "backfill") as on_page:
+        run(ctx, lambda: commands.dual_write(config, entities=entity or (), settle=settle, rollback=rollback,
+                                             recheck_delay=recheck_delay, progress=on_page),
+            exit_code_of=lambda r: 0 if r.clean else 1)
+
+
+@app.command()
+def cutover(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Switch even if the verify gate refuses (recorded).")] = False,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Switch reads back to KV.")] = False,
+    max_verify_age: Annotated[int, typer.Option("--max-verify-age", min=1, help="Minutes a clean verify stays "
+                                                "valid for the gate.")] = 60,
+) -> None:
+    """Switch reads to Postgres (phase 3) once each entity's latest full verify is clean and recent."""
+    config = config_from(ctx)
+    age = dt.timedelta(minutes=max_verify_age)
+    run(ctx, lambda: commands.cutover(config, entities=entity or (), force=force, rollback=rollback,
+                                      max_verify_age=age))
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Phase of each entity, ledger buckets, last backfill and verify, KV requests today. Read-only."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.status(config))
+
+
 @contextlib.contextmanager
 def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int, Any], None]]:
     """A rich progress bar on stderr (keys/s, rejects so far); silent when stderr is no terminal."""
@@ -272,11 +325,8 @@ def main() -> None:
 # Each says plainly that it is not built yet (exit 2) instead of faking a result.
 
 for _name, _help, _issue in (
-    ("dual-write", "Mark entities dual-written, then backfill and verify (phase 2).", "phases"),
-    ("cutover", "Switch reads to Postgres after a clean verify (phase 3).", "phases"),
     ("cleanup", "Archive migrated keys, then delete verified ones (phase 4).", "phases"),
     ("restore", "Put archived keys back (the undo of cleanup).", "phases"),
-    ("status", "Phase of each entity, last runs, rejects, KV requests today.", "phases"),
 ):
 
     def _planned(ctx: typer.Context, _n: str = _name, _i: str = _issue) -> None:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,11 +15,13 @@ from kvmigrate.backfill import BackfillResult, Progress, run_backfill
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_pg
+from kvmigrate.cutover import CutoverResult, DualWriteResult, run_cutover, run_dual_write
 from kvmigrate.doctor import DoctorResult, run_doctor
 from kvmigrate.errors import ConfigError, RejectsPresent
 from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.rejects import RejectsResult, list_rejects
+from kvmigrate.status import StatusResult, run_status
 from kvmigrate.verify import VerifyResult, run_verify
 
 
@@ -88,3 +91,42 @@ def verify(
         raise ConfigError("--repair-extra deletes rows from Postgres", hint="add --yes to confirm")
     return run_verify(config, entities=entities, mode=mode, sample=sample, recheck_delay=recheck_delay,
                       repair=repair, repair_extra=repair_extra)
+
+
+def dual_write(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    settle: float = 15.0,
+    rollback: bool = False,
+    recheck_delay: float = 3.0,
+    progress: Progress | None = None,
+) -> DualWriteResult:
+    """Mark entities dual-written (phase 2), wait for apps to see the flag, backfill and verify.
+
+    Writes Postgres (state, rows) and the KV flags hash (1 HSET per change); then the KV cost of a
+    backfill plus a verify. With `rollback`, writes return to KV only (only while reads are on KV).
+    """
+    return run_dual_write(config, entities=entities, settle=settle, rollback=rollback,
+                          recheck_delay=recheck_delay, progress=progress)
+
+
+def cutover(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    force: bool = False,
+    rollback: bool = False,
+    max_verify_age: dt.timedelta = dt.timedelta(hours=1),
+) -> CutoverResult:
+    """Switch reads to Postgres (phase 3) if each entity's latest verify is clean, full and recent.
+
+    Refuses (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
+    Writes Postgres state and the KV flags hash (1 HSET per change).
+    """
+    return run_cutover(config, entities=entities, force=force, rollback=rollback, max_verify_age=max_verify_age)
+
+
+def status(config: Config) -> StatusResult:
+    """Phase, flags, ledger buckets, last runs and today's KV spend per entity. Read-only; no KV request."""
+    return run_status(config)

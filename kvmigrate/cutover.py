@@ -1,0 +1,162 @@
+"""Phase 2 and 3 steps: `dual-write` (flags, then backfill + verify) and the gated `cutover`.
+
+The cutover gate reads `kvmigrate.verify_results`: an entity's reads move to Postgres only when
+its latest verify is clean, checked every key (not a sample), is younger than `max_verify_age`
+and ran after the entity started dual writes (so it proves the dual writes too). Cutover of
+several entities is all or nothing: every gate is checked before any flag moves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+
+from kvmigrate import phases
+from kvmigrate.backfill import BackfillResult, Progress, require_schema, run_backfill
+from kvmigrate.budget import RequestBudget
+from kvmigrate.config import Config
+from kvmigrate.connections import connect_kv, connect_pg
+from kvmigrate.entities import Entity, select_entities
+from kvmigrate.errors import ConfigError, GateRefused
+from kvmigrate.verify import VerifyResult, run_verify
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether one entity may cut over, and why (or why not)."""
+
+    entity: str
+    ok: bool
+    reason: str
+
+
+@dataclass
+class PhaseChange:
+    entity: str
+    before: str
+    after: str
+    changed: bool
+
+
+@dataclass
+class CutoverResult:
+    rollback: bool
+    forced: bool
+    gates: list[Gate] = field(default_factory=list)
+    changes: list[PhaseChange] = field(default_factory=list)
+    kv_requests: int = 0
+
+
+@dataclass
+class DualWriteResult:
+    changes: list[PhaseChange]
+    backfill: BackfillResult | None
+    verify: VerifyResult | None
+    settle_seconds: float
+    kv_requests: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return self.verify is None or self.verify.clean
+
+
+def _kv_only(names: Sequence[str]) -> tuple[Entity, ...]:
+    chosen = phases.kv_entities(select_entities(names))
+    if not chosen:
+        raise ConfigError("none of the chosen entities lives in KV",
+                          hint="memories come from files and have no phase flags")
+    return chosen
+
+
+def gate(conn: psycopg.Connection, entity: str, *, max_age: dt.timedelta) -> Gate:
+    """Check the cutover gate for one entity against its latest verify. Read-only."""
+    row = conn.execute(
+        "SELECT clean, sampled, verified_at, missing + extra + different, now() - verified_at FROM"
+        " kvmigrate.verify_results WHERE entity = %s ORDER BY verified_at DESC, id DESC LIMIT 1", (entity,)).fetchone()
+    since = conn.execute(
+        "SELECT max(changed_at) FROM kvmigrate.phase_history WHERE entity = %s AND to_writes = 'dual'"
+        " AND from_writes IS DISTINCT FROM 'dual'", (entity,)).fetchone()
+    conn.commit()
+    if row is None:
+        return Gate(entity, False, "never verified")
+    clean, sampled, at, diffs, age = row
+    if sampled:
+        return Gate(entity, False, f"the latest verify ({at:%Y-%m-%d %H:%M} UTC) was a sample, not every key")
+    if not clean:
+        return Gate(entity, False, f"the latest verify found {diffs} differences")
+    if age > max_age:
+        return Gate(entity, False, f"the latest verify is {_ago(age)} old (limit {_ago(max_age)})")
+    if since and since[0] and at < since[0]:
+        return Gate(entity, False, "the latest verify ran before dual writes started, so it does not cover them")
+    return Gate(entity, True, f"clean full verify {_ago(age)} ago")
+
+
+def _ago(delta: dt.timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+
+
+def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = False, rollback: bool = False,
+                max_verify_age: dt.timedelta = dt.timedelta(hours=1)) -> CutoverResult:
+    """Switch reads to Postgres (or back, with rollback). Writes Postgres state + 1 HSET per change."""
+    chosen = _kv_only(entities)
+    result = CutoverResult(rollback, force)
+    step = "cutover-rollback" if rollback else "cutover"
+    budget = RequestBudget(cap=config.max_requests, phase="flags")
+    with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
+        require_schema(conn)
+        before = {e.name: phases.check_step(conn, e.name, step) for e in chosen}
+        if not rollback:
+            result.gates = [gate(conn, e.name, max_age=max_verify_age) for e in chosen]
+            refused = [g for g in result.gates if not g.ok]
+            if refused and not force:
+                names = " ".join(f"--entity {g.entity}" for g in refused)
+                raise GateRefused(
+                    "cutover refused: " + "; ".join(f"{g.entity}: {g.reason}" for g in refused),
+                    hint=f"run `kvmigrate verify {names}` (a full verify, not --sample), then cutover again;"
+                    " --force skips the gate")
+        kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
+        target = phases.DUAL if rollback else phases.CUTOVER
+        reason = "cutover rollback" if rollback else ("cutover (forced past the gate)" if force else "cutover")
+        for e in chosen:
+            changed = phases.set_phase(conn, kv, e.name, target, reason=reason)
+            result.changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
+    result.kv_requests = budget.spent
+    return result
+
+
+def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: float = 15.0, rollback: bool = False,
+                   recheck_delay: float = 3.0, progress: Progress | None = None) -> DualWriteResult:
+    """Mark entities dual-written, wait `settle` seconds for apps to see the flag, then backfill
+    and verify them. With rollback: writes go back to KV only (reads must still be on KV)."""
+    chosen = _kv_only(entities)
+    budget = RequestBudget(cap=config.max_requests, phase="flags")
+    step = "dual-write-rollback" if rollback else "dual-write"
+    target = phases.KV_ONLY if rollback else phases.DUAL
+    changes: list[PhaseChange] = []
+    with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
+        require_schema(conn)
+        before = {e.name: phases.check_step(conn, e.name, step) for e in chosen}
+        kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
+        for e in chosen:
+            changed = phases.set_phase(conn, kv, e.name, target, reason=step.replace("-", " "))
+            changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
+    if rollback:
+        return DualWriteResult(changes, None, None, 0.0, budget.spent)
+    if settle > 0 and any(c.changed for c in changes):
+        time.sleep(settle)
+    names = [e.name for e in chosen]
+    remaining = None if config.max_requests is None else max(config.max_requests - budget.spent, 1)
+    sub = config.model_copy(update={"max_requests": remaining})
+    backfill = run_backfill(sub, entities=names, progress=progress)
+    if remaining is not None:
+        sub = config.model_copy(update={"max_requests": max(remaining - backfill.budget.spent, 1)})
+    verify = run_verify(sub, entities=names, recheck_delay=recheck_delay)
+    spent = budget.spent + backfill.budget.spent + verify.budget.spent
+    return DualWriteResult(changes, backfill, verify, settle, spent)

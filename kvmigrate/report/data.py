@@ -1,0 +1,185 @@
+"""Renderings of backfill, inventory, rejects and verify results."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvmigrate.backfill import BackfillResult
+from kvmigrate.batch import Tally
+from kvmigrate.entities import ENTITY_NAMES
+from kvmigrate.inventory import InventoryResult
+from kvmigrate.rejects import RejectsResult
+from kvmigrate.report.core import render, to_dict
+from kvmigrate.verify import Difference, VerifyResult
+
+
+@to_dict.register
+def _(t: Tally) -> dict[str, Any]:
+    return {"scanned": t.scanned, "migrated": t.migrated, "rejected": t.rejected, "kept": t.kept,
+            "unknown": t.unknown, "rows_written": t.rows_written, "item_rejects": t.item_rejects,
+            "stats": dict(sorted(t.stats.items()))}
+
+
+@to_dict.register
+def _(r: BackfillResult) -> dict[str, Any]:
+    order: list[str] = [n for n in ENTITY_NAMES if n in r.tallies]
+    order += sorted(n for n in r.tallies if n not in order)
+    return {
+        "run_id": r.run_id,
+        "dry_run": r.dry_run,
+        "complete": r.complete,
+        "resumed_from_cursor": r.resumed_from,
+        "kv_requests": r.budget.spent,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "entities": {n: to_dict(r.tallies[n]) for n in order},
+        "kept_patterns": dict(sorted(r.kept_patterns.items())),
+        "unknown_patterns": {p: {"keys": c, "example": e} for p, (c, e) in sorted(r.unknown_patterns.items())},
+        "placeholder_users": r.placeholders,
+        "dangling_refs": r.dangling_refs,
+        "scripting_fallback": r.fallback_reason,
+        "seconds": round(r.seconds, 3),
+    }
+
+
+@to_dict.register
+def _(r: InventoryResult) -> dict[str, Any]:
+    return {
+        "total_keys": r.total_keys,
+        "by_status": dict(r.by_status()),
+        "patterns": {
+            p: {"status": c.status, "entity": c.entity, "keys": c.keys, "types": dict(c.types), "items": c.items,
+                "bytes": c.bytes, "with_ttl": c.with_ttl, "example": c.example}
+            for p, c in sorted(r.patterns.items())
+        },
+        "scan_pages": r.pages,
+        "predicted_backfill_requests": r.predicted_backfill,
+        "predicted_backfill_requests_without_scripting": r.predicted_backfill_pipeline,
+        "naive_requests": r.naive_requests,
+        "kv_requests": r.budget.spent,
+    }
+
+
+@to_dict.register
+def _(r: RejectsResult) -> dict[str, Any]:
+    return {"count": len(r.rows), "by_reason": r.by_reason, "exported_to": r.exported_to,
+            "rejects": [dataclasses.asdict(x) for x in r.rows]}
+
+
+def _diff(d: Difference) -> dict[str, Any]:
+    out: dict[str, Any] = {"table": d.table, "pk": d.pk, "key": d.key}
+    if d.source_field:
+        out["field"] = d.source_field
+    if d.kind == "different":
+        out["fields"] = d.fields
+    return out
+
+
+@to_dict.register
+def _(r: VerifyResult) -> dict[str, Any]:
+    return {
+        "clean": r.clean,
+        "mode": r.mode,
+        "sampled": r.sampled,
+        "confidence": r.confidence(),
+        "run_id": r.run_id,
+        "kv_requests": r.budget.spent,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "entities": {
+            name: {"checked": c.checked, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
+                   "extra": [_diff(d) for d in c.extra], "different": [_diff(d) for d in c.different],
+                   "healed": c.healed, "repaired": c.repaired}
+            for name, c in r.entities.items()
+        },
+        "extra_deleted": r.extra_deleted,
+        "seconds": round(r.seconds, 3),
+    }
+
+
+@render.register
+def _(r: BackfillResult, console: Console) -> None:
+    data = to_dict(r)
+    table = Table(title="backfill" + (" (dry run: nothing written)" if r.dry_run else f" run {r.run_id}"))
+    for col in ("entity", "scanned", "migrated", "rejected", "kept", "unknown", "rows written", "item rejects"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for name, t in data["entities"].items():
+        table.add_row(name, *(str(t[k]) for k in ("scanned", "migrated", "rejected", "kept", "unknown",
+                                                   "rows_written", "item_rejects")))
+    console.print(table)
+    for pattern, info in data["unknown_patterns"].items():
+        console.print(f"unknown: {pattern} ({info['keys']} keys, e.g. {info['example']!r}) left in KV, not migrated")
+    if r.placeholders:
+        console.print(f"placeholder users: {r.placeholders} handles referenced with no user record (see README)")
+    if r.dangling_refs:
+        console.print(f"dangling references: {r.dangling_refs} message ids listed whose msg: record is gone")
+    if r.resumed_from:
+        console.print(f"resumed from scan cursor {r.resumed_from}")
+    if r.fallback_reason:
+        console.print(f"scripting refused ({r.fallback_reason}): read with pipelines")
+    console.print(f"KV requests: {r.budget.spent} ({', '.join(f'{k} {v}' for k, v in sorted(r.budget.by_command.items()))})"
+                  f" in {r.seconds:.1f}s")
+    if r.rejected:
+        console.print(f"{r.rejected} rejects: see `kvmigrate rejects`")
+
+
+@render.register
+def _(r: InventoryResult, console: Console) -> None:
+    table = Table(title=f"inventory: {r.total_keys} keys")
+    for col in ("pattern", "status", "entity", "keys", "types", "items", "bytes", "with TTL"):
+        table.add_column(col, justify="right" if col in ("keys", "items", "bytes", "with TTL") else "left")
+    for pattern, c in sorted(r.patterns.items(), key=lambda kv: (kv[1].status, kv[0])):
+        types = ", ".join(f"{t} {n}" for t, n in c.types.most_common())
+        table.add_row(pattern, c.status, c.entity or "", str(c.keys), types, str(c.items), str(c.bytes),
+                      str(c.with_ttl))
+    console.print(table)
+    console.print(", ".join(f"{k}: {v}" for k, v in sorted(r.by_status().items())))
+    console.print(f"a backfill would cost about {r.predicted_backfill} KV requests "
+                  f"({r.predicted_backfill_pipeline} without scripting; a naive per-key copy: {r.naive_requests})")
+    console.print(f"this inventory cost {r.budget.spent} KV requests")
+
+
+@render.register
+def _(r: RejectsResult, console: Console) -> None:
+    if not r.rows:
+        console.print("no rejects")
+        return
+    table = Table(title=f"{len(r.rows)} rejects")
+    for col in ("entity", "key", "field", "reason", "message", "value"):
+        table.add_column(col, overflow="fold")
+    for x in r.rows[:200]:
+        value = (x.raw_value or "")[:60] + ("…" if x.raw_value and len(x.raw_value) > 60 else "")
+        table.add_row(x.entity, x.key, x.field, x.reason, x.message, value + (" (base64)" if x.encoding == "base64" else ""))
+    console.print(table)
+    if len(r.rows) > 200:
+        console.print(f"… {len(r.rows) - 200} more: use --json or --export FILE")
+    if r.exported_to:
+        console.print(f"exported to {r.exported_to}")
+
+
+@render.register
+def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
+    title = f"verify ({r.mode}{f', sample of {r.sampled} per entity' if r.sampled else ''}): " + (
+        "CLEAN" if r.clean else "DIFFERENCES")
+    table = Table(title=title)
+    for col in ("entity", "checked", "missing", "extra", "different", "healed", "repaired"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for name, c in r.entities.items():
+        table.add_row(name, str(c.checked), str(len(c.missing)), str(len(c.extra)), str(len(c.different)),
+                      str(c.healed), str(c.repaired))
+    console.print(table)
+    for name, c in r.entities.items():
+        for d in (c.missing + c.extra + c.different)[:examples]:
+            detail = "; ".join(f"{f}: KV {v[0]!r} vs PG {v[1]!r}" for f, v in d.fields.items())
+            console.print(f"{d.kind}: {name} {d.table}.{d.pk} (from {d.key or 'no KV key'}) {detail}", markup=False)
+    if r.confidence():
+        console.print(r.confidence())
+    if r.extra_deleted:
+        console.print(f"deleted {r.extra_deleted} extra rows")
+    console.print(f"KV requests: {r.budget.spent} in {r.seconds:.1f}s")
+    if not r.clean:
+        console.print("fix with `kvmigrate verify --repair` (re-copies from KV), then verify again")
+
+

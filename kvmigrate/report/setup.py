@@ -1,0 +1,64 @@
+"""Renderings of setup, doctor and demo results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from kvmigrate.demo import DemoResult
+from kvmigrate.doctor import DoctorResult
+from kvmigrate.pg.migrations import SetupResult
+from kvmigrate.report.core import render, to_dict
+
+
+@to_dict.register
+def _(result: SetupResult) -> dict[str, Any]:
+    return {
+        "dry_run": result.dry_run,
+        "applied": [m.filename for m in result.applied],
+        "already_applied": [m.filename for m in result.already],
+    }
+
+
+@to_dict.register
+def _(result: DoctorResult) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "kv_requests": result.kv_requests,
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
+    }
+
+
+@render.register
+def _(result: SetupResult, console: Console) -> None:
+    if result.dry_run:
+        if not result.applied:
+            console.print("schema is up to date: nothing would be applied")
+        for mig in result.applied:
+            console.print(f"-- would apply {mig.filename}", style="bold")
+            console.print(mig.sql, markup=False, highlight=False)
+        return
+    for mig in result.applied:
+        console.print(f"applied {mig.filename}")
+    if not result.applied:
+        console.print(f"schema is up to date: {len(result.already)} files already applied, nothing to do")
+
+
+@render.register
+def _(result: DoctorResult, console: Console) -> None:
+    for check in result.checks:
+        mark = "[green]ok  [/]" if check.ok else "[red]FAIL[/]"
+        console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+    console.print(f"KV requests spent: {result.kv_requests}")
+
+
+@render.register
+def _(result: DemoResult, console: Console) -> None:
+    console.print("== phase 1: setup", style="bold")
+    render(result.setup, console)
+    console.print("== doctor", style="bold")
+    render(result.doctor, console)
+    console.print("not built yet, so not run: " + ", ".join(result.steps_not_built))
+
+
