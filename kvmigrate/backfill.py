@@ -218,16 +218,30 @@ class BatchWriter:
         return sum(s.written for s in self.write(batch).values())
 
 
+DEFAULT_MEMORIES_DIR = Path("~/.vibe/memory")
+
+
+def memories_folder(directory: Path | None, *, explicit: bool) -> Path | None:
+    """The memories folder to read: `directory`, else the client's default when it exists.
+
+    None when there is nothing to read; a folder that was asked for but is missing is an error.
+    """
+    folder = (directory or DEFAULT_MEMORIES_DIR).expanduser()
+    if folder.is_dir():
+        return folder
+    if explicit or directory is not None:
+        raise ConfigError(f"memories folder {folder} does not exist", hint="pass --memories-dir DIR")
+    return None
+
+
 def _memories(run: _Run, directory: Path | None, *, explicit: bool) -> None:
     entity = next((e for e in run.entities if e.name == "memories"), None)
     if entity is None:
         return
     from kvmigrate.entities.memories import iter_memory_records
 
-    folder = (directory or Path("~/.vibe/memory")).expanduser()
-    if not folder.is_dir():
-        if explicit or directory is not None:
-            raise ConfigError(f"memories folder {folder} does not exist", hint="pass --memories-dir DIR")
+    folder = memories_folder(directory, explicit=explicit)
+    if folder is None:
         run.result.tallies.setdefault("memories", Tally()).stats["no_memories_dir"] += 1
         return
     batch = Batch()

@@ -52,6 +52,7 @@ class EntityCheck:
         return not (self.missing or self.extra or self.different)
 
 
+FILE_PREFIX = "file:"
 _SEEN = """
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_seen (
     key TEXT, field TEXT, entity TEXT, family TEXT, redis_type TEXT, digest TEXT, status TEXT, rows INT);
@@ -151,11 +152,17 @@ class Differ:
     def _check_for(self, source_key: str | None, spec: TableSpec) -> EntityCheck:
         name = None
         if source_key:
-            c = self.source.classifier.classify(source_key)
-            name = c.entity.name if c.entity is not None else None
+            name = self.entity_of(source_key)
         if name not in self.checks:
             name = next((e.name for e in self.chosen if spec in e.tables), self.chosen[0].name)
         return self.checks[name]
+
+    def entity_of(self, source_key: str) -> str | None:
+        """The entity a source key belongs to (memory files are `file:` keys)."""
+        if source_key.startswith(FILE_PREFIX):
+            return "memories"
+        c = self.source.classifier.classify(source_key)
+        return c.entity.name if c.entity is not None else None
 
     def _missing(self, spec: TableSpec, expected: sql.Composable, buckets: list[int] | None) -> None:
         query = sql.SQL("SELECT e.{pk}::text, e._src, e._fld FROM ({e}) e WHERE {bf} AND NOT EXISTS"
@@ -187,8 +194,7 @@ class Differ:
         wanted = {e.name for e in self.chosen}
         for pk, src, fld in self.conn.execute(query).fetchall():
             if src:
-                c = self.source.classifier.classify(src)
-                if c.entity is None or c.entity.name not in wanted:
+                if self.entity_of(src) not in wanted:
                     continue
             elif len(wanted) < len(ENTITIES):
                 continue  # a row with no recorded source: only a verify of everything answers for it

@@ -15,11 +15,12 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 
 from kvmigrate import state
-from kvmigrate.backfill import require_schema
+from kvmigrate.backfill import memories_folder, require_schema
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
@@ -67,16 +68,25 @@ def run_verify(
     repair: bool = False,
     repair_extra: bool = False,
     seed: int | None = None,
+    memories_dir: Path | None = None,
 ) -> VerifyResult:
     """Diff KV against Postgres for the chosen entities and record the result per entity.
 
     Costs the same KV commands as a backfill scan (about 2 per 1,000 string keys), or, with
     `sample`, one read per sampled batch; plus one read per difference re-checked. Writes only
     kvmigrate's records, unless `repair` (re-copies rows) or `repair_extra` (deletes rows).
+    Memories are compared against their files when a memories folder is found (not in samples).
     """
     if mode not in ("rows", "buckets"):
         raise ConfigError(f"unknown verify mode {mode!r}", hint="use --mode rows or --mode buckets")
     chosen = select_entities(entities)
+    folder = None
+    if any(e.name == "memories" for e in chosen):
+        folder = None if sample else memories_folder(memories_dir, explicit="memories" in entities)
+        if folder is None:
+            chosen = tuple(e for e in chosen if e.name != "memories")
+    if not chosen:
+        raise ConfigError("nothing to verify", hint="memories are verified against --memories-dir DIR")
     budget = RequestBudget(cap=config.max_requests, phase="verify")
     started = time.perf_counter()
     with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
@@ -91,6 +101,8 @@ def run_verify(
         else:
             for page in source.pages():
                 differ.stage(page.records)
+            if folder is not None:
+                _stage_memories(differ, folder, config.batch_size)
         differ.compare(extras=not sample)
         if differ.diffs and recheck_delay > 0:
             time.sleep(recheck_delay)
@@ -104,6 +116,18 @@ def run_verify(
         result.seconds = time.perf_counter() - started
         _record(conn, result, run_id)
         return result
+
+
+def _stage_memories(differ: Differ, folder: Path, batch_size: int) -> None:
+    from kvmigrate.entities.memories import MEMORIES, iter_memory_records
+
+    chunk: list[tuple[RawRecord, Entity]] = []
+    for record in iter_memory_records(folder):
+        chunk.append((record, MEMORIES))
+        if len(chunk) >= batch_size:
+            differ.stage(chunk)
+            chunk = []
+    differ.stage(chunk)
 
 
 def _sample_records(conn: psycopg.Connection, source: KvSource, chosen: Sequence[Entity], n: int,

@@ -85,10 +85,10 @@ def test_records_are_every_non_blank_line_of_thread_files_by_name(tmp_path: Path
     (tmp_path / "thread_carol.json").write_bytes(b'{"a": 9}\n')
     records = list(iter_memory_records(tmp_path))
     assert records == [
-        RawRecord("file:thread_alice.jsonl", "jsonl", b'{"a": 0}', "L1", "file"),
-        RawRecord("file:thread_bob.jsonl", "jsonl", b'{"a": 1}', "L1", "file"),
-        RawRecord("file:thread_bob.jsonl", "jsonl", b'{"a": 2}', "L4", "file"),
-        RawRecord("file:thread_bob.jsonl", "jsonl", b'{"a": 3}', "L5", "file"),
+        RawRecord("file:thread_alice.jsonl", "jsonl", b'{"a": 0}', "L000001", "file"),
+        RawRecord("file:thread_bob.jsonl", "jsonl", b'{"a": 1}', "L000001", "file"),
+        RawRecord("file:thread_bob.jsonl", "jsonl", b'{"a": 2}', "L000004", "file"),
+        RawRecord("file:thread_bob.jsonl", "jsonl", b'{"a": 3}', "L000005", "file"),
     ]
 
 
@@ -97,7 +97,7 @@ def test_unreadable_file_is_one_reject_and_the_other_files_go_on(tmp_path: Path)
     (tmp_path / "thread_bob.jsonl").write_bytes(_line(GOOD) + b"\n")
     records = list(iter_memory_records(tmp_path))
     assert [(r.key, r.field, r.family) for r in records] == [
-        ("file:thread_alice.jsonl", "", "unreadable"), ("file:thread_bob.jsonl", "L1", "file")]
+        ("file:thread_alice.jsonl", "", "unreadable"), ("file:thread_bob.jsonl", "L000001", "file")]
     outcome = MEMORIES.transform(records[0])
     assert outcome.reject is not None and outcome.reject.code == "unreadable_file"
     assert "IsADirectoryError" in outcome.reject.message
@@ -130,8 +130,8 @@ def test_backfill_from_a_memories_folder(pg_url: str, kv_url: str, tmp_path: Pat
          datetime(2026, 1, 2, 10, tzinfo=timezone.utc)),
     ]
     assert rejects == [
-        ("file:thread_alice.jsonl", "L2", "memories", "invalid_json", bad.decode(), "utf8"),
-        ("file:thread_alice.jsonl", "L3", "memories", "invalid_utf8", "/w==", "base64"),
+        ("file:thread_alice.jsonl", "L000002", "memories", "invalid_json", bad.decode(), "utf8"),
+        ("file:thread_alice.jsonl", "L000003", "memories", "invalid_utf8", "/w==", "base64"),
     ]
     rerun = commands.backfill(config, entities=["memories"], memories_dir=tmp_path)
     assert rerun.tallies["memories"].rows_written == 0

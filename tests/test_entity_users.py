@@ -98,7 +98,7 @@ def test_legacy_hash_of_strings_is_unstringified_and_recovery_key_redacted() -> 
         "settings": {"updatedAt": "2024-05-02T00:00:00Z", "inviteCode": "VIBE-0001-ROOT",
                      "publicKey": "ed25519:AAAA", "registry": True, "keyRotatedAt": None,
                      "status": "active", "messages": 7, "score": 1.5,
-                     "_redacted": ["recoveryKey"]}}
+                     "recoveryKey": "[redacted]"}}
     assert "super-secret" not in repr(outcome)
 
 
@@ -119,7 +119,7 @@ def test_agents_record_redacts_the_api_key_hash() -> None:
         "handle": "ops_agent", "display_name": "Ops", "one_liner": "I watch deploys", "created_at": T0,
         "invited_by": None,
         "settings": {"is_agent": True, "operator": "alice", "model": "some-model", "status": "active",
-                     "_redacted": ["api_key_hash"]}}
+                     "api_key_hash": "[redacted]"}}
     assert "abcdef" not in repr(outcome)
 
 
@@ -154,7 +154,7 @@ def test_four_sources_of_one_handle_merge_with_the_registry_winning() -> None:
         "handle": "frank", "display_name": "Frank A", "one_liner": "agent line", "created_at": T0,
         "invited_by": "carol",
         "settings": {"status": "active", "verified": "x", "is_agent": False, "inviteCode": "VIBE-1",
-                     "_redacted": ["api_key_hash"]}}
+                     "api_key_hash": "[redacted]"}}
 
 
 def test_handle_in_field_and_invited_by_are_normalised_and_counted() -> None:
@@ -244,7 +244,7 @@ def test_backfill_merges_three_sources_into_one_user_row_and_rerun_writes_nothin
     assert rows == [
         ("lena", "Lena", "making music", "mo",
          {"verified": "github", "messages_sent": 3, "is_agent": False, "status": "online",
-          "inviteCode": "VIBE-9", "_redacted": ["api_key_hash"]}),
+          "inviteCode": "VIBE-9", "api_key_hash": "[redacted]", "recoveryKey": "[redacted]"}),
         ("mo", None, None, None, {"placeholder": True, "created_by": "kvmigrate"}),
     ]
     assert created == (T0,)

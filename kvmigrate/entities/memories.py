@@ -3,7 +3,7 @@
 Memories are not in KV: the client appends one JSON object per line, `{id, timestamp (ISO),
 observation, from, about, …}`, to `~/.vibe/memory/thread_{handle}.jsonl`, where `{handle}` is
 the thread partner (the `about` handle, sanitised for a file name). `iter_memory_records` turns
-every non-blank line into a RawRecord (`key = "file:<file name>"`, `field = "L<line number>"`);
+every non-blank line into a RawRecord (`key = "file:<file name>"`, `field = "L<line number, 6 digits>"` (so line 10 sorts after line 9));
 the transformer is pure like every other.
 
 Rules (README, "Data rules"): the memory `id` is required and is the primary key (a rerun
@@ -47,8 +47,8 @@ class Memories(EntityBase):
 
     name = "memories"
     load_order = 70
-    families = ()
-    tables = (TABLE,)
+    families: tuple[Family, ...] = ()
+    tables: tuple[TableSpec, ...] = (TABLE,)
 
     def family(self, name: str) -> Family:
         for fam in (FILE, UNREADABLE):
@@ -112,7 +112,7 @@ def _file_records(path: Path) -> Iterator[RawRecord]:
             for number, line in enumerate(fh, start=1):
                 value = line.rstrip(b"\n").rstrip(b"\r")
                 if value.strip():
-                    yield RawRecord(key, "jsonl", value, f"L{number}", FILE.name)
+                    yield RawRecord(key, "jsonl", value, f"L{number:06d}", FILE.name)
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc.strerror or exc}"
         yield RawRecord(key, "jsonl", error.encode("utf-8", "replace"), "", UNREADABLE.name)

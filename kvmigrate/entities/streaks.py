@@ -33,8 +33,8 @@ _MAPPED = {"current", "longest", "totalDays", "total_days", "lastActive", "last_
 class Streaks(EntityBase):
     name = "streaks"
     load_order = 40
-    families = (Family("streak", "streak:*", frozenset({"hash", "string"}), rank=10),)
-    tables = (TABLE,)
+    families: tuple[Family, ...] = (Family("streak", "streak:*", frozenset({"hash", "string"}), rank=10),)
+    tables: tuple[TableSpec, ...] = (TABLE,)
 
     def from_streak(self, record: RawRecord) -> Outcome:
         raw_handle = record.key.split(":", 1)[1]

@@ -16,8 +16,9 @@ Rules (README, "Data rules"):
   later alias that disagrees with it is kept in `settings` under its own name;
 * every other field goes to `settings`; values of the legacy hash are un-stringified there
   ("3" → 3, "null" → null, "true" → true);
-* secrets (SECRET_FIELDS: `api_key_hash`, `recoveryKey`, …) are never copied: their names are
-  listed in `settings["_redacted"]` (sorted); the values survive only in the cleanup archive;
+* secrets (SECRET_FIELDS: `api_key_hash`, `recoveryKey`, …) are never copied: the field is kept
+  in `settings` with the value "[redacted]" (so merging sources keeps every name); the values
+  survive only in the cleanup archive;
 * an invited_by that is not a valid handle leaves invited_by NULL, keeps the raw value in
   `settings["invited_by_raw"]` and counts `invalid_invited_by`; a user may invite itself;
 * a registry field whose JSON is not an object (wrong_json_type), a display name or one-liner
@@ -46,7 +47,8 @@ TABLE = TableSpec(
     json_columns=("settings",),
 )
 
-#: Fields never copied into `settings`: only their names are kept, in `settings["_redacted"]`.
+#: Fields never copied into `settings`: each is kept with the value REDACTED.
+REDACTED = "[redacted]"
 SECRET_FIELDS = frozenset({
     "api_key_hash", "apiKeyHash", "api_key", "apiKey", "recoveryKey", "recovery_key",
     "privateKey", "private_key",
@@ -131,9 +133,8 @@ def user_row(handle: str, fields: Mapping[str, Any]) -> tuple[dict[str, Any], Co
             stats["handle_mismatch"] += 1
     settings = {k: v for k, v in fields.items() if k not in _MAPPED}
     settings.update(extra)
-    redacted = sorted(k for k in fields if k in SECRET_FIELDS)
-    if redacted:
-        settings["_redacted"] = redacted
+    for name in sorted(k for k in fields if k in SECRET_FIELDS):
+        settings[name] = REDACTED
     row = {"handle": handle, "display_name": display_name, "one_liner": one_liner,
            "created_at": created_at, "invited_by": invited_by, "settings": settings}
     return row, stats

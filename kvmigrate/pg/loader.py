@@ -155,7 +155,7 @@ class TableLoader:
         cur = self.conn.execute(
             sql.SQL(
                 "WITH refs AS ({refs}), made AS ("
-                " INSERT INTO users (handle, settings) SELECT h, %s FROM refs WHERE h IS NOT NULL {own}"
+                " INSERT INTO users (handle, created_at, settings) SELECT h, NULL, %s FROM refs WHERE h IS NOT NULL {own}"
                 " ON CONFLICT (handle) DO NOTHING RETURNING handle)"
                 " INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
                 " SELECT 'users', handle, -1, '', '' FROM made ON CONFLICT DO NOTHING"
