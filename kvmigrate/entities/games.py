@@ -1,0 +1,151 @@
+"""Game results: B's `vibe:games` object → one `game_results` row per game; A's DM games are
+found by the messages entity, which calls `game_from_message` for every message it migrates.
+
+Rules (README, "Data rules"):
+* `vibe:games` is one JSON object gameId → game; the row id is the object key, `game` ← `type`,
+  `players` ← the normalised handles in stored order, `state` ← the game's `state`,
+  `created_at` ← `created_at` (NULL when absent). A bad game is an item reject labelled with its
+  id; the other games migrate.
+* `winner` ← `state.winner`: normalised to a handle when it names one of the players, else kept as
+  written ("X", "draw", "white"); a winner that is not text is stored as its JSON text.
+* Fields with no column (`status`, `updated_at`, a game `id` that differs from its key, …) are
+  kept in `state["_extra"]`; a state that is not an object is wrapped as `{"value": state,
+  "_extra": …}` (a missing state becomes `{"_extra": …}`); a state that already has `_extra`
+  keeps it as `_extra._extra`.
+* A DM message whose `payload` is `{type: "game", game, state}` with a final state (`winner` set,
+  `gameOver` or `isDraw` true) is a result: id `dm_<message id>`, players = the two handles
+  sorted, `state` = the payload's state as sent, `created_at` = the message's time. A payload
+  with no `game` name, or a state that is not final, is not a result (the message keeps it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from kvmigrate.entities import common as c
+from kvmigrate.entities.base import EntityBase, Family, TableSpec
+from kvmigrate.records import Outcome, RawRecord, Reject, Row
+
+TABLE = TableSpec("game_results", "id", ("id", "game", "players", "winner", "state", "created_at"),
+                  json_columns=("state",))
+_MAPPED = frozenset({"id", "type", "players", "state", "created_at", "createdAt"})
+
+
+class Games(EntityBase):
+    name = "games"
+    load_order = 60
+    families = (Family("games", "vibe:games", frozenset({"string"}), rank=10),)
+    tables = (TABLE,)
+
+    def from_games(self, record: RawRecord) -> Outcome:
+        if not isinstance(record.value, bytes):
+            raise c.Bad("wrong_redis_type", f"unexpected value of type {type(record.value).__name__}")
+        games = c.check_json_text(c.json_object(record.value))
+        rank = self.family("games").rank
+        rows: list[Row] = []
+        item_rejects: list[tuple[str, Reject]] = []
+        normalised = 0
+        for game_id, game in games.items():
+            try:
+                values, changed = game_row(game_id, game)
+            except c.Bad as exc:
+                item_rejects.append((game_id, Reject(exc.code, f"{record.key} game {game_id!r}: {exc}")))
+                continue
+            rows.append(Row(TABLE.name, values, rank))
+            normalised += changed
+        stats = {"handle_normalised": normalised} if normalised else {}
+        return Outcome(rows=tuple(rows), item_rejects=tuple(item_rejects), stats=stats)
+
+
+def game_row(game_id: str, game: Any) -> tuple[dict[str, Any], int]:
+    """The `game_results` row for one game of `vibe:games` (and how many handles normalising
+    changed), or raise Bad."""
+    if not game_id:
+        raise c.Bad("missing_field", "the game id (the object key) is empty")
+    if not isinstance(game, dict):
+        raise c.Bad("wrong_json_type", f"is JSON {type(game).__name__}, expected an object")
+    kind = game.get("type")
+    if kind is None or kind == "":
+        raise c.Bad("missing_field", "has no `type` (the game's name)")
+    if not isinstance(kind, str):
+        raise c.Bad("wrong_type", f"`type` is {type(kind).__name__}, expected text")
+    raw_players = game.get("players")
+    if raw_players is None:
+        raise c.Bad("missing_field", "has no `players`")
+    if not isinstance(raw_players, list):
+        raise c.Bad("wrong_type", f"`players` is {type(raw_players).__name__}, expected a list")
+    players = [c.handle(p, what="player") for p in raw_players]
+    changed = sum(1 for raw, h in zip(raw_players, players, strict=True) if raw != h)
+    state = game.get("state")
+    winner = winner_of(state, players)
+    if isinstance(state, dict) and winner in players and winner != state.get("winner"):
+        changed += 1
+    extra = {k: v for k, v in game.items() if k not in _MAPPED}
+    if game.get("id") not in (None, game_id):
+        extra["id"] = game["id"]
+    created = game.get("created_at", game.get("createdAt"))
+    return {
+        "id": game_id,
+        "game": kind,
+        "players": players,
+        "winner": winner,
+        "state": with_extra(state, extra),
+        "created_at": c.optional_timestamp(created, what="created_at"),
+    }, changed
+
+
+def game_from_message(msg_id: str, from_handle: str, to_handle: str, payload: Any,
+                      created_at: datetime | None, rank: int) -> Row | None:
+    """The `game_results` row for a DM whose payload carries a finished game, else None.
+
+    Handles are expected normalised already (the messages entity does it). Never raises."""
+    if not isinstance(payload, dict) or payload.get("type") != "game":
+        return None
+    game, state = payload.get("game"), payload.get("state")
+    if not isinstance(game, str) or not game or not is_final(state):
+        return None
+    players = sorted([from_handle, to_handle])
+    values = {"id": f"dm_{msg_id}", "game": game, "players": players,
+              "winner": winner_of(state, players), "state": state, "created_at": created_at}
+    return Row(TABLE.name, values, rank)
+
+
+def is_final(state: Any) -> bool:
+    """A game state is final when it names a winner or says `gameOver` / `isDraw`."""
+    if not isinstance(state, dict):
+        return False
+    return state.get("winner") not in (None, "") or state.get("gameOver") is True \
+        or state.get("isDraw") is True
+
+
+def winner_of(state: Any, players: list[str]) -> str | None:
+    """`state.winner` as a handle when it names a player, else as written (JSON text if not text)."""
+    raw = state.get("winner") if isinstance(state, dict) else None
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        return orjson.dumps(raw).decode()
+    try:
+        normalised = c.handle(raw)
+    except c.Bad:
+        return raw
+    return normalised if normalised in players else raw
+
+
+def with_extra(obj: Any, extra: dict[str, Any]) -> Any:
+    """`obj` with the unmapped fields `extra` under `_extra` (see the module rules)."""
+    if not extra:
+        return obj
+    if obj is None:
+        return {"_extra": extra}
+    if not isinstance(obj, dict):
+        return {"value": obj, "_extra": extra}
+    if "_extra" in obj:
+        extra = {"_extra": obj["_extra"], **extra}
+    return {**obj, "_extra": extra}
+
+
+GAMES = Games()

@@ -1,0 +1,142 @@
+"""The games entity: B's `vibe:games` object and A's finished DM games (pure, no server)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+import pytest
+
+from kvmigrate.entities.games import GAMES, game_from_message
+from kvmigrate.records import Outcome, RawRecord, Reject, Row
+
+T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def games(value: Any) -> Outcome:
+    raw = value if isinstance(value, bytes) else orjson.dumps(value)
+    return GAMES.transform(RawRecord("vibe:games", "string", raw, "", "games"))
+
+
+def test_vibe_games_maps_each_game_and_keeps_unmapped_fields_in_state() -> None:
+    out = games({
+        "g1": {"id": "g1", "type": "tictactoe", "players": ["@Alice", "bob"], "status": "finished",
+               "state": {"board": "XXXOO....", "winner": "ALICE"},
+               "created_at": "2025-06-01T12:00:00Z", "updated_at": "2025-06-01T12:05:00Z"},
+        "g2": {"id": "g2", "type": "hangman", "players": ["carol"], "status": "active",
+               "state": {"word": "vibe", "guesses": ["v"]}, "created_at": 1748779200000},
+    })
+    assert out.reject is None and out.item_rejects == ()
+    assert out.rows == (
+        Row("game_results", {
+            "id": "g1", "game": "tictactoe", "players": ["alice", "bob"], "winner": "alice",
+            "state": {"board": "XXXOO....", "winner": "ALICE",
+                      "_extra": {"status": "finished", "updated_at": "2025-06-01T12:05:00Z"}},
+            "created_at": T0}, 10),
+        Row("game_results", {
+            "id": "g2", "game": "hangman", "players": ["carol"], "winner": None,
+            "state": {"word": "vibe", "guesses": ["v"], "_extra": {"status": "active"}},
+            "created_at": T0}, 10),
+    )
+    assert out.stats == {"handle_normalised": 2}
+
+
+@pytest.mark.parametrize(("winner", "expected"), [
+    ("X", "X"), ("draw", "draw"), ("@Bob", "bob"), ("", None), (None, None), (1, "1"),
+    ({"side": "white"}, '{"side":"white"}'),
+])
+def test_winner_is_a_handle_only_when_it_names_a_player(winner: Any, expected: str | None) -> None:
+    out = games({"g": {"type": "tictactoe", "players": ["alice", "bob"], "state": {"winner": winner}}})
+    assert out.rows[0].values["winner"] == expected
+
+
+def test_non_object_state_is_wrapped_with_the_extra_fields() -> None:
+    out = games({
+        "a": {"type": "wordassociation", "players": ["alice"], "state": ["sun", "moon"], "status": "x"},
+        "b": {"type": "wordassociation", "players": ["alice"], "state": "plain"},
+        "c": {"type": "wordassociation", "players": ["alice"], "status": "new"},
+        "d": {"type": "tictactoe", "players": ["alice"], "state": {"_extra": 1}, "status": "x"},
+    })
+    assert [r.values["state"] for r in out.rows] == [
+        {"value": ["sun", "moon"], "_extra": {"status": "x"}},
+        "plain",
+        {"_extra": {"status": "new"}},
+        {"_extra": {"_extra": 1, "status": "x"}},
+    ]
+    assert [r.values["created_at"] for r in out.rows] == [None] * 4
+
+
+def test_a_game_id_that_differs_from_its_key_is_kept() -> None:
+    out = games({"k": {"id": "other", "type": "tictactoe", "players": ["alice"]}})
+    assert out.rows[0].values["id"] == "k"
+    assert out.rows[0].values["state"] == {"_extra": {"id": "other"}}
+
+
+def test_a_bad_game_is_an_item_reject_labelled_with_its_id_and_the_rest_migrate() -> None:
+    ok = {"type": "tictactoe", "players": ["alice", "bob"]}
+    out = games({
+        "good": ok,
+        "no_type": {"players": ["alice"]},
+        "no_players": {"type": "tictactoe"},
+        "players_text": {"type": "tictactoe", "players": "alice,bob"},
+        "bad_handle": {"type": "tictactoe", "players": ["alice", "no spaces!"]},
+        "bad_time": {**ok, "created_at": "yesterday"},
+        "not_object": [1, 2],
+        "": ok,
+    })
+    assert out.reject is None
+    assert [r.values["id"] for r in out.rows] == ["good"]
+    assert [(label, r.code) for label, r in out.item_rejects] == [
+        ("no_type", "missing_field"), ("no_players", "missing_field"), ("players_text", "wrong_type"),
+        ("bad_handle", "invalid_handle"), ("bad_time", "bad_timestamp"), ("not_object", "wrong_json_type"),
+        ("", "missing_field"),
+    ]
+    assert out.item_rejects[0][1] == Reject(
+        "missing_field", "vibe:games game 'no_type': has no `type` (the game's name)")
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"[]", "wrong_json_type"), (b"{nope", "invalid_json"), (b"\xff", "invalid_utf8"),
+    (b'{"g": {"type": "a\\u0000b", "players": []}}', "nul_byte"),
+])
+def test_vibe_games_that_is_not_an_object_is_rejected(raw: bytes, code: str) -> None:
+    out = games(raw)
+    assert out.reject is not None and out.reject.code == code
+    assert out.rows == ()
+
+
+def test_vibe_games_of_another_redis_type_is_rejected() -> None:
+    out = GAMES.transform(RawRecord("vibe:games", "hash", {b"g": b"{}"}, "", "games"))
+    assert out.reject == Reject("wrong_redis_type", "vibe:games is a Redis hash, expected string")
+
+
+@pytest.mark.parametrize("state", [
+    {"winner": "bob", "board": []}, {"gameOver": True}, {"isDraw": True, "winner": None},
+])
+def test_a_dm_with_a_final_game_state_is_a_game_result(state: dict[str, Any]) -> None:
+    payload = {"type": "game", "version": 1, "game": "chess", "state": state, "idempotencyKey": "k1"}
+    row = game_from_message("msg_1", "bob", "alice", payload, T0, 40)
+    winner = "bob" if state.get("winner") else None
+    assert row == Row("game_results", {"id": "dm_msg_1", "game": "chess", "players": ["alice", "bob"],
+                                       "winner": winner, "state": state, "created_at": T0}, 40)
+
+
+def test_a_dm_game_winner_that_is_not_a_player_is_kept_as_written() -> None:
+    payload = {"type": "game", "game": "chess", "state": {"winner": "white", "gameOver": True}}
+    row = game_from_message("m", "alice", "bob", payload, None, 20)
+    assert row is not None and row.values["winner"] == "white" and row.values["created_at"] is None
+
+
+@pytest.mark.parametrize("payload", [
+    {"type": "game", "game": "chess", "state": {"turn": "white", "gameOver": False}},
+    {"type": "game", "game": "chess", "state": {"winner": "", "isDraw": False}},
+    {"type": "game", "game": "chess", "state": "over"},
+    {"type": "game", "game": "", "state": {"winner": "bob"}},
+    {"type": "game", "state": {"winner": "bob"}},
+    {"type": "handshake", "game": "chess", "state": {"winner": "bob"}},
+    None,
+    "game",
+])
+def test_a_dm_without_a_finished_game_is_not_a_game_result(payload: Any) -> None:
+    assert game_from_message("m", "alice", "bob", payload, T0, 40) is None
