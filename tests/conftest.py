@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -51,14 +51,27 @@ def servers(request: pytest.FixtureRequest) -> Servers:
 
 
 @pytest.fixture
-def pg_url(servers: Servers) -> Iterator[str]:
+def new_pg_url(servers: Servers) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty Postgres databases for this test (all dropped afterwards)."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = "kvm_" + uuid.uuid4().hex[:12]
+        with psycopg.connect(servers.pg_admin_url, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return pg_url_for(servers.pg_admin_url, name)
+
+    yield make
+    with psycopg.connect(servers.pg_admin_url, autocommit=True) as admin:
+        for name in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(new_pg_url: Callable[[], str]) -> str:
     """A fresh, empty Postgres database for this test (dropped afterwards)."""
-    name = "kvm_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(servers.pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield pg_url_for(servers.pg_admin_url, name)
-    with psycopg.connect(servers.pg_admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return new_pg_url()
 
 
 @pytest.fixture

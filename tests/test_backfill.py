@@ -1,0 +1,159 @@
+"""Backfill against real servers: accounting, idempotence, budget stop + resume, dry run,
+policy keys never touched, bad values rejected with their reason."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg
+import redis
+
+from kvmigrate import commands
+from kvmigrate.config import build_config
+from tests.fixtures.data import MIXED_KEPT, MIXED_REJECTS, MIXED_UNKNOWN, dump_tables, mixed_keyspace
+from tests.helpers import cli, cli_json
+
+
+def _setup(pg_url: str) -> None:
+    commands.setup(build_config(pg_url=pg_url, env={}))
+
+
+def _backfill_json(pg_url: str, kv_url: str, *args: str, expect: int = 0) -> dict:
+    return cli_json("--pg-url", pg_url, "--kv-url", kv_url, "backfill", *args, expect=expect)
+
+
+def test_every_key_ends_in_exactly_one_bucket(pg_url: str, kv_url: str, kv: redis.Redis,
+                                              pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    result = _backfill_json(pg_url, kv_url)["result"]
+    for name, t in result["entities"].items():
+        assert t["scanned"] == t["migrated"] + t["rejected"] + t["kept"] + t["unknown"], name
+    statuses = dict(pg.execute("SELECT key, min(status) FROM kvmigrate.ledger GROUP BY key").fetchall())
+    assert set(statuses) == {k.decode() for k in kv.keys("*")}
+    assert {k: statuses[k] for k in MIXED_REJECTS} == dict.fromkeys(MIXED_REJECTS, "rejected")
+    assert {statuses[k] for k in MIXED_KEPT} == {"kept"}
+    assert {statuses[k] for k in MIXED_UNKNOWN} == {"unknown"}
+    scanned = sum(t["scanned"] for t in result["entities"].values())
+    assert scanned == pg.execute("SELECT count(*) FROM kvmigrate.ledger").fetchone()[0]
+    assert result["unknown_patterns"]["friends:*"] == {"keys": 1, "example": "friends:alice"}
+
+
+def test_rerun_over_unchanged_data_writes_zero_rows(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    first = _backfill_json(pg_url, kv_url)["result"]
+    assert sum(t["rows_written"] for t in first["entities"].values()) > 40
+    second = _backfill_json(pg_url, kv_url)["result"]
+    assert {n: t["rows_written"] for n, t in second["entities"].items()} == dict.fromkeys(second["entities"], 0)
+
+
+def test_changed_kv_value_is_copied_on_the_next_run(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                    pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    _backfill_json(pg_url, kv_url)
+    kv.hset("streak:alice", "current", "9")
+    result = _backfill_json(pg_url, kv_url)["result"]
+    assert result["entities"]["streaks"]["rows_written"] == 1
+    assert pg.execute("SELECT current_streak FROM streaks WHERE handle = 'alice'").fetchone() == (9,)
+
+
+def test_max_requests_stops_with_exit_4_and_resume_matches_an_uninterrupted_run(
+        pg_url: str, kv_url: str, kv: redis.Redis, new_pg_url: Callable[[], str]) -> None:
+    mixed_keyspace(kv, board_posts=120)
+    _setup(pg_url)
+    stops = 0
+    while True:
+        run = cli("--json", "--pg-url", pg_url, "--kv-url", kv_url, "backfill", "--batch-size", "10",
+                  "--max-requests", "7")
+        if run.exit_code == 0:
+            break
+        assert run.exit_code == 4, run.output
+        assert "run the same command again" in run.output
+        stops += 1
+        assert stops < 100
+    assert stops >= 3
+    with psycopg.connect(pg_url) as conn:
+        resumed = dump_tables(conn)
+    other = new_pg_url()  # the same keyspace, migrated in one go into a second database
+    _setup(other)
+    _backfill_json(other, kv_url, "--batch-size", "10")
+    with psycopg.connect(other) as conn:
+        straight = dump_tables(conn)
+    assert resumed == straight
+
+
+def test_dry_run_reads_everything_and_writes_nothing(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                     pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    before = dump_tables(pg)
+    runs = pg.execute("SELECT count(*) FROM kvmigrate.runs").fetchone()
+    result = _backfill_json(pg_url, kv_url, "--dry-run")["result"]
+    assert result["dry_run"] is True
+    assert result["entities"]["streaks"]["rejected"] == 2
+    assert result["entities"]["board"]["migrated"] == 41 + 1  # 40 posts + big + the list
+    assert dump_tables(pg) == before
+    assert pg.execute("SELECT count(*) FROM kvmigrate.runs").fetchone() == runs
+
+
+def test_policy_keys_are_never_read_nor_written(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    ttl_before = {k: kv.pttl(k) for k in MIXED_KEPT}
+    time.sleep(2.1)  # OBJECT IDLETIME has 1 s resolution; any read resets it
+    _backfill_json(pg_url, kv_url)
+    for key in (*MIXED_KEPT, *MIXED_UNKNOWN):
+        assert kv.object("idletime", key) >= 2, f"{key} was read"
+    for key, ttl in ttl_before.items():
+        assert ttl == -1 or 0 < kv.pttl(key) <= ttl, key
+
+
+def test_bad_values_are_rejected_with_their_reason_and_original_value(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    _backfill_json(pg_url, kv_url)
+    rejects = {k: (code, msg, raw, enc) for k, code, msg, raw, enc in pg.execute(
+        "SELECT key, reason_code, message, raw_value, raw_encoding FROM kvmigrate.rejects")}
+    assert {k: v[0] for k, v in rejects.items()} == MIXED_REJECTS
+    for key, (_, message, _, _) in rejects.items():
+        assert message.startswith(key), message
+    assert rejects["board:entry:latin1"][2:] == ("eyJhdXRob3IiOiAiYWxpY2UiLCAiY29udGVudCI6ICJjYWbpIn0=", "base64")
+    assert rejects["board:entry:broken"][2:] == ('{"author": "alice", "content": ', "utf8")
+    assert rejects["streak:listy"][2:] == ('["3"]', "utf8")
+    # a 1 MB value is well within the documented 5 MB limit: it migrates
+    assert pg.execute("SELECT length(content) FROM board_posts WHERE id = 'big'").fetchone() == (1_000_000,)
+    listing = cli_json("--pg-url", pg_url, "rejects", "--entity", "streaks")["result"]
+    assert listing["by_reason"] == {"wrong_type": 1, "wrong_redis_type": 1}
+
+
+def test_strict_exits_5_when_records_were_rejected(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    result = cli("--pg-url", pg_url, "--kv-url", kv_url, "backfill", "--strict")
+    assert result.exit_code == 5, result.output
+    assert "kvmigrate rejects" in result.output
+
+
+def test_scripted_and_pipelined_reads_load_identical_rows(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                         pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    scripted = _backfill_json(pg_url, kv_url)["result"]
+    with_eval = dump_tables(pg)
+    for table in ("users", "streaks", "board_posts", "invites"):
+        pg.execute(f"TRUNCATE {table} CASCADE")  # noqa: S608 - fixed names
+    pg.execute("TRUNCATE kvmigrate.ledger, kvmigrate.rejects, kvmigrate.row_origin")
+    piped = _backfill_json(pg_url, kv_url, "--no-eval")["result"]
+    assert dump_tables(pg) == with_eval
+    assert "EVAL" in scripted["kv_requests_by_command"] and "EVAL" not in piped["kv_requests_by_command"]
+    assert piped["kv_requests"] > scripted["kv_requests"]
+
+
+def test_backfill_before_setup_says_to_run_setup(pg_url: str, kv_url: str) -> None:
+    result = cli("--pg-url", pg_url, "--kv-url", kv_url, "backfill")
+    assert result.exit_code == 2, result.output
+    assert "kvmigrate setup" in result.output
