@@ -11,7 +11,13 @@ import redis
 
 from kvmigrate import commands
 from kvmigrate.config import build_config
-from tests.fixtures.data import MIXED_KEPT, MIXED_REJECTS, MIXED_UNKNOWN, dump_tables, mixed_keyspace
+from tests.fixtures.data import (
+    MIXED_KEPT,
+    MIXED_REJECTS,
+    MIXED_UNKNOWN,
+    dump_tables,
+    mixed_keyspace,
+)
 from tests.helpers import cli, cli_json
 
 
