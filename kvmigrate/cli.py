@@ -160,6 +160,9 @@ MaxRequestsOpt = Annotated[
     int | None,
     typer.Option("--max-requests", min=1, help="Stop cleanly (exit 4) before spending more KV commands than this."),
 ]
+MemoriesDirOpt = Annotated[
+    Path | None, typer.Option("--memories-dir", help="Folder of thread_*.jsonl memory files. Default: ~/.vibe/memory.")
+]
 NoEvalOpt = Annotated[
     bool, typer.Option("--no-eval", help="Read with pipelines instead of one server-side script per batch.")
 ]
@@ -183,9 +186,7 @@ def backfill(
     max_requests: MaxRequestsOpt = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,
-    memories_dir: Annotated[
-        Path | None, typer.Option("--memories-dir", help="Folder of thread_*.jsonl memory files. Default: ~/.vibe/memory.")
-    ] = None,
+    memories_dir: MemoriesDirOpt = None,
     no_eval: NoEvalOpt = False,
 ) -> None:
     """Copy KV history into Postgres (phase 2): idempotent, resumable, never writes to KV."""
@@ -223,13 +224,15 @@ def verify(
     repair_extra: Annotated[bool, typer.Option("--repair-extra", help="Delete rows that have no KV source "
                                                "(needs --yes).")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair-extra.")] = False,
+    memories_dir: MemoriesDirOpt = None,
     max_requests: MaxRequestsOpt = None,
     no_eval: NoEvalOpt = False,
 ) -> None:
     """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
     config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
     run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
-                                     recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra, yes=yes),
+                                     recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra, yes=yes,
+                                     memories_dir=memories_dir),
         exit_code_of=lambda r: 0 if r.clean else 1)
 
 

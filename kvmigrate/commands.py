@@ -81,6 +81,7 @@ def verify(
     repair: bool = False,
     repair_extra: bool = False,
     yes: bool = False,
+    memories_dir: Path | None = None,
 ) -> VerifyResult:
     """Diff KV against Postgres (phase 2) and record the result for the cutover gate.
 
@@ -90,7 +91,7 @@ def verify(
     if repair_extra and not yes:
         raise ConfigError("--repair-extra deletes rows from Postgres", hint="add --yes to confirm")
     return run_verify(config, entities=entities, mode=mode, sample=sample, recheck_delay=recheck_delay,
-                      repair=repair, repair_extra=repair_extra)
+                      repair=repair, repair_extra=repair_extra, memories_dir=memories_dir)
 
 
 def dual_write(
