@@ -23,6 +23,7 @@ from rich.console import Console
 
 from kvmigrate import __version__, commands, report
 from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
+from kvmigrate.connections import connection_errors
 from kvmigrate.errors import EXIT_CODES, KvmigrateError, NotImplementedYet
 from kvmigrate.masking import mask_text
 
@@ -89,7 +90,8 @@ def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[An
     started = dt.datetime.now(dt.timezone.utc)
     secrets = build_config(kv_url=g.kv_url, pg_url=g.pg_url).secrets
     try:
-        result = fn()
+        with connection_errors():
+            result = fn()
     except KvmigrateError as exc:
         _fail(console, g, command, started, exc.exit_code, exc.message, exc.hint, secrets)
     except KeyboardInterrupt:
@@ -317,6 +319,52 @@ def demo(ctx: typer.Context) -> None:
 
     config = config_from(ctx)
     run(ctx, lambda: run_demo(config), exit_code_of=lambda r: 0 if r.ok else 1)
+
+
+@app.command()
+def rehearse(
+    ctx: typer.Context,
+    *,
+    pg_url: Annotated[str | None, typer.Option("--pg-url", help="The branch or scratch database to rehearse into "
+                                               "(here or as the global option; never taken from the environment, "
+                                               "where DATABASE_URL is usually production).")] = None,
+    kv_url: Annotated[str | None, typer.Option("--kv-url", help="The KV store to read (default: the global "
+                                               "option, then the environment). Only ever read.")] = None,
+    report_path: Annotated[Path | None, typer.Option("--report", help="Write the JSON report (the --json "
+                                                     "envelope) to this file.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary to this file "
+                                                  "(for $GITHUB_STEP_SUMMARY or a PR comment).")] = None,
+    max_rejects: Annotated[int | None, typer.Option("--max-rejects", min=0, help="Exit 5 when more records than "
+                                                    "this are rejected. Default: no limit.")] = None,
+    max_requests: Annotated[int | None, typer.Option("--max-requests", min=1, help="Exit 4 when the forecast KV "
+                                                     "cost of the real run exceeds this. Default: no limit.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=10, help="Keys per SCAN page and load batch.")] = 1000,
+    memories_dir: Annotated[
+        Path | None, typer.Option("--memories-dir", help="Folder of thread_*.jsonl memory files. Default: ~/.vibe/memory.")
+    ] = None,
+    no_repair: Annotated[bool, typer.Option("--no-repair", help="Count rows the live app changed during the "
+                                            "rehearse as differences instead of re-copying them.")] = False,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """CI dry run: setup + backfill + verify into a branch database, reading KV strictly read-only, with a
+    JSON and Markdown report. Exit 1 on differences, 5 on rejects over --max-rejects, 4 when the real run's
+    forecast KV cost exceeds --max-requests."""
+    from kvmigrate.errors import ConfigError
+
+    g = _globals(ctx)
+    g.pg_url, g.kv_url = pg_url or g.pg_url, kv_url or g.kv_url  # so their secrets are masked too
+    config = config_from(ctx, batch_size=batch_size, scan_count=batch_size, use_eval=not no_eval)
+
+    def call() -> Any:
+        if not g.pg_url:
+            raise ConfigError("rehearse writes into the database at --pg-url, so it needs the URL given explicitly",
+                              hint="pass the branch database: kvmigrate rehearse --pg-url URL")
+        return commands.rehearse(config, report=report_path, markdown=markdown, max_rejects=max_rejects,
+                                 max_requests_real=max_requests, memories_dir=memories_dir, repair=not no_repair,
+                                 progress=on_page)
+
+    with progress_bar(ctx, "backfill") as on_page:
+        run(ctx, call, exit_code_of=lambda r: r.exit_code)
 
 
 def main() -> None:

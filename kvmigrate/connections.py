@@ -6,12 +6,15 @@ exponential backoff, each retry reported through `on_retry`, and gives up with C
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -89,7 +92,8 @@ def connect_kv(
     real = _normalise_kv_url(url)
     try:
         client = redis.Redis.from_url(
-            real, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+            real, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30,
+            retry=Retry(NoBackoff(), 0), retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
     except ValueError as exc:
         raise ConnectError(f"bad KV URL {mask_url(url)}: {exc}") from None
@@ -103,6 +107,9 @@ def connect_kv(
             f"cannot connect to KV at {mask_url(url)}: {mask_text(str(exc))}",
             hint="check the URL (KV_URL is a rediss:// URL on Vercel) and that the store is up",
         ) from None
+    # Connected. From now on a dropped connection is retried by redis-py itself: kvmigrate's KV
+    # commands (reads, the flags HSET, compare-and-delete) are all safe to send twice.
+    client.set_retry(Retry(ExponentialBackoff(cap=5.0, base=0.2), retries))
     return kv
 
 
@@ -136,3 +143,20 @@ def connect_pg(
             hint="check the URL; on Neon use the unpooled URL (DATABASE_URL_UNPOOLED)",
         ) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def connection_errors() -> Iterator[None]:
+    """Turn a connection lost mid-run (Postgres or KV) into ConnectError (exit 3).
+
+    Nothing is half-applied: every batch commits in one transaction with its checkpoint, so the
+    same command run again resumes where this one stopped.
+    """
+    hint = "the connection dropped mid-run; nothing was half-applied: run the same command again to resume"
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise ConnectError(f"lost the Postgres connection: {mask_text(str(exc)).strip().splitlines()[0]}",
+                           hint=hint) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise ConnectError(f"lost the KV connection: {mask_text(str(exc)).strip()}", hint=hint) from None
