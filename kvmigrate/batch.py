@@ -84,7 +84,7 @@ class Batch:
         for label, item in outcome.item_rejects:
             tally.item_rejects += 1
             self.rejects.append(RejectEntry(record.key, f"{record.field}#{label}", entity.name, item.code,
-                                            item.message, None))
+                                            item.message, item.raw))
         for row in outcome.rows:
             self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field))
         self.refs.update(outcome.refs)

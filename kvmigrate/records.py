@@ -39,10 +39,15 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """Why a record cannot be migrated: a stable `code` and a message naming the problem."""
+    """Why a record cannot be migrated: a stable `code` and a message naming the problem.
+
+    For an item rejected inside a container (one broken message in a list), `raw` holds that
+    item's original value, so the rejects table keeps it; a whole-record reject keeps the
+    record's value instead and leaves `raw` empty."""
 
     code: str
     message: str
+    raw: bytes | str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

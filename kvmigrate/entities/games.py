@@ -52,7 +52,8 @@ class Games(EntityBase):
             try:
                 values, changed = game_row(game_id, game)
             except c.Bad as exc:
-                item_rejects.append((game_id, Reject(exc.code, f"{record.key} game {game_id!r}: {exc}")))
+                raw = orjson.dumps(game, default=str)
+                item_rejects.append((game_id, Reject(exc.code, f"{record.key} game {game_id!r}: {exc}", raw)))
                 continue
             rows.append(Row(TABLE.name, values, rank))
             normalised += changed

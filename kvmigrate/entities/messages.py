@@ -246,7 +246,7 @@ class _Collector:
             obj = c.json_object(item, what="item") if isinstance(item, bytes) else _object(item)
             parsed = parse_message(c.check_json_text(obj), default_to=default_to)
         except c.Bad as exc:
-            self.reject(index, exc)
+            self.reject(index, exc, item)
             return
         self.rows.extend(parsed.rows(self.rank))
         for name, n in parsed.stats().items():
@@ -257,15 +257,16 @@ class _Collector:
         try:
             item = _message_or_id(raw)
         except c.Bad as exc:
-            self.reject(index, exc)
+            self.reject(index, exc, raw)
             return
         if isinstance(item, str):
             self.refs.append(item)
         else:
             self.message(index, item, default_to=_thread_partner(self.key, item.get("from")))
 
-    def reject(self, index: int, exc: c.Bad) -> None:
-        self.rejects.append((f"[{index}]", Reject(exc.code, f"{self.key} [{index}]: {exc}")))
+    def reject(self, index: int, exc: c.Bad, item: Any) -> None:
+        raw = item if isinstance(item, bytes) else orjson.dumps(item, default=str)
+        self.rejects.append((f"[{index}]", Reject(exc.code, f"{self.key} [{index}]: {exc}", raw)))
 
     def outcome(self) -> Outcome:
         return Outcome(rows=tuple(self.rows), item_rejects=tuple(self.rejects), stats=self.stats,
@@ -291,7 +292,7 @@ def _id_list(record: RawRecord) -> Outcome:
         try:
             out.refs.append(_message_id_item(c.text(raw, what="item")))
         except c.Bad as exc:
-            out.reject(i, exc)
+            out.reject(i, exc, raw)
     return out.outcome()
 
 
