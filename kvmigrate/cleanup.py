@@ -1,0 +1,399 @@
+"""`kvmigrate cleanup` (phase 4): archive, then delete, the KV keys Postgres now owns.
+
+Rules (README, "Data rules"):
+* Only keys of the chosen entities' families are candidates, derived indexes (`inbox:*`,
+  `board:entries`, …) included; kept and unknown keys are never read, archived or deleted.
+* A key is deletable only when each of its ledger rows is `migrated` with a verified digest and
+  the value read now has that digest; for a registry hash (`vibe:handles`) every current field
+  needs its own verified row. Anything else stays in KV and is reported with a reason and the
+  command to run next.
+* Only deletable keys are archived, so the archive is exactly what cleanup may delete and
+  `restore` is its undo. A batch's lines are fsynced (and the manifest updated) before its delete.
+* The delete is one compare-and-delete script per batch: a key is deleted only if its value
+  still has the digest it had when archived (otherwise it stays and is reported).
+* Flags move first (writes=postgres) and cleanup waits `settle` seconds after the change, so
+  apps that cache their flags stop writing KV before anything is deleted.
+* A run stopped by the request budget (or killed) resumes at its last finished page
+  (checkpoint `cleanup:<entities>`); the pass after a completed one starts from the beginning.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import redis
+
+from kvmigrate import phases, state
+from kvmigrate.archive import LUA_LIB, ArchiveWriter, Snapshot, SnapshotReader, encode_line
+from kvmigrate.backfill import require_schema
+from kvmigrate.batch import value_digest
+from kvmigrate.budget import RequestBudget
+from kvmigrate.config import Config
+from kvmigrate.connections import connect_kv, connect_pg
+from kvmigrate.entities import ENTITIES, Entity, select_entities
+from kvmigrate.entities.base import Family
+from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
+from kvmigrate.kv.classify import Classifier
+from kvmigrate.kv.client import KvClient
+from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages
+
+LOCK_CLEANUP = 0x6B766D63  # "kvmc": one cleanup at a time per database
+EXAMPLES = 5
+
+DELETE_SCRIPT = LUA_LIB + """
+if redis.replicate_commands then redis.replicate_commands() end
+local out = {}
+for i, k in ipairs(KEYS) do
+  local t = redis.call('TYPE', k)['ok']
+  local parts = parts_of(t, k)
+  if parts and digest(t, parts) == ARGV[i] then redis.call('DEL', k); out[i] = 1 else out[i] = 0 end
+end
+return out
+"""
+
+_VERIFY_AGAIN = "run `kvmigrate verify --entity {e}`, then cleanup again"
+HINTS = {
+    "not_migrated": "never backfilled: run `kvmigrate backfill --entity {e}` and verify, then cleanup again",
+    "rejected": "rejected at backfill: see `kvmigrate rejects --entity {e}`; the key stays in KV",
+    "not_verified": _VERIFY_AGAIN,
+    "changed_since_verify": "the value changed since verify: " + _VERIFY_AGAIN,
+    "changed_during_cleanup": "the value changed while cleanup ran: " + _VERIFY_AGAIN,
+    "unsupported_type": "a Redis type kvmigrate does not archive; the key stays in KV",
+}
+
+
+@dataclass
+class KeptReason:
+    count: int = 0
+    hint: str = ""
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EntityCleanup:
+    """Per entity: keys of its families seen, deletable, archived, deleted, gone before they
+    were read, and kept (by reason, with a few example keys)."""
+
+    candidates: int = 0
+    deletable: int = 0
+    archived: int = 0
+    deleted: int = 0
+    vanished: int = 0
+    kept: dict[str, KeptReason] = field(default_factory=dict)
+
+    def keep(self, entity: str, reason: str, example: str) -> None:
+        slot = self.kept.setdefault(reason, KeptReason(hint=HINTS[reason].format(e=entity)))
+        slot.count += 1
+        if len(slot.examples) < EXAMPLES:
+            slot.examples.append(example)
+
+
+@dataclass
+class CleanupResult:
+    run_id: int | None
+    dry_run: bool
+    archive_dir: str
+    budget: RequestBudget
+    entities: dict[str, EntityCleanup]
+    manifest: str | None = None
+    flags_changed: list[str] = field(default_factory=list)
+    settled_seconds: float = 0.0
+    resumed_from: int | None = None
+    complete: bool = False
+    fallback_reason: str | None = None
+    kv_requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def deleted(self) -> int:
+        return sum(e.deleted for e in self.entities.values())
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    status: str
+    verified_hash: str | None
+
+
+def verdict(snap: Snapshot, family: Family, rows: Mapping[str, LedgerState]) -> tuple[str, str] | None:
+    """None when the key may be deleted, else (reason, example naming the key or field). Pure."""
+    if snap.digest is None:
+        return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), snap.key
+    if family.split_fields and snap.rtype == "hash":
+        p = snap.parts
+        checks = [(decode_key(f), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
+    else:
+        checks = [("", value_digest(snap.rtype, snap.raw_value()))]
+    for fld, digest in checks:
+        row = rows.get(fld)
+        reason = (
+            "not_migrated" if row is None or row.status not in ("migrated", "rejected")
+            else "rejected" if row.status == "rejected"
+            else "not_verified" if row.verified_hash is None
+            else "changed_since_verify" if row.verified_hash != digest
+            else None
+        )
+        if reason:
+            return reason, snap.key + (f" field {fld!r}" if fld else "")
+    return None
+
+
+class CompareAndDelete:
+    """Deletes keys only while their value still has the digest read: 1 EVAL per batch.
+    Without scripting: WATCH, re-read (pipelines), then MULTI/DEL/EXEC, retried twice."""
+
+    def __init__(self, kv: KvClient, reader: SnapshotReader) -> None:
+        self.kv, self.reader = kv, reader
+
+    def delete(self, snaps: Sequence[Snapshot]) -> set[str]:
+        """Return the keys deleted. Writes KV."""
+        if not snaps:
+            return set()
+        if self.reader.use_eval:
+            try:
+                reply = self.kv.call("EVAL", DELETE_SCRIPT, len(snaps), *[encode_key(s.key) for s in snaps],
+                                     *[s.digest or "" for s in snaps])
+                return {s.key for s, hit in zip(snaps, reply, strict=True) if int(hit)}
+            except redis.ResponseError as exc:
+                self.reader.use_eval = False
+                self.reader.fallback_reason = str(exc).splitlines()[0]
+        return self._delete_watched(snaps)
+
+    def _delete_watched(self, snaps: Sequence[Snapshot]) -> set[str]:
+        keys = [encode_key(s.key) for s in snaps]
+        for _ in range(3):
+            self.kv.budget.check(4 + 3 * len(keys))
+            with self.kv.redis.pipeline(transaction=True) as pipe:
+                self.kv.budget.charge("WATCH")
+                pipe.watch(*keys)
+                now = self.reader.read_pipelined([s.key for s in snaps])
+                same = [s.key for s, n in zip(snaps, now, strict=True) if n.digest is not None and n.digest == s.digest]
+                if not same:
+                    self.kv.budget.charge("UNWATCH")
+                    pipe.unwatch()
+                    return set()
+                for name in ("MULTI", "DEL", "EXEC"):
+                    self.kv.budget.charge(name)
+                pipe.multi()
+                pipe.execute_command("DEL", *[encode_key(k) for k in same])
+                try:
+                    pipe.execute()
+                    return set(same)
+                except redis.WatchError:
+                    continue
+        return set()
+
+
+@dataclass
+class _Run:
+    config: Config
+    conn: psycopg.Connection
+    chosen: tuple[Entity, ...]
+    result: CleanupResult
+    reader: SnapshotReader
+    deleter: CompareAndDelete | None = None
+    archive: ArchiveWriter | None = None
+    classifier: Classifier = field(default_factory=lambda: Classifier(ENTITIES))
+
+
+def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Path, dry_run: bool = False,
+                yes: bool = False, settle: float = 0.0) -> CleanupResult:
+    """Archive and delete the verified KV keys of the chosen entities (default: every KV entity).
+
+    Refuses (GateRefused, exit 1) unless every chosen entity has cut over; needs `yes` unless
+    `dry_run`. Writes the flags (Postgres + 1 HSET), the archive folder, the ledger, and deletes
+    KV keys; `dry_run` reads only. KV cost: 1 SCAN per `scan_count` keys, 1 EVAL per page with
+    candidates, 1 EVAL per page with deletable keys (more without scripting).
+    """
+    chosen = phases.kv_entities(select_entities(entities))
+    if not chosen:
+        raise ConfigError("none of the chosen entities lives in KV", hint="memories have no KV keys to clean up")
+    budget = RequestBudget(cap=config.max_requests, phase="archive")
+    started = time.perf_counter()
+    url = config.require_kv()
+    with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
+        require_schema(conn)
+        for entity in chosen:
+            phases.check_step(conn, entity.name, "cleanup")
+        if not (yes or dry_run):
+            raise ConfigError("cleanup deletes KV keys (after archiving them)",
+                              hint="confirm with --yes, or see what it would delete with --dry-run")
+        result = CleanupResult(None, dry_run, str(archive_dir), budget, {e.name: EntityCleanup() for e in chosen})
+        reader = SnapshotReader(connect_kv(url, budget, retries=config.connect_retries, read_only=True),
+                                use_eval=config.use_eval)
+        run = _Run(config, conn, chosen, result, reader)
+        if dry_run:
+            _scan(run)
+        else:
+            _lock(conn)
+            _run_for_real(run, connect_kv(url, budget, retries=config.connect_retries), settle)
+        result.seconds = time.perf_counter() - started
+        result.kv_requests = budget.spent
+        return result
+
+
+def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
+    result = run.result
+    result.run_id = state.start_run(run.conn, "cleanup", dry_run=False, options={
+        "entities": [e.name for e in run.chosen], "archive_dir": result.archive_dir, "settle": settle})
+    status = "failed"
+    try:
+        run.archive = ArchiveWriter(Path(result.archive_dir), run_id=result.run_id, kv_url=run.config.masked_kv_url)
+        result.manifest = str(run.archive.manifest_path)
+        run.deleter = CompareAndDelete(writer, run.reader)
+        _flags(run, writer, settle)
+        _scan(run)
+        status = "ok"
+    except BudgetExhausted:
+        status = "stopped"
+        raise
+    finally:
+        _close(run, status)
+
+
+def _lock(conn: psycopg.Connection) -> None:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_CLEANUP,)).fetchone()
+    if not row or not row[0]:
+        raise GateRefused("another cleanup is running against this database",
+                          hint="wait for it to finish (see `kvmigrate status`), then run this again")
+
+
+def _flags(run: _Run, writer: KvClient, settle: float) -> None:
+    """Move writes to Postgres (1 HSET per change; 1 HSET to republish when nothing changed),
+    then wait until `settle` seconds have passed since the newest change."""
+    writer.budget.check(len(run.chosen))
+    for entity in run.chosen:
+        if phases.set_phase(run.conn, writer, entity.name, phases.CLEANED, reason="cleanup"):
+            run.result.flags_changed.append(entity.name)
+    if not run.result.flags_changed:
+        phases.publish(run.conn, writer)
+    row = run.conn.execute(
+        "SELECT extract(epoch FROM now() - max(changed_at)) FROM kvmigrate.phase_history"
+        " WHERE entity = ANY(%s) AND to_writes = 'postgres'", ([e.name for e in run.chosen],)).fetchone()
+    wait = settle - float(row[0]) if row and row[0] is not None else 0.0
+    if wait > 0:
+        time.sleep(wait)
+        run.result.settled_seconds = wait
+
+
+def _scan(run: _Run) -> None:
+    dry = run.result.dry_run
+    name = "cleanup:" + ",".join(sorted(e.name for e in run.chosen))
+    cursor = 0 if dry else (state.get_checkpoint(run.conn, name) or 0)
+    run.result.resumed_from = cursor or None
+    for next_cursor, keys in scan_pages(run.reader.kv, cursor=cursor, count=run.config.scan_count):
+        items = _candidates(run, keys)
+        if items:
+            _page(run, items)
+        if not dry:
+            with run.conn.transaction():
+                state.set_checkpoint(run.conn, name, next_cursor, run.result.run_id or 0)
+    run.result.complete = True
+    run.result.fallback_reason = run.reader.fallback_reason
+    if not dry:
+        state.clear_checkpoint(run.conn, name)
+
+
+def _candidates(run: _Run, keys: Sequence[str]) -> list[tuple[str, Entity, Family]]:
+    """Keys of the chosen entities' families (classified by name; nothing else is read)."""
+    wanted = {e.name for e in run.chosen}
+    out = []
+    for key in keys:
+        c = run.classifier.classify(key)
+        if c.status == "entity" and c.entity is not None and c.family is not None and c.entity.name in wanted:
+            out.append((key, c.entity, c.family))
+    return out
+
+
+def _page(run: _Run, items: Sequence[tuple[str, Entity, Family]]) -> None:
+    """Read one page's candidates (1 EVAL), decide, archive the deletable ones, delete them."""
+    snaps = run.reader.read([k for k, _, _ in items])
+    ledger = _ledger(run.conn, [k for k, _, _ in items])
+    deletable: list[tuple[Snapshot, str]] = []
+    for snap, (key, entity, family) in zip(snaps, items, strict=True):
+        tally = run.result.entities[entity.name]
+        tally.candidates += 1
+        if snap.rtype == "none":
+            tally.vanished += 1
+            continue
+        why = verdict(snap, family, ledger.get(key, {}))
+        if why:
+            tally.keep(entity.name, *why)
+        else:
+            tally.deletable += 1
+            deletable.append((snap, entity.name))
+    if deletable and run.archive is not None and run.deleter is not None:
+        _archive_and_delete(run, run.archive, run.deleter, deletable)
+
+
+def _archive_and_delete(run: _Run, archive: ArchiveWriter, deleter: CompareAndDelete,
+                        deletable: Sequence[tuple[Snapshot, str]]) -> None:
+    now_ms = int(time.time() * 1000)
+    lines: dict[str, list[bytes]] = {}
+    for snap, entity in deletable:
+        lines.setdefault(entity, []).append(encode_line(snap, entity, run_id=run.result.run_id or 0, now_ms=now_ms))
+    archive.write_batch(lines)
+    for _, entity in deletable:
+        run.result.entities[entity].archived += 1
+    deleted: set[str] = set()
+    run.result.budget.phase = "delete"
+    try:
+        deleted = deleter.delete([s for s, _ in deletable])
+    finally:
+        run.result.budget.phase = "archive"
+        _mark(run.conn, [s.key for s, _ in deletable], deleted)
+    for snap, entity in deletable:
+        tally = run.result.entities[entity]
+        if snap.key in deleted:
+            tally.deleted += 1
+            archive.count_deleted(entity, 1)
+        else:
+            tally.keep(entity, "changed_during_cleanup", snap.key)
+
+
+def _pg_safe(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _ledger(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, dict[str, LedgerState]]:
+    """Ledger rows of these keys, by key then field. Read-only."""
+    out: dict[str, dict[str, LedgerState]] = {}
+    rows = conn.execute("SELECT key, field, status, verified_hash FROM kvmigrate.ledger WHERE key = ANY(%s)",
+                        ([k for k in keys if _pg_safe(k)],)).fetchall()
+    for key, fld, status, verified in rows:
+        out.setdefault(key, {})[fld] = LedgerState(status, verified)
+    return out
+
+
+def _mark(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) -> None:
+    """Record in the ledger when keys were archived and deleted (after the KV delete returned)."""
+    with conn.transaction():
+        conn.execute("UPDATE kvmigrate.ledger SET archived_at = now() WHERE key = ANY(%s)",
+                     ([k for k in archived if _pg_safe(k)],))
+        if deleted:
+            conn.execute("UPDATE kvmigrate.ledger SET deleted_at = now() WHERE key = ANY(%s)",
+                         ([k for k in deleted if _pg_safe(k)],))
+
+
+def _close(run: _Run, status: str) -> None:
+    """Write the final manifest and close the run row (best effort once a server failed)."""
+    result = run.result
+    if run.archive is not None:
+        result.manifest = str(run.archive.close(complete=status == "ok"))
+    result.kv_requests = result.budget.spent
+    if result.run_id is None:
+        return
+    try:
+        from kvmigrate.report import to_dict
+
+        state.finish_run(run.conn, result.run_id, status=status, budget=result.budget, result=to_dict(result))
+    except psycopg.Error:
+        pass  # the connection itself failed: the run row stays "running" and says so
