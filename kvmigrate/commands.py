@@ -20,6 +20,7 @@ from kvmigrate.doctor import DoctorResult, run_doctor
 from kvmigrate.errors import ConfigError, RejectsPresent
 from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
+from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
 from kvmigrate.status import StatusResult, run_status
 from kvmigrate.verify import VerifyResult, run_verify
@@ -131,3 +132,26 @@ def cutover(
 def status(config: Config) -> StatusResult:
     """Phase, flags, ledger buckets, last runs and today's KV spend per entity. Read-only; no KV request."""
     return run_status(config)
+
+
+def rehearse(
+    config: Config,
+    *,
+    report: Path | None = None,
+    markdown: Path | None = None,
+    max_rejects: int | None = None,
+    max_requests_real: int | None = None,
+    memories_dir: Path | None = None,
+    repair: bool = True,
+    progress: Progress | None = None,
+) -> RehearseResult:
+    """Rehearse the migration into a branch or scratch database (CI): setup, inventory, backfill,
+    verify, and a report (JSON and Markdown) with the real run's forecast KV cost.
+
+    Reads KV strictly read-only (about 6 commands per 1,000 keys); writes only the database at
+    `config.pg_url`. The result's `exit_code` is 1 on differences, 5 on more rejects than
+    `max_rejects`, 4 when the forecast exceeds `max_requests_real`.
+    """
+    return run_rehearse(config, report=report, markdown=markdown, max_rejects=max_rejects,
+                        max_requests_real=max_requests_real, memories_dir=memories_dir, repair=repair,
+                        progress=progress)

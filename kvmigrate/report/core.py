@@ -51,7 +51,7 @@ def envelope(
     hint: str | None = None,
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The one JSON envelope every `--json` output uses (see schema/report.schema.json)."""
+    """The one JSON envelope every `--json` output uses (see docs/report.schema.json)."""
     body: dict[str, Any] = {
         "command": command,
         "version": __version__,
