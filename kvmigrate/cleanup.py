@@ -15,6 +15,8 @@ Rules (README, "Data rules"):
   apps that cache their flags stop writing KV before anything is deleted.
 * A run stopped by the request budget (or killed) resumes at its last finished page
   (checkpoint `cleanup:<entities>`); the pass after a completed one starts from the beginning.
+* The ledger records `archived_at` before the delete and `deleted_at` after it; the next run
+  records the deletion of archived keys that are gone but not recorded (a run killed between).
 """
 
 from __future__ import annotations
@@ -246,6 +248,7 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
         result.manifest = str(run.archive.manifest_path)
         run.deleter = CompareAndDelete(writer, run.reader)
         _flags(run, writer, settle)
+        _reconcile(run)
         _scan(run)
         status = "ok"
     except BudgetExhausted:
@@ -337,6 +340,7 @@ def _archive_and_delete(run: _Run, archive: ArchiveWriter, deleter: CompareAndDe
     for snap, entity in deletable:
         lines.setdefault(entity, []).append(encode_line(snap, entity, run_id=run.result.run_id or 0, now_ms=now_ms))
     archive.write_batch(lines)
+    _mark(run.conn, [s.key for s, _ in deletable], set())  # before the delete: a crash after it is recoverable
     for _, entity in deletable:
         run.result.entities[entity].archived += 1
     deleted: set[str] = set()
@@ -374,13 +378,29 @@ def _ledger(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, dict[str
 
 
 def _mark(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) -> None:
-    """Record in the ledger when keys were archived and deleted (after the KV delete returned)."""
+    """Record in the ledger when keys were archived (called before the delete) and deleted
+    (called again after the KV delete returned)."""
     with conn.transaction():
         conn.execute("UPDATE kvmigrate.ledger SET archived_at = now() WHERE key = ANY(%s)",
                      ([k for k in archived if _pg_safe(k)],))
         if deleted:
             conn.execute("UPDATE kvmigrate.ledger SET deleted_at = now() WHERE key = ANY(%s)",
                          ([k for k in deleted if _pg_safe(k)],))
+
+
+def _reconcile(run: _Run) -> None:
+    """Record the deletion of keys an earlier run archived and deleted but was killed before it
+    recorded the delete (archived_at set, deleted_at not, key gone). Costs 1 EVAL per
+    `scan_count` such keys, usually none."""
+    rows = run.conn.execute(
+        "SELECT DISTINCT key FROM kvmigrate.ledger WHERE archived_at IS NOT NULL AND deleted_at IS NULL"
+        " AND entity = ANY(%s) ORDER BY key", ([e.name for e in run.chosen],)).fetchall()
+    keys = [k for (k,) in rows]
+    for start in range(0, len(keys), run.config.scan_count):
+        chunk = keys[start:start + run.config.scan_count]
+        gone = [s.key for s in run.reader.read(chunk) if s.rtype == "none"]
+        if gone:
+            _mark(run.conn, [], set(gone))
 
 
 def _close(run: _Run, status: str) -> None:
