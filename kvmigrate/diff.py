@@ -3,6 +3,10 @@
 Expected rows (the KV side, through the same transformers and batch rules as backfill) are
 COPYed into temporary tables typed like the real ones, so Postgres does the canonical
 comparison: timestamps as instants, JSONB normalised, arrays in the app's order, NULL as NULL.
+Everything is set-based: memory stays bounded by a page of records (plus the rows of merged
+`fill` tables, which are merged in Python like backfill does), whatever the keyspace size.
+A difference is re-checked by re-reading every source of its row (and, for a row with no KV
+source, the keys that would hold it) and comparing again the same way.
 Every record read is also staged with the digest of its value, so that once the differences
 are known, the keys whose rows all agree are recorded as verified (`ledger.verified_hash`):
 cleanup deletes a key only while its value still has that digest.
@@ -11,8 +15,10 @@ cleanup deletes a key only while its value still has that digest.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -53,43 +59,50 @@ class EntityCheck:
 
 
 FILE_PREFIX = "file:"
+_GLOB = re.compile(r"[*?\[]")
 _SEEN = """
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_seen (
     key TEXT, field TEXT, entity TEXT, family TEXT, redis_type TEXT, digest TEXT, status TEXT, rows INT);
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_diff (tbl TEXT, pk TEXT);
-TRUNCATE kvm_verify_seen;
-TRUNCATE kvm_verify_diff;
+CREATE TEMP TABLE IF NOT EXISTS kvm_verify_bad (key TEXT, field TEXT);
+TRUNCATE kvm_verify_seen, kvm_verify_diff, kvm_verify_bad;
 """
 
 
 class Differ:
-    """Stages expected rows and asks Postgres for the differences."""
+    """Stages expected rows and asks Postgres for the differences.
+
+    `memories` is the folder memory records (`file:` keys) are re-read from; `sampled` means
+    only some records were staged, so a row whose Postgres owner is a higher-ranked source
+    that was not read is left out of the comparison (and not counted)."""
 
     def __init__(self, conn: psycopg.Connection, chosen: Sequence[Entity], source: KvSource,
-                 checks: dict[str, EntityCheck], mode: str) -> None:
+                 checks: dict[str, EntityCheck], mode: str, *, memories: Path | None = None,
+                 sampled: bool = False) -> None:
         self.conn = conn
         self.chosen = chosen
         self.source = source
         self.checks = checks
-        self.mode = mode
+        self.mode = "rows" if sampled else mode
+        self.memories = memories
+        self.sampled = sampled
         self.specs = table_specs(chosen)
         self.loaders = {n: TableLoader(conn, s, stage_prefix="kvm_expect_") for n, s in self.specs.items()}
+        self.fresh = {n: TableLoader(conn, s, stage_prefix="kvm_recheck_") for n, s in self.specs.items()}
         for loader in self.loaders.values():
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(loader.stage)))
         self.fill_rows: dict[str, list[SourcedRow]] = {n: [] for n, s in self.specs.items() if s.merge == "fill"}
         self.diffs: list[Difference] = []
+        self.healed: list[Difference] = []
         self.required = {n: loader.missing_required for n, loader in self.loaders.items()}
         conn.execute(_SEEN)
+        conn.commit()  # the temp tables must outlive any rollback of a later read
 
     def stage(self, records: Sequence[tuple[RawRecord, Entity]]) -> None:
         """Transform records exactly as backfill does (same batch rules) and COPY their rows
         into the expect tables; every record read is staged with its value digest."""
-        batch = Batch()
-        for record, entity in records:
-            batch.add_outcome(entity, record, entity.transform(record), self.required)
+        batch = self._batch(records)
         for table, table_rows in batch.rows.items():
-            if table not in self.specs:
-                continue
             if table in self.fill_rows:
                 self.fill_rows[table].extend(table_rows)
             else:
@@ -98,44 +111,64 @@ class Differ:
             for e in batch.ledger:
                 cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status, e.rows))
 
+    def _batch(self, records: Iterable[tuple[RawRecord, Entity]]) -> Batch:
+        batch = Batch()
+        for record, entity in records:
+            batch.add_outcome(entity, record, entity.transform(record), self.required)
+        for table in [t for t in batch.rows if t not in self.specs]:
+            del batch.rows[table]
+        return batch
+
     def compare(self, *, extras: bool) -> None:
+        """Find missing, different and (with `extras`) extra rows of every table."""
         for table, pending in self.fill_rows.items():
             self.loaders[table].stage_rows(dedupe(self.specs[table], pending), truncate=False)
-        for table, spec in self.specs.items():
-            buckets = self._differing_buckets(spec) if self.mode == "buckets" else None
-            expected = expected_sql(spec, self.loaders[table].stage)
-            self._count_checked(spec, expected)
+        for name in ("kvm_verify_seen", *(loader.stage for loader in self.loaders.values())):
+            self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))  # temp tables are never auto-analyzed
+        for spec in self.specs.values():
+            expected = self._expected(spec)
+            self._count_checked(expected)
+            buckets = self._differing_buckets(spec, expected) if self.mode == "buckets" else None
             if buckets == []:
                 continue
             self._missing(spec, expected, buckets)
             self._different(spec, expected, buckets)
             if extras:
-                self._extra(spec, expected, buckets)
+                self._extra(spec, buckets)
         self.conn.commit()
 
-    def _bucket_filter(self, spec: TableSpec, alias: str, buckets: list[int] | None) -> sql.Composable:
-        if buckets is None:
-            return sql.SQL("TRUE")
-        return sql.SQL("mod(abs(hashtext({a}.{pk}::text)), {n}) = ANY({b})").format(
-            a=sql.Identifier(alias), pk=sql.Identifier(spec.pk), n=sql.Literal(self._nbuckets),
-            b=sql.Literal(buckets))
+    def _expected(self, spec: TableSpec) -> sql.Composable:
+        """The expected rows: one per primary key, the highest-ranked source's (merged already
+        for fill). In a sample, rows Postgres owns through a higher source left unread are skipped."""
+        query = expected_sql(spec, self.loaders[spec.name].stage)
+        if not self.sampled:
+            return query
+        return sql.SQL("SELECT * FROM ({q}) x WHERE NOT EXISTS (SELECT 1 FROM kvmigrate.row_origin o"
+                       " WHERE o.tbl = {tn} AND o.pk = x.{pk}::text AND (o.rank, o.source_key, o.source_field)"
+                       " > (x._rank, x._src, x._fld))").format(
+            q=query, tn=sql.Literal(spec.name), pk=sql.Identifier(spec.pk))
 
-    def _differing_buckets(self, spec: TableSpec) -> list[int]:
+    def _bucket_filter(self, spec: TableSpec, alias: str, buckets: list[int] | None) -> sql.Composable:
+        pk = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(spec.pk))
+        return sql.SQL("TRUE") if buckets is None else sql.SQL("{} = ANY({})").format(self._bucket(pk), buckets)
+
+    def _bucket(self, pk: sql.Composable) -> sql.Composable:
+        return sql.SQL("mod(abs(hashtext({}::text)::bigint), {})").format(pk, sql.Literal(self._nbuckets))
+
+    def _differing_buckets(self, spec: TableSpec, expected: sql.Composable) -> list[int]:
         """Per bucket of the primary key, an md5 over both sides' rows; only differing buckets
         are compared row by row."""
         stage = self.loaders[spec.name].stage
         n = self.conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(stage))).fetchone()
         self._nbuckets = max(16, math.ceil((n[0] if n else 0) / 1000))
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in spec.columns)
-        agg = sql.SQL(
-            "SELECT mod(abs(hashtext({pk}::text)), {n}) AS b,"
-            " md5(string_agg(md5(ROW({cols})::text), '' ORDER BY {pk}::text)) AS h FROM {src} GROUP BY 1")
+        pk = sql.Identifier(spec.pk)
+        agg = sql.SQL("SELECT {b} AS b, md5(string_agg(md5(ROW({cols})::text), '' ORDER BY {pk}::text)) AS h"
+                      " FROM {src} GROUP BY 1")
         query = sql.SQL("WITH e AS ({e}), a AS ({a}) SELECT coalesce(e.b, a.b) FROM e FULL JOIN a ON e.b = a.b"
                         " WHERE e.h IS DISTINCT FROM a.h").format(
-            e=agg.format(pk=sql.Identifier(spec.pk), n=sql.Literal(self._nbuckets), cols=cols,
-                         src=sql.SQL("({}) x").format(expected_sql(spec, stage))),
-            a=agg.format(pk=sql.Identifier(spec.pk), n=sql.Literal(self._nbuckets), cols=cols,
-                         src=sql.SQL("({}) y").format(self._owned_rows(spec))))
+            e=agg.format(b=self._bucket(pk), cols=cols, pk=pk, src=sql.SQL("({}) x").format(expected)),
+            a=agg.format(b=self._bucket(pk), cols=cols, pk=pk, src=sql.SQL("({}) y").format(self._owned_rows(spec))))
         return [int(r[0]) for r in self.conn.execute(query).fetchall()]
 
     def _owned_rows(self, spec: TableSpec) -> sql.Composable:
@@ -144,15 +177,17 @@ class Differ:
                        " WHERE coalesce(o.rank, 0) >= 0").format(
             t=sql.Identifier(spec.name), tn=sql.Literal(spec.name), pk=sql.Identifier(spec.pk))
 
-    def _count_checked(self, spec: TableSpec, expected: sql.Composable) -> None:
-        rows = self.conn.execute(sql.SQL("SELECT _src FROM ({}) e").format(expected)).fetchall()
-        for (src,) in rows:
-            self._check_for(src, spec).checked += 1
+    def _count_checked(self, expected: sql.Composable) -> None:
+        """Expected rows per entity (of their source key), counted in Postgres."""
+        rows = self.conn.execute(sql.SQL(
+            "SELECT s.entity, count(*) FROM ({e}) e JOIN (SELECT DISTINCT key, entity FROM kvm_verify_seen) s"
+            " ON s.key = e._src GROUP BY 1").format(e=expected)).fetchall()
+        for entity, n in rows:
+            if entity in self.checks:
+                self.checks[entity].checked += int(n)
 
     def _check_for(self, source_key: str | None, spec: TableSpec) -> EntityCheck:
-        name = None
-        if source_key:
-            name = self.entity_of(source_key)
+        name = self.entity_of(source_key) if source_key else None
         if name not in self.checks:
             name = next((e.name for e in self.chosen if spec in e.tables), self.chosen[0].name)
         return self.checks[name]
@@ -174,135 +209,155 @@ class Differ:
 
     def _different(self, spec: TableSpec, expected: sql.Composable, buckets: list[int] | None) -> None:
         cols = [c for c in spec.columns if c != spec.pk]
-        fields = sql.SQL(", ").join(
-            sql.SQL("{name}, CASE WHEN e.{c} IS DISTINCT FROM t.{c} THEN jsonb_build_array(to_jsonb(e.{c}),"
-                    " to_jsonb(t.{c})) END").format(name=sql.Literal(c), c=sql.Identifier(c)) for c in cols)
-        row = lambda a: sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.Identifier(a), sql.Identifier(c)) for c in cols)  # noqa: E731
-        query = sql.SQL("SELECT e.{pk}::text, e._src, e._fld, jsonb_strip_nulls(jsonb_build_object({fields}))"
-                        " FROM ({e}) e JOIN {t} t ON t.{pk} = e.{pk} WHERE {bf} AND ({er}) IS DISTINCT FROM ({tr})").format(
+        fields = sql.SQL(" || ").join(
+            sql.SQL("CASE WHEN e.{c} IS DISTINCT FROM t.{c} THEN jsonb_build_object({name}, jsonb_build_array("
+                    "to_jsonb(e.{c}), to_jsonb(t.{c}))) ELSE '{{}}'::jsonb END").format(
+                name=sql.Literal(c), c=sql.Identifier(c)) for c in cols)
+        query = sql.SQL("SELECT e.{pk}::text, e._src, e._fld, {fields} FROM ({e}) e JOIN {t} t ON t.{pk} = e.{pk}"
+                        " WHERE {bf} AND ({er}) IS DISTINCT FROM ({tr})").format(
             pk=sql.Identifier(spec.pk), fields=fields, e=expected, t=sql.Identifier(spec.name),
-            bf=self._bucket_filter(spec, "e", buckets), er=row("e"), tr=row("t"))
+            bf=self._bucket_filter(spec, "e", buckets), er=_row("e", cols), tr=_row("t", cols))
         for pk, src, fld, diff in self.conn.execute(query).fetchall():
             self._add(Difference("different", spec.name, pk, src, fld, diff), spec)
 
-    def _extra(self, spec: TableSpec, expected: sql.Composable, buckets: list[int] | None) -> None:
+    def _extra(self, spec: TableSpec, buckets: list[int] | None) -> None:
+        """Rows with no expected row. A row whose source belongs to an entity not verified now is
+        not ours to judge; a row with no recorded source (written by the app) is reported when
+        every entity writing its table is verified. Placeholder users are never extra."""
         query = sql.SQL("SELECT t.{pk}::text, o.source_key, o.source_field FROM {t} t"
                         " LEFT JOIN kvmigrate.row_origin o ON o.tbl = {tn} AND o.pk = t.{pk}::text"
-                        " WHERE coalesce(o.rank, 0) >= 0 AND {bf} AND NOT EXISTS (SELECT 1 FROM ({e}) e WHERE e.{pk} = t.{pk})").format(
-            pk=sql.Identifier(spec.pk), t=sql.Identifier(spec.name), tn=sql.Literal(spec.name), e=expected,
-            bf=self._bucket_filter(spec, "t", buckets))
+                        " WHERE coalesce(o.rank, 0) >= 0 AND {bf}"
+                        " AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{pk} = t.{pk})").format(
+            pk=sql.Identifier(spec.pk), t=sql.Identifier(spec.name), tn=sql.Literal(spec.name),
+            s=sql.Identifier(self.loaders[spec.name].stage), bf=self._bucket_filter(spec, "t", buckets))
         wanted = {e.name for e in self.chosen}
+        owns_sourceless = {e.name for e in ENTITIES if spec in e.tables} <= wanted
         for pk, src, fld in self.conn.execute(query).fetchall():
-            if src:
-                if self.entity_of(src) not in wanted:
-                    continue
-            elif len(wanted) < len(ENTITIES):
-                continue  # a row with no recorded source: only a verify of everything answers for it
-            self._add(Difference("extra", spec.name, pk, src or "", fld or ""), spec)
+            if (self.entity_of(src) in wanted) if src else owns_sourceless:
+                self._add(Difference("extra", spec.name, pk, src or "", fld or ""), spec)
 
     def _add(self, diff: Difference, spec: TableSpec) -> None:
         self.diffs.append(diff)
         getattr(self._check_for(diff.key, spec), diff.kind).append(diff)
 
     def recheck(self) -> None:
-        """Re-read each difference's source and row once; drop (count as healed) what now agrees."""
-        fresh = self._fresh()
-        for diff in list(self.diffs):
-            if diff.kind != "extra" or (diff.table, diff.pk) not in fresh:
-                if self._agrees(self.specs[diff.table], fresh.get((diff.table, diff.pk)), diff.pk):
-                    self._resolve(diff, "healed")
+        """Re-read every source of each difference's row once and drop (count as healed) the
+        differences that now agree: writes that were in flight. In chunks of a scan page."""
+        self.healed = [d for chunk in _chunks(self.diffs, self.source.count) for d in self._agreeing(chunk)]
+        self.resolve(self.healed, "healed")
         self.conn.commit()
 
     def repair(self, run_id: int) -> None:
-        """Re-copy the sources of missing/different rows through the normal loader path, then
-        re-check them; only rows that now agree count as repaired."""
-        todo = [d for d in self.diffs if d.kind != "extra"]
-        keys = sorted({d.key for d in todo if d.key})
-        BatchWriter(self.conn, run_id).load_records(self.source.read_keys(keys))
-        fresh = self._fresh()
-        for diff in todo:
-            if self._agrees(self.specs[diff.table], fresh.get((diff.table, diff.pk)), diff.pk):
-                self._resolve(diff, "repaired")
+        """Re-copy every source of the missing/different rows through the normal loader path
+        (all sources of a merged row in one batch), then compare them again; only rows that
+        now agree count as repaired."""
+        writer = BatchWriter(self.conn, run_id)
+        repaired: list[Difference] = []
+        for chunk in _chunks([d for d in self.diffs if d.kind != "extra"], self.source.count):
+            records = self._reread(chunk)
+            writer.load_records(records)
+            repaired.extend(self._agreeing(chunk, records))
+        self.resolve(repaired, "repaired")
         self.conn.commit()
 
-    def _fresh(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """The expected rows for the current differences, re-read from KV now. Merged tables
-        (users) re-read every source of the entity, since several records build one row."""
-        keys = {d.key for d in self.diffs if d.key}
-        fill_tables = {d.table for d in self.diffs if self.specs[d.table].merge == "fill"}
+    def _agreeing(self, diffs: Sequence[Difference],
+                  records: list[tuple[RawRecord, Entity]] | None = None) -> list[Difference]:
+        """The differences whose row now agrees with its sources read now (`records`, else
+        re-read): compared in Postgres exactly like the first time."""
+        batch = self._batch(self._reread(diffs) if records is None else records)
+        agree: set[tuple[str, str]] = set()
+        for table, pks in _pks_by_table(diffs).items():
+            spec, fresh = self.specs[table], self.fresh[table]
+            fresh.stage_rows(dedupe(spec, batch.rows.get(table, [])))
+            cols = list(spec.columns)
+            pk_type = sql.SQL(fresh.types[cols.index(spec.pk)])
+            query = sql.SQL("SELECT d.pk FROM unnest({pks}::text[]) d(pk)"
+                            " LEFT JOIN {f} e ON e.{pk} = d.pk::{pt} LEFT JOIN {t} t ON t.{pk} = d.pk::{pt}"
+                            " WHERE ({er}) IS NOT DISTINCT FROM ({tr})").format(
+                pks=sql.Literal(sorted(pks)), f=sql.Identifier(fresh.stage), pk=sql.Identifier(spec.pk),
+                pt=pk_type, t=sql.Identifier(table), er=_row("e", cols), tr=_row("t", cols))
+            agree.update((table, pk) for (pk,) in self.conn.execute(query).fetchall())
+        return [d for d in diffs if (d.table, d.pk) in agree]
+
+    def _reread(self, diffs: Sequence[Difference]) -> list[tuple[RawRecord, Entity]]:
+        """Read now every source of the differing rows, plus, for extra rows, the keys that
+        would hold them (a key the app wrote after the scan passed)."""
+        keys = {d.key for d in diffs if d.key}
+        for table, pks in _pks_by_table(diffs).items():
+            keys.update(self._sources(self.specs[table], pks))
+        for d in diffs:
+            if d.kind == "extra":
+                keys.update(self._candidates(self.specs[d.table], d.pk))
+        files = {k for k in keys if k.startswith(FILE_PREFIX)}
+        out = self.source.read_keys(sorted(keys - files))
+        if files and self.memories is not None:
+            from kvmigrate.entities.memories import MEMORIES, iter_memory_records
+
+            out.extend((r, MEMORIES) for r in iter_memory_records(self.memories) if r.key in files)
+        return out
+
+    def _sources(self, spec: TableSpec, pks: set[str]) -> set[str]:
+        """Every source key staged for these rows."""
+        if spec.name in self.fill_rows:
+            return {r.source_key for r in self.fill_rows[spec.name] if str(r.values[spec.pk]) in pks}
+        query = sql.SQL("SELECT DISTINCT _src FROM {s} WHERE {pk}::text = ANY({pks})").format(
+            s=sql.Identifier(self.loaders[spec.name].stage), pk=sql.Identifier(spec.pk), pks=sql.Literal(sorted(pks)))
+        return {src for (src,) in self.conn.execute(query).fetchall()}
+
+    def _candidates(self, spec: TableSpec, pk: str) -> set[str]:
+        """Keys that could hold the row `pk` of `spec`: every exact key its entities read (a
+        registry hash, an archive), and `prefix + pk` for each `prefix*` family."""
+        out: set[str] = set()
         for entity in self.chosen:
-            if any(t.name in fill_tables for t in entity.tables):
-                keys.update(k for (k,) in self.conn.execute(
-                    "SELECT DISTINCT key FROM kvmigrate.ledger WHERE entity = %s AND status = 'migrated'",
-                    (entity.name,)))
-        rows: dict[str, list[SourcedRow]] = {}
-        for record, entity in self.source.read_keys(sorted(keys)):
-            outcome = entity.transform(record)
-            for row in outcome.rows if outcome.reject is None else ():
-                if row.table in self.specs:
-                    rows.setdefault(row.table, []).append(SourcedRow(row.values, row.rank, record.key, record.field))
-        fresh: dict[tuple[str, str], dict[str, Any]] = {}
-        for table, table_rows in rows.items():
-            spec = self.specs[table]
-            for best in dedupe(spec, table_rows):
-                fresh[(table, str(best.values[spec.pk]))] = dict(best.values)
-        return fresh
+            for fam in entity.families if spec in entity.tables else ():
+                if fam.index:
+                    continue
+                if not _GLOB.search(fam.pattern):
+                    out.add(fam.pattern)
+                elif fam.pattern.endswith("*") and not _GLOB.search(fam.pattern[:-1]):
+                    out.add(fam.pattern[:-1] + pk)
+        return out
 
-    def _agrees(self, spec: TableSpec, expected: dict[str, Any] | None, pk: str) -> bool:
-        actual = self.conn.execute(
-            sql.SQL("SELECT {cols} FROM {t} WHERE {pk}::text = %s").format(
-                cols=sql.SQL(", ").join(sql.Identifier(c) for c in spec.columns), t=sql.Identifier(spec.name),
-                pk=sql.Identifier(spec.pk)), (pk,)).fetchone()
-        if expected is None or actual is None:
-            return expected is None and actual is None
-        return all(_same(expected.get(c), v) for c, v in zip(spec.columns, actual, strict=True))
-
-    def _resolve(self, diff: Difference, how: str) -> None:
-        self.diffs.remove(diff)
-        check = self._check_for(diff.key, self.specs[diff.table])
-        getattr(check, diff.kind).remove(diff)
-        setattr(check, how, getattr(check, how) + 1)
-
-    def delete_extra(self) -> int:
-        deleted = 0
-        for diff in [d for d in self.diffs if d.kind == "extra"]:
-            spec = self.specs[diff.table]
-            with self.conn.transaction():
-                cur = self.conn.execute(sql.SQL("DELETE FROM {t} WHERE {pk}::text = %s").format(
-                    t=sql.Identifier(spec.name), pk=sql.Identifier(spec.pk)), (diff.pk,))
-                self.conn.execute("DELETE FROM kvmigrate.row_origin WHERE tbl = %s AND pk = %s", (spec.name, diff.pk))
-            deleted += cur.rowcount
-            self.diffs.remove(diff)
-            self._check_for(diff.key, spec).extra.remove(diff)
-        return deleted
+    def resolve(self, done: Sequence[Difference], how: str | None) -> None:
+        """Drop `done` from the reported differences, counting each under `how`."""
+        gone = {id(d) for d in done}
+        self.diffs = [d for d in self.diffs if id(d) not in gone]
+        for check in self.checks.values():
+            for kind in ("missing", "extra", "different"):
+                setattr(check, kind, [d for d in getattr(check, kind) if id(d) not in gone])
+        for d in done:
+            check = self._check_for(d.key, self.specs[d.table])
+            if how is not None:
+                setattr(check, how, getattr(check, how) + 1)
 
     def record_verified(self, run_id: int) -> None:
         """Record in the ledger which keys verified: read now, and every row they produce agrees
-        with Postgres. Their digest becomes `verified_hash`; keys with a remaining difference or a
-        reject lose theirs. A key first seen by verify (written by a dual-writing app) and found
-        consistent enters the ledger as migrated."""
+        with Postgres. Their digest becomes `verified_hash` (and `verified_at` the time that
+        value first verified; `verified_keys` counts the keys this run newly vouched for); keys with a remaining difference,
+        a difference that healed (the value was changing) or a reject lose theirs. A key first
+        seen by verify (written by a dual-writing app) and found consistent enters the ledger as
+        migrated."""
         with self.conn.cursor().copy("COPY kvm_verify_diff FROM STDIN") as cp:
-            for d in self.diffs:
+            for d in self.diffs + self.healed:
                 cp.write_row((d.table, d.pk))
-        bad = sql.SQL(" UNION ").join(
-            sql.SQL("SELECT e._src, e._fld FROM {s} e JOIN kvm_verify_diff d ON d.tbl = {t} AND d.pk = e.{pk}::text").format(
-                s=sql.Identifier(self.loaders[n].stage), t=sql.Literal(n), pk=sql.Identifier(s.pk))
-            for n, s in self.specs.items())
-        self.conn.execute(sql.SQL(
-            "CREATE TEMP TABLE IF NOT EXISTS kvm_verify_bad (key TEXT, field TEXT); TRUNCATE kvm_verify_bad;"
-            " INSERT INTO kvm_verify_bad {bad}").format(bad=bad))
+        for name, spec in self.specs.items():
+            self.conn.execute(sql.SQL(
+                "INSERT INTO kvm_verify_bad SELECT e._src, e._fld FROM {s} e"
+                " JOIN kvm_verify_diff d ON d.tbl = {t} AND d.pk = e.{pk}::text").format(
+                s=sql.Identifier(self.loaders[name].stage), t=sql.Literal(name), pk=sql.Identifier(spec.pk)))
         # A merged (fill) row is built from several records: a difference taints every one of them.
-        differing = {(d.table, d.pk) for d in self.diffs}
+        tainted = {(d.table, d.pk) for d in self.diffs + self.healed}
         with self.conn.cursor().copy("COPY kvm_verify_bad FROM STDIN") as cp:
             for table, rows in self.fill_rows.items():
                 pk = self.specs[table].pk
                 for row in rows:
-                    if (table, str(row.values[pk])) in differing:
+                    if (table, str(row.values[pk])) in tainted:
                         cp.write_row((row.source_key, row.source_field))
+        self.conn.execute("ANALYZE kvm_verify_bad")
         self.conn.execute(
             "UPDATE kvmigrate.ledger l SET verified_hash = NULL, verified_at = NULL FROM kvm_verify_seen s"
-            " WHERE l.key = s.key AND l.field = s.field AND (s.status <> 'migrated' OR EXISTS"
-            " (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field))")
+            " WHERE l.key = s.key AND l.field = s.field AND l.verified_hash IS NOT NULL AND (s.status <> 'migrated'"
+            " OR EXISTS (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field))")
         cur = self.conn.execute(
             "INSERT INTO kvmigrate.ledger AS l (key, field, entity, family, redis_type, value_hash, status, rows,"
             " run_id, verified_hash, verified_at)"
@@ -310,7 +365,8 @@ class Differ:
             " digest, now() FROM kvm_verify_seen s WHERE s.status = 'migrated' AND NOT EXISTS"
             " (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field) ORDER BY key, field"
             " ON CONFLICT (key, field) DO UPDATE SET verified_hash = EXCLUDED.verified_hash,"
-            " verified_at = EXCLUDED.verified_at WHERE l.status = 'migrated'"
+            " verified_at = EXCLUDED.verified_at"
+            " WHERE l.status = 'migrated' AND l.verified_hash IS DISTINCT FROM EXCLUDED.verified_hash"
             " RETURNING l.entity", (run_id,))
         for (entity,) in cur.fetchall():
             if entity in self.checks:
@@ -324,7 +380,17 @@ def expected_sql(spec: TableSpec, stage: str) -> sql.Composable:
         pk=sql.Identifier(spec.pk), s=sql.Identifier(stage))
 
 
-def _same(expected: Any, actual: Any) -> bool:
-    if isinstance(expected, (list, tuple)) and isinstance(actual, (list, tuple)):
-        return list(expected) == list(actual)
-    return bool(expected == actual)
+def _row(alias: str, cols: Sequence[str]) -> sql.Composable:
+    return sql.SQL("ROW({})").format(sql.SQL(", ").join(
+        sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(c)) for c in cols))
+
+
+def _chunks(diffs: Sequence[Difference], size: int) -> list[list[Difference]]:
+    return [list(diffs[i:i + size]) for i in range(0, len(diffs), size)]
+
+
+def _pks_by_table(diffs: Iterable[Difference]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for d in diffs:
+        out.setdefault(d.table, set()).add(d.pk)
+    return out

@@ -3,21 +3,32 @@
 The KV side goes through the same scanner and transformers as backfill, so values are compared
 in exactly the form they were loaded. Expected rows are streamed (COPY) into temporary tables
 typed like the real ones, so Postgres itself does the canonical comparison: timestamps as
-instants, JSONB normalised, arrays in the app's order, NULLs as NULLs. Three kinds of result:
-missing (expected, absent), extra (in Postgres, no KV source), different (with both values per
-field). Differences are re-checked once after `recheck_delay` seconds, so writes in flight from
-a dual-writing app are counted as healed, not reported. Read-only unless `repair`.
+instants (shown in UTC), JSONB normalised, arrays in the app's order, NULLs as NULLs. Three
+kinds of result: missing (expected, absent), extra (in Postgres, no KV source), different (with
+both values per field). Read-only unless `repair`.
+
+Rules (README, "Data rules"):
+* each difference is re-checked once after `recheck_delay` seconds by re-reading every source
+  of its row (for an extra row, also the keys that would hold it), so writes in flight from a
+  dual-writing app count as healed, not reported; a healed key is not marked verified;
+* an extra row whose source belongs to an entity not being verified is not reported; a row with
+  no recorded source (written by the app) is reported when every entity writing its table is
+  verified; placeholder users are never extra;
+* `sample` checks N random keys per entity among those that produced rows; an entity whose rows
+  merge several sources (users) is read whole, and a sampled row that Postgres owns through a
+  higher-ranked source left unread is skipped (not counted).
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from kvmigrate import state
 from kvmigrate.backfill import memories_folder, require_schema
@@ -91,31 +102,59 @@ def run_verify(
     started = time.perf_counter()
     with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
         require_schema(conn)
+        conn.execute("SET TIME ZONE 'UTC'")
+        conn.commit()
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
         source = KvSource(kv, chosen, count=config.scan_count, use_eval=config.use_eval)
         run_id = state.start_run(conn, "verify", dry_run=False, options={"mode": mode, "sample": sample})
         result = VerifyResult(mode, sample, budget, {e.name: EntityCheck() for e in chosen}, run_id)
-        differ = Differ(conn, chosen, source, result.entities, mode)
+        differ = Differ(conn, chosen, source, result.entities, mode, memories=folder, sampled=bool(sample))
         if sample:
-            differ.stage(_sample_records(conn, source, chosen, sample, seed))
+            for records in _sample_records(conn, source, chosen, sample, seed):
+                differ.stage(records)
         else:
             for page in source.pages():
                 differ.stage(page.records)
             if folder is not None:
                 _stage_memories(differ, folder, config.batch_size)
         differ.compare(extras=not sample)
-        if differ.diffs and recheck_delay > 0:
-            time.sleep(recheck_delay)
-        if differ.diffs:
-            differ.recheck()
-        if repair and differ.diffs:
-            differ.repair(run_id)
+        _second_look(differ, run_id, recheck_delay=recheck_delay, repair=repair)
         if repair_extra:
-            result.extra_deleted = differ.delete_extra()
+            result.extra_deleted = _delete_extra(conn, differ)
         differ.record_verified(run_id)
         result.seconds = time.perf_counter() - started
         _record(conn, result, run_id)
         return result
+
+
+def _second_look(differ: Differ, run_id: int, *, recheck_delay: float, repair: bool) -> None:
+    """Re-check the differences once after the delay; then, with `repair`, re-copy the rest."""
+    if not differ.diffs:
+        return
+    if recheck_delay > 0:
+        time.sleep(recheck_delay)
+    differ.recheck()
+    if repair and differ.diffs:
+        differ.repair(run_id)
+
+
+def _delete_extra(conn: psycopg.Connection, differ: Differ) -> int:
+    """Delete the extra rows, each in its own transaction; a row still referenced by another
+    table is left in place and stays reported. Returns the rows deleted."""
+    deleted: list[Difference] = []
+    for diff in [d for d in differ.diffs if d.kind == "extra"]:
+        spec = differ.specs[diff.table]
+        try:
+            with conn.transaction():
+                cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {pk}::text = %s").format(
+                    t=sql.Identifier(spec.name), pk=sql.Identifier(spec.pk)), (diff.pk,))
+                conn.execute("DELETE FROM kvmigrate.row_origin WHERE tbl = %s AND pk = %s", (spec.name, diff.pk))
+        except psycopg.errors.ForeignKeyViolation:
+            continue
+        if cur.rowcount:
+            deleted.append(diff)
+    differ.resolve(deleted, None)
+    return len(deleted)
 
 
 def _stage_memories(differ: Differ, folder: Path, batch_size: int) -> None:
@@ -131,17 +170,21 @@ def _stage_memories(differ: Differ, folder: Path, batch_size: int) -> None:
 
 
 def _sample_records(conn: psycopg.Connection, source: KvSource, chosen: Sequence[Entity], n: int,
-                    seed: int | None) -> list[tuple[RawRecord, Entity]]:
-    """N random migrated records per entity, from the ledger; read from KV in one batch each."""
-    rng = random.Random(seed)
-    out: list[tuple[RawRecord, Entity]] = []
+                    seed: int | None) -> Iterator[list[tuple[RawRecord, Entity]]]:
+    """Per entity, N random migrated keys from the ledger, read in batches of a scan page. An
+    entity whose rows merge several sources (users) is read whole: a merged row needs them all."""
+    salt = str(random.Random(seed).random())
+    migrated = "SELECT key FROM kvmigrate.ledger WHERE entity = %s AND status = 'migrated'"
     for entity in chosen:
-        keys = [k for (k,) in conn.execute(
-            "SELECT DISTINCT key FROM kvmigrate.ledger WHERE entity = %s AND status = 'migrated'", (entity.name,))]
-        conn.rollback()
-        picked = rng.sample(keys, min(n, len(keys)))
-        out.extend((r, e) for r, e in source.read_keys(picked) if e.name == entity.name)
-    return out
+        if any(t.merge == "fill" for t in entity.tables):
+            rows = conn.execute(f"{migrated} GROUP BY key", (entity.name,)).fetchall()
+        else:
+            rows = conn.execute(f"{migrated} AND rows > 0 GROUP BY key ORDER BY md5(key || %s) LIMIT %s",
+                                (entity.name, salt, n)).fetchall()
+        keys = sorted(k for (k,) in rows)
+        conn.commit()
+        for i in range(0, len(keys), source.count):
+            yield [(r, e) for r, e in source.read_keys(keys[i:i + source.count]) if e.name == entity.name]
 
 
 def _record(conn: psycopg.Connection, result: VerifyResult, run_id: int) -> None:
