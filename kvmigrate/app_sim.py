@@ -89,6 +89,13 @@ class SimApp:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vibe-app-sim", daemon=True)
         self.n = 0
+        # The app (codebase A) updates streaks it keeps as hashes; B's JSON-string streaks and
+        # broken keys are not its to touch.
+        types = self.kv.pipeline(transaction=False)
+        for h in self.handles:
+            types.type(f"streak:{h}")
+        self.streak_handles = [h for h, t in zip(self.handles, types.execute(), strict=True) if t in (b"hash", b"none")]
+        self.kv_commands += len(self.handles)
 
     def start(self) -> SimApp:
         self._thread.start()
@@ -138,7 +145,9 @@ class SimApp:
         self._write("board", RawRecord(f"board:entry:{pid}", "string", value, "", "entry"), commands)
 
     def _streak(self) -> None:
-        handle = self.rng.choice(self.handles)
+        if not self.streak_handles:
+            return
+        handle = self.rng.choice(self.streak_handles)
         fields = self._read_streak(handle)
         if fields is None:
             return
@@ -159,16 +168,12 @@ class SimApp:
     # ---------------------------------------------------------------- plumbing
 
     def _read_streak(self, handle: str) -> dict[str, Any] | None:
-        """The app reads its streak hash from wherever `streaks.reads` points (A's hash shape;
-        B's JSON-string streaks are left alone)."""
+        """The app reads its streak hash from wherever `streaks.reads` points."""
         _, reads = self.flags.get("streaks")
         if reads == "postgres":
             row = self.pg.execute("SELECT current_streak, longest_streak, total_days FROM streaks"
                                   " WHERE handle = %s", (handle,)).fetchone()
             return {} if row is None else {"current": row[0], "longest": row[1], "totalDays": row[2]}
-        self.kv_commands += 1
-        if self.kv.type(f"streak:{handle}") not in (b"hash", b"none"):
-            return None
         self.kv_commands += 1
         return {_s(k): _s(v) for k, v in self.kv.hgetall(f"streak:{handle}").items()}
 

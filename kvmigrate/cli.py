@@ -24,8 +24,9 @@ from rich.console import Console
 from kvmigrate import __version__, commands, report
 from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
 from kvmigrate.connections import connection_errors
-from kvmigrate.errors import EXIT_CODES, KvmigrateError, NotImplementedYet
+from kvmigrate.errors import EXIT_CODES, KvmigrateError
 from kvmigrate.masking import mask_text
+from kvmigrate.phases import DEFAULT_SETTLE
 
 app = typer.Typer(
     name="kvmigrate",
@@ -124,13 +125,6 @@ def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code
     if hint:
         console.print("hint: " + mask_text(hint, secrets), markup=False, highlight=False)
     raise typer.Exit(code)
-
-
-def not_yet(name: str, issue: str) -> Callable[[], Any]:
-    def fail() -> Any:
-        raise NotImplementedYet(f"`kvmigrate {name}` is not implemented yet", hint=f"planned: {issue}")
-
-    return fail
 
 
 # --------------------------------------------------------------------------- phase 1
@@ -252,7 +246,7 @@ def dual_write(
     ctx: typer.Context,
     *,
     entity: EntityOpt = None,
-    settle: SettleOpt = 15.0,
+    settle: SettleOpt = DEFAULT_SETTLE,
     rollback: Annotated[bool, typer.Option("--rollback", help="Stop dual writes (only while reads are on KV).")] = False,
     recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds before re-checking "
                                                  "differences.")] = 3.0,
@@ -291,6 +285,46 @@ def status(ctx: typer.Context) -> None:
     run(ctx, lambda: commands.status(config))
 
 
+@app.command()
+def cleanup(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    archive_dir: Annotated[Path, typer.Option("--archive-dir", help="Where the archive (JSONL.gz + manifest.json) "
+                                              "goes.")] = Path("kvmigrate-archive"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be archived and deleted; change "
+                                          "nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: delete the archived, verified KV keys.")] = False,
+    settle: SettleOpt = DEFAULT_SETTLE,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the verify that runs once writes are on "
+                                            "Postgres (keys changed since the last verify are then kept).")] = False,
+    max_requests: MaxRequestsOpt = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Phase 4: move writes to Postgres, verify, archive the verified KV keys, then delete them.
+    Never touches presence, sessions, rate limits or unknown keys."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    if not (yes or dry_run or _globals(ctx).json) and sys.stdin.isatty():
+        yes = typer.confirm("cleanup archives and then DELETES the migrated KV keys; continue?", err=True)
+    run(ctx, lambda: commands.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,
+                                      yes=yes, settle=settle, verify_first=not no_verify))
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    archive_dir: Annotated[Path, typer.Argument(help="The archive folder cleanup wrote (with manifest.json).")],
+    *,
+    entity: EntityOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite keys whose current value differs.")] = False,
+    max_requests: MaxRequestsOpt = None,
+) -> None:
+    """Put archived keys back with their types and remaining TTLs (the undo of cleanup); flags unchanged."""
+    config = config_from(ctx, max_requests=max_requests)
+    run(ctx, lambda: commands.restore(config, archive_dir, entities=entity or (), force=force),
+        exit_code_of=lambda r: 0 if r.clean else 1)
+
+
 @contextlib.contextmanager
 def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int, Any], None]]:
     """A rich progress bar on stderr (keys/s, rejects so far); silent when stderr is no terminal."""
@@ -313,12 +347,40 @@ def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int,
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """The migration on embedded Postgres + Valkey (or on --pg-url/--kv-url): nothing to install."""
+def seed(
+    ctx: typer.Context,
+    *,
+    users: Annotated[int, typer.Option("--users", min=8, help="Number of handles (the real store has about 46).")] = 46,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed writes the same keyspace.")] = 7,
+    scale: Annotated[int, typer.Option("--scale", min=1, help="Multiply messages, board posts and games.")] = 1,
+    force: Annotated[bool, typer.Option("--force", help="Seed even if the KV db is not empty.")] = False,
+    memories_dir: Annotated[Path | None, typer.Option("--memories-dir", help="Also write thread memory files here.")]
+    = None,
+) -> None:
+    """Write a realistic /vibe keyspace (every key shape, bad records included) into an empty KV db."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.seed(config, users=users, seed=seed, scale=scale, force=force,
+                                   memories_dir=memories_dir))
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    *,
+    users: Annotated[int, typer.Option("--users", min=8, help="Number of handles to seed.")] = 46,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed for the data and the simulated app.")] = 7,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the embedded servers running and print their URLs.")]
+    = False,
+) -> None:
+    """The whole migration on embedded Postgres + Valkey, with a simulated app writing throughout;
+    exit 0 only if every write the app made is in Postgres exactly once."""
     from kvmigrate.demo import run_demo
 
     config = config_from(ctx)
-    run(ctx, lambda: run_demo(config), exit_code_of=lambda r: 0 if r.ok else 1)
+    console = Console(stderr=True, highlight=False)
+    say = None if _globals(ctx).json else (lambda m: console.print(m, markup=False))
+    run(ctx, lambda: run_demo(config, users=users, seed=seed, keep=keep, say=say),
+        exit_code_of=lambda r: 0 if r.ok else 1)
 
 
 @app.command()
@@ -372,15 +434,4 @@ def main() -> None:
     app()
 
 
-# --------------------------------------------------------------------------- planned commands
-# Each says plainly that it is not built yet (exit 2) instead of faking a result.
 
-for _name, _help, _issue in (
-    ("cleanup", "Archive migrated keys, then delete verified ones (phase 4).", "phases"),
-    ("restore", "Put archived keys back (the undo of cleanup).", "phases"),
-):
-
-    def _planned(ctx: typer.Context, _n: str = _name, _i: str = _issue) -> None:
-        run(ctx, not_yet(_n, _i))
-
-    app.command(name=_name, help=_help + " (not implemented yet)")(_planned)

@@ -11,17 +11,27 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from kvmigrate.archive import RestoreResult, run_restore
 from kvmigrate.backfill import BackfillResult, Progress, run_backfill
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_pg
-from kvmigrate.cutover import CutoverResult, DualWriteResult, run_cutover, run_dual_write
+from kvmigrate.cutover import (
+    CleanupPhaseResult,
+    CutoverResult,
+    DualWriteResult,
+    run_cleanup_phase,
+    run_cutover,
+    run_dual_write,
+)
 from kvmigrate.doctor import DoctorResult, run_doctor
 from kvmigrate.errors import ConfigError, RejectsPresent
 from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
+from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
+from kvmigrate.seed import SeedRun
 from kvmigrate.status import StatusResult, run_status
 from kvmigrate.verify import VerifyResult, run_verify
 
@@ -99,7 +109,7 @@ def dual_write(
     config: Config,
     *,
     entities: Sequence[str] = (),
-    settle: float = 15.0,
+    settle: float = DEFAULT_SETTLE,
     rollback: bool = False,
     recheck_delay: float = 3.0,
     progress: Progress | None = None,
@@ -155,3 +165,57 @@ def rehearse(
     return run_rehearse(config, report=report, markdown=markdown, max_rejects=max_rejects,
                         max_requests_real=max_requests_real, memories_dir=memories_dir, repair=repair,
                         progress=progress)
+
+
+def seed(config: Config, *, users: int = 46, seed: int = 7, scale: int = 1, force: bool = False,
+         memories_dir: Path | None = None) -> SeedRun:
+    """Write a realistic, deterministic /vibe keyspace (and memory files) for trying kvmigrate.
+
+    Writes KV: one command per key; refuses a non-empty logical db unless `force`.
+    """
+    import redis
+
+    from kvmigrate.seed import seed_keyspace, write_memory_files
+
+    client = redis.Redis.from_url(config.require_kv())
+    try:
+        result = seed_keyspace(client, users=users, seed=seed, scale=scale, force=force)
+    finally:
+        client.close()
+    memories = None if memories_dir is None else write_memory_files(memories_dir, users=users, seed=seed)
+    return SeedRun(result, memories, str(memories_dir) if memories_dir else None)
+
+
+DEFAULT_ARCHIVE_DIR = Path("kvmigrate-archive")
+
+
+def cleanup(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    archive_dir: Path = DEFAULT_ARCHIVE_DIR,
+    dry_run: bool = False,
+    yes: bool = False,
+    settle: float = DEFAULT_SETTLE,
+    verify_first: bool = True,
+    recheck_delay: float = 3.0,
+) -> CleanupPhaseResult:
+    """Phase 4: writes to Postgres only, verify, then archive and delete the verified KV keys.
+
+    Refuses before cutover (GateRefused, exit 1) and without `yes` (unless `dry_run`). Writes the
+    flags, the archive folder (files 0600, manifest last), the ledger; deletes only keys whose
+    value still has its verified digest. Never touches presence, sessions, rate limits, unknown
+    or `kvmigrate:*` keys. KV cost: a verify, plus about 2 commands per 1,000 keys scanned and one
+    script per page that has keys to archive or delete.
+    """
+    return run_cleanup_phase(config, entities=entities, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
+                             settle=settle, verify_first=verify_first, recheck_delay=recheck_delay)
+
+
+def restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (), force: bool = False) -> RestoreResult:
+    """Put archived keys back (the undo of cleanup) with their types and remaining TTLs.
+
+    Checks every archive file against the manifest first (exit 1 on a mismatch). Writes KV only;
+    phase flags are unchanged. A key that exists with another value is refused unless `force`.
+    """
+    return run_restore(config, archive_dir, entities=entities, force=force)

@@ -12,16 +12,19 @@ import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 
 from kvmigrate import phases
 from kvmigrate.backfill import BackfillResult, Progress, require_schema, run_backfill
 from kvmigrate.budget import RequestBudget
+from kvmigrate.cleanup import CleanupResult, run_cleanup
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import Entity, select_entities
 from kvmigrate.errors import ConfigError, GateRefused
+from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.verify import VerifyResult, run_verify
 
 
@@ -125,13 +128,14 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
         target = phases.DUAL if rollback else phases.CUTOVER
         reason = "cutover rollback" if rollback else ("cutover (forced past the gate)" if force else "cutover")
         for e in chosen:
-            changed = phases.set_phase(conn, kv, e.name, target, reason=reason)
+            changed = phases.set_phase(conn, None, e.name, target, reason=reason)
             result.changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
+        phases.publish(conn, kv)
     result.kv_requests = budget.spent
     return result
 
 
-def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: float = 15.0, rollback: bool = False,
+def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: float = DEFAULT_SETTLE, rollback: bool = False,
                    recheck_delay: float = 3.0, progress: Progress | None = None) -> DualWriteResult:
     """Mark entities dual-written, wait `settle` seconds for apps to see the flag, then backfill
     and verify them. With rollback: writes go back to KV only (reads must still be on KV)."""
@@ -145,8 +149,9 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
         before = {e.name: phases.check_step(conn, e.name, step) for e in chosen}
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
         for e in chosen:
-            changed = phases.set_phase(conn, kv, e.name, target, reason=step.replace("-", " "))
+            changed = phases.set_phase(conn, None, e.name, target, reason=step.replace("-", " "))
             changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
+        phases.publish(conn, kv)
     if rollback:
         return DualWriteResult(changes, None, None, 0.0, budget.spent)
     if settle > 0 and any(c.changed for c in changes):
@@ -160,3 +165,55 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
     verify = run_verify(sub, entities=names, recheck_delay=recheck_delay)
     spent = budget.spent + backfill.budget.spent + verify.budget.spent
     return DualWriteResult(changes, backfill, verify, settle, spent)
+
+
+@dataclass
+class CleanupPhaseResult:
+    """`kvmigrate cleanup`: the flags moved to writes=postgres, the verify that ran after the
+    apps settled, and the archive + delete."""
+
+    changes: list[PhaseChange]
+    verify: VerifyResult | None
+    cleanup: CleanupResult
+    kv_requests: int = 0
+
+
+def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_dir: Path, dry_run: bool = False,
+                      yes: bool = False, settle: float = DEFAULT_SETTLE, verify_first: bool = True,
+                      recheck_delay: float = 3.0) -> CleanupPhaseResult:
+    """Phase 4. Move writes to Postgres, wait `settle` seconds for every app instance to see it,
+    verify (so keys the app changed since the last verify are verified as they are now, with KV
+    no longer changing), then archive and delete the verified keys (see kvmigrate.cleanup).
+    `dry_run` changes nothing and reports what would be archived and deleted."""
+    chosen = _kv_only(entities)
+    names = [e.name for e in chosen]
+    changes: list[PhaseChange] = []
+    verify = None
+    spent = 0
+    if not dry_run and verify_first:
+        budget = RequestBudget(cap=config.max_requests, phase="flags")
+        with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
+            require_schema(conn)
+            before = {e.name: phases.check_step(conn, e.name, "cleanup") for e in chosen}
+            if not yes:
+                raise ConfigError("cleanup deletes KV keys (after archiving them)",
+                                  hint="confirm with --yes, or see what it would delete with --dry-run")
+            kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
+            for e in chosen:
+                changed = phases.set_phase(conn, None, e.name, phases.CLEANED, reason="cleanup")
+                changes.append(PhaseChange(e.name, before[e.name].name, phases.CLEANED.name, changed))
+            phases.publish(conn, kv)
+        if settle > 0 and any(c.changed for c in changes):
+            time.sleep(settle)
+        verify = run_verify(_left(config, budget.spent), entities=names, recheck_delay=recheck_delay)
+        spent = budget.spent + verify.budget.spent
+    cleaned = run_cleanup(_left(config, spent), entities=names, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
+                          settle=0.0 if verify_first else settle)
+    return CleanupPhaseResult(changes, verify, cleaned, spent + cleaned.kv_requests)
+
+
+def _left(config: Config, spent: int) -> Config:
+    """The config with what is left of its request cap after `spent` commands."""
+    if config.max_requests is None:
+        return config
+    return config.model_copy(update={"max_requests": max(config.max_requests - spent, 1)})

@@ -51,6 +51,7 @@ class EntityCheck:
     different: list[Difference] = field(default_factory=list)
     healed: int = 0
     repaired: int = 0
+    superseded: int = 0
     verified_keys: int = 0
 
     @property
@@ -94,7 +95,10 @@ class Differ:
         self.fill_rows: dict[str, list[SourcedRow]] = {n: [] for n, s in self.specs.items() if s.merge == "fill"}
         self.diffs: list[Difference] = []
         self.healed: list[Difference] = []
+        self.superseded: list[Difference] = []
         self.required = {n: loader.missing_required for n, loader in self.loaders.items()}
+        rows = conn.execute("SELECT entity FROM kvmigrate.phases WHERE writes = 'postgres'").fetchall()
+        self.postgres_writes = {r[0] for r in rows}  # entities whose source of truth is Postgres now
         conn.execute(_SEEN)
         conn.commit()  # the temp tables must outlive any rollback of a later read
 
@@ -222,16 +226,21 @@ class Differ:
 
     def _extra(self, spec: TableSpec, buckets: list[int] | None) -> None:
         """Rows with no expected row. A row whose source belongs to an entity not verified now is
-        not ours to judge; a row with no recorded source (written by the app) is reported when
-        every entity writing its table is verified. Placeholder users are never extra."""
+        not ours to judge; a row whose source key cleanup archived and deleted is not extra; a row
+        with no recorded source (written by the app) is reported when every entity writing its
+        table is verified and still writes to KV. Placeholder users are never extra."""
         query = sql.SQL("SELECT t.{pk}::text, o.source_key, o.source_field FROM {t} t"
                         " LEFT JOIN kvmigrate.row_origin o ON o.tbl = {tn} AND o.pk = t.{pk}::text"
                         " WHERE coalesce(o.rank, 0) >= 0 AND {bf}"
-                        " AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{pk} = t.{pk})").format(
+                        " AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{pk} = t.{pk})"
+                        " AND NOT EXISTS (SELECT 1 FROM kvmigrate.ledger l WHERE l.key = o.source_key"
+                        " AND l.field = o.source_field AND l.deleted_at IS NOT NULL)").format(
             pk=sql.Identifier(spec.pk), t=sql.Identifier(spec.name), tn=sql.Literal(spec.name),
             s=sql.Identifier(self.loaders[spec.name].stage), bf=self._bucket_filter(spec, "t", buckets))
         wanted = {e.name for e in self.chosen}
-        owns_sourceless = {e.name for e in ENTITIES if spec in e.tables} <= wanted
+        writers = {e.name for e in ENTITIES if spec in e.tables}
+        # a row with no KV source is the app's own once its entity writes to Postgres only
+        owns_sourceless = writers <= wanted and not writers & self.postgres_writes
         for pk, src, fld in self.conn.execute(query).fetchall():
             if (self.entity_of(src) in wanted) if src else owns_sourceless:
                 self._add(Difference("extra", spec.name, pk, src or "", fld or ""), spec)
@@ -250,15 +259,27 @@ class Differ:
     def repair(self, run_id: int) -> None:
         """Re-copy every source of the missing/different rows through the normal loader path
         (all sources of a merged row in one batch), then compare them again; only rows that
-        now agree count as repaired."""
+        now agree count as repaired. For entities that write to Postgres only, Postgres is the
+        source of truth: only a missing row whose key never verified (a write Postgres never got)
+        is re-copied; their other differences stay reported."""
         writer = BatchWriter(self.conn, run_id)
         repaired: list[Difference] = []
-        for chunk in _chunks([d for d in self.diffs if d.kind != "extra"], self.source.count):
+        todo = [d for d in self.diffs if d.kind != "extra" and self._repairable(d)]
+        for chunk in _chunks(todo, self.source.count):
             records = self._reread(chunk)
             writer.load_records(records)
             repaired.extend(self._agreeing(chunk, records))
         self.resolve(repaired, "repaired")
         self.conn.commit()
+
+    def _repairable(self, d: Difference) -> bool:
+        if self.entity_of(d.key) not in self.postgres_writes:
+            return True
+        if d.kind != "missing":
+            return False
+        row = self.conn.execute("SELECT verified_hash FROM kvmigrate.ledger WHERE key = %s AND field = %s",
+                                (d.key, d.source_field)).fetchone()
+        return row is None or row[0] is None
 
     def _agreeing(self, diffs: Sequence[Difference],
                   records: list[tuple[RawRecord, Entity]] | None = None) -> list[Difference]:
@@ -329,49 +350,6 @@ class Differ:
             check = self._check_for(d.key, self.specs[d.table])
             if how is not None:
                 setattr(check, how, getattr(check, how) + 1)
-
-    def record_verified(self, run_id: int) -> None:
-        """Record in the ledger which keys verified: read now, and every row they produce agrees
-        with Postgres. Their digest becomes `verified_hash` (and `verified_at` the time that
-        value first verified; `verified_keys` counts the keys this run newly vouched for); keys with a remaining difference,
-        a difference that healed (the value was changing) or a reject lose theirs. A key first
-        seen by verify (written by a dual-writing app) and found consistent enters the ledger as
-        migrated."""
-        with self.conn.cursor().copy("COPY kvm_verify_diff FROM STDIN") as cp:
-            for d in self.diffs + self.healed:
-                cp.write_row((d.table, d.pk))
-        for name, spec in self.specs.items():
-            self.conn.execute(sql.SQL(
-                "INSERT INTO kvm_verify_bad SELECT e._src, e._fld FROM {s} e"
-                " JOIN kvm_verify_diff d ON d.tbl = {t} AND d.pk = e.{pk}::text").format(
-                s=sql.Identifier(self.loaders[name].stage), t=sql.Literal(name), pk=sql.Identifier(spec.pk)))
-        # A merged (fill) row is built from several records: a difference taints every one of them.
-        tainted = {(d.table, d.pk) for d in self.diffs + self.healed}
-        with self.conn.cursor().copy("COPY kvm_verify_bad FROM STDIN") as cp:
-            for table, rows in self.fill_rows.items():
-                pk = self.specs[table].pk
-                for row in rows:
-                    if (table, str(row.values[pk])) in tainted:
-                        cp.write_row((row.source_key, row.source_field))
-        self.conn.execute("ANALYZE kvm_verify_bad")
-        self.conn.execute(
-            "UPDATE kvmigrate.ledger l SET verified_hash = NULL, verified_at = NULL FROM kvm_verify_seen s"
-            " WHERE l.key = s.key AND l.field = s.field AND l.verified_hash IS NOT NULL AND (s.status <> 'migrated'"
-            " OR EXISTS (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field))")
-        cur = self.conn.execute(
-            "INSERT INTO kvmigrate.ledger AS l (key, field, entity, family, redis_type, value_hash, status, rows,"
-            " run_id, verified_hash, verified_at)"
-            " SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, digest, 'migrated', rows, %s,"
-            " digest, now() FROM kvm_verify_seen s WHERE s.status = 'migrated' AND NOT EXISTS"
-            " (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field) ORDER BY key, field"
-            " ON CONFLICT (key, field) DO UPDATE SET verified_hash = EXCLUDED.verified_hash,"
-            " verified_at = EXCLUDED.verified_at"
-            " WHERE l.status = 'migrated' AND l.verified_hash IS DISTINCT FROM EXCLUDED.verified_hash"
-            " RETURNING l.entity", (run_id,))
-        for (entity,) in cur.fetchall():
-            if entity in self.checks:
-                self.checks[entity].verified_keys += 1
-        self.conn.commit()
 
 
 def expected_sql(spec: TableSpec, stage: str) -> sql.Composable:

@@ -29,6 +29,10 @@ from kvmigrate.errors import GateRefused
 from kvmigrate.kv.client import KvClient
 
 FLAGS_KEY = "kvmigrate:flags"
+#: Apps cache the flags for at most APP_FLAG_CACHE seconds (README, "For the app"); every flag
+#: change then waits DEFAULT_SETTLE seconds before relying on it.
+APP_FLAG_CACHE = 30.0
+DEFAULT_SETTLE = 45.0
 LOCK_PHASES = 0x6B766D70  # "kvmp": phase changes are serialised per database
 
 
@@ -80,6 +84,9 @@ def all_phases(conn: psycopg.Connection) -> dict[str, Phase]:
     return {e.name: rows.get(e.name, KV_ONLY) for e in kv_entities()}
 
 
+ORDER = (KV_ONLY, DUAL, CUTOVER, CLEANED)
+
+
 def check_step(conn: psycopg.Connection, entity: str, step: str) -> Phase:
     """Return the entity's phase if `step` may start from it, else raise GateRefused naming the
     command to run first. Read-only."""
@@ -89,17 +96,27 @@ def check_step(conn: psycopg.Connection, entity: str, step: str) -> Phase:
         raise GateRefused(
             f"{entity}: `{step.replace('-rollback', ' --rollback')}` is not allowed in phase "
             f"{phase.name} (writes={phase.writes}, reads={phase.reads})",
-            hint=f"run `{first} --entity {entity}` first" if "rollback" not in step else
-            "the entity is not in a phase this step undoes; see `kvmigrate status`",
-        )
+            hint=_hint(entity, step, phase, allowed, first))
     return phase
 
 
-def set_phase(conn: psycopg.Connection, kv: KvClient, entity: str, to: Phase, *, reason: str) -> bool:
-    """Move the entity to `to` (recording history) and republish the flags hash.
+def _hint(entity: str, step: str, phase: Phase, allowed: tuple[Phase, ...], first: str) -> str:
+    rank = ORDER.index(phase) if phase in ORDER else -1
+    earliest = min(ORDER.index(p) for p in allowed)
+    rollback = step.endswith("-rollback")
+    if rollback and rank < earliest or not rollback and rank > max(ORDER.index(p) for p in allowed):
+        what = "nothing to roll back" if rollback else "the entity is already past this step"
+        if phase == CLEANED:
+            what += "; after cleanup, KV no longer receives writes (see the runbook for going back)"
+        return f"{what}: see `kvmigrate status`"
+    return f"run `{first} --entity {entity}` first"
 
-    One transaction in Postgres, then 1 KV command (HSET). Returns False when already there.
-    """
+
+def set_phase(conn: psycopg.Connection, kv: KvClient | None, entity: str, to: Phase, *, reason: str) -> bool:
+    """Move the entity to `to` (recording history) and, given a KV client, republish the flags
+    hash. One transaction in Postgres, then 1 KV command (HSET). Returns False when already there
+    (and then publishes nothing: callers that change several entities pass `kv=None` and call
+    `publish` once at the end, which also repairs a hash a failed earlier run left stale)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PHASES,))
         before = current(conn, entity)
@@ -113,7 +130,8 @@ def set_phase(conn: psycopg.Connection, kv: KvClient, entity: str, to: Phase, *,
             "INSERT INTO kvmigrate.phase_history (entity, from_writes, from_reads, to_writes, to_reads, os_user, host,"
             " reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (entity, before.writes, before.reads, to.writes, to.reads, _user(), socket.gethostname(), reason))
-    publish(conn, kv)
+    if kv is not None:
+        publish(conn, kv)
     return True
 
 

@@ -128,6 +128,15 @@ class ExpectedMemories:
     files: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class SeedRun:
+    """What `kvmigrate seed` did: the keyspace written and, if asked, the memory files."""
+
+    keyspace: SeedResult
+    memories: ExpectedMemories | None
+    memories_dir: str | None
+
+
 def seed_keyspace(client: redis.Redis, *, users: int = 46, seed: int = 7, force: bool = False,
                   scale: int = 1, now: datetime | None = None) -> SeedResult:
     """Write a deterministic /vibe keyspace into the client's logical db and return its oracle.

@@ -40,6 +40,7 @@ from kvmigrate.entities import Entity, select_entities
 from kvmigrate.errors import ConfigError
 from kvmigrate.kv.source import KvSource
 from kvmigrate.records import RawRecord
+from kvmigrate.verified import record_verified, supersede
 
 __all__ = ["Difference", "EntityCheck", "VerifyResult", "run_verify"]
 
@@ -121,7 +122,7 @@ def run_verify(
         _second_look(differ, run_id, recheck_delay=recheck_delay, repair=repair)
         if repair_extra:
             result.extra_deleted = _delete_extra(conn, differ)
-        differ.record_verified(run_id)
+        record_verified(differ, run_id)
         result.seconds = time.perf_counter() - started
         _record(conn, result, run_id)
         return result
@@ -134,6 +135,7 @@ def _second_look(differ: Differ, run_id: int, *, recheck_delay: float, repair: b
     if recheck_delay > 0:
         time.sleep(recheck_delay)
     differ.recheck()
+    supersede(differ)  # before repair: never copy a stale KV value over Postgres's newer row
     if repair and differ.diffs:
         differ.repair(run_id)
 

@@ -117,7 +117,7 @@ def test_rehearse_sends_no_write_command_to_kv(pg_url: str, kv_url: str, kv: red
     before = _calls(kv)
     _rehearse(pg_url, kv_url, "--batch-size", "10")
     added = {name: n - before.get(name, 0) for name, n in _calls(kv).items() if n > before.get(name, 0)}
-    assert added.get("scan") and added.get("eval") and added.get("type"), added  # script commands are counted
+    assert added.get("scan") and added.get("eval_ro") and added.get("type"), added  # script commands are counted
     writes = sorted(name for name in added if _is_write(kv, name))
     assert writes == [], f"write commands reached the server during rehearse: {writes}"
     assert not set(added) & set(WRITES_TO_WATCH)
@@ -144,6 +144,14 @@ def test_read_only_guard_refuses_every_form_of_write_before_sending_it(kv_url: s
     assert set(added) <= {"info"}, added  # nothing reached the server (but this test's own INFO)
     assert kv.get("k") == b"original" and kv.dbsize() == 1
     assert client.call("GET", "k") == b"original"  # reads still work
+
+
+def test_the_server_itself_refuses_a_script_that_writes_through_eval_ro(kv_url: str, kv: redis.Redis) -> None:
+    kv.set("k", "original")
+    client = connect_kv(kv_url, RequestBudget(), retries=0, read_only=True)
+    with pytest.raises(redis.ResponseError, match="(?i)write commands are not allowed"):
+        client.eval_ro("return redis.call('SET', KEYS[1], 'x')", [b"k"])
+    assert kv.get("k") == b"original"
 
 
 @pytest.mark.parametrize("script", [READ_SCRIPT, CENSUS_SCRIPT], ids=["read", "census"])

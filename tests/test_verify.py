@@ -446,19 +446,11 @@ def _many_streaks(r: redis.Redis, n: int) -> None:
 def test_buckets_mode_finds_what_rows_mode_finds_among_50k_rows(pg_url: str, kv_url: str, kv: redis.Redis,
                                                                  pg: psycopg.Connection) -> None:
     _many_streaks(kv, 50_000)
-    started = time.perf_counter()
     _backfill(pg_url, kv_url, scan_count=5000, batch_size=5000)
-    backfill_seconds = time.perf_counter() - started
     assert pg.execute("SELECT count(*) FROM streaks").fetchone() == (50_000,)
     pg.execute("UPDATE streaks SET longest_streak = 10 WHERE handle = 'u123'")
-    timings = {}
-    results = {}
-    for mode in ("rows", "buckets"):
-        started = time.perf_counter()
-        results[mode] = _verify(pg_url, kv_url, mode=mode, entities=["streaks"])
-        timings[mode] = time.perf_counter() - started
-    for result in results.values():
+    for mode in ("rows", "buckets"):  # how fast each mode is belongs in bench/, not here
+        result = _verify(pg_url, kv_url, mode=mode, entities=["streaks"])
         assert _summary(result) == {"streaks": {"different": [("streaks", "u123", "streak:u123")]}}
         assert result.entities["streaks"].different[0].fields == {"longest_streak": [9, 10]}
         assert result.entities["streaks"].checked == 50_000
-    assert max(timings.values()) < 2 * backfill_seconds, (timings, backfill_seconds)

@@ -36,6 +36,7 @@ class KvClient:
         self.redis = client
         self.budget = budget
         self.read_only = read_only
+        self.eval_ro_supported = True
 
     def _guard(self, name: str) -> None:
         if self.read_only and name.upper() in WRITE_COMMANDS:
@@ -52,7 +53,20 @@ class KvClient:
         return self.redis.execute_command(*args)
 
     def eval_ro(self, script: str, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
-        """Run a script that only reads. Costs 1 request (EVAL)."""
+        """Run a script that only reads. Costs 1 request.
+
+        Sent as EVAL_RO (Redis 7+, Valkey, Upstash), so the server itself refuses any write the
+        script might attempt; a server that does not know EVAL_RO gets plain EVAL (once it said so,
+        that costs one extra request per client).
+        """
+        if self.eval_ro_supported:
+            self.budget.charge("EVAL_RO")
+            try:
+                return self.redis.execute_command("EVAL_RO", script, len(keys), *keys, *args)
+            except redis.ResponseError as exc:
+                if "unknown command" not in str(exc).lower():
+                    raise
+                self.eval_ro_supported = False
         self.budget.charge("EVAL")
         return self.redis.execute_command("EVAL", script, len(keys), *keys, *args)
 

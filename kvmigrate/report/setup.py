@@ -1,4 +1,4 @@
-"""Renderings of setup, doctor and demo results."""
+"""Renderings of setup and doctor results."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Any
 
 from rich.console import Console
 
-from kvmigrate.demo import DemoResult
 from kvmigrate.doctor import DoctorResult
 from kvmigrate.pg.migrations import SetupResult
 from kvmigrate.report.core import render, to_dict
@@ -51,14 +50,3 @@ def _(result: DoctorResult, console: Console) -> None:
         mark = "[green]ok  [/]" if check.ok else "[red]FAIL[/]"
         console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
     console.print(f"KV requests spent: {result.kv_requests}")
-
-
-@render.register
-def _(result: DemoResult, console: Console) -> None:
-    console.print("== phase 1: setup", style="bold")
-    render(result.setup, console)
-    console.print("== doctor", style="bold")
-    render(result.doctor, console)
-    console.print("not built yet, so not run: " + ", ".join(result.steps_not_built))
-
-

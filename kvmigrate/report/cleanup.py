@@ -1,0 +1,98 @@
+"""Renderings of `kvmigrate cleanup` and `kvmigrate restore`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvmigrate.archive import RestoreResult
+from kvmigrate.cleanup import CleanupResult
+from kvmigrate.cutover import CleanupPhaseResult
+from kvmigrate.report.core import render, to_dict
+
+
+@to_dict.register
+def _(r: CleanupResult) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "dry_run": r.dry_run,
+        "complete": r.complete,
+        "archive_dir": r.archive_dir,
+        "manifest": r.manifest,
+        "deleted": r.deleted,
+        "entities": {name: to_dict(e) for name, e in r.entities.items()},
+        "flags_changed": r.flags_changed,
+        "resumed_from_cursor": r.resumed_from,
+        "scripting_fallback": r.fallback_reason,
+        "kv_requests": r.kv_requests,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "seconds": round(r.seconds, 3),
+    }
+
+
+@render.register
+def _(r: CleanupResult, console: Console) -> None:
+    title = "cleanup (dry run: nothing archived or deleted)" if r.dry_run else f"cleanup run {r.run_id}"
+    table = Table(title=title)
+    for col in ("entity", "candidates", "deletable", "archived", "deleted", "kept", "gone"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for name, e in r.entities.items():
+        kept = sum(k.count for k in e.kept.values())
+        table.add_row(name, str(e.candidates), str(e.deletable), str(e.archived), str(e.deleted), str(kept),
+                      str(e.vanished))
+    console.print(table)
+    for name, e in r.entities.items():
+        for reason, k in e.kept.items():
+            console.print(f"kept {k.count} {name} keys ({reason}), e.g. {', '.join(k.examples)}: {k.hint}",
+                          markup=False)
+    if r.manifest and not r.dry_run:
+        console.print(f"archive: {r.archive_dir} (manifest {r.manifest}); undo with "
+                      f"`kvmigrate restore {r.archive_dir}`", markup=False)
+    console.print(f"KV requests: {r.kv_requests} in {r.seconds:.1f}s; presence, sessions, rate limits and unknown "
+                  "keys were not touched")
+
+
+@to_dict.register
+def _(r: CleanupPhaseResult) -> dict[str, Any]:
+    return {"changes": [to_dict(c) for c in r.changes], "verify": None if r.verify is None else to_dict(r.verify),
+            "cleanup": to_dict(r.cleanup), "kv_requests": r.kv_requests}
+
+
+@render.register
+def _(r: CleanupPhaseResult, console: Console) -> None:
+    for c in r.changes:
+        console.print(f"{c.entity}: {c.before} -> {c.after}" if c.changed else f"{c.entity}: already {c.after}")
+    if r.changes:
+        console.print("the app must now write these entities to Postgres only; presence and sessions stay in KV")
+    if r.verify is not None:
+        render(r.verify, console)
+    render(r.cleanup, console)
+    if r.verify is not None:
+        console.print(f"KV requests in all: {r.kv_requests}")
+
+
+@to_dict.register
+def _(r: RestoreResult) -> dict[str, Any]:
+    return {"archive_dir": r.archive_dir, "manifest": r.manifest, "files_verified": r.files_verified,
+            "force": r.force, "clean": r.clean, "entities": {n: to_dict(c) for n, c in r.entities.items()},
+            "refused": r.refused, "failed": [list(f) for f in r.failed], "kv_requests": r.kv_requests,
+            "flags": r.flags}
+
+
+@render.register
+def _(r: RestoreResult, console: Console) -> None:
+    table = Table(title=f"restore from {r.archive_dir}")
+    for col in ("entity", "restored", "already equal", "overwritten", "refused", "expired", "failed"):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for name, c in r.entities.items():
+        table.add_row(name, str(c.restored), str(c.equal), str(c.overwritten), str(c.refused), str(c.expired),
+                      str(c.failed))
+    console.print(table)
+    console.print(f"{len(r.files_verified)} archive files matched the manifest")
+    for key in r.refused[:10]:
+        console.print(f"refused: {key} exists with a different value (use --force to overwrite)", markup=False)
+    for key, why in r.failed[:10]:
+        console.print(f"failed: {key}: {why}", markup=False)
+    console.print(f"{r.flags}; KV requests: {r.kv_requests}")

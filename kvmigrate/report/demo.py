@@ -1,0 +1,104 @@
+"""Renderings of `kvmigrate seed` and of the demo's final report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from kvmigrate.demo import HOBBY_DAILY_QUOTA, DemoResult
+from kvmigrate.report.core import render, to_dict
+from kvmigrate.seed import SeedRun
+
+#: A naive per-key migration reads every entity key once per pass (backfill, verify, archive)
+#: and deletes each with its own command.
+NAIVE_PASSES = 4
+
+
+@to_dict.register
+def _(r: DemoResult) -> dict[str, Any]:
+    return {
+        "ok": r.ok,
+        "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "kv_requests": s.kv_requests} for s in r.steps],
+        "kv_requests": r.kv_requests,
+        "naive_backfill_requests": r.naive_requests,
+        "naive_migration_requests": r.naive_requests * NAIVE_PASSES,
+        "hobby_daily_quota": HOBBY_DAILY_QUOTA,
+        "counts": r.counts,
+        "rejects_by_reason": r.rejects_by_reason,
+        "cleanup_deleted": r.deleted,
+        "cleanup_kept": r.kept_after_cleanup,
+        "kv_left": r.kv_left,
+        "seed": None if r.seed is None else {"keys": r.seed.keys_written, "by_family": r.seed.by_family},
+        "app": None if r.app is None else {**to_dict(r.app), "ok": r.app.ok},
+        "app_writes_by_phase": r.app_writes_by_phase,
+        "app_kv_commands": r.app_kv_commands,
+        "app_errors": r.app_errors,
+        "urls": r.urls,
+    }
+
+
+@render.register
+def _(r: DemoResult, console: Console) -> None:
+    steps = Table(title="the migration, phase by phase")
+    for col in ("step", "seconds", "KV commands"):
+        steps.add_column(col, justify="left" if col == "step" else "right")
+    for s in r.steps:
+        steps.add_row(s.name, f"{s.seconds:.1f}", str(s.kv_requests))
+    console.print(steps)
+    counts = Table(title="where every key ended (ledger)")
+    for col in ("entity", "migrated", "rejected", "kept", "unknown"):
+        counts.add_column(col, justify="left" if col == "entity" else "right")
+    for entity, c in sorted(r.counts.items()):
+        counts.add_row(entity, *(str(c.get(k, 0)) for k in ("migrated", "rejected", "kept", "unknown")))
+    console.print(counts)
+    if r.rejects_by_reason:
+        console.print("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in r.rejects_by_reason.items())
+                      + " (see `kvmigrate rejects`)")
+    console.print(f"cleanup deleted {r.deleted:,} migrated keys" + (
+        " and kept " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.kept_after_cleanup.items())
+        if r.kept_after_cleanup else "") + "; left in KV: "
+        + ", ".join(f"{k} {v}" for k, v in r.kv_left.items()))
+    naive = r.naive_requests * NAIVE_PASSES
+    console.print(f"KV commands spent by kvmigrate: {r.kv_requests} — a naive per-key migration would spend about "
+                  f"{naive:,} ({r.naive_requests:,} for its backfill alone); that is "
+                  f"{r.kv_requests / HOBBY_DAILY_QUOTA:.1%} of one day's {HOBBY_DAILY_QUOTA:,}-command Hobby quota")
+    console.print(f"the simulated app wrote {sum(r.app_writes_by_phase.values())} times ("
+                  + ", ".join(f"{k}: {v}" for k, v in r.app_writes_by_phase.items())
+                  + f") and spent {r.app_kv_commands} KV commands of its own")
+    for error in r.app_errors[:5]:
+        console.print(f"app error: {error}", markup=False)
+    if r.app is not None:
+        if r.app.pg_failures_healed:
+            console.print(f"{r.app.pg_failures_healed} of the app's Postgres writes failed (non-fatal, like the real "
+                          "app's); verify --repair restored them")
+        verdict = "HOLDS" if r.app.ok else "FAILS"
+        console.print(f"final check {verdict}: {r.app.rows_checked} rows the app wrote are in Postgres exactly once "
+                      f"with the value it wrote last" + ("" if r.app.ok else
+                      f"; missing {r.app.missing[:5]}, different {r.app.wrong[:5]}"), markup=False)
+    if r.urls:
+        console.print("servers kept running: " + ", ".join(f"{k}={v}" for k, v in r.urls.items()), markup=False)
+
+
+@to_dict.register
+def _(r: SeedRun) -> dict[str, Any]:
+    k = r.keyspace
+    out: dict[str, Any] = {"keys": k.keys_written, "commands": k.commands, "by_family": k.by_family,
+                           "bad_keys": [list(b) for b in k.expected.bad_keys],
+                           "bad_items": [list(b) for b in k.expected.bad_items]}
+    if r.memories is not None:
+        out["memories"] = {"dir": r.memories_dir, "files": list(r.memories.files), "memories": len(r.memories.ids),
+                           "bad_lines": [list(b) for b in r.memories.bad_lines]}
+    return out
+
+
+@render.register
+def _(r: SeedRun, console: Console) -> None:
+    k = r.keyspace
+    console.print(f"seeded {k.keys_written:,} keys in {len(k.by_family)} families with {k.commands:,} KV commands, "
+                  f"including {len(k.expected.bad_keys)} bad records and {len(k.expected.bad_items)} bad list items")
+    if r.memories is not None:
+        console.print(f"wrote {len(r.memories.files)} memory files ({len(r.memories.ids)} memories) to "
+                      f"{r.memories_dir}", markup=False)
+    console.print("next: `kvmigrate inventory`, then `kvmigrate setup` and `kvmigrate dual-write`")
