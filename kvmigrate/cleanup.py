@@ -11,6 +11,7 @@ Rules (README, "Data rules"):
   `restore` is its undo. A batch's lines are fsynced (and the manifest updated) before its delete.
 * The delete is one compare-and-delete script per batch: a key is deleted only if its value
   still has the digest it had when archived (otherwise it stays and is reported).
+  A key already gone counts as deleted (a delete retried after a lost reply finds it so).
 * Flags move first (writes=postgres) and cleanup waits `settle` seconds after the change, so
   apps that cache their flags stop writing KV before anything is deleted.
 * A run stopped by the request budget (or killed) resumes at its last finished page
@@ -52,7 +53,8 @@ local out = {}
 for i, k in ipairs(KEYS) do
   local t = redis.call('TYPE', k)['ok']
   local parts = parts_of(t, k)
-  if parts and digest(t, parts) == ARGV[i] then redis.call('DEL', k); out[i] = 1 else out[i] = 0 end
+  if t == 'none' then out[i] = 2
+  elseif parts and digest(t, parts) == ARGV[i] then redis.call('DEL', k); out[i] = 1 else out[i] = 0 end
 end
 return out
 """
@@ -152,7 +154,8 @@ class CompareAndDelete:
         self.kv, self.reader = kv, reader
 
     def delete(self, snaps: Sequence[Snapshot]) -> set[str]:
-        """Return the keys deleted. Writes KV."""
+        """Return the keys deleted, counting keys already gone: a delete retried after its
+        reply was lost finds the keys its first attempt deleted. Writes KV."""
         if not snaps:
             return set()
         if self.reader.use_eval:
@@ -174,17 +177,18 @@ class CompareAndDelete:
                 pipe.watch(*keys)
                 now = self.reader.read_pipelined([s.key for s in snaps])
                 same = [s.key for s, n in zip(snaps, now, strict=True) if n.digest is not None and n.digest == s.digest]
+                gone = {s.key for s, n in zip(snaps, now, strict=True) if n.rtype == "none"}
                 if not same:
                     self.kv.budget.charge("UNWATCH")
                     pipe.unwatch()
-                    return set()
+                    return gone
                 for name in ("MULTI", "DEL", "EXEC"):
                     self.kv.budget.charge(name)
                 pipe.multi()
                 pipe.execute_command("DEL", *[encode_key(k) for k in same])
                 try:
                     pipe.execute()
-                    return set(same)
+                    return set(same) | gone
                 except redis.WatchError:
                     continue
         return set()

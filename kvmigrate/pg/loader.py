@@ -190,7 +190,10 @@ class TableLoader:
         current = sql.SQL(", ").join(sql.SQL("t.{}").format(ident(c)) for c in cols)
         query = sql.SQL(
             "UPDATE {t} AS t SET {assign} FROM {s} AS s"
-            " LEFT JOIN kvmigrate.row_origin o ON o.tbl = {tname} AND o.pk = s.{pk}::text"
+            # LATERAL … LIMIT 1: one primary-key probe per staged row. A plain join lets the
+            # planner hash the table's whole origin list on every page (quadratic at scale).
+            " LEFT JOIN LATERAL (SELECT rank, source_key, source_field, pk FROM kvmigrate.row_origin"
+            " WHERE tbl = {tname} AND pk = s.{pk}::text LIMIT 1) o ON TRUE"
             " WHERE t.{pk} = s.{pk} AND {where} AND ({current}) IS DISTINCT FROM ({new})"
         ).format(t=ident(spec.name), assign=assignments, s=ident(self.stage), tname=sql.Literal(spec.name),
                  pk=ident(spec.pk), where=where, current=current, new=sql.SQL(", ").join(new))

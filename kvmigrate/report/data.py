@@ -91,7 +91,8 @@ def _(r: VerifyResult) -> dict[str, Any]:
         "entities": {
             name: {"checked": c.checked, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
                    "extra": [_diff(d) for d in c.extra], "different": [_diff(d) for d in c.different],
-                   "healed": c.healed, "repaired": c.repaired}
+                   "healed": c.healed, "repaired": c.repaired, "superseded": c.superseded,
+                   "verified_keys": c.verified_keys}
             for name, c in r.entities.items()
         },
         "extra_deleted": r.extra_deleted,
@@ -164,11 +165,11 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
     title = f"verify ({r.mode}{f', sample of {r.sampled} per entity' if r.sampled else ''}): " + (
         "CLEAN" if r.clean else "DIFFERENCES")
     table = Table(title=title)
-    for col in ("entity", "checked", "missing", "extra", "different", "healed", "repaired"):
+    for col in ("entity", "checked", "missing", "extra", "different", "healed", "repaired", "superseded"):
         table.add_column(col, justify="left" if col == "entity" else "right")
     for name, c in r.entities.items():
         table.add_row(name, str(c.checked), str(len(c.missing)), str(len(c.extra)), str(len(c.different)),
-                      str(c.healed), str(c.repaired))
+                      str(c.healed), str(c.repaired), str(c.superseded))
     console.print(table)
     for name, c in r.entities.items():
         for d in (c.missing + c.extra + c.different)[:examples]:
@@ -178,6 +179,9 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
         console.print(r.confidence())
     if r.extra_deleted:
         console.print(f"deleted {r.extra_deleted} extra rows")
+    if any(c.superseded for c in r.entities.values()):
+        console.print("superseded: rows Postgres changed after writes moved there, from KV keys unchanged since "
+                      "they verified (KV is behind, not Postgres); cleanup still removes those keys")
     console.print(f"KV requests: {r.budget.spent} in {r.seconds:.1f}s")
     if not r.clean:
         console.print("fix with `kvmigrate verify --repair` (re-copies from KV), then verify again")
