@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -79,8 +79,14 @@ def _main(
 
 
 def config_from(ctx: typer.Context, **options: Any) -> Config:
+    """The command's Config; a bad setting exits 2 with the usual error and hint lines."""
     g = _globals(ctx)
-    return build_config(kv_url=g.kv_url, pg_url=g.pg_url, **options)
+    try:
+        return build_config(kv_url=g.kv_url, pg_url=g.pg_url, **options)
+    except KvmigrateError as exc:
+        started = dt.datetime.now(dt.timezone.utc)
+        command = ctx.command_path.split(" ", 1)[-1]
+        _fail(Console(stderr=True, highlight=False), g, command, started, exc.exit_code, exc.message, exc.hint, ())
 
 
 def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[Any], int] | None = None) -> None:
@@ -89,7 +95,7 @@ def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[An
     console = Console(stderr=True, highlight=False)
     command = ctx.command_path.split(" ", 1)[-1]
     started = dt.datetime.now(dt.timezone.utc)
-    secrets = build_config(kv_url=g.kv_url, pg_url=g.pg_url).secrets
+    secrets = config_from(ctx).secrets
     try:
         with connection_errors():
             result = fn()
@@ -117,7 +123,7 @@ def _capture(result: Any) -> str:
 
 
 def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code: int,
-          message: str, hint: str | None, secrets: tuple[str, ...]) -> None:
+          message: str, hint: str | None, secrets: tuple[str, ...]) -> NoReturn:
     if g.json:
         env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint)
         typer.echo(report.dumps(env, secrets))

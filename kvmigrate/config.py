@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvmigrate.errors import ConfigError
-from kvmigrate.masking import mask_url, url_secrets
+from kvmigrate.masking import mask_text, mask_url, url_secrets
 
 KV_URL_VARS = ("KVMIGRATE_KV_URL", "KV_URL")
 PG_URL_VARS = (
@@ -93,11 +93,18 @@ def build_config(
     **options: object,
 ) -> Config:
     """Build a Config from explicit values, falling back to the environment for URLs."""
-    retries = first_env(("KVMIGRATE_CONNECT_RETRIES",), env)
-    if retries is not None and "connect_retries" not in options:
-        options["connect_retries"] = retries
-    return Config(
-        kv_url=kv_url or first_env(KV_URL_VARS, env),
-        pg_url=pg_url or first_env(PG_URL_VARS, env),
-        **{k: v for k, v in options.items() if v is not None},  # type: ignore[arg-type]
-    )
+    for var, name in (("KVMIGRATE_CONNECT_RETRIES", "connect_retries"), ("KVMIGRATE_DAILY_QUOTA", "daily_quota")):
+        value = first_env((var,), env)
+        if value is not None and options.get(name) is None:
+            options[name] = value
+    try:
+        return Config(
+            kv_url=kv_url or first_env(KV_URL_VARS, env),
+            pg_url=pg_url or first_env(PG_URL_VARS, env),
+            **{k: v for k, v in options.items() if v is not None},  # type: ignore[arg-type]
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise ConfigError(f"bad setting: {mask_text(problems)}",
+                          hint="check the option or the KVMIGRATE_* environment variable it names") from None

@@ -41,3 +41,13 @@ def test_pooled_endpoints_are_detected() -> None:
     assert is_pooled_url("postgresql://u:p@ep-cool-123-pooler.us-east-2.aws.neon.tech/db")
     assert is_pooled_url("postgresql://u:p@host/db?pgbouncer=true")
     assert not is_pooled_url("postgresql://u:p@ep-cool-123.us-east-2.aws.neon.tech/db")
+
+
+def test_a_bad_setting_exits_2_with_a_clear_error_not_a_traceback() -> None:
+    from tests.helpers import cli
+
+    result = cli("--pg-url", "postgresql://u:pw-in-url@127.0.0.1/x", "status",
+                 env={"KVMIGRATE_DAILY_QUOTA": "lots"})
+    assert result.exit_code == 2, result.output
+    assert "error: bad setting: daily_quota" in result.output and "'lots'" in result.output
+    assert "Traceback" not in result.output and "pw-in-url" not in result.output
