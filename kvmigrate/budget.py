@@ -45,6 +45,11 @@ class RequestBudget:
         self.by_command[name] += n
         self.by_phase[self.phase] += n
 
+    def record(self, command: str, n: int = 1) -> None:
+        """Count commands already sent that no cap could stop (a connection's AUTH/SELECT)."""
+        self.by_command[command.upper()] += n
+        self.by_phase[self.phase] += n
+
     def to_dict(self) -> dict[str, object]:
         return {
             "total": self.spent,

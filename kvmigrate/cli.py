@@ -179,6 +179,14 @@ def inventory(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, no_eva
 
 
 @app.command()
+def plan(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, no_eval: NoEvalOpt = False) -> None:
+    """Predict the KV commands each phase of the migration will cost on this store, beside a
+    naive per-key migration and the daily quota. Read-only (one inventory pass)."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    run(ctx, lambda: commands.plan(config))
+
+
+@app.command()
 def backfill(
     ctx: typer.Context,
     *,

@@ -29,6 +29,7 @@ from kvmigrate.errors import ConfigError, RejectsPresent
 from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.phases import DEFAULT_SETTLE
+from kvmigrate.plan import PlanResult, run_plan
 from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
 from kvmigrate.seed import SeedRun
@@ -50,6 +51,12 @@ def doctor(config: Config) -> DoctorResult:
 def inventory(config: Config) -> InventoryResult:
     """Census of the keyspace and the predicted backfill cost. Read-only; ~2 KV requests/1,000 keys."""
     return run_inventory(config)
+
+
+def plan(config: Config) -> PlanResult:
+    """Predict the KV commands of every phase of the migration on this store. Read-only; costs
+    one inventory pass (about 2 commands per 1,000 keys)."""
+    return run_plan(config)
 
 
 def backfill(

@@ -7,8 +7,10 @@ exponential backoff, each retry reported through `on_retry`, and gives up with C
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -92,8 +94,12 @@ def connect_kv(
     real = _normalise_kv_url(url)
     try:
         client = redis.Redis.from_url(
-            real, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30,
+            real, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            # RESP2, no CLIENT SETINFO, no health-check PINGs: a new connection sends only what it
+            # must (AUTH, SELECT), and those are counted too (Upstash bills them like any command)
+            protocol=2, health_check_interval=0, redis_connect_func=_counting_connect(budget),
+            **_NO_CLIENT_INFO,
         )
     except ValueError as exc:
         raise ConnectError(f"bad KV URL {mask_url(url)}: {exc}") from None
@@ -111,6 +117,27 @@ def connect_kv(
     # commands (reads, the flags HSET, compare-and-delete) are all safe to send twice.
     client.set_retry(Retry(ExponentialBackoff(cap=5.0, base=0.2), retries))
     return kv
+
+
+#: redis-py ≥ 7 names this `driver_info`; older versions take lib_name/lib_version.
+_NO_CLIENT_INFO: dict[str, Any] = (
+    {"driver_info": None}
+    if "driver_info" in inspect.signature(redis.connection.AbstractConnection.__init__).parameters
+    else {"lib_name": None, "lib_version": None}
+)
+
+
+def _counting_connect(budget: RequestBudget) -> Callable[[Any], None]:
+    """redis-py's per-connection setup, with the commands it sends counted in the budget."""
+
+    def on_connect(conn: Any) -> None:
+        if getattr(conn, "password", None):
+            budget.record("AUTH")
+        if int(getattr(conn, "db", 0) or 0):
+            budget.record("SELECT")
+        conn.on_connect()
+
+    return on_connect
 
 
 def connect_pg(

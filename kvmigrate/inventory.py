@@ -63,6 +63,10 @@ class InventoryResult:
     predicted_backfill_pipeline: int
     naive_requests: int
     budget: RequestBudget
+    entity_pages: int = 0  # SCAN pages holding at least one entity key (cleanup reads and deletes these)
+    plain_pages: int = 0  # SCAN pages holding entity keys read in one batch (1 script each)
+    hscan_calls: int = 0  # HSCAN calls to read the big registry hashes field by field
+    used_eval: bool = True
 
     def by_status(self) -> Counter[str]:
         counts: Counter[str] = Counter()
@@ -83,7 +87,7 @@ def run_inventory(config: Config) -> InventoryResult:
     for _, keys in scan_pages(kv, count=config.scan_count):
         pages += 1
         census, use_eval = _census(kv, keys, use_eval)
-        page_plain = False
+        page_plain = page_entity = False
         string_keys = 0
         for key, (rtype, items, mem, pttl) in zip(keys, census, strict=True):
             c = classifier.classify(key)
@@ -96,6 +100,7 @@ def run_inventory(config: Config) -> InventoryResult:
             if c.status != "entity" or rtype == "none":
                 continue
             naive += 1
+            page_entity = True
             if c.family is not None and c.family.split_fields:
                 hscan_calls += max(1, math.ceil(items / config.scan_count))
             else:
@@ -104,7 +109,7 @@ def run_inventory(config: Config) -> InventoryResult:
                 pipeline_cost += 0 if rtype == "string" and c.family and c.family.types == {"string"} else 2
         plain_entity_pages += page_plain
         pipeline_cost += 1 if string_keys else 0
-        entity_pages += 1
+        entity_pages += page_entity
     fixed = 2  # backfill's PING (connect) and DBSIZE (progress total)
     return InventoryResult(
         patterns=patterns,
@@ -114,6 +119,10 @@ def run_inventory(config: Config) -> InventoryResult:
         predicted_backfill_pipeline=fixed + pages + pipeline_cost + hscan_calls,
         naive_requests=naive,
         budget=budget,
+        entity_pages=entity_pages,
+        plain_pages=plain_entity_pages,
+        hscan_calls=hscan_calls,
+        used_eval=use_eval,
     )
 
 

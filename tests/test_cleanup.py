@@ -242,7 +242,7 @@ def test_budget_stops_and_reruns_never_delete_an_unarchived_key(
     before = keyspace(kv)
     verified = {k for (k,) in pg.execute("SELECT key FROM kvmigrate.ledger WHERE verified_hash IS NOT NULL")}
     assert len(verified) == 63
-    folder, stops, caps, pending = tmp_path / "archive", 0, (6, 7, 8, 9), 0
+    folder, stops, caps, pending = tmp_path / "archive", 0, (8, 9, 10, 11), 0  # 2 connect with SELECT
     for attempt in range(100):
         capped = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=10, max_requests=caps[attempt % 4])
         try:

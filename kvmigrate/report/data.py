@@ -12,6 +12,7 @@ from kvmigrate.backfill import BackfillResult
 from kvmigrate.batch import Tally
 from kvmigrate.entities import ENTITY_NAMES
 from kvmigrate.inventory import InventoryResult
+from kvmigrate.plan import PlanResult
 from kvmigrate.rejects import RejectsResult
 from kvmigrate.report.core import render, to_dict
 from kvmigrate.verify import Difference, VerifyResult
@@ -187,3 +188,37 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
         console.print("fix with `kvmigrate verify --repair` (re-copies from KV), then verify again")
 
 
+
+
+@to_dict.register
+def _(r: PlanResult) -> dict[str, Any]:
+    return {
+        "phases": {p.phase: {"commands": p.commands, "naive": p.naive, "how": p.how} for p in r.phases},
+        "total": r.total,
+        "naive_total": r.naive_total,
+        "daily_quota": r.daily_quota,
+        "share_of_daily_quota": round(r.total / r.daily_quota, 4) if r.daily_quota else None,
+        "keys": r.inventory.total_keys,
+        "entity_keys": r.inventory.naive_requests,
+        "scripting": r.inventory.used_eval,
+        "backfill_without_scripting": r.inventory.predicted_backfill_pipeline,
+        "kv_requests": r.inventory.budget.spent,
+    }
+
+
+@render.register
+def _(r: PlanResult, console: Console) -> None:
+    table = Table(title=f"plan: {r.inventory.total_keys:,} keys, {r.inventory.naive_requests:,} of them entity keys")
+    for col in ("phase", "KV commands", "naive per-key", "how"):
+        table.add_column(col, justify="left" if col in ("phase", "how") else "right")
+    for p in r.phases:
+        table.add_row(p.phase, f"{p.commands:,}", "" if p.naive is None else f"{p.naive:,}", p.how)
+    table.add_row("total", f"{r.total:,}", f"{r.naive_total:,}", "")
+    console.print(table)
+    console.print(f"the whole migration: about {r.total:,} KV commands, {r.total / r.daily_quota:.1%} of a "
+                  f"{r.daily_quota:,}-command daily quota (a naive per-key migration: {r.naive_total:,})")
+    if not r.inventory.used_eval:
+        console.print(f"this store refused scripting: the backfill costs about "
+                      f"{r.inventory.predicted_backfill_pipeline:,} instead; the other phases grow likewise")
+    console.print("re-checks, repairs and extra verifies are not included; each extra verify costs about the "
+                  "verify figure / 2")

@@ -1,0 +1,71 @@
+"""KV request economy on real servers: kvmigrate's own count of every command it sends agrees
+with the server's INFO commandstats, and `plan` predicts each phase within 10%."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from kvmigrate import commands
+from kvmigrate.config import build_config
+from kvmigrate.seed import seed_keyspace
+
+#: Commands a server counts inside our scripts (EVAL_RO runs TYPE/GET/…): not sent by us.
+SCRIPT_INNER = {"type", "get", "hgetall", "lrange", "smembers", "zrange", "strlen", "hlen", "llen", "scard",
+                "zcard", "memory", "pttl", "del", "sha1hex"}
+
+
+def _calls(observer: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in observer.info("commandstats").items()}
+
+
+def test_our_count_of_every_command_matches_the_servers_own_statistics(
+        pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    seed_keyspace(kv, users=12, seed=4)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    observer = redis.Redis.from_url(kv_url)
+    observer.ping()
+    before = _calls(observer)
+    spent: dict[str, int] = {}
+    for budget in (commands.inventory(config).budget, commands.backfill(config).budget,
+                   commands.verify(config, recheck_delay=0).budget):
+        for name, n in budget.by_command.items():
+            spent[name.lower()] = spent.get(name.lower(), 0) + n
+    after = _calls(observer)
+    observer.close()
+    added = {name: after[name] - before.get(name, 0) for name in after if after[name] != before.get(name, 0)}
+    added["info"] -= 1  # the observer's own second INFO
+    if added["info"] == 0:
+        del added["info"]
+    sent = {name: n for name, n in added.items() if name.split("|")[0] not in SCRIPT_INNER}
+    assert sent == spent, (sent, spent)
+
+
+def test_plan_predicts_every_phase_within_ten_percent(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                     tmp_path: Path) -> None:
+    seed_keyspace(kv, users=20, seed=9)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=500, batch_size=500)
+    commands.setup(config)
+    plan = commands.plan(config)
+    predicted = {p.phase: p.commands for p in plan.phases}
+    dual = commands.dual_write(config, settle=0, recheck_delay=0)
+    assert dual.backfill is not None and dual.verify is not None and dual.clean
+    cut = commands.cutover(config)
+    clean = commands.cleanup(config, archive_dir=tmp_path, yes=True, settle=0, recheck_delay=0)
+    assert clean.verify is not None and clean.cleanup.deleted > 0
+    by = clean.cleanup.budget.by_command
+    actual = {
+        "flags": dual.kv_requests - dual.backfill.budget.spent - dual.verify.budget.spent + cut.kv_requests
+        + clean.kv_requests - clean.verify.budget.spent - clean.cleanup.kv_requests,
+        "backfill": dual.backfill.budget.spent,
+        "verify": dual.verify.budget.spent + clean.verify.budget.spent,
+        "archive": clean.cleanup.kv_requests - by.get("EVAL", 0),
+        "delete": by.get("EVAL", 0),
+    }
+    for phase, n in actual.items():
+        assert abs(n - predicted[phase]) <= max(1, round(0.1 * n)), (phase, n, predicted[phase])
+    whole = sum(actual.values()) + predicted["inventory"]
+    assert abs(whole - plan.total) <= 0.1 * whole
+    assert plan.total < plan.naive_total / 5
