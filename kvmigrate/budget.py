@@ -19,6 +19,7 @@ class RequestBudget:
     phase: str = "other"
     by_command: Counter[str] = field(default_factory=Counter)
     by_phase: Counter[str] = field(default_factory=Counter)
+    by_phase_command: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def spent(self) -> int:
@@ -41,14 +42,14 @@ class RequestBudget:
     def charge(self, command: str, n: int = 1) -> None:
         """Record `n` commands named `command` (after check())."""
         self.check(n)
+        self.record(command, n)
+
+    def record(self, command: str, n: int = 1) -> None:
+        """Count commands without checking the cap (a connection's AUTH/SELECT, already sent)."""
         name = command.upper()
         self.by_command[name] += n
         self.by_phase[self.phase] += n
-
-    def record(self, command: str, n: int = 1) -> None:
-        """Count commands already sent that no cap could stop (a connection's AUTH/SELECT)."""
-        self.by_command[command.upper()] += n
-        self.by_phase[self.phase] += n
+        self.by_phase_command[(self.phase, name)] += n
 
     def to_dict(self) -> dict[str, object]:
         return {

@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from kvmigrate import state
 from kvmigrate.archive import RestoreResult, run_restore
 from kvmigrate.backfill import BackfillResult, Progress, run_backfill
 from kvmigrate.budget import RequestBudget
@@ -45,18 +46,24 @@ def setup(config: Config, *, dry_run: bool = False) -> SetupResult:
 
 def doctor(config: Config) -> DoctorResult:
     """Check both connections, versions, schema and privileges. Read-only; ~3 KV requests."""
-    return run_doctor(config, RequestBudget(cap=config.max_requests, phase="doctor"))
+    result = run_doctor(config, budget := RequestBudget(cap=config.max_requests, phase="doctor"))
+    state.log_spend(config, "doctor", budget)
+    return result
 
 
 def inventory(config: Config) -> InventoryResult:
     """Census of the keyspace and the predicted backfill cost. Read-only; ~2 KV requests/1,000 keys."""
-    return run_inventory(config)
+    result = run_inventory(config)
+    state.log_spend(config, "inventory", result.budget)
+    return result
 
 
 def plan(config: Config) -> PlanResult:
     """Predict the KV commands of every phase of the migration on this store. Read-only; costs
     one inventory pass (about 2 commands per 1,000 keys)."""
-    return run_plan(config)
+    result = run_plan(config)
+    state.log_spend(config, "plan", result.inventory.budget)
+    return result
 
 
 def backfill(

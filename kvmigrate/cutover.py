@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from kvmigrate import phases
+from kvmigrate import phases, state
 from kvmigrate.backfill import BackfillResult, Progress, require_schema, run_backfill
 from kvmigrate.budget import RequestBudget
 from kvmigrate.cleanup import CleanupResult, run_cleanup
@@ -131,6 +131,7 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
             changed = phases.set_phase(conn, None, e.name, target, reason=reason)
             result.changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
         phases.publish(conn, kv)
+        _log_flags(conn, budget)
     result.kv_requests = budget.spent
     return result
 
@@ -152,6 +153,7 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
             changed = phases.set_phase(conn, None, e.name, target, reason=step.replace("-", " "))
             changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
         phases.publish(conn, kv)
+        _log_flags(conn, budget)
     if rollback:
         return DualWriteResult(changes, None, None, 0.0, budget.spent)
     if settle > 0 and any(c.changed for c in changes):
@@ -203,6 +205,7 @@ def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_d
                 changed = phases.set_phase(conn, None, e.name, phases.CLEANED, reason="cleanup")
                 changes.append(PhaseChange(e.name, before[e.name].name, phases.CLEANED.name, changed))
             phases.publish(conn, kv)
+            _log_flags(conn, budget)
         if settle > 0 and any(c.changed for c in changes):
             time.sleep(settle)
         verify = run_verify(_left(config, budget.spent), entities=names, recheck_delay=recheck_delay)
@@ -217,3 +220,9 @@ def _left(config: Config, spent: int) -> Config:
     if config.max_requests is None:
         return config
     return config.model_copy(update={"max_requests": max(config.max_requests - spent, 1)})
+
+
+def _log_flags(conn: psycopg.Connection, budget: RequestBudget) -> None:
+    """Add the flag changes' KV commands to today's tally (status sums it)."""
+    with conn.transaction():
+        state.record_kv_spend(conn, budget)

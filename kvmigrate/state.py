@@ -18,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kvmigrate.budget import RequestBudget
+from kvmigrate.config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ def finish_run(conn: psycopg.Connection, run_id: int, *, status: str, budget: Re
 def record_kv_spend(conn: psycopg.Connection, budget: RequestBudget, *, day: date | None = None) -> None:
     """Add the budget's commands to kvmigrate.kv_requests for the (UTC) day."""
     today = day or datetime.now(timezone.utc).date()
-    by = [(today, cmd, budget.phase, n) for cmd, n in budget.by_command.items() if n]
+    by = [(today, cmd, phase, n) for (phase, cmd), n in budget.by_phase_command.items() if n]
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO kvmigrate.kv_requests (day, command, phase, n) VALUES (%s, %s, %s, %s)"
@@ -187,3 +188,20 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def log_spend(config: Config, command: str, budget: RequestBudget) -> None:
+    """Record a read-only command's KV spend (inventory, plan, doctor) as a finished run, when a
+    Postgres with kvmigrate's schema is configured; otherwise there is nowhere to keep it and
+    nothing is done. Never fails the command it accounts for."""
+    if not config.pg_url or not budget.spent:
+        return
+    try:
+        with psycopg.connect(config.pg_url, connect_timeout=5, application_name="kvmigrate") as conn:
+            found = conn.execute("SELECT to_regclass('kvmigrate.kv_requests') IS NOT NULL").fetchone()
+            if not found or not found[0]:
+                return
+            run_id = start_run(conn, command, dry_run=False, options={})
+            finish_run(conn, run_id, status="ok", budget=budget, result={"kv_requests": budget.spent})
+    except psycopg.Error:
+        return

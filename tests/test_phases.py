@@ -217,3 +217,13 @@ def test_gate_age_limit_is_an_option(pg_url: str, kv_url: str, kv: redis.Redis, 
         commands.cutover(config, entities=["streaks"], max_verify_age=dt.timedelta(minutes=10))
     result = cli("--pg-url", pg_url, "--kv-url", kv_url, "cutover", "--entity", "streaks", "--max-verify-age", "45")
     assert result.exit_code == 0, result.output
+
+
+def test_status_sums_every_kv_command_kvmigrate_sent_today(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    mixed_keyspace(kv)
+    config = _config(pg_url, kv_url)
+    spent = commands.inventory(config).budget.spent + commands.plan(config).inventory.budget.spent
+    spent += _dual(config, "streaks").kv_requests + commands.cutover(config, entities=["streaks"]).kv_requests
+    status = commands.status(config)
+    assert status.kv_requests_today == spent
+    assert {"inventory", "flags", "backfill", "verify"} <= set(status.kv_requests_today_by_phase)
