@@ -62,12 +62,6 @@ class RejectsPresent(KvmigrateError):
     exit_code = 5
 
 
-class NotImplementedYet(KvmigrateError):
-    """A command that is planned but not built yet; says so instead of faking a result."""
-
-    exit_code = 2
-
-
 #: The documented exit codes; the README table is tested against this mapping.
 EXIT_CODES: dict[int, str] = {
     0: "ok",

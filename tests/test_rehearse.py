@@ -344,8 +344,6 @@ def test_runbook_and_examples_use_real_commands_and_options(path: str) -> None:
             continue
         assert words[0] in commands_, f"{path}: no command `kvmigrate {words[0]}`"
         command = commands_[words[0]]
-        if "not implemented yet" in (command.help or ""):
-            continue  # its options are checked once it is built
         declared = {opt for p in command.params for opt in getattr(p, "opts", ())} | {"--help"}
         for word in words[1:]:
             option = word.split("=", 1)[0]
