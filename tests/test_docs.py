@@ -27,3 +27,11 @@ def test_every_command_has_help_and_is_in_the_readme(name: str) -> None:
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
     assert f"`kvmigrate {name}" in README, f"{name} is missing from the README"
+
+
+def test_version_prints_without_a_command() -> None:
+    from kvmigrate import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"kvmigrate {__version__}"

@@ -1,0 +1,71 @@
+"""Commands that prepare and inspect: setup, doctor, inventory, plan, rejects, status."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvmigrate import commands
+from kvmigrate.cli.base import (
+    EntityOpt,
+    MaxRequestsOpt,
+    NoEvalOpt,
+    app,
+    config_from,
+    run,
+)
+
+
+@app.command()
+def setup(
+    ctx: typer.Context,
+    *,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL that would run; change nothing.")] = False,
+) -> None:
+    """Apply the schema (phase 1): kvmigrate's state tables and the app's tables, each file once."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.setup(config, dry_run=dry_run))
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check both connections (version, round trip, TLS, pooler), schema and privileges."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.doctor(config), exit_code_of=lambda r: 0 if r.ok else (3 if r.unreachable else 1))
+
+
+@app.command()
+def inventory(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, no_eval: NoEvalOpt = False) -> None:
+    """Census of the keyspace: keys per entity and pattern, types, sizes, TTLs, unknown patterns,
+    and the KV requests a backfill would cost. Read-only."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    run(ctx, lambda: commands.inventory(config))
+
+
+@app.command()
+def plan(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, no_eval: NoEvalOpt = False) -> None:
+    """Predict the KV commands each phase of the migration will cost on this store, beside a
+    naive per-key migration and the daily quota. Read-only (one inventory pass)."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    run(ctx, lambda: commands.plan(config))
+
+
+@app.command()
+def rejects(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    export: Annotated[Path | None, typer.Option("--export", help="Write every reject to this JSONL file (mode 0600).")] = None,
+) -> None:
+    """List rejected records with their reason and original value. Read-only."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.rejects(config, entities=entity or (), export=export))
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Phase of each entity, ledger buckets, last backfill and verify, KV requests today. Read-only."""
+    config = config_from(ctx)
+    run(ctx, lambda: commands.status(config))

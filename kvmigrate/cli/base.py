@@ -1,0 +1,183 @@
+"""The Typer app, its global options, and the one `run` every command goes through.
+
+Each command parses its options, builds a Config, calls one library function and renders the
+result: human text on stderr, `--json` on stdout. Errors print one `error:` line and a `hint:`
+line, and exit with the documented code (README, "Exit codes").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from kvmigrate import __version__, report
+from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
+from kvmigrate.connections import connection_errors
+from kvmigrate.errors import EXIT_CODES, KvmigrateError
+from kvmigrate.masking import mask_text
+
+app = typer.Typer(
+    name="kvmigrate",
+    help="Move an app's data from a Redis-compatible KV store (Vercel KV / Upstash) to Postgres "
+    "in four phases: setup, dual-write + verify, cutover, cleanup.\n\n"
+    "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + ".",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+
+@dataclass
+class Globals:
+    kv_url: str | None = None
+    pg_url: str | None = None
+    json: bool = False
+    verbose: int = 0
+    traceback: bool = False
+
+
+def global_options(ctx: typer.Context) -> Globals:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Globals) else Globals()
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    kv_url: Annotated[
+        str | None,
+        typer.Option("--kv-url", help=f"KV store URL (redis:// or rediss://). Default: ${', $'.join(KV_URL_VARS)}."),
+    ] = None,
+    pg_url: Annotated[
+        str | None,
+        typer.Option("--pg-url", help=f"Postgres URL. Default: ${', $'.join(PG_URL_VARS)}."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (repeat).")] = 0,
+    traceback: Annotated[bool, typer.Option("--traceback", help="Show the full trace of an error.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=lambda v: _print_version(v))] = False,
+) -> None:
+    """Global options apply to every command and go before it: kvmigrate --json status."""
+    ctx.obj = Globals(kv_url, pg_url, json_out, verbose, traceback)
+    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr, format="%(message)s")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"kvmigrate {__version__}")
+        raise typer.Exit(0)
+
+
+def config_from(ctx: typer.Context, **options: Any) -> Config:
+    """The command's Config; a bad setting exits 2 with the usual error and hint lines."""
+    g = global_options(ctx)
+    try:
+        return build_config(kv_url=g.kv_url, pg_url=g.pg_url, **options)
+    except KvmigrateError as exc:
+        started = dt.datetime.now(dt.timezone.utc)
+        command = ctx.command_path.split(" ", 1)[-1]
+        _fail(Console(stderr=True, highlight=False), g, command, started, exc.exit_code, exc.message, exc.hint, ())
+
+
+def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[Any], int] | None = None) -> None:
+    """Call one library function, render its result, map errors to exit codes. Never returns."""
+    g = global_options(ctx)
+    console = Console(stderr=True, highlight=False)
+    command = ctx.command_path.split(" ", 1)[-1]
+    started = dt.datetime.now(dt.timezone.utc)
+    secrets = config_from(ctx).secrets
+    try:
+        with connection_errors():
+            result = fn()
+    except KvmigrateError as exc:
+        _fail(console, g, command, started, exc.exit_code, exc.message, exc.hint, secrets)
+    except KeyboardInterrupt:
+        _fail(console, g, command, started, 130, "interrupted", "run the same command again to resume", secrets)
+    except Exception as exc:  # a bug: say so plainly, keep secrets out, offer the trace
+        if g.traceback:
+            raise
+        _fail(console, g, command, started, 1, f"unexpected {type(exc).__name__}: {exc}",
+              "rerun with --traceback and report it", secrets)
+    code = exit_code_of(result) if exit_code_of else 0
+    if g.json:
+        typer.echo(report.dumps(report.envelope(command, started=started, exit_code=code, result=result), secrets))
+    else:
+        console.print(mask_text(_capture(result), secrets), highlight=False, markup=False, end="", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _capture(result: Any) -> str:
+    buf = Console(record=True, width=160, file=io.StringIO(), highlight=False, soft_wrap=True)
+    report.render(result, buf)
+    return buf.export_text()
+
+
+def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code: int,
+          message: str, hint: str | None, secrets: tuple[str, ...]) -> NoReturn:
+    if g.json:
+        env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint)
+        typer.echo(report.dumps(env, secrets))
+    console.print("error: " + mask_text(message, secrets), markup=False, highlight=False)
+    if hint:
+        console.print("hint: " + mask_text(hint, secrets), markup=False, highlight=False)
+    raise typer.Exit(code)
+
+
+EntityOpt = Annotated[
+    list[str] | None,
+    typer.Option("--entity", "-e", help="Only this entity (repeat for several). Default: all, in load order."),
+]
+MaxRequestsOpt = Annotated[
+    int | None,
+    typer.Option("--max-requests", min=1, help="Stop cleanly (exit 4) before spending more KV commands than this."),
+]
+MemoriesDirOpt = Annotated[
+    Path | None, typer.Option("--memories-dir", help="Folder of thread_*.jsonl memory files. Default: ~/.vibe/memory.")
+]
+NoEvalOpt = Annotated[
+    bool, typer.Option("--no-eval", help="Read with pipelines instead of one server-side script per batch.")
+]
+SettleOpt = Annotated[
+    float,
+    typer.Option("--settle", min=0, help="Seconds to wait after changing flags, so every app instance sees them "
+                 "(at least the app's flag cache time)."),
+]
+
+
+@contextlib.contextmanager
+def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int, Any], None]]:
+    """A rich progress bar on stderr (keys/s, rejects so far); silent when stderr is no terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} keys/s"),
+                   TextColumn("rejects {task.fields[rejects]}"), TimeElapsedColumn(), console=console,
+                   transient=True, disable=not console.is_terminal)
+    task = bar.add_task(label, total=None, rate="-", rejects=0)
+    started = time.perf_counter()
+
+    def on_page(done: int, total: int, tallies: Any) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-6)
+        rejected = sum(t.rejected + t.item_rejects for t in tallies.values())
+        bar.update(task, completed=done, total=max(total, done), rate=f"{rate:,.0f}", rejects=rejected)
+
+    with bar:
+        yield on_page
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

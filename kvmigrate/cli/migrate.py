@@ -1,0 +1,150 @@
+"""The migration's own commands, phase by phase: backfill, verify, dual-write, cutover, cleanup, restore."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvmigrate import commands
+from kvmigrate.cli.base import (
+    EntityOpt,
+    MaxRequestsOpt,
+    MemoriesDirOpt,
+    NoEvalOpt,
+    SettleOpt,
+    app,
+    config_from,
+    global_options,
+    progress_bar,
+    run,
+)
+from kvmigrate.phases import DEFAULT_SETTLE
+
+
+@app.command()
+def backfill(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and transform everything; write nothing.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=10, help="Keys per SCAN page and load batch.")] = 1000,
+    max_requests: MaxRequestsOpt = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,
+    memories_dir: MemoriesDirOpt = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Copy KV history into Postgres (phase 2): idempotent, resumable, never writes to KV."""
+    config = config_from(ctx, max_requests=max_requests, batch_size=batch_size, scan_count=batch_size,
+                         use_eval=not no_eval)
+    with progress_bar(ctx, "backfill") as on_page:
+        run(ctx, lambda: commands.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
+                                           strict=strict, memories_dir=memories_dir, progress=on_page))
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="rows: compare every row; buckets: hash buckets first, "
+                                      "rows only where a bucket differs.")] = "rows",
+    sample: Annotated[int | None, typer.Option("--sample", min=1, help="Check N random migrated keys per entity "
+                                               "(cheap; not enough for the cutover gate).")] = None,
+    recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds to wait before re-checking "
+                                                 "differences (writes in flight heal).")] = 3.0,
+    repair: Annotated[bool, typer.Option("--repair", help="Re-copy missing and differing rows from KV.")] = False,
+    repair_extra: Annotated[bool, typer.Option("--repair-extra", help="Delete rows that have no KV source "
+                                               "(needs --yes).")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair-extra.")] = False,
+    memories_dir: MemoriesDirOpt = None,
+    max_requests: MaxRequestsOpt = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
+                                     recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra, yes=yes,
+                                     memories_dir=memories_dir),
+        exit_code_of=lambda r: 0 if r.clean else 1)
+
+
+@app.command("dual-write")
+def dual_write(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    settle: SettleOpt = DEFAULT_SETTLE,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Stop dual writes (only while reads are on KV).")] = False,
+    recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds before re-checking "
+                                                 "differences.")] = 3.0,
+    max_requests: MaxRequestsOpt = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Mark entities dual-written (phase 2), then backfill and verify them; exit 1 if verify differs."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    with progress_bar(ctx, "backfill") as on_page:
+        run(ctx, lambda: commands.dual_write(config, entities=entity or (), settle=settle, rollback=rollback,
+                                             recheck_delay=recheck_delay, progress=on_page),
+            exit_code_of=lambda r: 0 if r.clean else 1)
+
+
+@app.command()
+def cutover(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Switch even if the verify gate refuses (recorded).")] = False,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Switch reads back to KV.")] = False,
+    max_verify_age: Annotated[int, typer.Option("--max-verify-age", min=1, help="Minutes a clean verify stays "
+                                                "valid for the gate.")] = 60,
+) -> None:
+    """Switch reads to Postgres (phase 3) once each entity's latest full verify is clean and recent."""
+    config = config_from(ctx)
+    age = dt.timedelta(minutes=max_verify_age)
+    run(ctx, lambda: commands.cutover(config, entities=entity or (), force=force, rollback=rollback,
+                                      max_verify_age=age))
+
+
+@app.command()
+def cleanup(
+    ctx: typer.Context,
+    *,
+    entity: EntityOpt = None,
+    archive_dir: Annotated[Path, typer.Option("--archive-dir", help="Where the archive (JSONL.gz + manifest.json) "
+                                              "goes.")] = Path("kvmigrate-archive"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be archived and deleted; change "
+                                          "nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: delete the archived, verified KV keys.")] = False,
+    settle: SettleOpt = DEFAULT_SETTLE,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the verify that runs once writes are on "
+                                            "Postgres (keys changed since the last verify are then kept).")] = False,
+    max_requests: MaxRequestsOpt = None,
+    no_eval: NoEvalOpt = False,
+) -> None:
+    """Phase 4: move writes to Postgres, verify, archive the verified KV keys, then delete them.
+    Never touches presence, sessions, rate limits or unknown keys."""
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    if not (yes or dry_run or global_options(ctx).json) and sys.stdin.isatty():
+        yes = typer.confirm("cleanup archives and then DELETES the migrated KV keys; continue?", err=True)
+    run(ctx, lambda: commands.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,
+                                      yes=yes, settle=settle, verify_first=not no_verify))
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    archive_dir: Annotated[Path, typer.Argument(help="The archive folder cleanup wrote (with manifest.json).")],
+    *,
+    entity: EntityOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite keys whose current value differs.")] = False,
+    max_requests: MaxRequestsOpt = None,
+) -> None:
+    """Put archived keys back with their types and remaining TTLs (the undo of cleanup); flags unchanged."""
+    config = config_from(ctx, max_requests=max_requests)
+    run(ctx, lambda: commands.restore(config, archive_dir, entities=entity or (), force=force),
+        exit_code_of=lambda r: 0 if r.clean else 1)
