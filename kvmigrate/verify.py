@@ -37,7 +37,7 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.diff import Differ, Difference, EntityCheck
 from kvmigrate.entities import Entity, select_entities
-from kvmigrate.errors import ConfigError
+from kvmigrate.errors import BudgetExhausted, ConfigError
 from kvmigrate.kv.source import KvSource
 from kvmigrate.records import RawRecord
 from kvmigrate.verified import record_verified, supersede
@@ -109,23 +109,37 @@ def run_verify(
         source = KvSource(kv, chosen, count=config.scan_count, use_eval=config.use_eval)
         run_id = state.start_run(conn, "verify", dry_run=False, options={"mode": mode, "sample": sample})
         result = VerifyResult(mode, sample, budget, {e.name: EntityCheck() for e in chosen}, run_id)
-        differ = Differ(conn, chosen, source, result.entities, mode, memories=folder, sampled=bool(sample))
-        if sample:
-            for records in _sample_records(conn, source, chosen, sample, seed):
-                differ.stage(records)
-        else:
-            for page in source.pages():
-                differ.stage(page.records)
-            if folder is not None:
-                _stage_memories(differ, folder, config.batch_size)
-        differ.compare(extras=not sample)
-        _second_look(differ, run_id, recheck_delay=recheck_delay, repair=repair)
-        if repair_extra:
-            result.extra_deleted = _delete_extra(conn, differ)
-        record_verified(differ, run_id)
+        try:
+            differ = Differ(conn, chosen, source, result.entities, mode, memories=folder, sampled=bool(sample))
+            if sample:
+                for records in _sample_records(conn, source, chosen, sample, seed):
+                    differ.stage(records)
+            else:
+                for page in source.pages():
+                    differ.stage(page.records)
+                if folder is not None:
+                    _stage_memories(differ, folder, config.batch_size)
+            differ.compare(extras=not sample)
+            _second_look(differ, run_id, recheck_delay=recheck_delay, repair=repair)
+            if repair_extra:
+                result.extra_deleted = _delete_extra(conn, differ)
+            record_verified(differ, run_id)
+        except BaseException as exc:
+            _abandon(conn, run_id, budget, "stopped" if isinstance(exc, BudgetExhausted) else "failed")
+            raise
         result.seconds = time.perf_counter() - started
         _record(conn, result, run_id)
         return result
+
+
+def _abandon(conn: psycopg.Connection, run_id: int, budget: RequestBudget, status: str) -> None:
+    """Close a verify that did not finish: it records no verdict (a verify counts only whole), and
+    the next one starts from the beginning."""
+    try:
+        conn.rollback()
+        state.finish_run(conn, run_id, status=status, budget=budget, result={"kv_requests": budget.spent})
+    except psycopg.Error:
+        pass  # the connection itself is gone: the run stays "running", and status says so
 
 
 def _second_look(differ: Differ, run_id: int, *, recheck_delay: float, repair: bool) -> None:

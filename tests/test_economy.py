@@ -69,3 +69,32 @@ def test_plan_predicts_every_phase_within_ten_percent(pg_url: str, kv_url: str, 
     whole = sum(actual.values()) + predicted["inventory"]
     assert abs(whole - plan.total) <= 0.1 * whole
     assert plan.total < plan.naive_total / 5
+
+
+def test_inventory_predicts_a_backfill_within_ten_percent(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    seed_keyspace(kv, users=20, seed=2)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=300, batch_size=300)
+    commands.setup(config)
+    predicted = commands.inventory(config).predicted_backfill
+    spent = commands.backfill(config).budget.spent
+    assert abs(spent - predicted) <= 0.1 * spent, (spent, predicted)
+
+
+def test_verify_stopped_by_the_budget_exits_4_records_no_verdict_and_reruns_whole(
+        pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    import psycopg
+
+    from tests.helpers import cli
+
+    seed_keyspace(kv, users=12, seed=4)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=100, batch_size=100)
+    commands.setup(config)
+    commands.backfill(config)
+    stopped = cli("--pg-url", pg_url, "--kv-url", kv_url, "verify", "--max-requests", "5", "--recheck-delay", "0")
+    assert stopped.exit_code == 4, stopped.output
+    assert "run the same command again" in stopped.output
+    with psycopg.connect(pg_url) as conn:
+        runs = conn.execute("SELECT status FROM kvmigrate.runs WHERE command = 'verify'").fetchall()
+        verdicts = conn.execute("SELECT count(*) FROM kvmigrate.verify_results").fetchone()
+    assert runs == [("stopped",)] and verdicts == (0,)
+    assert commands.verify(config, recheck_delay=0).clean
