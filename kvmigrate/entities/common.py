@@ -4,6 +4,7 @@ transformer turns into a Reject; nothing here guesses silently.
 Documented rules (README, "Data rules"):
 * text must be valid UTF-8 and may not contain NUL (Postgres TEXT/JSONB cannot store it);
 * a value larger than MAX_VALUE_BYTES is rejected (`too_large`);
+* JSON nested more than MAX_JSON_DEPTH (100) levels deep is rejected (`too_deep`);
 * handles are normalised: trim, strip one leading `@`, lowercase, `-` → `_`; a result outside
   `[a-z0-9_]{1,40}` is rejected (`invalid_handle`);
 * timestamps: epoch milliseconds (or seconds when < 1e11) as number or numeric string, or
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 
 MAX_VALUE_BYTES = 5 * 1024 * 1024
+MAX_JSON_DEPTH = 100
 SYSTEM_HANDLES = frozenset({"vibe", "system", "solienne"})
 _HANDLE_RE = re.compile(r"^[a-z0-9_]{1,40}$")
 _MIN_TS = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -68,18 +70,28 @@ def json_object(raw: bytes | str, *, what: str = "value") -> dict[str, Any]:
 
 
 def check_json_text(obj: Any, *, what: str = "value") -> Any:
-    """Reject NUL characters anywhere inside a JSON value (JSONB cannot hold \\u0000)."""
-    if isinstance(obj, str):
-        if "\x00" in obj:
-            raise Bad("nul_byte", f"{what} contains a NUL character, which Postgres cannot store")
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            check_json_text(k, what=what)
-            check_json_text(v, what=what)
-    elif isinstance(obj, list):
-        for v in obj:
-            check_json_text(v, what=what)
+    """Reject NUL characters anywhere inside a JSON value (JSONB cannot hold \\u0000) and values
+    nested deeper than MAX_JSON_DEPTH (`too_deep`)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise Bad("nul_byte", f"{what} contains a NUL character, which Postgres cannot store")
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise Bad("too_deep", f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+            parts = [p for kv in item.items() for p in kv] if isinstance(item, dict) else item
+            stack.extend((p, depth + 1) for p in parts)
     return obj
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON bytes of a parsed value, for a reject's original value; never raises."""
+    try:
+        return orjson.dumps(obj, default=str)
+    except TypeError:  # nested deeper than orjson writes
+        return orjson.dumps(f"<a JSON {type(obj).__name__} nested too deeply to show>")
 
 
 def handle(raw: Any, *, what: str = "handle") -> str:

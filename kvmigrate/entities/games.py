@@ -52,7 +52,7 @@ class Games(EntityBase):
             try:
                 values, changed = game_row(game_id, game)
             except c.Bad as exc:
-                raw = orjson.dumps(game, default=str)
+                raw = c.dumps(game)
                 item_rejects.append((game_id, Reject(exc.code, f"{record.key} game {game_id!r}: {exc}", raw)))
                 continue
             rows.append(Row(TABLE.name, values, rank))

@@ -265,7 +265,7 @@ class _Collector:
             self.message(index, item, default_to=_thread_partner(self.key, item.get("from")))
 
     def reject(self, index: int, exc: c.Bad, item: Any) -> None:
-        raw = item if isinstance(item, bytes) else orjson.dumps(item, default=str)
+        raw = item if isinstance(item, bytes) else c.dumps(item)
         self.rejects.append((f"[{index}]", Reject(exc.code, f"{self.key} [{index}]: {exc}", raw)))
 
     def outcome(self) -> Outcome:
