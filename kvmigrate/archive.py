@@ -1,4 +1,5 @@
-"""The cleanup archive (lossless JSONL.gz + manifest), how keys are read for it, and `restore`.
+"""The cleanup archive: lossless JSONL.gz files and their manifest (keys are read for it by
+`kvmigrate.kv.snapshot`; `kvmigrate.restore` puts them back).
 
 Archive rules (README, "Data rules"):
 * Layout: one file per entity and run, `<entity>.jsonl.gz` for the first cleanup run into a
@@ -22,209 +23,35 @@ Archive rules (README, "Data rules"):
   A key that exists with an equal value is skipped; with a different value it is refused
   unless `force` (then replaced). Restore writes KV only and changes no phase flag.
 """
-
 from __future__ import annotations
 
 import gzip
 import hashlib
 import os
 import re
-import time
 from base64 import b64decode, b64encode
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 
 from kvmigrate import __version__
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv
-from kvmigrate.entities import ENTITIES
 from kvmigrate.errors import ConfigError, KvmigrateError
-from kvmigrate.kv.client import KvClient
 from kvmigrate.kv.scanner import decode_key, encode_key
-from kvmigrate.records import RawValue
+from kvmigrate.kv.snapshot import Snapshot
 
 FORMAT = "kvmigrate-archive/1"
 MANIFEST = "manifest.json"
 _PART_RE = re.compile(r"^(?P<entity>[a-z_]+)(?:\.part(?P<part>\d+))?\.jsonl\.gz$")
-FLAGS_UNCHANGED = ("phase flags are unchanged: restore writes KV only, and the app keeps reading and "
-                   "writing what its flags say (see `kvmigrate status`)")
-
-# Shared by the read and the compare-and-delete scripts: a key's parts in server order, and
-# the digest of `<type>\n` followed by `<length>:<bytes>` for each part (sha1, server side).
-LUA_LIB = """
-local function parts_of(t, k)
-  if t == 'string' then return {redis.call('GET', k)}
-  elseif t == 'hash' then return redis.call('HGETALL', k)
-  elseif t == 'list' then return redis.call('LRANGE', k, 0, -1)
-  elseif t == 'set' then return redis.call('SMEMBERS', k)
-  elseif t == 'zset' then return redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
-  end
-  return nil
-end
-local function digest(t, parts)
-  local buf = {t, '\\n'}
-  for i = 1, #parts do buf[#buf + 1] = #parts[i] .. ':' .. parts[i] end
-  return redis.sha1hex(table.concat(buf))
-end
-"""
-READ_SCRIPT = LUA_LIB + """
-local out = {}
-for i, k in ipairs(KEYS) do
-  local t = redis.call('TYPE', k)['ok']
-  local parts = parts_of(t, k)
-  if parts then out[i] = {t, parts, redis.call('PTTL', k), digest(t, parts)} else out[i] = {t} end
-end
-return out
-"""
-_READS: dict[str, tuple[Any, ...]] = {
-    "string": ("GET",), "hash": ("HGETALL",), "list": ("LRANGE", 0, -1), "set": ("SMEMBERS",),
-    "zset": ("ZRANGE", 0, -1, "WITHSCORES"),
-}
-
 
 class ArchiveCorrupt(KvmigrateError):
     """An archive file is missing or does not match its manifest; nothing was restored."""
 
     exit_code = 1
 
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A key as read: type ("none" when absent, "?" when it changed type while read), its parts
-    in server order (hash/zset flattened; scores as the server prints them), PTTL, digest."""
-
-    key: str
-    rtype: str
-    parts: tuple[bytes, ...] = ()
-    pttl: int | None = None
-    digest: str | None = None
-
-    def raw_value(self) -> RawValue:
-        """The value in the shape the scanner gives transformers (what the ledger digests)."""
-        return raw_value(self.rtype, self.parts)
-
-
-def raw_value(rtype: str, parts: Sequence[bytes]) -> RawValue:
-    if rtype == "string":
-        return parts[0]
-    if rtype == "hash":
-        return dict(zip(parts[0::2], parts[1::2], strict=True))
-    if rtype == "zset":
-        return [(m, float(s)) for m, s in zip(parts[0::2], parts[1::2], strict=True)]
-    return list(parts)
-
-
-def server_digest(rtype: str, parts: Iterable[bytes]) -> str:
-    """The same digest the Lua scripts compute (used when scripting is refused)."""
-    h = hashlib.sha1(rtype.encode() + b"\n", usedforsecurity=False)
-    for part in parts:
-        h.update(b"%d:" % len(part))
-        h.update(part)
-    return h.hexdigest()
-
-
-def canonical(rtype: str, parts: Sequence[bytes]) -> tuple[object, ...]:
-    """A value in a form where equal values compare equal (hash and set order ignored)."""
-    if rtype == "hash":
-        return (rtype, tuple(sorted(zip(parts[0::2], parts[1::2], strict=True))))
-    if rtype == "set":
-        return (rtype, tuple(sorted(parts)))
-    if rtype == "zset":
-        return (rtype, tuple(sorted((float(s), m) for m, s in zip(parts[0::2], parts[1::2], strict=True))))
-    return (rtype, tuple(parts))
-
-
-def raw_replies(kv: KvClient) -> KvClient:
-    """Make this client keep HGETALL/SMEMBERS/ZRANGE replies in server order (no dict/set
-    conversion by the client library), as the Lua scripts see them."""
-    for command in ("HGETALL", "SMEMBERS", "ZRANGE"):
-        kv.redis.set_response_callback(command, lambda reply, **_: reply)
-    return kv
-
-
-class SnapshotReader:
-    """Reads keys with type, value, PTTL and digest: 1 EVAL per batch, or, where scripting is
-    refused, 1 TYPE per key plus 2 commands per existing key in two pipelines. Read-only."""
-
-    def __init__(self, kv: KvClient, *, use_eval: bool = True) -> None:
-        self.kv = raw_replies(kv)
-        self.use_eval = use_eval
-        self.fallback_reason: str | None = None
-
-    def read(self, keys: Sequence[str]) -> list[Snapshot]:
-        if not keys:
-            return []
-        if self.use_eval:
-            try:
-                reply = self.kv.eval_ro(READ_SCRIPT, [encode_key(k) for k in keys])
-                return [_from_script(k, item) for k, item in zip(keys, reply, strict=True)]
-            except redis.ResponseError as exc:
-                self.use_eval = False
-                self.fallback_reason = str(exc).splitlines()[0]
-        return self.read_pipelined(keys)
-
-    def read_pipelined(self, keys: Sequence[str]) -> list[Snapshot]:
-        types = [_text(t) for t in self.kv.pipeline([("TYPE", encode_key(k)) for k in keys])]
-        readable = [(k, t) for k, t in zip(keys, types, strict=True) if t in _READS]
-        cmds: list[tuple[Any, ...]] = []
-        for key, rtype in readable:
-            verb, *args = _READS[rtype]
-            cmds += [(verb, encode_key(key), *args), ("PTTL", encode_key(key))]
-        replies = iter(self.kv.pipeline(cmds))
-        found: dict[str, Snapshot] = {}
-        for key, rtype in readable:
-            value, pttl = next(replies), next(replies)
-            if isinstance(value, Exception) or value is None:  # changed type or vanished meanwhile
-                found[key] = Snapshot(key, "?")
-                continue
-            parts = _flat(rtype, value)
-            found[key] = Snapshot(key, rtype, parts, _ttl(pttl), server_digest(rtype, parts))
-        return [found.get(k) or Snapshot(k, "?" if t in _READS else t) for k, t in zip(keys, types, strict=True)]
-
-
-def _flat(rtype: str, reply: Any) -> tuple[bytes, ...]:
-    """A pipelined reply as the scripts see it: RESP3 maps and score pairs flattened, scores as
-    text (a float from RESP3 is printed as its shortest repr, "inf"/"-inf", no trailing ".0")."""
-    if rtype == "string":
-        return (reply,)
-    if isinstance(reply, dict):
-        return tuple(p for item in reply.items() for p in item)
-    items = list(reply)
-    if items and isinstance(items[0], (list, tuple)):
-        return tuple(p for m, s in items for p in (m, _score_text(s)))
-    return tuple(items)
-
-
-def _score_text(score: object) -> bytes:
-    if isinstance(score, bytes):
-        return score
-    text = repr(float(score))  # type: ignore[arg-type]
-    return (text[:-2] if text.endswith(".0") else text).encode()
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _ttl(pttl: object) -> int | None:
-    return int(pttl) if isinstance(pttl, int) and pttl >= 0 else None
-
-
-def _from_script(key: str, item: Sequence[Any]) -> Snapshot:
-    rtype = _text(item[0])
-    if len(item) < 4:
-        return Snapshot(key, rtype)
-    return Snapshot(key, rtype, tuple(item[1]), _ttl(item[2]), _text(item[3]))
-
-
-# --- the line format ---------------------------------------------------------------------
 
 def _enc(b: bytes) -> object:
     try:
@@ -466,111 +293,3 @@ def latest_lines(blobs: Sequence[tuple[dict[str, Any], bytes]], entities: Sequen
 
 
 # --- restore -----------------------------------------------------------------------------
-
-@dataclass
-class RestoreCounts:
-    restored: int = 0
-    equal: int = 0
-    overwritten: int = 0
-    refused: int = 0
-    expired: int = 0
-    failed: int = 0
-
-
-@dataclass
-class RestoreResult:
-    archive_dir: str
-    manifest: str
-    files_verified: list[str]
-    force: bool
-    budget: RequestBudget
-    entities: dict[str, RestoreCounts] = field(default_factory=dict)
-    refused: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    kv_requests: int = 0
-    flags: str = FLAGS_UNCHANGED
-
-    @property
-    def clean(self) -> bool:
-        return not (self.refused or self.failed)
-
-
-def run_restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (),
-                force: bool = False) -> RestoreResult:
-    """Put archived keys back with their type and remaining TTL. Writes KV only (no flag, no
-    Postgres). Verifies every file against the manifest first (ArchiveCorrupt, exit 1).
-
-    Costs per batch of `batch_size` keys: 1 EVAL to read what is there (or 1 + 2 per existing
-    key without scripting), plus one pipeline of about 2 commands per restored key.
-    """
-    names = [e.name for e in ENTITIES if e.families]
-    unknown = sorted(set(entities) - set(names))
-    if unknown:
-        raise ConfigError(f"no KV entity named {', '.join(unknown)}", hint="entities are: " + ", ".join(names))
-    manifest = read_manifest(archive_dir)
-    blobs = verified_blobs(archive_dir, manifest)
-    items = latest_lines(blobs, entities)
-    budget = RequestBudget(cap=config.max_requests, phase="restore")
-    result = RestoreResult(str(archive_dir), str(archive_dir / MANIFEST), [f["name"] for f, _ in blobs], force, budget)
-    kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
-    try:
-        reader = SnapshotReader(kv, use_eval=config.use_eval)
-        for start in range(0, len(items), config.batch_size):
-            _restore_batch(kv, reader, items[start:start + config.batch_size], result)
-    finally:
-        result.kv_requests = budget.spent
-        kv.redis.close()
-    return result
-
-
-def _restore_batch(kv: KvClient, reader: SnapshotReader, batch: Sequence[ArchivedKey], result: RestoreResult) -> None:
-    now_ms = int(time.time() * 1000)
-    cmds: list[tuple[Any, ...]] = []
-    planned: list[tuple[ArchivedKey, int, bool]] = []  # (item, commands, replaces an existing key)
-    for item, snap in zip(batch, reader.read([i.key for i in batch]), strict=True):
-        counts = result.entities.setdefault(item.entity, RestoreCounts())
-        ttl = None if item.expires_at_ms is None else item.expires_at_ms - now_ms
-        if ttl is not None and ttl <= 0:
-            counts.expired += 1
-            continue
-        replace = snap.rtype != "none"
-        if replace and snap.rtype != "?" and canonical(snap.rtype, snap.parts) == canonical(item.rtype, item.parts):
-            counts.equal += 1
-            continue
-        if replace and not result.force:
-            counts.refused += 1
-            result.refused.append(item.key)
-            continue
-        writes = ([("DEL", encode_key(item.key))] if replace else []) + write_commands(item, ttl)
-        cmds += writes
-        planned.append((item, len(writes), replace))
-    replies = iter(kv.pipeline(cmds))
-    for item, n, replace in planned:
-        counts = result.entities[item.entity]
-        errors = [r for r in (next(replies) for _ in range(n)) if isinstance(r, Exception)]
-        if errors:
-            counts.failed += 1
-            result.failed.append((item.key, str(errors[0])))
-        elif replace:
-            counts.overwritten += 1
-        else:
-            counts.restored += 1
-
-
-def write_commands(item: ArchivedKey, ttl_ms: int | None, *, chunk: int = 1000) -> list[tuple[Any, ...]]:
-    """The commands that recreate one key (containers in chunks of `chunk` elements)."""
-    key, p = encode_key(item.key), item.parts
-    if item.rtype == "string":
-        cmds: list[tuple[Any, ...]] = [("SET", key, p[0])]
-    elif item.rtype in ("hash", "zset"):
-        verb = "HSET" if item.rtype == "hash" else "ZADD"
-        pairs = list(zip(p[0::2], p[1::2], strict=True))
-        if verb == "ZADD":
-            pairs = [(s, m) for m, s in pairs]
-        cmds = [(verb, key, *[x for pair in pairs[i:i + chunk] for x in pair]) for i in range(0, len(pairs), chunk)]
-    else:
-        verb = "RPUSH" if item.rtype == "list" else "SADD"
-        cmds = [(verb, key, *p[i:i + chunk]) for i in range(0, len(p), chunk)]
-    if ttl_ms is not None:
-        cmds.append(("PEXPIRE", key, ttl_ms))
-    return cmds

@@ -31,7 +31,7 @@ import psycopg
 import redis
 
 from kvmigrate import phases, state
-from kvmigrate.archive import LUA_LIB, ArchiveWriter, Snapshot, SnapshotReader, encode_line
+from kvmigrate.archive import ArchiveWriter, encode_line
 from kvmigrate.backfill import require_schema
 from kvmigrate.batch import value_digest
 from kvmigrate.budget import RequestBudget
@@ -43,6 +43,7 @@ from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient
 from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages
+from kvmigrate.kv.snapshot import LUA_LIB, Snapshot, SnapshotReader
 
 LOCK_CLEANUP = 0x6B766D63  # "kvmc": one cleanup at a time per database
 EXAMPLES = 5

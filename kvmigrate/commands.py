@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kvmigrate import state
-from kvmigrate.archive import RestoreResult, run_restore
 from kvmigrate.backfill import BackfillResult, Progress, run_backfill
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
@@ -33,6 +32,7 @@ from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.plan import PlanResult, run_plan
 from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
+from kvmigrate.restore import RestoreResult, run_restore
 from kvmigrate.seed import SeedRun
 from kvmigrate.status import StatusResult, run_status
 from kvmigrate.verify import VerifyResult, run_verify

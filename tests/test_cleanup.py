@@ -18,8 +18,6 @@ import redis
 from kvmigrate import commands, phases
 from kvmigrate.archive import (
     MANIFEST,
-    Snapshot,
-    SnapshotReader,
     decode_line,
     encode_line,
     latest_lines,
@@ -33,6 +31,7 @@ from kvmigrate.config import Config, build_config
 from kvmigrate.connections import connect_kv
 from kvmigrate.entities.base import Family
 from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
+from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
 
 STREAK_HASH = {"current": "3", "longest": "5", "totalDays": "12", "lastActive": "2025-06-01"}
 STREAK_JSON = orjson.dumps({"current": 2, "longest": 4, "lastActive": "2025-06-02",

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.archive import MANIFEST, ArchiveCorrupt, read_manifest, run_restore
+from kvmigrate.archive import MANIFEST, ArchiveCorrupt, read_manifest
 from kvmigrate.batch import value_digest
 from kvmigrate.budget import RequestBudget
 from kvmigrate.cleanup import run_cleanup
@@ -20,6 +20,7 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv
 from kvmigrate.entities.streaks import STREAKS
 from kvmigrate.kv.scanner import BatchReader
+from kvmigrate.restore import run_restore
 from tests.test_cleanup import keyspace, prepare, same_keyspace, seed
 
 #: Streak-family keys the entity rejects (types it does not read, bytes that are not JSON);

@@ -7,10 +7,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.archive import RestoreResult
 from kvmigrate.cleanup import CleanupResult
 from kvmigrate.cutover import CleanupPhaseResult
 from kvmigrate.report.core import render, to_dict
+from kvmigrate.restore import RestoreResult
 
 
 @to_dict.register
