@@ -27,7 +27,7 @@ from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
 from kvmigrate.kv.client import KvClient
 from kvmigrate.kv.source import KvSource
-from kvmigrate.pg.loader import LoadStats, TableLoader, dedupe
+from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader, dedupe
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.records import RawRecord
 
@@ -102,10 +102,14 @@ def run_backfill(
         require_schema(conn)
         _lock(conn)
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
+        rules = rules_fingerprint()
         run_id = None if dry_run else state.start_run(
-            conn, "backfill", dry_run=False, options={"entities": [e.name for e in chosen], "restart": restart})
+            conn, "backfill", dry_run=False,
+            options={"entities": [e.name for e in chosen], "restart": restart, "rules": rules})
         run = _Run(config, conn, kv, chosen, BackfillResult(run_id, dry_run, budget, {e.name: Tally() for e in chosen}))
-        run.writer = None if run_id is None else BatchWriter(conn, run_id)
+        # --restart re-applies every row; otherwise records unchanged since a run with the same
+        # rules are not staged again (see BatchWriter).
+        run.writer = None if run_id is None else BatchWriter(conn, run_id, rules=None if restart else rules)
         run.recheck = run_id is not None and _dual_written(conn, chosen)
         try:
             if any(e.families for e in chosen):  # memories alone read files, not KV
@@ -289,11 +293,18 @@ def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> N
 
 class BatchWriter:
     """Writes batches to Postgres: rows (users first), ledger, rejects, checkpoint, one
-    transaction per batch. Shared by backfill and verify's repair."""
+    transaction per batch. Shared by backfill and verify's repair.
 
-    def __init__(self, conn: psycopg.Connection, run_id: int) -> None:
+    With `rules` (a fingerprint of the transformation rules, see `rules_fingerprint`), a record
+    whose ledger row is identical to the one a run with the same rules committed (same value
+    digest, same outcome) is not staged again: its rows are already in Postgres, committed in
+    the same transaction as that ledger row. Its counts still come from the transformer.
+    """
+
+    def __init__(self, conn: psycopg.Connection, run_id: int, *, rules: str | None = None) -> None:
         self.conn = conn
         self.run_id = run_id
+        self.rules = rules
         specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
         self.loaders = {name: TableLoader(conn, spec) for name, spec in specs.items()}
         conn.commit()
@@ -305,13 +316,26 @@ class BatchWriter:
         """Load one batch in one transaction. Returns rows written per table."""
         out: dict[str, LoadStats] = {}
         with self.conn.transaction():
+            ledger, rows = batch.ledger, batch.rows
+            unchanged = self._unchanged(batch.ledger) if self.rules else set()
+            if unchanged:
+                ledger = [e for e in batch.ledger if (e.key, e.field) not in unchanged]
+                rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
             for table, loader in self.loaders.items():
-                out[table] = loader.load(dedupe(loader.spec, batch.rows.get(table, [])))
-            state.write_ledger(self.conn, self.run_id, batch.ledger)
-            state.write_rejects(self.conn, self.run_id, batch.records, batch.rejects)
+                out[table] = loader.load(dedupe(loader.spec, rows.get(table, [])))
+            state.write_ledger(self.conn, self.run_id, ledger)
+            state.write_rejects(self.conn, self.run_id, [r for r in batch.records if r not in unchanged],
+                                [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged])
             if checkpoint:
                 state.set_checkpoint(self.conn, checkpoint[0], checkpoint[1], self.run_id)
         return out
+
+    def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
+        """(key, field) of entries whose ledger row, written under the same rules, is identical."""
+        if not entries:
+            return set()
+        found = state.ledger_rows(self.conn, [(e.key, e.field) for e in entries], rules=self.rules)
+        return {(e.key, e.field) for e in entries if found.get((e.key, e.field)) == e}
 
     def load_records(self, records: Sequence[tuple[RawRecord, Entity]]) -> int:
         """Transform and load specific records through the normal path. Returns rows written."""
@@ -319,6 +343,37 @@ class BatchWriter:
         for record, entity in records:
             batch.add_outcome(entity, record, entity.transform(record), self.required())
         return sum(s.written for s in self.write(batch).values())
+
+
+def _without_unchanged(rows: dict[str, list[SourcedRow]], unchanged: set[tuple[str, str]],
+                       pks: dict[str, str]) -> dict[str, list[SourcedRow]]:
+    """Drop the rows of unchanged records, except where a changed record of the same batch
+    produces the same primary key (so the batch still merges those sources as a whole)."""
+    out: dict[str, list[SourcedRow]] = {}
+    for table, table_rows in rows.items():
+        pk = pks.get(table)
+        touched = {r.values[pk] for r in table_rows if (r.source_key, r.source_field) not in unchanged} if pk else set()
+        out[table] = [r for r in table_rows
+                      if (r.source_key, r.source_field) not in unchanged or (pk and r.values[pk] in touched)]
+    return out
+
+
+def rules_fingerprint() -> str:
+    """A digest of the transformation rules (the entity modules and kvmigrate's version).
+
+    Backfill skips re-staging a record only when its ledger row was written under the same
+    fingerprint, so a new version of the rules re-applies every row.
+    """
+    import hashlib
+
+    import kvmigrate
+    from kvmigrate import entities
+
+    h = hashlib.blake2b(kvmigrate.__version__.encode(), digest_size=12)
+    for path in sorted(Path(entities.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 DEFAULT_MEMORIES_DIR = Path("~/.vibe/memory")

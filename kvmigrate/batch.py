@@ -105,8 +105,11 @@ def _missing_required(outcome: Outcome, required: Mapping[str, RequiredCheck] | 
 
 
 def value_digest(redis_type: str, value: RawValue | None) -> str:
-    """A stable 128-bit digest of a raw value, whatever its Redis type."""
+    """A stable 128-bit digest of a raw value, whatever its Redis type. A set's members are
+    digested in sorted order: SMEMBERS and a script's reply may list them in different orders."""
     h = hashlib.blake2b(redis_type.encode(), digest_size=16)
+    if redis_type == "set" and isinstance(value, list):
+        value = sorted(value)  # type: ignore[assignment]
     for part in _parts(value):
         h.update(len(part).to_bytes(8, "little"))
         h.update(part)

@@ -104,6 +104,25 @@ def clear_checkpoint(conn: psycopg.Connection, name: str) -> None:
     conn.execute("DELETE FROM kvmigrate.checkpoints WHERE name = %s", (name,))
 
 
+def ledger_rows(conn: psycopg.Connection, keys: Sequence[tuple[str, str]], *,
+                rules: str | None = None) -> dict[tuple[str, str], LedgerEntry]:
+    """The ledger rows of the given (key, field) records, one primary-key probe each.
+
+    With `rules`, only rows last written by a run whose options carry that rules fingerprint.
+    """
+    if not keys:
+        return {}
+    cur = conn.execute(
+        "SELECT l.key, l.field, l.entity, l.family, l.redis_type, l.value_hash, l.status, l.reason, l.rows"
+        " FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
+        " JOIN kvmigrate.ledger l ON l.key = b.key AND l.field = b.field"
+        " JOIN kvmigrate.runs r ON r.id = l.run_id"
+        " WHERE %s::text IS NULL OR r.options->>'rules' = %s",
+        ([k for k, _ in keys], [f for _, f in keys], rules, rules),
+    )
+    return {(row[0], row[1]): LedgerEntry(*row) for row in cur.fetchall()}
+
+
 _LEDGER_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS kvm_stage_ledger (LIKE kvmigrate.ledger INCLUDING DEFAULTS);
 CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUDING DEFAULTS);

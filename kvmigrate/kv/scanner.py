@@ -4,7 +4,8 @@
   would walk the whole keyspace once per pattern).
 * Values: one read-only Lua script per batch returns every key's type and value (1 command per
   batch, whatever the types). Where the server refuses scripting, the fallback is one `MGET`
-  for string families plus one pipelined typed read per non-string key.
+  for the keys that may be strings plus one pipelined typed read per other key (a `TYPE`
+  first only where the family allows several non-string types).
 * A big registry hash (a `split_fields` family) is read with `HSCAN … COUNT n`, one record per
   field.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -122,19 +124,35 @@ class BatchReader:
         return out
 
     def _read_pipeline(self, keys: Sequence[str], families: Sequence[Family]) -> list[KeyValue]:
+        """One MGET for every key whose family may hold a string, then one pipelined typed read
+        per other key, sent straight away when its family allows a single other type (TYPE
+        first otherwise, or when the server says the key holds another type)."""
         found: dict[str, KeyValue] = {}
-        strings = [k for k, f in zip(keys, families, strict=True) if f.types == frozenset({"string"})]
-        if strings:
-            values = self.kv.call("MGET", *[encode_key(k) for k in strings])
-            for key, value in zip(strings, values, strict=True):
+        maybe_string = [k for k, f in zip(keys, families, strict=True) if "string" in f.types]
+        if maybe_string:
+            values = self.kv.call("MGET", *[encode_key(k) for k in maybe_string])
+            for key, value in zip(maybe_string, values, strict=True):
                 if value is not None:
                     found[key] = KeyValue(key, "string", value)
-        rest = [k for k in keys if k not in found]
-        types = self.kv.pipeline([("TYPE", encode_key(k)) for k in rest])
-        typed = [(k, t.decode() if isinstance(t, bytes) else str(t)) for k, t in zip(rest, types, strict=True)]
+        guessed: list[tuple[str, str]] = []
+        unknown: list[str] = []
+        for key, family in zip(keys, families, strict=True):
+            if key in found:
+                continue
+            others = family.types - {"string"} if key in maybe_string else family.types
+            if len(others) == 1 and next(iter(others)) in _TYPED_READ:
+                guessed.append((key, next(iter(others))))
+            else:
+                unknown.append(key)
+        for (key, rtype), value in zip(guessed, self._typed_reads(guessed), strict=True):
+            if isinstance(value, Exception):  # WRONGTYPE: another type than the family's
+                unknown.append(key)
+            else:  # Redis keeps no empty container: an empty reply means the key is gone
+                found[key] = KeyValue(key, rtype, _shape(rtype, value)) if value else KeyValue(key, "none", None)
+        types = self.kv.pipeline([("TYPE", encode_key(k)) for k in unknown])
+        typed = [(k, t.decode() if isinstance(t, bytes) else str(t)) for k, t in zip(unknown, types, strict=True)]
         readable = [(k, t) for k, t in typed if t in _TYPED_READ]
-        values = self.kv.pipeline([(_TYPED_READ[t][0], encode_key(k), *_TYPED_READ[t][1:]) for k, t in readable])
-        for (key, rtype), value in zip(readable, values, strict=True):
+        for (key, rtype), value in zip(readable, self._typed_reads(readable), strict=True):
             if isinstance(value, Exception):  # changed type between TYPE and read: treat as gone
                 found[key] = KeyValue(key, "none", None)
             else:
@@ -142,6 +160,10 @@ class BatchReader:
         for key, rtype in typed:
             found.setdefault(key, KeyValue(key, rtype if rtype not in _TYPED_READ else "none", None))
         return [found[k] for k in keys]
+
+    def _typed_reads(self, items: Sequence[tuple[str, str]]) -> list[Any]:
+        """One pipelined read per (key, type). Costs len(items) commands."""
+        return self.kv.pipeline([(_TYPED_READ[t][0], encode_key(k), *_TYPED_READ[t][1:]) for k, t in items])
 
 
 def hscan_records(kv: KvClient, key: str, family: Family, *, count: int = 1000) -> Iterator[RawRecord]:

@@ -12,10 +12,12 @@ So an unchanged rerun writes 0 rows, and a crash never half-applies a batch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -49,6 +51,15 @@ class LoadStats:
     @property
     def written(self) -> int:
         return self.inserted + self.updated
+
+
+def json_dumps(value: Any) -> bytes:
+    """JSON for a JSONB column: orjson (several times faster than `json`), falling back to the
+    standard library for what orjson refuses (integers beyond 64 bits, non-string keys)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value).encode()
 
 
 def fill_merge(high: Mapping[str, Any], low: Mapping[str, Any], json_columns: Sequence[str]) -> dict[str, Any]:
@@ -125,8 +136,10 @@ class TableLoader:
         self.stage_rows(rows)
         if self.spec.user_refs:
             stats.placeholders = self._placeholders()
-        stats.inserted = self._insert_new()
+        # Update first: it then only compares rows that existed before this page, not the
+        # rows this page is about to insert (same result, half the comparisons on a fresh load).
         stats.updated = self._update_changed()
+        stats.inserted = self._insert_new()
         self._record_origin()
         return stats
 
@@ -138,14 +151,12 @@ class TableLoader:
             return
         with self.conn.cursor().copy(self._copy) as cp:
             cp.set_types([*self.types, "integer", "text", "text"])
+            json_cols = [col in self.spec.json_columns for col in self.spec.columns]
             for row in rows:
-                cp.write_row([self._adapt(row.values.get(col), col) for col in self.spec.columns]
+                values = row.values
+                cp.write_row([Jsonb(v, dumps=json_dumps) if is_json and v is not None else v
+                              for v, is_json in zip(map(values.get, self.spec.columns), json_cols, strict=True)]
                              + [row.rank, row.source_key, row.source_field])
-
-    def _adapt(self, value: Any, col: str) -> Any:
-        if col in self.spec.json_columns and value is not None:
-            return Jsonb(value)
-        return value
 
     def _placeholders(self) -> int:
         refs = sql.SQL(" UNION ").join(
@@ -155,7 +166,8 @@ class TableLoader:
         cur = self.conn.execute(
             sql.SQL(
                 "WITH refs AS ({refs}), made AS ("
-                " INSERT INTO users (handle, created_at, settings) SELECT h, NULL, %s FROM refs WHERE h IS NOT NULL {own}"
+                " INSERT INTO users (handle, created_at, settings) SELECT h, NULL, %s FROM refs WHERE h IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM users u WHERE u.handle = h) {own}"
                 " ON CONFLICT (handle) DO NOTHING RETURNING handle)"
                 " INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
                 " SELECT 'users', handle, -1, '', '' FROM made ON CONFLICT DO NOTHING"

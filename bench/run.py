@@ -1,0 +1,209 @@
+"""`make bench`: seed a /vibe-shaped keyspace on embedded servers, measure, print one table.
+
+    BENCH_KEYS=200000 (default) | 1000000 | 100000,200000,500000,1000000
+
+For each size: the three limits (SCAN+MGET read, COPY-to-stage+upsert, naive GET+INSERT loop),
+the fresh backfill, the no-change rerun, a full verify, and the KV commands per 1,000 keys of
+each Redis type (scripted and pipelined reads), each measured command in its own process for
+its peak RSS. Raw results go to bench/results/bench-<keys>.json; with results for two sizes or
+more, bench/plot.py draws docs/benchmarks.png. Prints figures only: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import redis
+from harness import RESULTS_DIR, kv_db_url, machine, new_database, run_worker, seed_shape, servers
+
+from kvmigrate.entities import ENTITIES
+from kvmigrate.kv.classify import Classifier
+from kvmigrate.seed import seed_keyspace
+
+#: Keys copied per Redis type for the per-type command counts (one backfill each, both read modes).
+TYPE_SAMPLE = 50_000
+TARGETS = {
+    "upsert_ratio": 0.75,  # backfill ≥ 0.75 × the stage+upsert limit
+    "naive_ratio": 35.0,  # backfill ≥ 35 × the naive loop
+    "rerun_ratio": 1.5,  # no-change rerun ≥ 1.5 × the fresh backfill
+    "verify_ratio": 1.0,  # full verify ≥ the backfill rate
+    "string_cmds": 2.1,  # KV commands per 1,000 string keys
+    "hash_cmds": 5.0,  # per 1,000 hash keys, scripted reads
+    "rss_mb": 150.0,  # peak RSS of backfill
+}
+
+
+def sizes() -> list[int]:
+    raw = os.environ.get("BENCH_KEYS", "200000")
+    return [int(float(x)) for x in raw.replace("_", "").split(",") if x.strip()]
+
+
+def by_type_sample(client: redis.Redis, kv_url: str, cap: int = TYPE_SAMPLE) -> dict[str, str]:
+    """Copy up to `cap` entity keys of each Redis type into their own logical db (2, 3, …).
+
+    Registry hashes read field by field (HSCAN) are left out: they are one key of many records.
+    Returns {type: kv url of its db}. Uses COPY … DB n (Redis ≥ 6.2, Valkey).
+    """
+    classifier = Classifier(ENTITIES)
+    keys: list[bytes] = []
+    for raw in client.scan_iter(count=1000):
+        c = classifier.classify(raw.decode("utf-8", "surrogateescape"))
+        if c.status == "entity" and c.family is not None and not c.family.split_fields:
+            keys.append(raw)
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.type(key)
+    grouped: dict[str, list[bytes]] = defaultdict(list)
+    for key, rtype in zip(keys, pipe.execute(), strict=True):
+        grouped[rtype.decode()].append(key)
+    out: dict[str, str] = {}
+    for db, rtype in enumerate(sorted(grouped), start=2):
+        url = kv_db_url(kv_url, db)
+        redis.Redis.from_url(url).flushdb()
+        pipe = client.pipeline(transaction=False)
+        for key in grouped[rtype][:cap]:
+            pipe.execute_command("COPY", key, key, "DB", db)
+        pipe.execute()
+        out[rtype] = url
+    return out
+
+
+def per_type_commands(pg_admin: str, urls: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Backfill each type's db with scripted reads and with pipelines; commands per 1,000 keys."""
+    out: dict[str, dict[str, Any]] = {}
+    for rtype, url in urls.items():
+        client = redis.Redis.from_url(url)
+        n = int(client.dbsize())
+        client.close()
+        row: dict[str, Any] = {"keys": n}
+        for mode, use_eval in (("eval", True), ("pipeline", False)):
+            r = run_worker("backfill", pg_url=new_database(pg_admin, f"{rtype}_{mode}"), kv_url=url,
+                           keys=n, use_eval=use_eval)
+            row[mode] = round(r["kv_total"] * 1000 / n, 2)
+            row[f"{mode}_kv"] = r["kv"]
+            row[f"{mode}_keys_per_s"] = round(r["keys_per_s"])
+        out[rtype] = row
+    return out
+
+
+def run_size(target: int, log: Any) -> dict[str, Any]:
+    users, scale = seed_shape(target)
+    with servers() as s:
+        client = redis.Redis.from_url(s.kv_url)
+        started = time.perf_counter()
+        seeded = seed_keyspace(client, users=users, scale=scale)
+        keys = seeded.keys_written
+        log(f"seeded {keys:,} keys ({users} users × scale {scale}) in {time.perf_counter() - started:.0f} s")
+        res: dict[str, Any] = {"keys": keys, "users": users, "scale": scale,
+                               "machine": machine(s.pg_url, s.kv_url)}
+        res["read_limit"] = run_worker("read_limit", kv_url=s.kv_url, keys=keys)
+        log(f"read limit {res['read_limit']['keys_per_s']:,.0f} keys/s")
+        db = new_database(s.pg_url, "backfill")
+        res["backfill"] = run_worker("backfill", pg_url=db, kv_url=s.kv_url, keys=keys)
+        log(f"backfill {res['backfill']['keys_per_s']:,.0f} keys/s")
+        res["rerun"] = run_worker("backfill", pg_url=db, kv_url=s.kv_url, keys=keys, setup=False)
+        log(f"rerun {res['rerun']['keys_per_s']:,.0f} keys/s ({res['rerun']['rows_written']} rows written)")
+        res["verify"] = run_worker("verify", pg_url=db, kv_url=s.kv_url, keys=keys)
+        log(f"verify {res['verify']['keys_per_s']:,.0f} keys/s (clean: {res['verify']['clean']})")
+        pages = res["backfill"]["kv"].get("SCAN", 1)
+        res["upsert_limit"] = run_worker("upsert_limit", src_pg_url=db, pg_url=new_database(s.pg_url, "limit"),
+                                         keys=keys, pages=pages)
+        log(f"stage+upsert limit {res['upsert_limit']['keys_per_s']:,.0f} keys/s")
+        res["naive"] = run_worker("naive", pg_url=new_database(s.pg_url, "naive"), kv_url=s.kv_url, keys=keys)
+        log(f"naive loop {res['naive']['keys_per_s']:,.0f} keys/s")
+        res["by_type"] = per_type_commands(s.pg_url, by_type_sample(client, s.kv_url))
+        client.close()
+    res["commit"] = _git_commit()
+    res["when"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return res
+
+
+def _git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "?"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.2f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def table(res: dict[str, Any]) -> str:
+    """The one table `make bench` prints."""
+    bf, rr, vf = res["backfill"], res["rerun"], res["verify"]
+    read, up, naive = (res[k]["keys_per_s"] for k in ("read_limit", "upsert_limit", "naive"))
+    lines = [f"kvmigrate bench: {res['keys']:,} keys (/vibe-shaped, {res['users']} users × scale {res['scale']})",
+             "machine: " + "; ".join(f"{k} {v}" for k, v in res["machine"].items()), ""]
+    head = f"{'figure':<34}{'value':>14}  {'÷ read':>7} {'÷ upsert':>8} {'× naive':>8}  target"
+    lines += [head, "-" * (len(head) + 24)]
+
+    def rate(name: str, value: float, target: str) -> None:
+        lines.append(f"{name:<34}{_fmt(value) + ' k/s':>14}  {value / read:>7.2f} {value / up:>8.2f}"
+                     f" {value / naive:>8.1f}  {target}")
+
+    t = TARGETS
+    rate("backfill (fresh)", bf["keys_per_s"],
+         f"≥ {t['upsert_ratio']} × upsert: {_verdict(bf['keys_per_s'] / up >= t['upsert_ratio'])}; "
+         f"≥ {t['naive_ratio']:.0f} × naive: {_verdict(bf['keys_per_s'] / naive >= t['naive_ratio'])}")
+    rate("no-change rerun", rr["keys_per_s"],
+         f"≥ {t['rerun_ratio']} × backfill ({rr['keys_per_s'] / bf['keys_per_s']:.2f}): "
+         f"{_verdict(rr['keys_per_s'] / bf['keys_per_s'] >= t['rerun_ratio'])}; {rr['rows_written']} rows written")
+    rate("full verify", vf["keys_per_s"],
+         f"≥ backfill ({vf['keys_per_s'] / bf['keys_per_s']:.2f}): "
+         f"{_verdict(vf['keys_per_s'] / bf['keys_per_s'] >= t['verify_ratio'])}; clean={vf['clean']}")
+    rate("limit: SCAN+MGET read", read, "")
+    rate("limit: COPY-to-stage+upsert", up, f"{res['upsert_limit']['rows']:,} rows")
+    rate("limit: naive GET+INSERT loop", naive,
+         f"sampled {res['naive']['sampled']:,} of {res['naive']['entity_keys']:,} entity keys")
+    lines.append("")
+    lines.append(f"{'KV commands per 1,000 keys':<34}{'scripted':>14}  {'pipeline':>8}  {'naive':>8}  target")
+    naive_cmds = res["naive"]["kv_total"] * 1000 / res["keys"]
+    lines.append(f"{'  all keys (mixed store)':<34}{bf['kv_total'] * 1000 / res['keys']:>14.2f}  {'':>8}"
+                 f"  {naive_cmds:>8.0f}")
+    for rtype, row in sorted(res["by_type"].items()):
+        target = ""
+        if rtype == "string":
+            target = f"≤ {t['string_cmds']}: {_verdict(row['eval'] <= t['string_cmds'])}"
+        elif rtype == "hash":
+            target = f"≤ {t['hash_cmds']:.0f} scripted: {_verdict(row['eval'] <= t['hash_cmds'])}"
+        lines.append(f"{'  ' + rtype + ' keys (' + format(row['keys'], ',') + ')':<34}{row['eval']:>14.2f}"
+                     f"  {row['pipeline']:>8.2f}  {'':>8}  {target}")
+    lines.append("")
+    rss = [bf["peak_rss_mb"], rr["peak_rss_mb"], vf["peak_rss_mb"]]
+    lines.append(f"{'peak RSS (MB)':<34}{'backfill ' + _fmt(rss[0]):>14}  rerun {_fmt(rss[1])}  verify "
+                 f"{_fmt(rss[2])}  ≤ {t['rss_mb']:.0f}: {_verdict(max(rss[:2]) <= t['rss_mb'])}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    RESULTS_DIR.mkdir(exist_ok=True)
+
+    def log(msg: str) -> None:
+        print(f"  · {msg}", file=sys.stderr, flush=True)
+
+    for target in sizes():
+        started = time.perf_counter()
+        res = run_size(target, log)
+        res["bench_seconds"] = round(time.perf_counter() - started)
+        path = RESULTS_DIR / f"bench-{target}.json"
+        path.write_text(json.dumps(res, indent=2))
+        print(table(res))
+        print(f"(raw results: {path.relative_to(RESULTS_DIR.parent.parent)}; took {res['bench_seconds']} s)\n")
+    if len(list(RESULTS_DIR.glob("bench-*.json"))) >= 2:
+        from plot import plot
+
+        print(f"plot: {plot()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
