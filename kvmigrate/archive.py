@@ -247,7 +247,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         manifest = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         raise ArchiveCorrupt(f"{path} does not exist",
-                             hint="pass the folder given to `kvmigrate cleanup --archive`") from None
+                             hint="pass the folder given to `kvmigrate cleanup --archive-dir`") from None
     except orjson.JSONDecodeError as exc:
         raise ArchiveCorrupt(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

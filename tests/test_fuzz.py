@@ -44,8 +44,8 @@ from tests.fixtures.faults import note, seed_world
 
 #: Cases per run; `make stress` (or KVMIGRATE_FUZZ_CASES) runs more, KVMIGRATE_FUZZ_RANDOM=1 explores
 #: new cases instead of CI's reproducible ones.
-PURE_CASES = int(os.environ.get("KVMIGRATE_FUZZ_CASES", "1500"))
-E2E_CASES = max(40, PURE_CASES // 40)
+PURE_CASES = int(os.environ.get("KVMIGRATE_FUZZ_CASES", "1000"))
+E2E_CASES = max(30, PURE_CASES // 40)
 FUZZ = settings(max_examples=PURE_CASES, deadline=None, database=None,
                 derandomize=not os.environ.get("KVMIGRATE_FUZZ_RANDOM"),
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -268,13 +268,13 @@ def check_outcome(entity: Entity, record: RawRecord, outcome: Outcome, columns: 
             assert problem is None, f"{where}: {row.table}.{col}: {problem}"
 
 
-def test_every_transformer_survives_hostile_variants_of_every_record_shape(
-        corpus: list[tuple[RawRecord, str]], columns: dict[str, dict[str, str]],
-        request: pytest.FixtureRequest) -> None:
+def transformer_fuzz(corpus: list[tuple[RawRecord, str]], columns: dict[str, dict[str, str]],
+                     fuzz: settings) -> dict[str, int]:
+    """Run hostile variants of corpus records through their transformers; outcomes by kind."""
     fields = field_names(corpus)
     seen: dict[str, int] = {}
 
-    @FUZZ
+    @fuzz
     @given(st.data())
     def case(data: st.DataObject) -> None:
         record, name = data.draw(st.sampled_from(corpus))
@@ -287,10 +287,26 @@ def test_every_transformer_survives_hostile_variants_of_every_record_shape(
         seen[kind] = seen.get(kind, 0) + 1
 
     case()
+    return seen
+
+
+def test_every_transformer_survives_hostile_variants_of_every_record_shape(
+        corpus: list[tuple[RawRecord, str]], columns: dict[str, dict[str, str]],
+        request: pytest.FixtureRequest) -> None:
+    seen = transformer_fuzz(corpus, columns, FUZZ)
     total = sum(seen.values())
     assert total >= PURE_CASES * 0.9 and seen.get("migrated") and seen.get("rejected")
     note(request, f"{total} hostile records through the transformers: "
          + ", ".join(f"{k} {v}" for k, v in sorted(seen.items())) + "; exceptions 0")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("KVMIGRATE_STRESS_KILLS" not in os.environ, reason="the long loops run with `make stress`")
+def test_stress_transformer_fuzz_explores_new_cases(
+        corpus: list[tuple[RawRecord, str]], columns: dict[str, dict[str, str]],
+        request: pytest.FixtureRequest) -> None:
+    seen = transformer_fuzz(corpus, columns, settings(FUZZ, max_examples=20_000, derandomize=False))
+    note(request, f"{sum(seen.values())} new hostile records (not derandomized): exceptions 0")
 
 
 # --------------------------------------------------------------------------- end to end
