@@ -51,6 +51,7 @@ class BackfillResult:
     complete: bool = False
     fallback_reason: str | None = None
     seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # entities that write to Postgres only now
 
     @property
     def rejected(self) -> int:
@@ -100,6 +101,7 @@ def run_backfill(
     conn = connect_pg(config.require_pg(), retries=config.connect_retries)
     try:
         require_schema(conn)
+        chosen, skipped = _not_frozen(conn, chosen, explicit=bool(entities))
         _lock(conn)
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
         rules = rules_fingerprint()
@@ -109,6 +111,7 @@ def run_backfill(
         run = _Run(config, conn, kv, chosen, BackfillResult(run_id, dry_run, budget, {e.name: Tally() for e in chosen}))
         # --restart re-applies every row; otherwise records unchanged since a run with the same
         # rules are not staged again (see BatchWriter).
+        run.result.skipped = skipped
         run.writer = None if run_id is None else BatchWriter(conn, run_id, rules=None if restart else rules)
         run.recheck = run_id is not None and _dual_written(conn, chosen)
         try:
@@ -127,6 +130,22 @@ def run_backfill(
         return run.result
     finally:
         conn.close()
+
+
+def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
+                explicit: bool) -> tuple[tuple[Entity, ...], list[str]]:
+    """Leave out entities that write to Postgres only (after cleanup): Postgres is their source
+    of truth, and copying KV's older values over it would undo the app's writes. Asked for by
+    name, such an entity is refused instead."""
+    rows = conn.execute("SELECT entity FROM kvmigrate.phases WHERE writes = 'postgres'").fetchall()
+    conn.rollback()
+    frozen = sorted({r[0] for r in rows} & {e.name for e in chosen})
+    if frozen and explicit:
+        raise GateRefused(
+            f"{', '.join(frozen)} write to Postgres only (cleanup ran): a backfill from KV would copy older "
+            "values over the app's newer rows",
+            hint="Postgres is the source of truth now; `kvmigrate verify` still compares what is left in KV")
+    return tuple(e for e in chosen if e.name not in frozen), frozen
 
 
 def _lock(conn: psycopg.Connection) -> None:

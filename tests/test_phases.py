@@ -227,3 +227,18 @@ def test_status_sums_every_kv_command_kvmigrate_sent_today(pg_url: str, kv_url: 
     status = commands.status(config)
     assert status.kv_requests_today == spent
     assert {"inventory", "flags", "backfill", "verify"} <= set(status.kv_requests_today_by_phase)
+
+
+def test_after_cleanup_backfill_leaves_postgres_only_entities_alone(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection, tmp_path: Path) -> None:
+    mixed_keyspace(kv)
+    config = _config(pg_url, kv_url)
+    _to_cutover(config)
+    commands.cleanup(config, entities=["streaks"], archive_dir=tmp_path, yes=True, settle=0, recheck_delay=0)
+    kv.set("streak:alice", orjson.dumps({"current": 1}))  # a stale copy somebody restored in KV
+    pg.execute("UPDATE streaks SET current_streak = 42 WHERE handle = 'alice'")  # the app, Postgres only
+    with pytest.raises(GateRefused, match="write to Postgres only"):
+        commands.backfill(config, entities=["streaks"])
+    result = commands.backfill(config)
+    assert result.skipped == ["streaks"] and "streaks" not in result.tallies
+    assert pg.execute("SELECT current_streak FROM streaks WHERE handle = 'alice'").fetchone() == (42,)

@@ -42,6 +42,7 @@ def _(r: BackfillResult) -> dict[str, Any]:
         "placeholder_users": r.placeholders,
         "dangling_refs": r.dangling_refs,
         "scripting_fallback": r.fallback_reason,
+        "skipped_entities": r.skipped,
         "seconds": round(r.seconds, 3),
     }
 
@@ -119,6 +120,8 @@ def _(r: BackfillResult, console: Console) -> None:
         console.print(f"dangling references: {r.dangling_refs} message ids listed whose msg: record is gone")
     if r.resumed_from:
         console.print(f"resumed from scan cursor {r.resumed_from}")
+    if r.skipped:
+        console.print(f"skipped {', '.join(r.skipped)}: they write to Postgres only now (cleanup ran)")
     if r.fallback_reason:
         console.print(f"scripting refused ({r.fallback_reason}): read with pipelines")
     console.print(f"KV requests: {r.budget.spent} ({', '.join(f'{k} {v}' for k, v in sorted(r.budget.by_command.items()))})"
