@@ -10,10 +10,15 @@ Postgres, or the flags hash in KV. Archives and exports are private (0600, folde
 Dry runs (and read-only commands) are checked through the servers' own statistics, not by
 trusting the code: KV `INFO commandstats` shows no write command, and Postgres counts no
 inserted, updated or deleted tuple and no transaction id for the database.
+
+No SQL is built from input: every statement kvmigrate sends is a literal, text fixed in the
+source, or composed with psycopg's `sql` module; values travel as parameters (checked on the
+source with `ast`).
 """
 
 from __future__ import annotations
 
+import ast
 import gzip
 import stat
 import time
@@ -228,3 +233,111 @@ def test_servers_really_demand_the_secrets(secured: Secured) -> None:
         psycopg.connect(secured.pg_url.replace(PASSWORD, WRONG), connect_timeout=3).close()
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=secured.kv.port, password=WRONG, retry=Retry(NoBackoff(), 0)).ping()
+
+
+# --------------------------------------------------------------------------- no SQL from input
+
+_SQL_CALLS = frozenset({"execute", "executemany", "copy"})
+
+
+def _sql_kind(node: ast.AST, names: dict[str, list[ast.AST]], seen: frozenset[str] = frozenset()) -> str:
+    """"safe" (a literal, or built with psycopg.sql), "built" (text assembled from values), or
+    "unknown"."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return "safe"
+    if isinstance(node, ast.JoinedStr):  # safe only when every part is a constant of the module
+        parts = [v.value for v in node.values if isinstance(v, ast.FormattedValue)]
+        return "safe" if all(_constant(p, names) for p in parts) else "built"
+    if isinstance(node, ast.BinOp):  # "..." + x, "..." % x: text assembled from values
+        constant = isinstance(node.op, ast.Add) and _constant(node.left, names) and _constant(node.right, names)
+        return "safe" if constant else "built"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        base = node.func.value
+        if node.func.attr == "format":  # sql.SQL(...).format(...) is safe; "...".format(...) is not
+            return "safe" if _sql_kind(base, names, seen) == "sql" or _is_sql(base) else "built"
+        if _is_sql(node):
+            return "safe"
+    if _is_sql(node):
+        return "safe"
+    ref = _ref(node)
+    if isinstance(node, ast.Call):  # a function of this module that returns SQL
+        ref = "return " + (_ref(node.func) or "?")
+    if ref in names and ref not in seen:
+        kinds = {_sql_kind(v, names, seen | {ref}) for v in names[ref]}
+        return "built" if "built" in kinds else "unknown" if "unknown" in kinds else "safe"
+    return "unknown"
+
+
+def _ref(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return "self." + node.attr
+    return ""
+
+
+def _sources(tree: ast.AST) -> dict[str, list[ast.AST]]:
+    """What each name can hold: assignments (`x`, `self.x`), what a function returns
+    (`return f`), and, for a parameter, the arguments its module's callers pass."""
+    names: dict[str, list[ast.AST]] = {}
+    functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) and node.value is not None else []
+        for target in targets:
+            if _ref(target):
+                names.setdefault(_ref(target), []).append(node.value)  # type: ignore[union-attr]
+        if isinstance(node, ast.FunctionDef):
+            for ret in ast.walk(node):
+                if isinstance(ret, ast.Return) and ret.value is not None:
+                    names.setdefault("return " + node.name, []).append(ret.value)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
+            params = [a.arg for a in functions[node.func.id].args.args]
+            for param, arg in zip(params, node.args, strict=False):
+                names.setdefault(param, []).append(arg)
+    return names
+
+
+def _constant(node: ast.AST, names: dict[str, list[ast.AST]]) -> bool:
+    """A string (or a tuple of strings, or a join of them) fixed in the source."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return True
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(_constant(e, names) for e in node.elts)
+    if isinstance(node, ast.Name) and node.id in names:
+        return all(_constant(v, names) for v in names[node.id])
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join":
+        return _constant(node.func.value, names) and all(_constant(a, names) for a in node.args)
+    return False
+
+
+def _is_sql(node: ast.AST) -> bool:
+    """A psycopg.sql composition: sql.SQL(...), sql.Identifier(...), ….format(...), ….join(...)."""
+    while isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if isinstance(node.func.value, ast.Name) and node.func.value.id == "sql":
+            return True
+        node = node.func.value
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+        isinstance(node.func.value, ast.Name) and node.func.value.id == "sql"
+
+
+def test_no_sql_is_built_from_input_only_psycopg_parameters_and_sql_composition() -> None:
+    probe = ast.parse("def f(c, key):\n c.execute(f'SELECT {key}')\n c.execute('SELECT ' + key)\n"
+                      " c.execute('SELECT %s' % key)\n c.execute('SELECT {}'.format(key))\n"
+                      " c.execute('SELECT %s', (key,))\n c.execute(sql.SQL('SELECT {}').format(sql.Identifier(key)))")
+    calls = [n for n in ast.walk(probe) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "execute"]
+    kinds = [_sql_kind(n.args[0], _sources(probe)) for n in sorted(calls, key=lambda n: n.lineno)]
+    assert kinds == ["built", "built", "built", "built", "safe", "safe"]  # the checker itself works
+    root = Path(__file__).resolve().parents[1] / "kvmigrate"
+    found: dict[str, list[str]] = {"built": [], "unknown": [], "safe": []}
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = _sources(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in _SQL_CALLS \
+                    and node.args:
+                kind = _sql_kind(node.args[0], names)
+                found[kind].append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert not found["built"], f"SQL text built from values: {found['built']}"
+    assert not found["unknown"], f"SQL of unknown origin: {found['unknown']}"
+    assert len(found["safe"]) > 50
