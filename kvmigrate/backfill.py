@@ -24,14 +24,16 @@ from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
-from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
+from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused
 from kvmigrate.kv.client import KvClient
+from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
-from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader, dedupe
+from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.records import RawRecord
 
 LOCK_BACKFILL = 0x6B766D62  # "kvmb": one backfill at a time per database
+MAX_PASSES = 3  # scans started over after KV restarts before giving up
 
 #: Called after each committed page with (keys scanned so far, keys in the store, tallies).
 Progress = Callable[[int, int, dict[str, Tally]], None]
@@ -52,6 +54,7 @@ class BackfillResult:
     fallback_reason: str | None = None
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # entities that write to Postgres only now
+    server_restarts: int = 0  # KV restarts seen during the run (each costs a rescan)
 
     @property
     def rejected(self) -> int:
@@ -129,7 +132,18 @@ def run_backfill(
         _close(run, "ok")
         return run.result
     finally:
+        _unlock(conn)
         conn.close()
+
+
+def _unlock(conn: psycopg.Connection) -> None:
+    """Release the backfill lock now rather than when the server notices the connection closed."""
+    try:
+        conn.rollback()
+        conn.execute("SELECT pg_advisory_unlock_all()")
+        conn.commit()
+    except psycopg.Error:
+        pass  # the connection is gone, and the server releases the lock with it
 
 
 def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
@@ -148,9 +162,16 @@ def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
     return tuple(e for e in chosen if e.name not in frozen), frozen
 
 
-def _lock(conn: psycopg.Connection) -> None:
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_BACKFILL,)).fetchone()
-    conn.commit()
+def _lock(conn: psycopg.Connection, *, wait: float = 3.0) -> None:
+    """Take the one-backfill-at-a-time lock, waiting up to `wait` seconds (a run that just ended
+    may still be releasing it); refuse if another backfill holds it."""
+    deadline = time.monotonic() + wait
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_BACKFILL,)).fetchone()
+        conn.commit()
+        if (row and row[0]) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
     if not row or not row[0]:
         raise GateRefused(
             "another backfill is running against this database",
@@ -164,13 +185,38 @@ def _checkpoint_name(run: _Run) -> str:
 
 
 def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
+    """One full SCAN pass (resumed from the checkpoint); again from the start if the KV server
+    restarted meanwhile, since a cursor is only valid on the process that returned it. Costs 2
+    INFO commands beyond the pass itself."""
     name = _checkpoint_name(run)
-    cursor = 0 if restart or run.result.dry_run else (state.get_checkpoint(run.conn, name) or 0)
+    server = server_id(run.kv)
+    cursor = 0 if restart or run.result.dry_run else (state.get_checkpoint(run.conn, name, server=server) or 0)
     run.conn.rollback()
     run.result.resumed_from = cursor or None
     source = KvSource(run.kv, run.entities, count=run.config.scan_count, use_eval=run.config.use_eval)
     total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar
-    writes = _Overlap(run, progress, total)
+    for _ in range(MAX_PASSES):
+        if cursor != state.SCAN_DONE:
+            _pass(run, source, name, cursor, server, progress, total)
+        now = server_id(run.kv)
+        if now == server:
+            break
+        run.result.server_restarts += 1  # the pass may have skipped keys: scan again (rereads only)
+        server, cursor = now, 0
+    else:
+        raise ConnectError("the KV server kept restarting during the backfill",
+                           hint="run the same command again once the KV store is stable")
+    run.result.complete = True
+    run.result.fallback_reason = source.fallback_reason
+    if not run.result.dry_run:
+        with run.conn.transaction():
+            state.clear_checkpoint(run.conn, name)
+
+
+def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | None,
+          progress: Progress | None, total: int) -> None:
+    """Read, transform and load every page from `cursor`, each page one transaction."""
+    writes = _Overlap(run, progress, total, server)
     try:
         for page in source.pages(cursor):
             batch = Batch()
@@ -180,18 +226,13 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
             for record, entity in page.records:
                 batch.add_outcome(entity, record, entity.transform(record), required)
             _fold(run, batch)
-            writes.submit(batch, (name, page.cursor), page.keys)
+            writes.submit(batch, (name, page.cursor or state.SCAN_DONE), page.keys)
             if run.recheck and run.writer is not None:
                 writes.wait()
                 _settle(run, source, batch)
         writes.wait()
     finally:
         writes.close()
-    run.result.complete = True
-    run.result.fallback_reason = source.fallback_reason
-    if not run.result.dry_run:
-        with run.conn.transaction():
-            state.clear_checkpoint(run.conn, name)
 
 
 class _Overlap:
@@ -202,10 +243,11 @@ class _Overlap:
     round trips release the GIL, so reading and transforming overlap the database's work.
     """
 
-    def __init__(self, run: _Run, progress: Progress | None, total: int) -> None:
+    def __init__(self, run: _Run, progress: Progress | None, total: int, server: str | None) -> None:
         self.run = run
         self.progress = progress
         self.total = total
+        self.server = server
         self.keys_seen = 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmigrate-writer")
         self.pending: tuple[Future[dict[str, LoadStats]], int] | None = None
@@ -216,7 +258,8 @@ class _Overlap:
         if self.run.writer is None:
             self._done(keys)
             return
-        self.pending = (self.pool.submit(self.run.writer.write, batch, checkpoint=checkpoint), keys)
+        self.pending = (self.pool.submit(self.run.writer.write, batch, checkpoint=checkpoint, server=self.server),
+                        keys)
 
     def wait(self) -> None:
         """Block until the page in flight is committed; re-raise its error, if any."""
@@ -331,7 +374,8 @@ class BatchWriter:
     def required(self) -> dict[str, RequiredCheck]:
         return {name: loader.missing_required for name, loader in self.loaders.items()}
 
-    def write(self, batch: Batch, *, checkpoint: tuple[str, int] | None = None) -> dict[str, LoadStats]:
+    def write(self, batch: Batch, *, checkpoint: tuple[str, int] | None = None,
+              server: str | None = None) -> dict[str, LoadStats]:
         """Load one batch in one transaction. Returns rows written per table."""
         out: dict[str, LoadStats] = {}
         with self.conn.transaction():
@@ -341,12 +385,12 @@ class BatchWriter:
                 ledger = [e for e in batch.ledger if (e.key, e.field) not in unchanged]
                 rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
             for table, loader in self.loaders.items():
-                out[table] = loader.load(dedupe(loader.spec, rows.get(table, [])))
+                out[table] = loader.load(rows.get(table, []))
             state.write_ledger(self.conn, self.run_id, ledger)
             state.write_rejects(self.conn, self.run_id, [r for r in batch.records if r not in unchanged],
                                 [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged])
             if checkpoint:
-                state.set_checkpoint(self.conn, checkpoint[0], checkpoint[1], self.run_id)
+                state.set_checkpoint(self.conn, checkpoint[0], checkpoint[1], self.run_id, server=server)
         return out
 
     def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:

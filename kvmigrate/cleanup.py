@@ -39,10 +39,10 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.entities.base import Family
-from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
+from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages
+from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id
 from kvmigrate.kv.snapshot import LUA_LIB, Snapshot, SnapshotReader
 
 LOCK_CLEANUP = 0x6B766D63  # "kvmc": one cleanup at a time per database
@@ -289,17 +289,31 @@ def _flags(run: _Run, writer: KvClient, settle: float) -> None:
 
 
 def _scan(run: _Run) -> None:
+    """One SCAN pass from the checkpoint; again from the start when the KV server restarted (a
+    cursor is only valid on the process that returned it). 2 INFO commands beyond the pass."""
     dry = run.result.dry_run
     name = "cleanup:" + ",".join(sorted(e.name for e in run.chosen))
-    cursor = 0 if dry else (state.get_checkpoint(run.conn, name) or 0)
+    server = server_id(run.reader.kv)
+    cursor = 0 if dry else (state.get_checkpoint(run.conn, name, server=server) or 0)
     run.result.resumed_from = cursor or None
-    for next_cursor, keys in scan_pages(run.reader.kv, cursor=cursor, count=run.config.scan_count):
-        items = _candidates(run, keys)
-        if items:
-            _page(run, items)
-        if not dry:
-            with run.conn.transaction():
-                state.set_checkpoint(run.conn, name, next_cursor, run.result.run_id or 0)
+    for _ in range(3):
+        pages = () if cursor == state.SCAN_DONE else scan_pages(run.reader.kv, cursor=cursor,
+                                                                 count=run.config.scan_count)
+        for next_cursor, keys in pages:
+            items = _candidates(run, keys)
+            if items:
+                _page(run, items)
+            if not dry:
+                with run.conn.transaction():
+                    state.set_checkpoint(run.conn, name, next_cursor or state.SCAN_DONE, run.result.run_id or 0,
+                                         server=server)
+        now = server_id(run.reader.kv)
+        if now == server:
+            break
+        server, cursor = now, 0  # keys the restarted server's SCAN skipped: look again
+    else:
+        raise ConnectError("the KV server kept restarting during cleanup",
+                           hint="run the same command again once the KV store is stable")
     run.result.complete = True
     run.result.fallback_reason = run.reader.fallback_reason
     if not dry:

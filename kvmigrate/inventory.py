@@ -110,7 +110,7 @@ def run_inventory(config: Config) -> InventoryResult:
         plain_entity_pages += page_plain
         pipeline_cost += 1 if string_keys else 0
         entity_pages += page_entity
-    fixed = 2  # backfill's PING (connect) and DBSIZE (progress total)
+    fixed = 4  # backfill's PING (connect), DBSIZE (progress total) and 2 INFO (server restarts)
     return InventoryResult(
         patterns=patterns,
         total_keys=sum(p.keys for p in patterns.values()),

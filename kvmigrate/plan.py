@@ -3,7 +3,8 @@
 One inventory pass (about 2 commands per 1,000 keys) measures the keyspace; the rest is
 arithmetic over how each phase reads: one SCAN per page, one read-only script per page of
 entity keys, one HSCAN per 1,000 fields of a registry hash, one compare-and-delete script per
-page of deletable keys, one HSET per flag change. Read-only.
+page of deletable keys, one HSET per flag change, and 2 INFO per pass (a pass checks that the
+KV server did not restart under it). Read-only.
 
 The model assumes server-side scripting (what Upstash, Vercel KV, Redis and Valkey allow);
 without it, reads cost about one command per non-string key (the backfill row says how much).
@@ -56,13 +57,13 @@ def run_plan(config: Config) -> PlanResult:
     phases = [
         PhaseCost("inventory", inv.budget.spent, "measured: SCAN + one census script per page"),
         PhaseCost("flags", 3 * (c + 1), "a connection + HSET for each of dual-write, cutover and cleanup"),
-        PhaseCost("backfill", c + 1 + read_pass + reads + hscans,
-                  "a connection, DBSIZE, the read pass, and re-reading each page once under dual writes",
+        PhaseCost("backfill", c + 3 + read_pass + reads + hscans,
+                  "a connection, DBSIZE, 2 INFO, the read pass, and re-reading each page once under dual writes",
                   1 + keys * NAIVE_PER_KEY["backfill"]),
-        PhaseCost("verify", 2 * (c + read_pass), "two full verifies: dual-write's and cleanup's",
+        PhaseCost("verify", 2 * (c + 2 + read_pass), "two full verifies (dual-write's and cleanup's), 2 INFO each",
                   2 * keys * NAIVE_PER_KEY["verify"]),
-        PhaseCost("archive", 2 * c + 1 + pages + inv.entity_pages,
-                  "2 connections + HSET, SCAN, one read script per page with entity keys",
+        PhaseCost("archive", 2 * c + 3 + pages + inv.entity_pages,
+                  "2 connections, HSET, 2 INFO, SCAN, one read script per page with entity keys",
                   keys * NAIVE_PER_KEY["archive"]),
         PhaseCost("delete", inv.entity_pages, "one compare-and-delete script per page",
                   keys * NAIVE_PER_KEY["delete"]),

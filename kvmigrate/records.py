@@ -17,6 +17,8 @@ class RawRecord:
 
     `redis_type` is the server's type name ("string", "hash", "list", "set", "zset"); for a
     field of a split hash it is "hash" and `field` names the field, `value` is its bytes.
+    `name_problem` says why the key or field name cannot be stored as Postgres text (not UTF-8,
+    or a NUL byte): `key`/`field` then hold an escaped form and the record is rejected.
     """
 
     key: str
@@ -24,6 +26,7 @@ class RawRecord:
     value: RawValue
     field: str = ""
     family: str = ""
+    name_problem: str = ""
 
 
 @dataclass(frozen=True, slots=True)

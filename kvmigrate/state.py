@@ -87,16 +87,31 @@ def kv_spent_today(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def get_checkpoint(conn: psycopg.Connection, name: str) -> int | None:
+#: The cursor stored once a pass has read its last page (SCAN's own end cursor, 0, would read
+#: as "start over"): a run stopped before it finished up resumes with nothing left to scan.
+SCAN_DONE = -1
+
+
+def get_checkpoint(conn: psycopg.Connection, name: str, *, server: str | None = None) -> int | None:
+    """The SCAN cursor to resume from (SCAN_DONE: the pass is complete), or None. A cursor means
+    nothing to another server process (a restarted KV picks a new hash seed), so when `server`
+    (the KV's run id now) differs from the one stored, there is nothing to resume: start over."""
     row = conn.execute("SELECT cursor FROM kvmigrate.checkpoints WHERE name = %s", (name,)).fetchone()
-    return int(row[0]) if row else None
+    if not row:
+        return None
+    cursor, _, stored = str(row[0]).partition("@")
+    if server and stored and stored != server:
+        return None
+    return int(cursor)
 
 
-def set_checkpoint(conn: psycopg.Connection, name: str, cursor: int, run_id: int) -> None:
+def set_checkpoint(conn: psycopg.Connection, name: str, cursor: int, run_id: int, *,
+                   server: str | None = None) -> None:
+    """Store where a scan resumes, with the KV server process (run id) the cursor belongs to."""
     conn.execute(
         "INSERT INTO kvmigrate.checkpoints (name, cursor, run_id) VALUES (%s, %s, %s)"
         " ON CONFLICT (name) DO UPDATE SET cursor = EXCLUDED.cursor, run_id = EXCLUDED.run_id, updated_at = now()",
-        (name, str(cursor), run_id),
+        (name, f"{cursor}@{server}" if server else str(cursor), run_id),
     )
 
 

@@ -37,7 +37,8 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.diff import Differ, Difference, EntityCheck
 from kvmigrate.entities import Entity, select_entities
-from kvmigrate.errors import BudgetExhausted, ConfigError
+from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError
+from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
 from kvmigrate.records import RawRecord
 from kvmigrate.verified import record_verified, supersede
@@ -115,8 +116,12 @@ def run_verify(
                 for records in _sample_records(conn, source, chosen, sample, seed):
                     differ.stage(records)
             else:
+                server = server_id(kv)
                 for page in source.pages():
                     differ.stage(page.records)
+                if server_id(kv) != server:
+                    raise ConnectError("the KV server restarted during the verify, so its scan may have skipped "
+                                       "keys; nothing was recorded", hint="run the same verify again")
                 if folder is not None:
                     _stage_memories(differ, folder, config.batch_size)
             differ.compare(extras=not sample)

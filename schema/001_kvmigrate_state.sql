@@ -73,6 +73,19 @@ CREATE TABLE kvmigrate.row_origin (
 );
 CREATE INDEX row_origin_source ON kvmigrate.row_origin (source_key, source_field);
 
+-- fill_sources: every source's own values for a row merged from several records (users from
+-- vibe:handles, vibe:agents, vibe:users and user:*), so the row is recomputed from all of them
+-- whichever page brought which source.
+CREATE TABLE kvmigrate.fill_sources (
+    tbl           TEXT NOT NULL,
+    pk            TEXT NOT NULL,
+    source_key    TEXT NOT NULL,
+    source_field  TEXT NOT NULL DEFAULT '',
+    rank          INT NOT NULL,
+    vals          JSONB NOT NULL,
+    PRIMARY KEY (tbl, pk, source_key, source_field)
+);
+
 CREATE TABLE kvmigrate.phases (
     entity      TEXT PRIMARY KEY,
     writes      TEXT NOT NULL DEFAULT 'kv' CHECK (writes IN ('kv', 'dual', 'postgres')),

@@ -333,7 +333,7 @@ def write(client: redis.Redis, record: RawRecord) -> None:
 
 
 def storable_key(record: RawRecord) -> bool:
-    """Keys and fields Postgres TEXT can hold (see the xfail tests for the others)."""
+    """Keys and fields Postgres TEXT can hold (the others are rejected as invalid_key, tested below)."""
     return not any("\x00" in s or any(0xD800 <= ord(ch) <= 0xDFFF for ch in s) for s in (record.key, record.field))
 
 
@@ -443,12 +443,9 @@ def test_keys_with_glob_characters_newlines_and_quotes_are_handled_by_name(
     assert pg.execute("SELECT handle FROM streaks").fetchall() == [("alice",)]
 
 
-# --------------------------------------------------------------------------- known bugs
+# --------------------------------------------------------------------------- names Postgres cannot store
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="a key or hash field that is not UTF-8 cannot be written to the ledger (TEXT): "
-                          "the batch fails and every rerun stops at the same page")
 def test_a_key_that_is_not_utf8_is_recorded_and_the_others_migrate(
         pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
     kv.set(b"streak:caf\xe9", b'{"current": 1}')
@@ -457,17 +454,18 @@ def test_a_key_that_is_not_utf8_is_recorded_and_the_others_migrate(
     assert commands.backfill(build_config(pg_url=pg_url, kv_url=kv_url, env={})).complete
     assert pg.execute("SELECT handle FROM streaks").fetchall() == [("alice",)]
     assert pg.execute("SELECT count(*) FROM kvmigrate.ledger").fetchone() == (2,)
+    assert pg.execute("SELECT key, reason_code, raw_value FROM kvmigrate.rejects").fetchall() == [
+        ("streak:caf\\xe9", "invalid_key", '{"current": 1}')]
 
 
-@pytest.mark.xfail(strict=True, raises=psycopg.DataError,
-                   reason="a key or hash field holding a NUL byte cannot be written to the ledger (TEXT): "
-                          "the batch fails and every rerun stops at the same page")
 def test_a_key_with_a_nul_byte_is_recorded_and_the_others_migrate(
         pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
     kv.hset("vibe:handles", mapping={b"al\x00ice": b'{"handle": "alice"}', b"bob": b'{"handle": "bob"}'})
     commands.setup(build_config(pg_url=pg_url, env={}))
     assert commands.backfill(build_config(pg_url=pg_url, kv_url=kv_url, env={})).complete
     assert pg.execute("SELECT handle FROM users").fetchall() == [("bob",)]
+    assert pg.execute("SELECT key, field, reason_code FROM kvmigrate.rejects").fetchall() == [
+        ("vibe:handles", "al\\x00ice", "invalid_key")]
 
 
 _SOURCES = (  # three sources of one user, as the registries hold them (rank: handles 40 > agents 30 > users 20)
@@ -491,8 +489,6 @@ def _user_rows(order: tuple[int, ...]) -> list[Any]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="fill merge is order-dependent with three sources: once the top source "
-                   "has left a column empty, the first lower source to arrive fills it, whatever its rank")
 @given(st.permutations((0, 1, 2)))
 @settings(deadline=None, derandomize=True, database=None)
 def test_merging_the_sources_of_one_user_does_not_depend_on_their_order(order: list[int]) -> None:
@@ -526,8 +522,6 @@ def _load_in_batches(url: str, batches: list[tuple[int, ...]]) -> Any:
         return conn.execute("SELECT * FROM users WHERE handle = 'ops_agent'").fetchone()
 
 
-@pytest.mark.xfail(strict=True, reason="fill merge across batches keeps only the top source's rank "
-                   "(row_origin): a column the top source leaves empty keeps the first lower source's value")
 def test_each_column_comes_from_the_highest_ranked_source_whatever_the_batches(
         new_pg_url: Callable[[], str]) -> None:
     at_once = _load_in_batches(new_pg_url(), [(0, 1, 2)])

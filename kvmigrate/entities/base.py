@@ -78,6 +78,8 @@ class EntityBase:
     def transform(self, record: RawRecord) -> Outcome:
         """Turn one record into rows or a reject. Never raises; never does I/O."""
         where = record.key + (f" field {record.field!r}" if record.field else "")
+        if record.name_problem:
+            return Outcome.rejected("invalid_key", f"{where}: {record.name_problem}; Postgres cannot store it")
         try:
             fam = self.family(record.family)
         except KeyError:

@@ -62,8 +62,32 @@ def decode_key(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def storable_name(name: str) -> tuple[str, str]:
+    """(a form of `name` Postgres TEXT can hold, why it had to change or ""). A name that is not
+    UTF-8 keeps its bytes as \\xNN escapes; a NUL byte becomes \\x00."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        escaped = encode_key(name).decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+        return escaped, "the name is not valid UTF-8"
+    if "\x00" in name:
+        return name.replace("\x00", "\\x00"), "the name contains a NUL byte"
+    return name, ""
+
+
 def encode_key(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
+
+
+def server_id(kv: KvClient) -> str | None:
+    """The KV server process's run id (INFO server), or None where the server does not say.
+    A SCAN cursor is only valid on the process that returned it. Costs 1 command."""
+    try:
+        info = kv.call("INFO", "server")
+    except redis.ResponseError:
+        return None
+    run_id = info.get("run_id") if isinstance(info, dict) else None
+    return str(run_id) if run_id else None
 
 
 def scan_pages(kv: KvClient, *, cursor: int = 0, count: int = 1000) -> Iterator[tuple[int, list[str]]]:

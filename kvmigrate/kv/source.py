@@ -13,7 +13,7 @@ from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import Family
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import BatchReader, hscan_records, scan_pages
+from kvmigrate.kv.scanner import BatchReader, hscan_records, scan_pages, storable_name
 from kvmigrate.records import RawRecord
 
 
@@ -45,7 +45,7 @@ class KvSource:
             for key in keys:
                 c = self.classifier.classify(key)
                 if c.status != "entity":
-                    page.policy.append((key, c.status, c.pattern))
+                    page.policy.append((storable_name(key)[0], c.status, c.pattern))
                 elif c.entity is not None and c.family is not None and c.entity.name in self.wanted:
                     items.append((key, c.entity, c.family))
             page.records = list(self.read(items))
@@ -61,11 +61,12 @@ class KvSource:
                 for record in hscan_records(self.kv, key, family, count=self.count):
                     if record.field not in seen:
                         seen.add(record.field)
-                        yield record, entity
+                        yield _storable(record), entity
         values = self.reader.read([k for k, _, _ in plain], [f for _, _, f in plain])
         for kv_value, (_, entity, family) in zip(values, plain, strict=True):
             if kv_value.redis_type != "none" and kv_value.value is not None:
-                yield RawRecord(kv_value.key, kv_value.redis_type, kv_value.value, "", family.name), entity
+                record = RawRecord(kv_value.key, kv_value.redis_type, kv_value.value, "", family.name)
+                yield _storable(record), entity
 
     def read_keys(self, keys: Sequence[str]) -> list[tuple[RawRecord, Entity]]:
         """Classify and read specific keys (verify's re-check, repair, sampling)."""
@@ -79,3 +80,15 @@ class KvSource:
     @property
     def fallback_reason(self) -> str | None:
         return self.reader.fallback_reason
+
+
+def _storable(record: RawRecord) -> RawRecord:
+    """The record, or, when its key or field cannot be stored as Postgres text, a copy with
+    escaped names and the reason (the transformer then rejects it: `invalid_key`)."""
+    key, key_problem = storable_name(record.key)
+    field, field_problem = storable_name(record.field)
+    problem = key_problem or field_problem
+    if not problem:
+        return record
+    return RawRecord(key, record.redis_type, record.value, field, record.family,
+                     f"{'key' if key_problem else 'field'}: {problem}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import orjson
@@ -77,21 +78,30 @@ def fill_merge(high: Mapping[str, Any], low: Mapping[str, Any], json_columns: Se
 
 
 def dedupe(spec: TableSpec, rows: Sequence[SourcedRow]) -> list[SourcedRow]:
-    """One row per primary key: highest (rank, source) wins; `fill` tables merge instead."""
+    """One row per primary key: highest (rank, source) wins; `fill` tables merge instead, folding
+    the sources from the lowest to the highest, so the result does not depend on their order."""
+    if spec.merge == "fill":
+        groups: dict[Any, list[SourcedRow]] = {}
+        for row in rows:
+            groups.setdefault(row.values[spec.pk], []).append(row)
+        return [merge_sources(spec, group) for group in groups.values()]
     best: dict[Any, SourcedRow] = {}
     for row in rows:
         pk = row.values[spec.pk]
         cur = best.get(pk)
-        if cur is None:
+        if cur is None or row.order > cur.order:
             best[pk] = row
-            continue
-        high, low = (row, cur) if row.order > cur.order else (cur, row)
-        if spec.merge == "fill":
-            merged = fill_merge(high.values, low.values, spec.json_columns)
-            best[pk] = SourcedRow(merged, high.rank, high.source_key, high.source_field)
-        else:
-            best[pk] = high
     return list(best.values())
+
+
+def merge_sources(spec: TableSpec, sources: Sequence[SourcedRow]) -> SourcedRow:
+    """The `fill` merge of every source of one row, credited to the highest-ranked source."""
+    ordered = sorted(sources, key=lambda r: r.order)
+    merged: dict[str, Any] = dict(ordered[0].values)
+    for row in ordered[1:]:
+        merged = fill_merge(row.values, merged, spec.json_columns)
+    top = ordered[-1]
+    return SourcedRow(merged, top.rank, top.source_key, top.source_field)
 
 
 class TableLoader:
@@ -129,10 +139,13 @@ class TableLoader:
         return None
 
     def load(self, rows: Sequence[SourcedRow], *, users: TableLoader | None = None) -> LoadStats:
-        """Stage and upsert `rows` (already deduplicated) in the caller's transaction."""
+        """Stage and upsert `rows` (every source's row: they are deduplicated here) in the
+        caller's transaction. A `fill` table's row is recomputed from all its sources ever seen
+        (kept in kvmigrate.fill_sources), not just this batch's."""
         stats = LoadStats()
         if not rows:
             return stats
+        rows = self._merged_with_stored(rows) if self.spec.merge == "fill" else dedupe(self.spec, rows)
         self.stage_rows(rows)
         if self.spec.user_refs:
             stats.placeholders = self._placeholders()
@@ -142,6 +155,37 @@ class TableLoader:
         stats.inserted = self._insert_new()
         self._record_origin()
         return stats
+
+    def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> list[SourcedRow]:
+        """Store this batch's sources, then merge every stored source of the rows they touch."""
+        pk = self.spec.pk
+        latest = {(str(r.values[pk]), r.source_key, r.source_field): r for r in rows}
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO kvmigrate.fill_sources (tbl, pk, source_key, source_field, rank, vals)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE"
+                " SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
+                " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)",
+                [(self.spec.name, k, src, fld, r.rank, Jsonb(dict(r.values), dumps=_dumps_any))
+                 for (k, src, fld), r in latest.items()])
+        stored = self.conn.execute(
+            "SELECT pk, source_key, source_field, rank, vals FROM kvmigrate.fill_sources"
+            " WHERE tbl = %s AND pk = ANY(%s)", (self.spec.name, sorted({k for k, _, _ in latest}))).fetchall()
+        groups: dict[str, list[SourcedRow]] = {}
+        for key, src, fld, rank, vals in stored:
+            groups.setdefault(key, []).append(SourcedRow(self._typed(vals), rank, src, fld))
+        return [merge_sources(self.spec, group) for group in groups.values()]
+
+    def _typed(self, vals: Mapping[str, Any]) -> dict[str, Any]:
+        """Values read back from JSONB, with times and dates as Python objects again."""
+        out = dict(vals)
+        for col, typ in zip(self.spec.columns, self.types, strict=True):
+            value = out.get(col)
+            if isinstance(value, str) and typ.startswith("timestamp"):
+                out[col] = datetime.fromisoformat(value)
+            elif isinstance(value, str) and typ == "date":
+                out[col] = date.fromisoformat(value)
+        return out
 
     def stage_rows(self, rows: Sequence[SourcedRow], *, truncate: bool = True) -> None:
         """COPY rows (with their source) into this loader's temp stage table."""
@@ -191,8 +235,8 @@ class TableLoader:
         spec, ident = self.spec, sql.Identifier
         outranks = sql.SQL("(o.pk IS NULL OR o.rank < 0 OR (s._rank, s._src, s._fld) >= (o.rank, o.source_key, o.source_field))")
         cols = [c for c in spec.columns if c != spec.pk]
-        if spec.merge == "fill":
-            new = [self._fill_expr(c, outranks) for c in cols]
+        if spec.merge == "fill":  # the staged row is already merged from every source: it wins
+            new = [sql.SQL("s.{}").format(ident(c)) for c in cols]
             where = sql.SQL("TRUE")
         else:
             new = [sql.SQL("s.{}").format(ident(c)) for c in cols]
@@ -211,15 +255,6 @@ class TableLoader:
                  pk=ident(spec.pk), where=where, current=current, new=sql.SQL(", ").join(new))
         return self.conn.execute(query).rowcount
 
-    def _fill_expr(self, col: str, outranks: sql.Composable) -> sql.Composable:
-        c = sql.Identifier(col)
-        if col in self.spec.json_columns:
-            return sql.SQL(
-                "CASE WHEN o.rank < 0 THEN s.{c} WHEN {hi} THEN coalesce(t.{c}, '{{}}') || coalesce(s.{c}, '{{}}')"
-                " ELSE coalesce(s.{c}, '{{}}') || coalesce(t.{c}, '{{}}') END").format(c=c, hi=outranks)
-        return sql.SQL("CASE WHEN {hi} THEN coalesce(s.{c}, t.{c}) ELSE coalesce(t.{c}, s.{c}) END").format(
-            c=c, hi=outranks)
-
     def _record_origin(self) -> None:
         self.conn.execute(
             sql.SQL(
@@ -231,3 +266,17 @@ class TableLoader:
                 " > (row_origin.rank, row_origin.source_key, row_origin.source_field)"
             ).format(tname=sql.Literal(self.spec.name), pk=sql.Identifier(self.spec.pk), s=sql.Identifier(self.stage))
         )
+
+
+def _dumps_any(value: Any) -> bytes:
+    """JSON for a stored source row: times and dates as ISO text (read back by `_typed`)."""
+
+    def iso(v: Any) -> Any:
+        if isinstance(v, (datetime, date)):
+            return v.isoformat()
+        raise TypeError(type(v).__name__)
+
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME, default=iso)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, default=iso).encode()

@@ -43,6 +43,7 @@ def _(r: BackfillResult) -> dict[str, Any]:
         "dangling_refs": r.dangling_refs,
         "scripting_fallback": r.fallback_reason,
         "skipped_entities": r.skipped,
+        "kv_server_restarts": r.server_restarts,
         "seconds": round(r.seconds, 3),
     }
 
@@ -118,10 +119,15 @@ def _(r: BackfillResult, console: Console) -> None:
         console.print(f"placeholder users: {r.placeholders} handles referenced with no user record (see README)")
     if r.dangling_refs:
         console.print(f"dangling references: {r.dangling_refs} message ids listed whose msg: record is gone")
-    if r.resumed_from:
+    if r.resumed_from == -1:
+        console.print("resumed after the last page: the scan had finished")
+    elif r.resumed_from:
         console.print(f"resumed from scan cursor {r.resumed_from}")
     if r.skipped:
         console.print(f"skipped {', '.join(r.skipped)}: they write to Postgres only now (cleanup ran)")
+    if r.server_restarts:
+        console.print(f"the KV server restarted {r.server_restarts} time(s) during the run: scanned again from the "
+                      "start so no key was skipped")
     if r.fallback_reason:
         console.print(f"scripting refused ({r.fallback_reason}): read with pipelines")
     console.print(f"KV requests: {r.budget.spent} ({', '.join(f'{k} {v}' for k, v in sorted(r.budget.by_command.items()))})"
