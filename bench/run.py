@@ -179,8 +179,8 @@ def table(res: dict[str, Any]) -> str:
                      f"  {row['pipeline']:>8.2f}  {'':>8}  {target}")
     lines.append("")
     rss = [bf["peak_rss_mb"], rr["peak_rss_mb"], vf["peak_rss_mb"]]
-    lines.append(f"{'peak RSS (MB)':<34}{'backfill ' + _fmt(rss[0]):>14}  rerun {_fmt(rss[1])}  verify "
-                 f"{_fmt(rss[2])}  ≤ {t['rss_mb']:.0f}: {_verdict(max(rss[:2]) <= t['rss_mb'])}")
+    lines.append(f"{'peak RSS (MB)':<34}{f'backfill {rss[0]:.0f}':>14}  rerun {rss[1]:.0f}  verify {rss[2]:.0f}"
+                 f"  ≤ {t['rss_mb']:.0f}: {_verdict(max(rss[:2]) <= t['rss_mb'])}")
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import redis
+
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import Family
 from kvmigrate.kv.classify import Classifier
@@ -53,15 +55,23 @@ class KvSource:
 
     def read(self, items: Sequence[tuple[str, Entity, Family]]) -> Iterator[tuple[RawRecord, Entity]]:
         """Read the given entity keys: registry hashes field by field (HSCAN), the rest in one
-        batch (1 EVAL, or MGET + pipelines). Keys deleted since SCAN are skipped."""
+        batch (1 EVAL, or MGET + pipelines). Keys deleted since SCAN are skipped; a registry key
+        that is not a hash costs one more command and is read with the batch."""
         plain = [(k, e, f) for k, e, f in items if not f.split_fields]
         for key, entity, family in items:
             if family.split_fields:
                 seen: set[str] = set()
-                for record in hscan_records(self.kv, key, family, count=self.count):
-                    if record.field not in seen:
-                        seen.add(record.field)
-                        yield _storable(record), entity
+                try:
+                    for record in hscan_records(self.kv, key, family, count=self.count):
+                        if record.field not in seen:
+                            seen.add(record.field)
+                            yield _storable(record), entity
+                except redis.ResponseError as exc:
+                    if "WRONGTYPE" not in str(exc) or seen:
+                        raise
+                    # Not a hash (the other codebase wrote another type here): read it whole,
+                    # and the transformer rejects it by its type, naming the key.
+                    plain.append((key, entity, family))
         values = self.reader.read([k for k, _, _ in plain], [f for _, _, f in plain])
         for kv_value, (_, entity, family) in zip(values, plain, strict=True):
             if kv_value.redis_type != "none" and kv_value.value is not None:
