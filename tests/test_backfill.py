@@ -164,3 +164,19 @@ def test_backfill_before_setup_says_to_run_setup(pg_url: str, kv_url: str) -> No
     result = cli("--pg-url", pg_url, "--kv-url", kv_url, "backfill")
     assert result.exit_code == 2, result.output
     assert "kvmigrate setup" in result.output
+
+
+def test_a_registry_key_of_another_type_is_rejected_by_name_and_the_run_completes(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    kv.delete("vibe:invites", "vibe:agents")
+    kv.set("vibe:invites", '{"VIBE-AAAA-ALIC": {"code": "VIBE-AAAA-ALIC"}}')
+    kv.rpush("vibe:agents", "ops_agent")
+    _setup(pg_url)
+    result = _backfill_json(pg_url, kv_url)["result"]
+    assert result["entities"]["invites"]["rejected"] >= 1
+    rejects = dict(pg.execute("SELECT key, reason_code FROM kvmigrate.rejects"
+                              " WHERE key IN ('vibe:invites', 'vibe:agents')").fetchall())
+    assert rejects == {"vibe:invites": "wrong_redis_type", "vibe:agents": "wrong_redis_type"}
+    original = pg.execute("SELECT raw_value FROM kvmigrate.rejects WHERE key = 'vibe:invites'").fetchone()
+    assert original is not None and "VIBE-AAAA-ALIC" in str(original[0])
