@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import redis
@@ -44,10 +44,15 @@ def is_pooled_url(url: str) -> bool:
 
 
 def _clean_pg_url(url: str) -> str:
-    """Drop query parameters libpq does not know (Prisma's `pgbouncer`, `connection_limit`)."""
+    """Drop query parameters libpq does not know (Prisma's `pgbouncer`, `connection_limit`).
+    The rest is re-encoded the way libpq decodes it (a space as %20: libpq reads `+` literally,
+    so `options=-c%20statement_timeout%3D5000` must not become `-c+statement_timeout…`)."""
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in {"pgbouncer", "connection_limit"}]
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in pairs if k not in {"pgbouncer", "connection_limit"}]
+    if len(query) == len(pairs):
+        return url
+    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
 
 
 def _normalise_kv_url(url: str) -> str:

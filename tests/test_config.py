@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from kvmigrate.config import build_config
-from kvmigrate.connections import is_pooled_url
+from kvmigrate.connections import connect_pg, is_pooled_url
 from kvmigrate.masking import mask_text, mask_url
 
 
@@ -41,6 +41,16 @@ def test_pooled_endpoints_are_detected() -> None:
     assert is_pooled_url("postgresql://u:p@ep-cool-123-pooler.us-east-2.aws.neon.tech/db")
     assert is_pooled_url("postgresql://u:p@host/db?pgbouncer=true")
     assert not is_pooled_url("postgresql://u:p@ep-cool-123.us-east-2.aws.neon.tech/db")
+
+
+def test_libpq_options_in_the_url_reach_the_server_with_prisma_parameters_dropped(pg_url: str) -> None:
+    joiner = "&" if "?" in pg_url else "?"
+    url = f"{pg_url}{joiner}options=-c%20statement_timeout%3D4321&pgbouncer=false&connection_limit=1"
+    conn = connect_pg(url, retries=0)
+    try:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
+    finally:
+        conn.close()
 
 
 def test_a_bad_setting_exits_2_with_a_clear_error_not_a_traceback() -> None:
