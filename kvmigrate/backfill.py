@@ -30,6 +30,7 @@ from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
 from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
+from kvmigrate.pg.stats import STATE_TABLES, analyze
 from kvmigrate.records import RawRecord
 
 LOCK_BACKFILL = 0x6B766D62  # "kvmb": one backfill at a time per database
@@ -487,6 +488,8 @@ def _finish(run: _Run) -> None:
     row = run.conn.execute(
         "SELECT count(*) FROM kvmigrate.row_origin WHERE tbl = 'users' AND rank < 0").fetchone()
     result.placeholders = int(row[0]) if row else 0
+    if any(t.rows_written for t in result.tallies.values()):  # fresh figures for verify and the app
+        analyze(run.conn, [*STATE_TABLES, *table_specs(run.entities)])
     run.conn.commit()
 
 

@@ -30,6 +30,7 @@ from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.kv.source import KvSource
 from kvmigrate.pg.loader import SourcedRow, TableLoader, dedupe
+from kvmigrate.pg.stats import STATE_TABLES, analyze
 from kvmigrate.records import RawRecord
 
 
@@ -127,8 +128,10 @@ class Differ:
         """Find missing, different and (with `extras`) extra rows of every table."""
         for table, pending in self.fill_rows.items():
             self.loaders[table].stage_rows(dedupe(self.specs[table], pending), truncate=False)
-        for name in ("kvm_verify_seen", *(loader.stage for loader in self.loaders.values())):
-            self.conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))  # temp tables are never auto-analyzed
+        # Temp tables are never auto-analyzed, and the app's tables and the ledger may carry
+        # figures sampled half-way through a backfill.
+        analyze(self.conn, ["kvm_verify_seen", *(loader.stage for loader in self.loaders.values()),
+                            *STATE_TABLES, *self.specs])
         for spec in self.specs.values():
             expected = self._expected(spec)
             self._count_checked(expected)
