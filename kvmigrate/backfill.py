@@ -24,7 +24,7 @@ from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
-from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused
+from kvmigrate.errors import BudgetExhausted, BudgetTooSmall, ConfigError, ConnectError, GateRefused
 from kvmigrate.kv.client import KvClient
 from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
@@ -75,6 +75,7 @@ class _Run:
     refs: set[str] = field(default_factory=set)
     seen_messages: set[str] = field(default_factory=set)
     recheck: bool = False
+    pages_committed: int = 0  # by this run
 
 
 def require_schema(conn: psycopg.Connection) -> None:
@@ -123,8 +124,10 @@ def run_backfill(
                 _scan(run, restart=restart, progress=progress)
             _memories(run, memories_dir, explicit="memories" in entities)
             _finish(run)
-        except BudgetExhausted:
+        except BudgetExhausted as exc:
             _close(run, "stopped")
+            if run_id is not None and run.pages_committed == 0:
+                raise _too_small(budget, exc) from None
             raise
         except BaseException:
             _close(run, "failed")
@@ -135,6 +138,20 @@ def run_backfill(
     finally:
         _unlock(conn)
         conn.close()
+
+
+def _too_small(budget: RequestBudget, exc: BudgetExhausted) -> BudgetTooSmall:
+    """The cap let this run commit no page: the same cap would stop at the same place again."""
+    return BudgetTooSmall(
+        f"--max-requests {budget.cap} is too small to make progress: this run committed no page "
+        f"({exc.message}; spent {_spent(budget)})",
+        hint="raise --max-requests: connecting costs about 4 commands, and a page about 2 (SCAN and one batch "
+        "read) plus 1 HSCAN per 1,000 fields of each registry hash it holds; rerunning with the same cap "
+        "would stop at the same place")
+
+
+def _spent(budget: RequestBudget) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(budget.by_command.items()))
 
 
 def _unlock(conn: psycopg.Connection) -> None:
@@ -270,6 +287,7 @@ class _Overlap:
         self.pending = None
         for table, stats in future.result().items():
             _credit(self.run, table, stats.written)
+        self.run.pages_committed += 1
         self._done(keys)
 
     def _done(self, keys: int) -> None:

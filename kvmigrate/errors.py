@@ -56,6 +56,11 @@ class BudgetExhausted(KvmigrateError):
     exit_code = 4
 
 
+class BudgetTooSmall(ConfigError):
+    """The KV request cap is below what one checkpointed step costs: a rerun with the same cap
+    would stop at the same place, so this is a bad setting, not a resumable stop."""
+
+
 class RejectsPresent(KvmigrateError):
     """Rejected records exist and `--strict` was given."""
 

@@ -72,8 +72,10 @@ def test_max_requests_stops_with_exit_4_and_resume_matches_an_uninterrupted_run(
     _setup(pg_url)
     stops = 0
     while True:
+        # 8 covers the costliest page: connecting (PING, SELECT), INFO, DBSIZE, then SCAN, one
+        # EVAL and an HSCAN for each of the two registry hashes, when SCAN returns both together.
         run = cli("--json", "--pg-url", pg_url, "--kv-url", kv_url, "backfill", "--batch-size", "10",
-                  "--max-requests", "7")
+                  "--max-requests", "8")
         if run.exit_code == 0:
             break
         assert run.exit_code == 4, run.output
@@ -81,6 +83,7 @@ def test_max_requests_stops_with_exit_4_and_resume_matches_an_uninterrupted_run(
         stops += 1
         assert stops < 100
     assert stops >= 3
+    print("STOPS", stops)
     with psycopg.connect(pg_url) as conn:
         resumed = dump_tables(conn)
     other = new_pg_url()  # the same keyspace, migrated in one go into a second database
@@ -89,6 +92,19 @@ def test_max_requests_stops_with_exit_4_and_resume_matches_an_uninterrupted_run(
     with psycopg.connect(other) as conn:
         straight = dump_tables(conn)
     assert resumed == straight
+
+
+def test_a_cap_too_small_for_one_page_exits_2_instead_of_stopping_at_the_same_place_forever(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    for _ in range(2):  # the same answer every time: nothing was committed to resume from
+        error = _backfill_json(pg_url, kv_url, "--max-requests", "5", expect=2)["error"]
+        assert error["message"].startswith("--max-requests 5 is too small to make progress: this run committed no page")
+        assert error["hint"].startswith("raise --max-requests")
+    assert pg.execute("SELECT count(*) FROM kvmigrate.ledger").fetchone() == (0,)
+    assert pg.execute("SELECT status FROM kvmigrate.runs").fetchall() == [("stopped",), ("stopped",)]
+    assert cli("--pg-url", pg_url, "--kv-url", kv_url, "backfill", "--max-requests", "50").exit_code == 0
 
 
 def test_dry_run_reads_everything_and_writes_nothing(pg_url: str, kv_url: str, kv: redis.Redis,
