@@ -252,10 +252,20 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         raise ArchiveCorrupt(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveCorrupt(f"{path} is not a {FORMAT} manifest")
-    for f in manifest.get("files", []):
-        if not _PART_RE.match(str(f.get("name", ""))):
-            raise ArchiveCorrupt(f"{path} lists an unexpected file name {f.get('name')!r}")
+    files = manifest.get("files", [])
+    if not isinstance(files, list):
+        raise ArchiveCorrupt(f"{path}: 'files' is not a list")
+    for f in files:
+        if not isinstance(f, dict) or not _PART_RE.match(str(f.get("name", ""))):
+            raise ArchiveCorrupt(f"{path} lists an unexpected file {f!r:.200}")
+        if not all(isinstance(f.get(k), t) for k, t in _FILE_FIELDS.items()):
+            raise ArchiveCorrupt(f"{path}: the entry for {f['name']} lacks one of {', '.join(_FILE_FIELDS)}")
     return manifest
+
+
+#: What every `files` entry of a manifest carries (and restore relies on).
+_FILE_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "entity": str, "part": int, "lines": int, "deleted": int, "bytes": int, "sha256": str}
 
 
 def verified_blobs(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[dict[str, Any], bytes]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 import redis
@@ -22,6 +23,7 @@ from kvmigrate.entities.streaks import STREAKS
 from kvmigrate.errors import GateRefused
 from kvmigrate.kv.scanner import BatchReader
 from kvmigrate.restore import run_restore
+from tests.helpers import cli
 from tests.test_cleanup import keyspace, prepare, same_keyspace, seed
 
 #: Streak-family keys the entity rejects (types it does not read, bytes that are not JSON);
@@ -104,6 +106,21 @@ def test_restore_refuses_a_damaged_archive_and_writes_nothing(pg_url: str, kv_ur
         run_restore(config, tmp_path)
     assert refused.value.exit_code == 1 and "streaks.jsonl.gz" in refused.value.message
     same_keyspace(before, keyspace(kv, skip=()))
+
+
+def test_restore_refuses_a_hand_edited_manifest_with_a_clear_error(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                                   tmp_path: Path) -> None:
+    config = prepared(pg_url, kv_url, kv)
+    run_cleanup(config, entities=["streaks"], archive_dir=tmp_path, yes=True)
+    good = orjson.loads((tmp_path / MANIFEST).read_bytes())
+    broken = [{**good, "files": "streaks.jsonl.gz"}, {**good, "files": [None]},
+              {**good, "files": [{**good["files"][0], "sha256": None}]},
+              {**good, "files": [{k: v for k, v in good["files"][0].items() if k != "part"}]}]
+    for manifest in broken:
+        (tmp_path / MANIFEST).write_bytes(orjson.dumps(manifest))
+        run = cli("--pg-url", pg_url, "--kv-url", kv_url, "restore", str(tmp_path))
+        assert run.exit_code == 1, run.output
+        assert "error: " in run.output and "report it" not in run.output  # not the hint for a bug
 
 
 def test_rerun_into_the_same_folder_keeps_earlier_lines(pg_url: str, kv_url: str, kv: redis.Redis,

@@ -20,6 +20,8 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer import _click as click
+from typer.core import TyperGroup
 
 from kvmigrate import __version__, report
 from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
@@ -27,7 +29,59 @@ from kvmigrate.connections import connection_errors
 from kvmigrate.errors import EXIT_CODES, KvmigrateError
 from kvmigrate.masking import mask_text
 
+#: Global options a user may also write after the command (`kvmigrate status --json`).
+GLOBAL_FLAGS = frozenset({"--json", "--traceback", "-v", "-vv", "--verbose"})
+GLOBAL_VALUED = frozenset({"--kv-url", "--pg-url"})
+
+
+def hoist_global_options(args: list[str], own: frozenset[str] = frozenset()) -> list[str]:
+    """Move global options written after the command name to before it, where the parser wants
+    them. Options the command defines itself (`own`) stay, and nothing after `--` moves."""
+    at = command_index(args)
+    if at >= len(args):
+        return args
+    end = args.index("--", at) if "--" in args[at:] else len(args)
+    moved: list[str] = []
+    kept: list[str] = []
+    i = at + 1
+    while i < end:
+        arg = args[i]
+        name = arg.split("=", 1)[0]
+        if name in own:
+            kept.append(arg)
+        elif arg in GLOBAL_FLAGS:
+            moved.append(arg)
+        elif arg in GLOBAL_VALUED and i + 1 < end:
+            moved += args[i:i + 2]
+            i += 1
+        elif name in GLOBAL_VALUED:
+            moved.append(arg)
+        else:
+            kept.append(arg)
+        i += 1
+    return args[:at] + moved + [args[at]] + kept + args[end:]
+
+
+def command_index(args: list[str]) -> int:
+    """Where the command name is in `args` (len(args) when there is none)."""
+    at = 0
+    while at < len(args) and args[at].startswith("-") and args[at] != "--":
+        at += 2 if args[at] in GLOBAL_VALUED else 1
+    return at
+
+
+class _Group(TyperGroup):
+    """The command group; accepts the global options after the command too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        at = command_index(args)
+        command = self.commands.get(args[at]) if at < len(args) else None
+        own = frozenset(o for p in (command.params if command else []) for o in getattr(p, "opts", []))
+        return super().parse_args(ctx, hoist_global_options(list(args), own))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="kvmigrate",
     help="Move an app's data from a Redis-compatible KV store (Vercel KV / Upstash) to Postgres "
     "in four phases: setup, dual-write + verify, cutover, cleanup.\n\n"
@@ -70,7 +124,8 @@ def _main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=lambda v: _print_version(v))] = False,
 ) -> None:
-    """Global options apply to every command and go before it: kvmigrate --json status."""
+    """Global options apply to every command: kvmigrate --json status (they may also follow the
+    command: kvmigrate status --json)."""
     ctx.obj = Globals(kv_url, pg_url, json_out, verbose, traceback)
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr, format="%(message)s")
 
