@@ -133,6 +133,9 @@ def test_read_only_guard_refuses_every_form_of_write_before_sending_it(kv_url: s
         ("SET", "k", "changed"), ("del", "k"), ("HSET", "h", "f", "v"), ("Expire", "k", 1), ("FLUSHDB",),
         ("EVAL", "return redis.call('SET', KEYS[1], 'x')", 1, "k"), ("EVALSHA", "0" * 40, 1, "k"),
         ("SCRIPT", "LOAD", "return 1"), ("FUNCTION", "FLUSH"), ("RENAME", "k", "k2"), ("RESTORE", "k2", 0, b""),
+        # writes no list names: only known reads pass
+        ("SETRANGE", "k", 0, "x"), ("SORT", "l", "STORE", "k"), ("PFADD", "hll", "a"), ("XADD", "s", "*", "f", "v"),
+        ("BITOP", "AND", "k", "k"), ("CONFIG", "SET", "maxmemory", "1"), ("FCALL", "f", 0), ("MIGRATE",),
     ]
     for command in attempts:
         with pytest.raises(ReadOnlyViolation, match="read-only"):
@@ -144,6 +147,10 @@ def test_read_only_guard_refuses_every_form_of_write_before_sending_it(kv_url: s
     assert set(added) <= {"info"}, added  # nothing reached the server (but this test's own INFO)
     assert kv.get("k") == b"original" and kv.dbsize() == 1
     assert client.call("GET", "k") == b"original"  # reads still work
+    client.eval_ro_supported = False  # as on a server without EVAL_RO: no plain EVAL either
+    with pytest.raises(redis.ResponseError, match="read-only"):
+        client.eval_ro("return redis.call('GET', KEYS[1])", ["k"])
+    assert "EVAL" not in budget.by_command
 
 
 def test_the_server_itself_refuses_a_script_that_writes_through_eval_ro(kv_url: str, kv: redis.Redis) -> None:

@@ -21,6 +21,16 @@ WRITE_COMMANDS = frozenset(
 )
 
 
+#: The only commands a read-only client sends: reads, scans, server facts, and scripts the
+#: server itself runs read-only (EVAL_RO). Anything else is refused before it is sent, so a
+#: command missing from WRITE_COMMANDS (SETRANGE, SORT … STORE, a module's write) cannot slip by.
+READ_COMMANDS = frozenset(
+    """GET MGET STRLEN GETRANGE EXISTS TYPE TTL PTTL DUMP SCAN HSCAN SSCAN ZSCAN HGET HMGET HGETALL
+    HKEYS HVALS HLEN HEXISTS HSTRLEN LRANGE LLEN LINDEX SMEMBERS SCARD SISMEMBER ZRANGE ZRANGEBYSCORE
+    ZREVRANGE ZCARD ZSCORE DBSIZE INFO PING ECHO TIME EVAL_RO EVALSHA_RO""".split()
+)
+
+
 class ReadOnlyViolation(ConfigError):
     """A write command was attempted through a read-only KV client."""
 
@@ -28,8 +38,8 @@ class ReadOnlyViolation(ConfigError):
 class KvClient:
     """Wraps a redis-py client. Every command goes through `call`/`pipeline` and is charged.
 
-    `read_only=True` refuses every write command (and EVAL unless the script is registered
-    as read-only via `eval_ro`), before anything is sent.
+    `read_only=True` refuses, before anything is sent, every command but the reads in
+    READ_COMMANDS (scripts only as EVAL_RO, which the server runs read-only).
     """
 
     def __init__(self, client: redis.Redis, budget: RequestBudget, *, read_only: bool = False):
@@ -39,7 +49,7 @@ class KvClient:
         self.eval_ro_supported = True
 
     def _guard(self, name: str) -> None:
-        if self.read_only and name.upper() in WRITE_COMMANDS:
+        if self.read_only and name.upper() not in READ_COMMANDS:
             raise ReadOnlyViolation(
                 f"refused to send {name.upper()}: this KV connection is read-only",
                 hint="rehearse and dry runs never write to KV",
@@ -67,6 +77,8 @@ class KvClient:
                 if "unknown command" not in str(exc).lower():
                     raise
                 self.eval_ro_supported = False
+        if self.read_only:  # a plain EVAL could write: the caller reads with pipelines instead
+            raise redis.ResponseError("EVAL_RO is not supported, and a read-only connection sends no plain EVAL")
         self.budget.charge("EVAL")
         return self.redis.execute_command("EVAL", script, len(keys), *keys, *args)
 
