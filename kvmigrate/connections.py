@@ -26,7 +26,7 @@ from tenacity import (
 )
 
 from kvmigrate.budget import RequestBudget
-from kvmigrate.errors import ConnectError
+from kvmigrate.errors import ConfigError, ConnectError
 from kvmigrate.kv.client import KvClient
 from kvmigrate.masking import mask_text, mask_url
 
@@ -107,10 +107,11 @@ def connect_kv(
             **_NO_CLIENT_INFO,
         )
     except ValueError as exc:
-        raise ConnectError(f"bad KV URL {mask_url(url)}: {exc}") from None
+        raise ConfigError(f"bad KV URL {mask_url(url)}: {mask_text(str(exc))}",
+                          hint="a KV URL looks like redis://host:6379/0 (credentials before the host), or rediss:// for TLS") from None
     kv = KvClient(client, budget, read_only=read_only)
     try:
-        for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, redis.ConnectionError):
+        for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, (redis.ConnectionError, redis.TimeoutError)):
             with attempt:
                 kv.call("PING")
     except (redis.RedisError, OSError) as exc:

@@ -61,3 +61,12 @@ def test_a_bad_setting_exits_2_with_a_clear_error_not_a_traceback() -> None:
     assert result.exit_code == 2, result.output
     assert "error: bad setting: daily_quota" in result.output and "'lots'" in result.output
     assert "Traceback" not in result.output and "pw-in-url" not in result.output
+
+
+def test_a_malformed_kv_url_exits_2_naming_it_masked() -> None:
+    from tests.helpers import cli
+
+    for url in ("redis://:tok3nSECRET@host:notaport/0", "http://:tok3nSECRET@host:6379"):
+        result = cli("--kv-url", url, "inventory")
+        assert result.exit_code == 2, result.output
+        assert "error: bad KV URL" in result.output and "tok3nSECRET" not in result.output

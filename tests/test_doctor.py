@@ -42,3 +42,15 @@ def test_doctor_exits_3_on_a_dead_postgres(kv_url: str) -> None:
     assert result.exit_code == 3, result.output
     assert "pgsecret99" not in result.output
     assert "postgresql://kvm:***@127.0.0.1" in result.output
+
+
+def test_doctor_fails_the_schema_check_when_an_applied_file_changed(pg_url: str, kv_url: str) -> None:
+    import psycopg
+
+    cli_json("--pg-url", pg_url, "setup")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE kvmigrate.schema_migrations SET checksum = 'tampered' WHERE version = 2")
+    env = cli_json("--pg-url", pg_url, "--kv-url", kv_url, "doctor", expect=1)
+    checks = {c["name"]: c for c in env["result"]["checks"]}
+    assert not checks["schema current"]["ok"]
+    assert "002_app_tables.sql was changed after it was applied" in checks["schema current"]["detail"]

@@ -133,7 +133,9 @@ def apply_migrations(
 
 
 def schema_status(conn: psycopg.Connection, directory: Path | None = None) -> tuple[int, int]:
-    """(applied, known) counts of schema files. Read-only."""
+    """(applied, known) counts of schema files; raises KvmigrateError when an applied file
+    changed since it ran (setup would refuse it). Read-only."""
     migrations = load_migrations(directory)
     applied = applied_checksums(conn)
+    check_unchanged(migrations, applied)
     return sum(1 for m in migrations if m.version in applied), len(migrations)
