@@ -8,7 +8,8 @@ always stay in KV. A Postgres write that fails is logged and not retried — lik
 which treats Postgres errors as non-fatal — so verify and repair have something real to catch.
 
 Every write is logged (`AppWrite`), and `check_writes` proves each one is in Postgres exactly
-once with the value the app wrote last. The Postgres row an app writes is the canonical row of
+once with the value the app wrote last: present under its key, with that value, and under no
+other key (every DM and post the app writes has content of its own). The Postgres row an app writes is the canonical row of
 the KV record it wrote (the same transformer kvmigrate uses), as the README asks apps to do.
 """
 
@@ -235,11 +236,12 @@ class AppCheck:
     rows_checked: int
     missing: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)  # a write's content under another key too
     pg_failures_healed: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.wrong
+        return not self.missing and not self.wrong and not self.duplicated
 
 
 def check_writes(conn: psycopg.Connection, writes: list[AppWrite]) -> AppCheck:
@@ -264,4 +266,20 @@ def check_writes(conn: psycopg.Connection, writes: list[AppWrite]) -> AppCheck:
                 check.missing.append(f"{table}.{w.pk}")
             elif row[1] != 1 or any(dict(zip(cols, row[2:], strict=True))[c] != v for c, v in w.row.items()):
                 check.wrong.append(f"{table}.{w.pk}")
+        check.duplicated += _copies(conn, table, pk, items)
     return check
+
+
+def _copies(conn: psycopg.Connection, table: str, pk: str, items: list[AppWrite]) -> list[str]:
+    """Rows that hold the content of an app write under a key the app never wrote it to: the
+    same message or post landed twice (the app's contents are unique per write). Read-only."""
+    wrote: dict[str, set[str]] = {}
+    for w in items:
+        if isinstance(w.row.get("content"), str):
+            wrote.setdefault(w.row["content"], set()).add(w.pk)
+    if not wrote:
+        return []
+    query = sql.SQL("SELECT {pk}::text, content FROM {t} WHERE content = ANY(%s)").format(
+        pk=sql.Identifier(pk), t=sql.Identifier(table))
+    rows = conn.execute(query, (sorted(wrote),)).fetchall()
+    return sorted(f"{table}.{key}" for key, content in rows if key not in wrote[content])

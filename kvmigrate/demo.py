@@ -9,6 +9,7 @@ value it wrote last. Exit 0 only if that check holds.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from kvmigrate.app_sim import AppCheck, SimApp, check_writes
 from kvmigrate.config import Config
 from kvmigrate.embedded import embedded_servers
 from kvmigrate.entities.common import Bad, handle
+from kvmigrate.errors import ConfigError
 from kvmigrate.seed import SeedResult, seed_keyspace, write_memory_files
 
 HOBBY_DAILY_QUOTA = 3000
@@ -49,6 +51,7 @@ class DemoResult:
     app_errors: list[str] = field(default_factory=list)
     naive_requests: int = 0
     urls: dict[str, str] = field(default_factory=dict)
+    files: str | None = None  # the archive and memory files, when kept
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     rejects_by_reason: dict[str, int] = field(default_factory=dict)
     deleted: int = 0
@@ -66,15 +69,29 @@ class DemoResult:
 
 def run_demo(config: Config, *, users: int = 46, seed: int = 7, keep: bool = False,
              say: Callable[[str], None] | None = None) -> DemoResult:
-    """Run the demo; embedded servers unless both URLs are given (then the KV db must be empty)."""
+    """Run the demo; embedded servers unless both URLs are given (then the KV db must be empty).
+
+    The archive and memory files go to a temporary folder, deleted at the end with the embedded
+    servers; kept (and named in the report) with `keep` or on servers of the caller's."""
+    if bool(config.pg_url) != bool(config.kv_url):
+        raise ConfigError("the demo runs on embedded servers, or on both --pg-url and --kv-url: one was given",
+                          hint="give both URLs (an empty KV db and a scratch database), or neither")
     if config.pg_url and config.kv_url:
-        return _Demo(config, users, seed, say).run()
+        demo = _Demo(config, users, seed, say)
+        result = demo.run()
+        result.files = str(demo.workdir)
+        return result
     with embedded_servers(keep=keep) as servers:
         demo = _Demo(config.model_copy(update={"pg_url": servers.pg_url, "kv_url": servers.kv_url}),
                      users, seed, say)
-        result = demo.run()
+        try:
+            result = demo.run()
+        finally:
+            if not keep:
+                shutil.rmtree(demo.workdir, ignore_errors=True)
         if keep:
             result.urls = {"pg_url": servers.pg_url, "kv_url": servers.kv_url, "stop": servers.stop_hint}
+            result.files = str(demo.workdir)
         return result
 
 

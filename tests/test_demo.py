@@ -3,6 +3,9 @@ simulated app writing throughout, and the final check that holds only if every w
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import psycopg
 import redis
 
@@ -14,6 +17,8 @@ from tests.helpers import cli_json
 def test_demo_runs_the_four_phases_and_every_app_write_is_in_postgres_once(
         pg_url: str, kv_url: str, kv: redis.Redis) -> None:
     result = run_demo(build_config(pg_url=pg_url, kv_url=kv_url, env={}), users=10, seed=3)
+    assert result.files is not None and (Path(result.files) / "archive" / "manifest.json").exists()
+    shutil.rmtree(result.files)
     assert result.ok, (result.app, result.app_errors)
     assert result.app is not None and result.app.rows_checked > 20
     assert [s.name for s in result.steps] == [
@@ -33,13 +38,14 @@ def test_demo_runs_the_four_phases_and_every_app_write_is_in_postgres_once(
 def test_demo_json_report_is_one_envelope_with_the_final_check(pg_url: str, kv_url: str) -> None:
     env = cli_json("--pg-url", pg_url, "--kv-url", kv_url, "demo", "--users", "8", "--seed", "5")
     result = env["result"]
+    shutil.rmtree(result["files"])
     assert env["ok"] is True and result["ok"] is True and result["app"]["ok"] is True
-    assert result["app"]["missing"] == [] and result["app"]["wrong"] == []
+    assert result["app"]["missing"] == [] and result["app"]["wrong"] == [] and result["app"]["duplicated"] == []
     assert sum(s["kv_requests"] for s in result["steps"]) == result["kv_requests"]
     assert result["hobby_daily_quota"] == 3000
 
 
-def test_the_final_check_fails_on_a_lost_or_stale_write(pg_url: str, pg: psycopg.Connection) -> None:
+def test_the_final_check_fails_on_a_lost_stale_or_duplicated_write(pg_url: str, pg: psycopg.Connection) -> None:
     from kvmigrate import commands
     from kvmigrate.app_sim import AppWrite, check_writes
 
@@ -55,3 +61,17 @@ def test_the_final_check_fails_on_a_lost_or_stale_write(pg_url: str, pg: psycopg
     pg.execute("UPDATE board_posts SET content = 'v2'")
     pg.execute("INSERT INTO board_posts (id, author, content) VALUES ('p2', 'ann', 'v2')")
     assert check_writes(pg, writes).ok
+    pg.execute("INSERT INTO board_posts (id, author, content) VALUES ('kvm_copy', 'ann', 'v2')")  # landed twice
+    check = check_writes(pg, writes)
+    assert (check.ok, check.missing, check.wrong, check.duplicated) == (False, [], [], ["board_posts.kvm_copy"])
+
+
+def test_the_demo_never_takes_its_servers_from_the_environment(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    from tests.helpers import cli
+
+    kv.set("production:key", "keep me")
+    env = {"DATABASE_URL": pg_url, "KV_URL": kv_url, "KVMIGRATE_KV_URL": kv_url}
+    run = cli("--pg-url", pg_url, "demo", "--users", "8", env=env)  # KV only from the environment: ignored
+    assert run.exit_code == 2, run.output
+    assert "hint: give both URLs" in run.output
+    assert kv.dbsize() == 1 and kv.get("production:key") == b"keep me"

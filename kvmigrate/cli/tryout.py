@@ -48,12 +48,16 @@ def demo(
     = False,
 ) -> None:
     """The whole migration on embedded Postgres + Valkey, with a simulated app writing throughout;
-    exit 0 only if every write the app made is in Postgres exactly once."""
+    exit 0 only if every write the app made is in Postgres exactly once. With --pg-url and --kv-url
+    (on the command line, never from the environment) it runs there instead; the KV db must be empty."""
     from kvmigrate.demo import run_demo
 
-    config = config_from(ctx)
+    g = global_options(ctx)
+    # Only URLs given on the command line: the environment (DATABASE_URL, KV_URL) usually names
+    # production, and the demo deletes keys.
+    config = config_from(ctx).model_copy(update={"pg_url": g.pg_url, "kv_url": g.kv_url})
     console = Console(stderr=True, highlight=False)
-    say = None if global_options(ctx).json else (lambda m: console.print(m, markup=False))
+    say = None if g.json else (lambda m: console.print(m, markup=False))
     run(ctx, lambda: run_demo(config, users=users, seed=seed, keep=keep, say=say),
         exit_code_of=lambda r: 0 if r.ok else 1)
 

@@ -36,6 +36,7 @@ def _(r: DemoResult) -> dict[str, Any]:
         "app_kv_commands": r.app_kv_commands,
         "app_errors": r.app_errors,
         "urls": r.urls,
+        "files": r.files,
     }
 
 
@@ -76,9 +77,12 @@ def _(r: DemoResult, console: Console) -> None:
         verdict = "HOLDS" if r.app.ok else "FAILS"
         console.print(f"final check {verdict}: {r.app.rows_checked} rows the app wrote are in Postgres exactly once "
                       f"with the value it wrote last" + ("" if r.app.ok else
-                      f"; missing {r.app.missing[:5]}, different {r.app.wrong[:5]}"), markup=False)
+                      f"; missing {r.app.missing[:5]}, different {r.app.wrong[:5]}, "
+                      f"copied under another key {r.app.duplicated[:5]}"), markup=False)
     if r.urls:
         console.print("servers kept running: " + ", ".join(f"{k}={v}" for k, v in r.urls.items()), markup=False)
+    if r.files:
+        console.print(f"cleanup's archive and the memory files: {r.files}", markup=False)
 
 
 @to_dict.register
