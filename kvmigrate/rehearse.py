@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,8 @@ def run_rehearse(
     repair: bool = True,
     progress: Progress | None = None,
 ) -> RehearseResult:
-    """Rehearse the migration into a scratch database; write the JSON and Markdown reports.
+    """Rehearse the migration into a scratch database; write the JSON and Markdown reports
+    (0600; the Markdown next to the JSON, as `.md`, unless `markdown` says where).
 
     Writes Postgres at `config.pg_url` (schema, rows, kvmigrate's records); never writes KV.
     Fails (see `RehearseResult.exit_code`) on differences (1), on more than `max_rejects` rejects
@@ -123,10 +125,17 @@ def run_rehearse(
     """
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.perf_counter()
+    if report is not None and markdown is None:
+        markdown = report.with_suffix(".md")
     try:
         result = _rehearse(config, memories_dir=memories_dir, repair=repair, progress=progress)
     except KvmigrateError as exc:
         _write_reports(config, started, report, markdown, error=exc)
+        raise
+    except Exception as exc:  # a bug: CI still gets a report that says what stopped the rehearse
+        _write_reports(config, started, report, markdown,
+                       error=KvmigrateError(f"unexpected {type(exc).__name__}: {exc}",
+                                            hint="rerun with --traceback and report it"))
         raise
     result.checks = checks(result, max_rejects=max_rejects, max_requests_real=max_requests_real)
     result.report_path = str(report) if report else None
@@ -218,5 +227,9 @@ def _write_reports(config: Config, started: dt.datetime, report: Path | None, ma
 
 
 def _write(path: Path, text: str) -> None:
+    """Write a report readable by its owner only (it holds values from the store)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)

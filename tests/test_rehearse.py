@@ -79,6 +79,18 @@ def test_rehearse_runs_setup_backfill_and_verify_into_a_scratch_database(
     report = orjson.loads((tmp_path / "r" / "report.json").read_bytes())
     assert report["result"] == result
     assert (tmp_path / "r" / "summary.md").read_text().startswith("## kvmigrate rehearse: PASSED")
+    for name in ("report.json", "summary.md"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o600  # the report holds the store's values
+
+
+def test_report_alone_writes_its_markdown_summary_beside_it(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                             tmp_path: Path) -> None:
+    mixed_keyspace(kv)
+    (tmp_path / "report.json").write_text("old")
+    (tmp_path / "report.json").chmod(0o644)
+    _rehearse(pg_url, kv_url, "--report", str(tmp_path / "report.json"))
+    assert (tmp_path / "report.md").read_text().startswith("## kvmigrate rehearse: PASSED")
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_rehearse_reports_measured_and_forecast_kv_cost(pg_url: str, kv_url: str, kv: redis.Redis) -> None:

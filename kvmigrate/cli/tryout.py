@@ -72,9 +72,10 @@ def rehearse(
     kv_url: Annotated[str | None, typer.Option("--kv-url", help="The KV store to read (default: the global "
                                                "option, then the environment). Only ever read.")] = None,
     report_path: Annotated[Path | None, typer.Option("--report", help="Write the JSON report (the --json "
-                                                     "envelope) to this file.")] = None,
+                                                     "envelope) to this file, mode 0600.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Write a Markdown summary to this file "
-                                                  "(for $GITHUB_STEP_SUMMARY or a PR comment).")] = None,
+                                                  "(for $GITHUB_STEP_SUMMARY or a PR comment). Default with "
+                                                  "--report: beside it, as .md.")] = None,
     max_rejects: Annotated[int | None, typer.Option("--max-rejects", min=0, help="Exit 5 when more records than "
                                                     "this are rejected. Default: no limit.")] = None,
     max_requests: Annotated[int | None, typer.Option("--max-requests", min=1, help="Exit 4 when the forecast KV "
