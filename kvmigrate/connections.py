@@ -166,6 +166,8 @@ def connect_pg(
     }
     if is_pooled_url(url):
         kwargs["prepare_threshold"] = None
+        log.warning("%s is a pooled (PgBouncer transaction-mode) endpoint: prepared statements are off, and the "
+                    "locks that keep two runs apart need the unpooled URL (DATABASE_URL_UNPOOLED)", mask_url(url))
     try:
         for attempt in _retrying(retries, f"Postgres {mask_url(url)}", on_retry, psycopg.OperationalError):
             with attempt:

@@ -70,3 +70,27 @@ def test_a_malformed_kv_url_exits_2_naming_it_masked() -> None:
         result = cli("--kv-url", url, "inventory")
         assert result.exit_code == 2, result.output
         assert "error: bad KV URL" in result.output and "tok3nSECRET" not in result.output
+
+
+def test_a_pooled_url_turns_prepared_statements_off_and_says_so_in_the_json_warnings(pg_url: str) -> None:
+    from tests.helpers import cli_json
+
+    pooled = f"{pg_url}{'&' if '?' in pg_url else '?'}pgbouncer=true"
+    conn = connect_pg(pooled, retries=0)
+    try:
+        assert conn.prepare_threshold is None
+    finally:
+        conn.close()
+    cli_json("--pg-url", pg_url, "setup")
+    env = cli_json("status", "--json", "--pg-url", pooled)
+    assert any("pooled (PgBouncer transaction-mode) endpoint" in w and "DATABASE_URL_UNPOOLED" in w
+               for w in env["warnings"]), env["warnings"]
+
+
+def test_retries_are_reported_in_the_json_warnings_with_the_url_masked() -> None:
+    from tests.helpers import cli_json
+
+    dead = "redis://:tok3nSECRET@127.0.0.1:1/0"
+    env = cli_json("--kv-url", dead, "inventory", env={"KVMIGRATE_CONNECT_RETRIES": "1"}, expect=3)
+    assert [w for w in env["warnings"] if "attempt 1 failed" in w and "redis://:***@127.0.0.1:1/0" in w], env
+    assert "tok3nSECRET" not in str(env)

@@ -154,21 +154,24 @@ def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[An
     command = ctx.command_path.split(" ", 1)[-1]
     started = dt.datetime.now(dt.timezone.utc)
     secrets = config_from(ctx).secrets
-    try:
-        with connection_errors():
-            result = fn()
-    except KvmigrateError as exc:
-        _fail(console, g, command, started, exc.exit_code, exc.message, exc.hint, secrets)
-    except KeyboardInterrupt:
-        _fail(console, g, command, started, 130, "interrupted", "run the same command again to resume", secrets)
-    except Exception as exc:  # a bug: say so plainly, keep secrets out, offer the trace
-        if g.traceback:
-            raise
-        _fail(console, g, command, started, 1, f"unexpected {type(exc).__name__}: {exc}",
-              "rerun with --traceback and report it", secrets)
+    with collected_warnings() as warned:
+        try:
+            with connection_errors():
+                result = fn()
+        except KvmigrateError as exc:
+            _fail(console, g, command, started, exc.exit_code, exc.message, exc.hint, secrets, warned)
+        except KeyboardInterrupt:
+            _fail(console, g, command, started, 130, "interrupted", "run the same command again to resume", secrets,
+                  warned)
+        except Exception as exc:  # a bug: say so plainly, keep secrets out, offer the trace
+            if g.traceback:
+                raise
+            _fail(console, g, command, started, 1, f"unexpected {type(exc).__name__}: {exc}",
+                  "rerun with --traceback and report it", secrets, warned)
     code = exit_code_of(result) if exit_code_of else 0
     if g.json:
-        typer.echo(report.dumps(report.envelope(command, started=started, exit_code=code, result=result), secrets))
+        typer.echo(report.dumps(report.envelope(command, started=started, exit_code=code, result=result,
+                                                warnings=warned), secrets))
     else:
         console.print(mask_text(_capture(result), secrets), highlight=False, markup=False, end="", soft_wrap=True)
     raise typer.Exit(code)
@@ -180,10 +183,32 @@ def _capture(result: Any) -> str:
     return buf.export_text()
 
 
+@contextlib.contextmanager
+def collected_warnings() -> Iterator[list[str]]:
+    """Collect what kvmigrate logs at WARNING or above while the block runs (retries, a pooled
+    URL, scripting refused), once each, for the JSON envelope's `warnings`. The messages still
+    go to stderr as usual."""
+    warned: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message not in warned:
+                warned.append(message)
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("kvmigrate")
+    logger.addHandler(handler)
+    try:
+        yield warned
+    finally:
+        logger.removeHandler(handler)
+
+
 def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code: int,
-          message: str, hint: str | None, secrets: tuple[str, ...]) -> NoReturn:
+          message: str, hint: str | None, secrets: tuple[str, ...], warned: list[str] | None = None) -> NoReturn:
     if g.json:
-        env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint)
+        env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint, warnings=warned)
         typer.echo(report.dumps(env, secrets))
     console.print("error: " + mask_text(message, secrets), markup=False, highlight=False)
     if hint:
