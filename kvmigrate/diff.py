@@ -97,6 +97,7 @@ class Differ:
         self.diffs: list[Difference] = []
         self.healed: list[Difference] = []
         self.superseded: list[Difference] = []
+        self.forgotten = 0  # recorded sources repair found gone from KV
         self.required = {n: loader.missing_required for n, loader in self.loaders.items()}
         rows = conn.execute("SELECT entity FROM kvmigrate.phases WHERE writes = 'postgres'").fetchall()
         self.postgres_writes = {r[0] for r in rows}  # entities whose source of truth is Postgres now
@@ -269,7 +270,8 @@ class Differ:
         repaired: list[Difference] = []
         todo = [d for d in self.diffs if d.kind != "extra" and self._repairable(d)]
         for chunk in _chunks(todo, self.source.count):
-            records = self._reread(chunk)
+            records = self._reread(chunk, stored=True)
+            self._forget_gone_sources(chunk, records)
             writer.load_records(records)
             repaired.extend(self._agreeing(chunk, records))
         self.resolve(repaired, "repaired")
@@ -303,12 +305,46 @@ class Differ:
             agree.update((table, pk) for (pk,) in self.conn.execute(query).fetchall())
         return [d for d in diffs if (d.table, d.pk) in agree]
 
-    def _reread(self, diffs: Sequence[Difference]) -> list[tuple[RawRecord, Entity]]:
-        """Read now every source of the differing rows, plus, for extra rows, the keys that
-        would hold them (a key the app wrote after the scan passed)."""
+    def _forget_gone_sources(self, diffs: Sequence[Difference], records: list[tuple[RawRecord, Entity]]) -> None:
+        """Forget the recorded sources of these rows that no longer give them a row: a key
+        deleted from KV since it was copied (the app's weekly `msg:*` clean-up) or changed to
+        hold another row. Until cleanup KV is the source of truth, and reads from Postgres must
+        show what reads from KV show now; so the sources that remain decide the row, and the
+        reload that follows can re-derive it. Memory files count as gone only when read."""
+        batch = self._batch(records)
+        for table, pks in _pks_by_table(diffs).items():
+            spec = self.specs[table]
+            now = {(str(r.values[spec.pk]), r.source_key, r.source_field) for r in batch.rows.get(table, [])}
+            store = "fill_sources" if spec.merge == "fill" else "row_origin"
+            stored = self.conn.execute(sql.SQL(
+                "SELECT pk, source_key, source_field FROM kvmigrate.{} WHERE tbl = %s AND pk = ANY(%s)"
+                " AND rank >= 0").format(sql.Identifier(store)), (table, sorted(pks))).fetchall()
+            gone = [(pk, key, field) for pk, key, field in stored if (pk, key, field) not in now
+                    and (self.memories is not None or not key.startswith(FILE_PREFIX))]
+            if gone:
+                self.conn.cursor().executemany(sql.SQL(
+                    "DELETE FROM kvmigrate.{} WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
+                ).format(sql.Identifier(store)), [(table, *g) for g in gone])
+                self.forgotten += len(gone)
+
+    def _stored_sources(self, spec: TableSpec, pks: set[str]) -> set[str]:
+        """The source keys recorded for these rows: the owner of each (row_origin), and for a
+        merged table every source ever merged into it (fill_sources)."""
+        store = "fill_sources" if spec.merge == "fill" else "row_origin"
+        rows = self.conn.execute(sql.SQL("SELECT DISTINCT source_key FROM kvmigrate.{} WHERE tbl = %s AND pk = ANY(%s)"
+                                         " AND source_key <> ''").format(sql.Identifier(store)),
+                                 (spec.name, sorted(pks))).fetchall()
+        return {key for (key,) in rows}
+
+    def _reread(self, diffs: Sequence[Difference], *, stored: bool = False) -> list[tuple[RawRecord, Entity]]:
+        """Read now every source of the differing rows (with `stored`, also the sources recorded
+        for them in Postgres), plus, for extra rows, the keys that would hold them (a key the
+        app wrote after the scan passed)."""
         keys = {d.key for d in diffs if d.key}
         for table, pks in _pks_by_table(diffs).items():
             keys.update(self._sources(self.specs[table], pks))
+            if stored:
+                keys.update(self._stored_sources(self.specs[table], pks))
         for d in diffs:
             if d.kind == "extra":
                 keys.update(self._candidates(self.specs[d.table], d.pk))

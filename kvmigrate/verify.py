@@ -54,6 +54,7 @@ class VerifyResult:
     entities: dict[str, EntityCheck]
     run_id: int | None = None
     extra_deleted: int = 0
+    sources_forgotten: int = 0  # recorded sources repair found gone from KV (see Differ.repair)
     seconds: float = 0.0
 
     @property
@@ -126,6 +127,7 @@ def run_verify(
                     _stage_memories(differ, folder, config.batch_size)
             differ.compare(extras=not sample)
             _second_look(differ, run_id, recheck_delay=recheck_delay, repair=repair)
+            result.sources_forgotten = differ.forgotten
             if repair_extra:
                 result.extra_deleted = _delete_extra(conn, differ)
             record_verified(differ, run_id)

@@ -290,6 +290,36 @@ def test_repair_recopies_missing_and_different_rows_and_leaves_extra_rows(
     assert _unverified(pg) == {("board:entry:entry_5", "")}  # gone from KV: nothing left to vouch for
 
 
+def test_a_source_deleted_from_kv_no_longer_decides_its_row_and_repair_converges(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    app_keyspace(kv)
+    kv.set("msg:m1", orjson.dumps({**MSG_1, "text": "hello (edited)"}))  # newer than its list copies
+    _backfill(pg_url, kv_url)
+    assert pg.execute("SELECT display_name FROM users WHERE handle = 'alice'").fetchone() == ("Alice",)
+    assert pg.execute("SELECT content FROM messages WHERE id = 'm1'").fetchone() == ("hello (edited)",)
+    # The app's weekly job deletes msg:m1 (its copies in messages:bob and vibe:messages remain),
+    # and alice's agent record goes (her registry and legacy records remain).
+    kv.delete("msg:m1")
+    kv.hdel("vibe:agents", "alice")
+    found = _verify(pg_url, kv_url)
+    assert _summary(found) == {"messages": {"different": [("messages", "m1", "messages:bob")]},
+                               "users": {"different": [("users", "alice", "vibe:handles")]}}
+    assert _summary(_backfill_and_verify(pg_url, kv_url)) == _summary(found)  # backfill alone keeps them
+    repaired = _verify(pg_url, kv_url, repair=True)
+    assert repaired.clean and repaired.sources_forgotten == 2
+    assert {n: c.repaired for n, c in repaired.entities.items() if c.repaired} == {"messages": 1, "users": 1}
+    assert pg.execute("SELECT display_name, settings ? 'model' FROM users WHERE handle = 'alice'").fetchone() == (
+        None, False)
+    assert pg.execute("SELECT content FROM messages WHERE id = 'm1'").fetchone() == ("hello",)  # as KV reads now
+    assert _verify(pg_url, kv_url).clean
+    assert _summary(_backfill_and_verify(pg_url, kv_url)) == {}  # and a later backfill agrees
+
+
+def _backfill_and_verify(pg_url: str, kv_url: str) -> VerifyResult:
+    commands.backfill(_config(pg_url, kv_url))
+    return _verify(pg_url, kv_url)
+
+
 def test_repair_extra_keeps_a_row_still_referenced_and_reports_it(
         pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
     app_keyspace(kv)

@@ -99,6 +99,7 @@ def _(r: VerifyResult) -> dict[str, Any]:
             for name, c in r.entities.items()
         },
         "extra_deleted": r.extra_deleted,
+        "sources_forgotten": r.sources_forgotten,
         "seconds": round(r.seconds, 3),
     }
 
@@ -189,6 +190,9 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
         console.print(r.confidence())
     if r.extra_deleted:
         console.print(f"deleted {r.extra_deleted} extra rows")
+    if r.sources_forgotten:
+        console.print(f"repair: {r.sources_forgotten} recorded sources are no longer in KV; the rows now follow "
+                      "the sources that remain")
     if any(c.superseded for c in r.entities.values()):
         console.print("superseded: rows Postgres changed after writes moved there, from KV keys unchanged since "
                       "they verified (KV is behind, not Postgres); cleanup still removes those keys")
