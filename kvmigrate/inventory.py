@@ -1,7 +1,8 @@
 """`kvmigrate inventory`: a census of the keyspace and what a backfill would cost.
 
 One SCAN pass plus one read-only script per page that returns each key's type, size and TTL
-(never its value): about 2 commands per 1,000 keys. Read-only.
+(never its value): about 2 commands per 1,000 keys. Without scripting, one TYPE per key (sizes
+and TTLs are then not measured). Read-only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from kvmigrate.connections import connect_kv
 from kvmigrate.entities import ENTITIES
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import encode_key, scan_pages
+from kvmigrate.kv.scanner import TYPED_READS, encode_key, scan_pages
 
 CENSUS_SCRIPT = """
 local out = {}
@@ -36,9 +37,6 @@ for i, k in ipairs(KEYS) do
 end
 return out
 """
-
-_CENSUS_PIPE = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD"}
-
 
 @dataclass
 class PatternCensus:
@@ -66,6 +64,7 @@ class InventoryResult:
     entity_pages: int = 0  # SCAN pages holding at least one entity key (cleanup reads and deletes these)
     plain_pages: int = 0  # SCAN pages holding entity keys read in one batch (1 script each)
     hscan_calls: int = 0  # HSCAN calls to read the big registry hashes field by field
+    pipelined_reads: int = 0  # commands to read the entity keys without scripting (MGETs included)
     used_eval: bool = True
 
     def by_status(self) -> Counter[str]:
@@ -86,47 +85,66 @@ def run_inventory(config: Config) -> InventoryResult:
     use_eval = config.use_eval
     for _, keys in scan_pages(kv, count=config.scan_count):
         pages += 1
-        census, use_eval = _census(kv, keys, use_eval)
-        page_plain = page_entity = False
-        string_keys = 0
-        for key, (rtype, items, mem, pttl) in zip(keys, census, strict=True):
-            c = classifier.classify(key)
+        classes = [classifier.classify(key) for key in keys]
+        census, use_eval = _census(kv, keys, use_eval, registries={
+            k for k, c in zip(keys, classes, strict=True) if c.family is not None and c.family.split_fields})
+        page_plain = page_entity = page_mget = False
+        for key, c, (rtype, items, mem, pttl) in zip(keys, classes, census, strict=True):
             entry = patterns.setdefault(c.pattern, PatternCensus(c.status, c.entity.name if c.entity else None, example=key))
             entry.keys += 1
             entry.types[rtype] += 1
             entry.items += items
             entry.bytes += max(mem, 0)
             entry.with_ttl += 1 if pttl >= 0 else 0
-            if c.status != "entity" or rtype == "none":
+            if c.status != "entity" or rtype == "none" or c.family is None:
                 continue
             naive += 1
             page_entity = True
-            if c.family is not None and c.family.split_fields:
+            if c.family.split_fields and rtype == "hash":
                 hscan_calls += max(1, math.ceil(items / config.scan_count))
             else:
+                hscan_calls += c.family.split_fields  # the HSCAN that finds it is not a hash
                 page_plain = True
-                string_keys += rtype == "string"
-                pipeline_cost += 0 if rtype == "string" and c.family and c.family.types == {"string"} else 2
+                page_mget |= "string" in c.family.types
+                pipeline_cost += pipelined_reads(c.family.types, rtype)
         plain_entity_pages += page_plain
-        pipeline_cost += 1 if string_keys else 0
+        pipeline_cost += page_mget
         entity_pages += page_entity
     fixed = 4  # backfill's PING (connect), DBSIZE (progress total) and 2 INFO (server restarts)
+    scripted = fixed + pages + plain_entity_pages + hscan_calls
+    pipelined = fixed + pages + pipeline_cost + hscan_calls
     return InventoryResult(
         patterns=patterns,
         total_keys=sum(p.keys for p in patterns.values()),
         pages=pages,
-        predicted_backfill=fixed + pages + plain_entity_pages + hscan_calls,
-        predicted_backfill_pipeline=fixed + pages + pipeline_cost + hscan_calls,
+        predicted_backfill=scripted if use_eval else pipelined,
+        predicted_backfill_pipeline=pipelined,
         naive_requests=naive,
         budget=budget,
         entity_pages=entity_pages,
         plain_pages=plain_entity_pages,
         hscan_calls=hscan_calls,
+        pipelined_reads=pipeline_cost,
         used_eval=use_eval,
     )
 
 
-def _census(kv: KvClient, keys: list[str], use_eval: bool) -> tuple[list[tuple[str, int, int, int]], bool]:
+def pipelined_reads(types: frozenset[str], rtype: str) -> int:
+    """Commands the pipelined reader (no scripting) spends on one key of a family holding
+    `types`, found to be `rtype`, beyond its page's one MGET (see BatchReader._read_pipeline)."""
+    if "string" in types and rtype == "string":
+        return 0  # in the page's MGET
+    others = types - {"string"}
+    if len(others) == 1 and next(iter(others)) in TYPED_READS:
+        return 1 if rtype in others else 3  # the typed read; else WRONGTYPE, TYPE, the right read
+    return 2 if rtype in TYPED_READS else 1  # TYPE, then the read
+
+
+def _census(kv: KvClient, keys: list[str], use_eval: bool, *,
+            registries: set[str]) -> tuple[list[tuple[str, int, int, int]], bool]:
+    """(type, items, bytes, PTTL) per key. Scripted: 1 command for the page. Without scripting:
+    1 TYPE per key, plus 1 HLEN per registry hash (its HSCANs are predicted from it); sizes and
+    TTLs are not measured (bytes and PTTL come back as -1)."""
     if not keys:
         return [], use_eval
     if use_eval:
@@ -136,10 +154,9 @@ def _census(kv: KvClient, keys: list[str], use_eval: bool) -> tuple[list[tuple[s
         except redis.ResponseError:
             use_eval = False
     types = [_s(t) for t in kv.pipeline([("TYPE", encode_key(k)) for k in keys])]
-    sizes = kv.pipeline([(_CENSUS_PIPE.get(t, "EXISTS"), encode_key(k)) for k, t in zip(keys, types, strict=True)])
-    ttls = kv.pipeline([("PTTL", encode_key(k)) for k in keys])
-    return [(t, int(n) if not isinstance(n, Exception) else 0, -1, int(p))
-            for t, n, p in zip(types, sizes, ttls, strict=True)], False
+    big = [k for k, t in zip(keys, types, strict=True) if k in registries and t == "hash"]
+    items = dict(zip(big, kv.pipeline([("HLEN", encode_key(k)) for k in big]), strict=True))
+    return [(t, int(items.get(k, 0)), -1, -1) for k, t in zip(keys, types, strict=True)], False
 
 
 def _s(value: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 
 from kvmigrate import commands
@@ -43,10 +44,11 @@ def test_our_count_of_every_command_matches_the_servers_own_statistics(
     assert sent == spent, (sent, spent)
 
 
+@pytest.mark.parametrize("use_eval", [True, False], ids=["scripted", "pipelined"])
 def test_plan_predicts_every_phase_within_ten_percent(pg_url: str, kv_url: str, kv: redis.Redis,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, use_eval: bool) -> None:
     seed_keyspace(kv, users=20, seed=9)
-    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=500, batch_size=500)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=500, batch_size=500, use_eval=use_eval)
     commands.setup(config)
     plan = commands.plan(config)
     predicted = {p.phase: p.commands for p in plan.phases}
@@ -61,19 +63,27 @@ def test_plan_predicts_every_phase_within_ten_percent(pg_url: str, kv_url: str, 
         + clean.kv_requests - clean.verify.budget.spent - clean.cleanup.kv_requests,
         "backfill": dual.backfill.budget.spent,
         "verify": dual.verify.budget.spent + clean.verify.budget.spent,
-        "archive": clean.cleanup.kv_requests - by.get("EVAL", 0),
-        "delete": by.get("EVAL", 0),
+        "archive": clean.cleanup.budget.by_phase["archive"],
+        "delete": clean.cleanup.budget.by_phase["delete"],
     }
+    assert actual["delete"] == (by["EVAL"] if use_eval else by["WATCH"] + by["MULTI"] + by["DEL"] + by["EXEC"]
+                                + by.get("UNWATCH", 0) + clean.cleanup.budget.by_phase_command[("delete", "TYPE")]
+                                + clean.cleanup.budget.by_phase_command[("delete", "PTTL")]
+                                + sum(n for (ph, cmd), n in clean.cleanup.budget.by_phase_command.items()
+                                      if ph == "delete" and cmd in ("GET", "HGETALL", "LRANGE", "SMEMBERS", "ZRANGE")))
     for phase, n in actual.items():
         assert abs(n - predicted[phase]) <= max(1, round(0.1 * n)), (phase, n, predicted[phase])
     whole = sum(actual.values()) + predicted["inventory"]
     assert abs(whole - plan.total) <= 0.1 * whole
-    assert plan.total < plan.naive_total / 5
+    if use_eval:  # without scripting cleanup pays about 3 commands a key to archive and 3 to delete
+        assert plan.total < plan.naive_total / 5
 
 
-def test_inventory_predicts_a_backfill_within_ten_percent(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+@pytest.mark.parametrize("use_eval", [True, False], ids=["scripted", "pipelined"])
+def test_inventory_predicts_a_backfill_within_ten_percent(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                          use_eval: bool) -> None:
     seed_keyspace(kv, users=20, seed=2)
-    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=300, batch_size=300)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=300, batch_size=300, use_eval=use_eval)
     commands.setup(config)
     predicted = commands.inventory(config).predicted_backfill
     spent = commands.backfill(config).budget.spent
@@ -98,3 +108,27 @@ def test_verify_stopped_by_the_budget_exits_4_records_no_verdict_and_reruns_whol
         verdicts = conn.execute("SELECT count(*) FROM kvmigrate.verify_results").fetchone()
     assert runs == [("stopped",)] and verdicts == (0,)
     assert commands.verify(config, recheck_delay=0).clean
+
+
+@pytest.mark.parametrize("use_eval", [True, False], ids=["scripted", "pipelined"])
+def test_inventory_counts_patterns_types_sizes_ttls_and_unknown_examples(
+        kv_url: str, kv: redis.Redis, use_eval: bool) -> None:
+    from tests.fixtures.data import mixed_keyspace
+    from tests.helpers import cli_json
+
+    mixed_keyspace(kv, board_posts=5)
+    args = ("--kv-url", kv_url, "inventory") + (() if use_eval else ("--no-eval",))
+    result = cli_json(*args)["result"]
+    patterns = result["patterns"]
+    assert result["total_keys"] == kv.dbsize() and result["scripting"] is use_eval
+    assert result["by_status"] == {"entity": kv.dbsize() - 6, "kept": 4, "unknown": 2}
+    assert patterns["streak:*"]["types"] == {"hash": 1, "string": 2, "list": 1}
+    assert patterns["friends:*"] == {**patterns["friends:*"], "status": "unknown", "keys": 1, "example": "friends:alice"}
+    assert patterns["vibe:handles"]["types"] == {"hash": 1}
+    if use_eval:
+        assert patterns["vibe:handles"]["items"] == 2 and patterns["board:entry:*"]["bytes"] > 7_000_000
+        assert patterns["session:*"]["with_ttl"] == 1 and patterns["presence:*"]["with_ttl"] == 1
+        assert result["kv_requests"] == 1 + 1 + 1 + 1  # SELECT, PING, one SCAN page, one census script
+    else:  # one TYPE per key, an HLEN per registry hash: no sizes, no TTLs
+        assert patterns["vibe:handles"]["items"] is None and patterns["board:entry:*"]["bytes"] is None
+        assert result["kv_requests"] == 1 + 1 + 1 + kv.dbsize() + 2

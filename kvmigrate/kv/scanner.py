@@ -39,7 +39,7 @@ end
 return out
 """
 
-_TYPED_READ = {
+TYPED_READS = {
     "string": ("GET",),
     "hash": ("HGETALL",),
     "list": ("LRANGE", 0, -1),
@@ -164,7 +164,7 @@ class BatchReader:
             if key in found:
                 continue
             others = family.types - {"string"} if key in maybe_string else family.types
-            if len(others) == 1 and next(iter(others)) in _TYPED_READ:
+            if len(others) == 1 and next(iter(others)) in TYPED_READS:
                 guessed.append((key, next(iter(others))))
             else:
                 unknown.append(key)
@@ -175,19 +175,19 @@ class BatchReader:
                 found[key] = KeyValue(key, rtype, _shape(rtype, value)) if value else KeyValue(key, "none", None)
         types = self.kv.pipeline([("TYPE", encode_key(k)) for k in unknown])
         typed = [(k, t.decode() if isinstance(t, bytes) else str(t)) for k, t in zip(unknown, types, strict=True)]
-        readable = [(k, t) for k, t in typed if t in _TYPED_READ]
+        readable = [(k, t) for k, t in typed if t in TYPED_READS]
         for (key, rtype), value in zip(readable, self._typed_reads(readable), strict=True):
             if isinstance(value, Exception):  # changed type between TYPE and read: treat as gone
                 found[key] = KeyValue(key, "none", None)
             else:
                 found[key] = KeyValue(key, rtype, _shape(rtype, value))
         for key, rtype in typed:
-            found.setdefault(key, KeyValue(key, rtype if rtype not in _TYPED_READ else "none", None))
+            found.setdefault(key, KeyValue(key, rtype if rtype not in TYPED_READS else "none", None))
         return [found[k] for k in keys]
 
     def _typed_reads(self, items: Sequence[tuple[str, str]]) -> list[Any]:
         """One pipelined read per (key, type). Costs len(items) commands."""
-        return self.kv.pipeline([(_TYPED_READ[t][0], encode_key(k), *_TYPED_READ[t][1:]) for k, t in items])
+        return self.kv.pipeline([(TYPED_READS[t][0], encode_key(k), *TYPED_READS[t][1:]) for k, t in items])
 
 
 def hscan_records(kv: KvClient, key: str, family: Family, *, count: int = 1000) -> Iterator[RawRecord]:

@@ -54,10 +54,13 @@ def _(r: InventoryResult) -> dict[str, Any]:
         "total_keys": r.total_keys,
         "by_status": dict(r.by_status()),
         "patterns": {
-            p: {"status": c.status, "entity": c.entity, "keys": c.keys, "types": dict(c.types), "items": c.items,
-                "bytes": c.bytes, "with_ttl": c.with_ttl, "example": c.example}
+            p: {"status": c.status, "entity": c.entity, "keys": c.keys, "types": dict(c.types),
+                # without scripting only types (and registry hash lengths) are measured
+                "items": c.items if r.used_eval else None, "bytes": c.bytes if r.used_eval else None,
+                "with_ttl": c.with_ttl if r.used_eval else None, "example": c.example}
             for p, c in sorted(r.patterns.items())
         },
+        "scripting": r.used_eval,
         "scan_pages": r.pages,
         "predicted_backfill_requests": r.predicted_backfill,
         "predicted_backfill_requests_without_scripting": r.predicted_backfill_pipeline,
@@ -144,12 +147,15 @@ def _(r: InventoryResult, console: Console) -> None:
         table.add_column(col, justify="right" if col in ("keys", "items", "bytes", "with TTL") else "left")
     for pattern, c in sorted(r.patterns.items(), key=lambda kv: (kv[1].status, kv[0])):
         types = ", ".join(f"{t} {n}" for t, n in c.types.most_common())
-        table.add_row(pattern, c.status, c.entity or "", str(c.keys), types, str(c.items), str(c.bytes),
-                      str(c.with_ttl))
+        sizes = (str(c.items), str(c.bytes), str(c.with_ttl)) if r.used_eval else ("-", "-", "-")
+        table.add_row(pattern, c.status, c.entity or "", str(c.keys), types, *sizes)
     console.print(table)
+    if not r.used_eval:
+        console.print("scripting is refused here: sizes and TTLs were not measured (one TYPE per key instead)")
     console.print(", ".join(f"{k}: {v}" for k, v in sorted(r.by_status().items())))
+    other = "" if not r.used_eval else f"{r.predicted_backfill_pipeline} without scripting; "
     console.print(f"a backfill would cost about {r.predicted_backfill} KV requests "
-                  f"({r.predicted_backfill_pipeline} without scripting; a naive per-key copy: {r.naive_requests})")
+                  f"({other}a naive per-key copy: {r.naive_requests})")
     console.print(f"this inventory cost {r.budget.spent} KV requests")
 
 
