@@ -5,6 +5,7 @@ Pure: no I/O. The backfill engine (and verify) feed it records and decide what t
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -13,7 +14,7 @@ from typing import Any
 
 from kvmigrate.entities.base import Entity, TableSpec
 from kvmigrate.pg.loader import SourcedRow
-from kvmigrate.records import Outcome, RawRecord, RawValue, Reject
+from kvmigrate.records import ContainerJson, Outcome, RawRecord, RawValue, Reject
 from kvmigrate.state import LedgerEntry, RejectEntry
 
 #: Given a row's values, the name of a required column it leaves empty (or None).
@@ -128,17 +129,31 @@ def _parts(value: RawValue | None) -> Iterable[bytes]:
 
 
 def raw_bytes(value: RawValue | None) -> bytes | str | None:
-    """The original value as stored in the rejects table: bytes, or JSON text for containers."""
+    """The original value as stored in the rejects table: the bytes of a string, or, for a
+    container, lossless JSON: a hash as [[field, value], …] pairs, a list or set as [member, …],
+    a sorted set as [[member, score], …]; each field, value and member a JSON string when it is
+    UTF-8 without NUL, else {"base64": "…"} (so the byte 0xff and the text "\\xff" stay apart)."""
     if value is None or isinstance(value, bytes):
         return value
     import orjson
 
-    def enc(b: object) -> object:
-        return b.decode("utf-8", "backslashreplace") if isinstance(b, bytes) else b
-
     if isinstance(value, dict):
-        return orjson.dumps({str(enc(k)): enc(v) for k, v in value.items()}).decode()
-    return orjson.dumps([[enc(x) for x in i] if isinstance(i, tuple) else enc(i) for i in value]).decode()
+        items: list[Any] = [[_member(k), _member(v)] for k, v in value.items()]
+    else:
+        items = [[_member(i[0]), i[1]] if isinstance(i, tuple) else _member(i) for i in value]
+    return ContainerJson(orjson.dumps(items).decode())
+
+
+def _member(part: object) -> object:
+    if not isinstance(part, bytes):
+        return part
+    try:
+        text = part.decode("utf-8")
+        if "\x00" not in text:
+            return text
+    except UnicodeDecodeError:
+        pass
+    return {"base64": base64.b64encode(part).decode("ascii")}
 
 
 def table_specs(entities: Iterable[Entity]) -> dict[str, TableSpec]:

@@ -74,3 +74,8 @@ class Outcome:
     @staticmethod
     def rejected(code: str, message: str) -> Outcome:
         return Outcome(reject=Reject(code, message))
+
+
+class ContainerJson(str):
+    """A hash, list, set or sorted set's value written as lossless JSON (the rejects table's
+    raw_encoding 'json'; see `kvmigrate.batch.raw_bytes`)."""

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
+from kvmigrate.records import ContainerJson
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +171,12 @@ def write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[Ledger
 
 
 def encode_raw(raw: bytes | str | None) -> tuple[str | None, str]:
-    """Store a raw value losslessly: UTF-8 text when it decodes (and has no NUL), else base64."""
+    """Store a raw value losslessly: UTF-8 text when it decodes (and has no NUL), else base64;
+    a container as its lossless JSON (see `raw_bytes`)."""
     if raw is None:
         return None, "utf8"
+    if isinstance(raw, ContainerJson):
+        return str(raw), "json"
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogateescape")
     try:

@@ -196,3 +196,26 @@ def test_a_registry_key_of_another_type_is_rejected_by_name_and_the_run_complete
     assert rejects == {"vibe:invites": "wrong_redis_type", "vibe:agents": "wrong_redis_type"}
     original = pg.execute("SELECT raw_value FROM kvmigrate.rejects WHERE key = 'vibe:invites'").fetchone()
     assert original is not None and "VIBE-AAAA-ALIC" in str(original[0])
+
+
+def test_a_rejected_container_keeps_its_exact_bytes_as_json(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                             pg: psycopg.Connection) -> None:
+    import base64
+
+    import orjson
+
+    kv.rpush("streak:listy", b"\xff", b"\\xff", "plain")
+    kv.hset("streak:hashy", mapping={b"\xfe": b"a\x00b", "current": "x"})  # rejected: not a number
+    kv.zadd("streak:zsetty", {b"\xc3": 1.5})
+    _setup(pg_url)
+    _backfill_json(pg_url, kv_url)
+    stored = {k: (orjson.loads(v), enc) for k, v, enc in pg.execute(
+        "SELECT key, raw_value, raw_encoding FROM kvmigrate.rejects").fetchall()}
+    b64 = lambda raw: {"base64": base64.b64encode(raw).decode()}  # noqa: E731
+    hash_pairs, encoding = stored.pop("streak:hashy")
+    assert encoding == "json" and sorted(hash_pairs, key=str) == sorted(
+        [[b64(b"\xfe"), b64(b"a\x00b")], ["current", "x"]], key=str)
+    assert stored == {
+        "streak:listy": ([b64(b"\xff"), "\\xff", "plain"], "json"),  # the byte and its escape stay apart
+        "streak:zsetty": ([[b64(b"\xc3"), 1.5]], "json"),
+    }
