@@ -219,3 +219,18 @@ def test_a_rejected_container_keeps_its_exact_bytes_as_json(pg_url: str, kv_url:
         "streak:listy": ([b64(b"\xff"), "\\xff", "plain"], "json"),  # the byte and its escape stay apart
         "streak:zsetty": ([[b64(b"\xc3"), 1.5]], "json"),
     }
+
+
+def test_restart_reapplies_every_record_where_a_rerun_skips_unchanged_ones(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    _backfill_json(pg_url, kv_url)
+    pg.execute("UPDATE streaks SET current_streak = 77 WHERE handle = 'alice'")  # Postgres drifted
+    rerun = _backfill_json(pg_url, kv_url)["result"]
+    assert rerun["entities"]["streaks"]["rows_written"] == 0  # KV unchanged: not staged again
+    assert pg.execute("SELECT current_streak FROM streaks WHERE handle = 'alice'").fetchone() == (77,)
+    restarted = _backfill_json(pg_url, kv_url, "--restart")["result"]
+    assert restarted["resumed_from_cursor"] is None and restarted["entities"]["streaks"]["rows_written"] == 1
+    assert pg.execute("SELECT current_streak FROM streaks WHERE handle = 'alice'").fetchone() == (3,)
+    assert sum(t["rows_written"] for t in restarted["entities"].values()) == 1

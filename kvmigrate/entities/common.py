@@ -159,7 +159,7 @@ def day(raw: Any, *, what: str = "date") -> date | None:
     """Parse a YYYY-MM-DD date (or a full timestamp, taking its UTC date); None/""/"null" → None."""
     if raw is None or (isinstance(raw, str) and raw.strip() in ("", "null")):
         return None
-    if isinstance(raw, str) and len(raw.strip()) == 10:
+    if isinstance(raw, str) and len(raw.strip()) == 10 and not raw.strip().isdigit():  # digits: epoch seconds
         try:
             d = date.fromisoformat(raw.strip())
         except ValueError:

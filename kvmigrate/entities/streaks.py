@@ -7,7 +7,8 @@ Two codebases wrote the same key name in two Redis types (KV-LAYOUT.md):
   `badges` (the achievements).
 
 Rules (README, "Data rules"): the handle comes from the key, normalised; `total_days` is
-`totalDays` when present, else the number of distinct `activeDays`; `badges` (or
+`totalDays` when present, else the number of distinct `activeDays`, else 0 (a missing number
+is 0, the column's default); `lastActive` is a date, or an epoch or ISO time (its UTC date); `badges` (or
 `achievements`) become `achievements`, in the order stored; every other field — `activeDays`
 included — is kept in `details` so nothing is dropped.
 """

@@ -1,0 +1,96 @@
+"""Streaks: both shapes (codebase A's hash of strings, B's JSON string) to exact rows, the
+total_days rule, achievements, every reject, and both shapes end to end on real servers."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from kvmigrate import commands
+from kvmigrate.config import build_config
+from kvmigrate.entities.streaks import STREAKS
+from kvmigrate.records import Outcome, RawRecord, Row
+
+
+def _streak(handle: str, value: bytes | dict[bytes, bytes]) -> Outcome:
+    redis_type = "string" if isinstance(value, bytes) else "hash"
+    return STREAKS.transform(RawRecord(f"streak:{handle}", redis_type, value, "", "streak"))
+
+
+def _row(**values: object) -> Outcome:
+    base = {"current_streak": 0, "longest_streak": 0, "total_days": 0, "last_active": None,
+            "achievements": [], "details": {}}
+    return Outcome(rows=(Row("streaks", {**base, **values}, 10),))
+
+
+def test_codebase_a_hash_of_strings_becomes_one_exact_row() -> None:
+    value = {b"current": b"3", b"longest": b"9", b"totalDays": b"41", b"lastActive": b"2025-06-01"}
+    assert _streak("alice", value) == _row(handle="alice", current_streak=3, longest_streak=9, total_days=41,
+                                           last_active=date(2025, 6, 1))
+
+
+def test_a_hash_with_fields_missing_takes_the_column_defaults() -> None:
+    assert _streak("bob", {b"current": b"2"}) == _row(handle="bob", current_streak=2)
+    assert _streak("bob", {b"current": b"null", b"longest": b""}) == _row(handle="bob")
+
+
+def test_codebase_b_json_string_counts_distinct_active_days_and_keeps_badges() -> None:
+    value = orjson.dumps({"current": 2, "longest": 5, "lastActive": "2025-06-02",
+                          "activeDays": ["2025-06-01", "2025-06-02", "2025-06-02", "2025-05-30T23:00:00Z"],
+                          "badges": ["first_dm", "streak_3"], "theme": "dark"})
+    assert _streak("Carol", value) == Outcome(rows=(Row("streaks", {
+        "handle": "carol", "current_streak": 2, "longest_streak": 5, "total_days": 3,
+        "last_active": date(2025, 6, 2), "achievements": ["first_dm", "streak_3"],
+        "details": {"activeDays": ["2025-06-01", "2025-06-02", "2025-06-02", "2025-05-30T23:00:00Z"],
+                    "theme": "dark"}}, 10),), stats={"handle_normalised": 1})
+
+
+def test_total_days_prefers_total_days_over_active_days_and_epoch_dates_parse() -> None:
+    value = orjson.dumps({"current": 1, "totalDays": 12, "activeDays": ["2025-06-01"], "lastActive": "1748736000"})
+    outcome = _streak("dana", value)
+    assert outcome.rows[0].values["total_days"] == 12
+    assert outcome.rows[0].values["last_active"] == date(2025, 6, 1)  # epoch seconds, as a string
+
+
+@pytest.mark.parametrize(("value", "code"), [
+    ({b"current": b"three"}, "wrong_type"),
+    ({b"current": b"2.5"}, "wrong_type"),
+    ({b"current": b"99999999999"}, "out_of_range"),
+    ({b"lastActive": b"2025-13-01"}, "bad_timestamp"),
+    ({b"lastActive": b"1890-01-01"}, "bad_timestamp"),
+    (b'{"activeDays": "2025-06-01"}', "wrong_type"),
+    (b'{"badges": [1, 2]}', "wrong_type"),
+    (b"[1, 2]", "wrong_json_type"),
+    (b"{not json", "invalid_json"),
+])
+def test_bad_streaks_are_rejected_with_a_reason_naming_the_problem(value: bytes | dict[bytes, bytes],
+                                                                   code: str) -> None:
+    outcome = _streak("erin", value)
+    assert outcome.rows == () and outcome.reject is not None
+    assert outcome.reject.code == code, outcome.reject
+
+
+def test_a_key_with_an_invalid_handle_is_rejected() -> None:
+    outcome = _streak("no spaces allowed", {b"current": b"1"})
+    assert outcome.reject is not None and outcome.reject.code == "invalid_handle"
+
+
+def test_both_shapes_land_in_postgres_end_to_end(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                 pg: psycopg.Connection) -> None:
+    kv.hset("streak:alice", mapping={"current": "3", "longest": "9", "totalDays": "41", "lastActive": "2025-06-01"})
+    kv.set("streak:bob", orjson.dumps({"current": 1, "activeDays": ["2025-06-01", "2025-06-03"], "badges": ["b"]}))
+    kv.rpush("streak:carol", "3")  # a list: not a shape either codebase wrote
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    result = commands.backfill(config)
+    assert (result.tallies["streaks"].migrated, result.tallies["streaks"].rejected) == (2, 1)
+    assert pg.execute("SELECT handle, current_streak, longest_streak, total_days, last_active, achievements"
+                      " FROM streaks ORDER BY handle").fetchall() == [
+        ("alice", 3, 9, 41, date(2025, 6, 1), []), ("bob", 1, 0, 2, None, ["b"])]
+    assert pg.execute("SELECT reason_code FROM kvmigrate.rejects WHERE key = 'streak:carol'").fetchone() == (
+        "wrong_redis_type",)
+    assert commands.verify(config, recheck_delay=0).clean
