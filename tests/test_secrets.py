@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 import redis
@@ -100,12 +101,13 @@ class Writes:
     """Write activity the servers themselves count: KV commands by name, and per table of the
     database the tuples inserted, updated and deleted, plus the transaction ids used."""
 
-    def __init__(self, s: Secured) -> None:
+    def __init__(self, s: Secured, dbname: str = "vibe") -> None:
         self.s = s
+        self.dbname = dbname
         self.before = self.snapshot()
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, int], int]:
-        vibe = self.s.pg.admin_url.rsplit("/", 1)[0] + "/vibe"
+        vibe = self.s.pg.admin_url.rsplit("/", 1)[0] + "/" + self.dbname
         wait_backends_gone(vibe)
         client = self.s.kv.client()
         stats = client.info("commandstats")
@@ -115,7 +117,7 @@ class Writes:
         with psycopg.connect(vibe, autocommit=True) as conn:
             tables = {f"{schema}.{name}": int(n) for schema, name, n in conn.execute(
                 "SELECT schemaname, relname, n_tup_ins + n_tup_upd + n_tup_del FROM pg_stat_all_tables")}
-            row = conn.execute("SELECT age(datfrozenxid) FROM pg_database WHERE datname = 'vibe'").fetchone()
+            row = conn.execute("SELECT age(datfrozenxid) FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone()
         assert row is not None
         return calls, tables, int(row[0])
 
@@ -210,22 +212,44 @@ def kvmigrate_tables(s: Secured) -> str:
 
 def test_dry_runs_and_read_only_commands_write_nothing_by_the_servers_own_counts(
         secured: Secured, runner: Launcher, request: pytest.FixtureRequest) -> None:
-    s = secured
+    # A store and a database of this test's own, so each dry run has real work it leaves undone.
+    with psycopg.connect(secured.pg.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE dry OWNER kvm_app"))
+    client = secured.kv.client(3)
+    seed_world(client, secured.root / "dry-memories")
+    client.close()
+    s = Secured(secured.pg, secured.kv, secured.pg_url.rsplit("/", 1)[0] + "/dry", secured.branch_url,
+                secured.kv.url(3), secured.root)
     s.cli(runner, "setup")
-    for args in (["setup", "--dry-run"], ["backfill", "--dry-run"],
-                 ["cleanup", "--dry-run", "--archive-dir", str(s.root / "never")]):
-        writes = Writes(s)
-        s.cli(runner, "--json", *args, expect=(0, 1))
+
+    def dry(*args: str) -> dict[str, object]:
+        writes = Writes(s, "dry")
+        done = s.cli(runner, "--json", *args)
         assert writes.changes() == ({}, set(), 0), args
+        return dict(orjson.loads(done.stdout)["result"])
+
+    assert dry("setup", "--dry-run")["dry_run"] is True
+    backfill = dry("backfill", "--dry-run")
+    assert sum(t["migrated"] for t in backfill["entities"].values()) > 100  # everything read and transformed
+    s.cli(runner, "dual-write", "--settle", "0", "--recheck-delay", "0")
+    s.cli(runner, "cutover")
+    keys = secured.kv.client(3).dbsize()
+    cleanup = dry("cleanup", "--dry-run", "--archive-dir", str(s.root / "never"))
+    entities = cleanup["cleanup"]["entities"]  # type: ignore[index]
+    assert sum(e["deletable"] for e in entities.values()) > 100  # it would delete, and did not
     assert not (s.root / "never").exists()
+    assert secured.kv.client(3).dbsize() == keys
     accounting = {"kvmigrate.runs", "kvmigrate.kv_requests"}  # read-only commands log their KV spend
     for args in (["inventory"], ["status"], ["rejects"], ["doctor"], ["plan"]):
-        writes = Writes(s)
+        writes = Writes(s, "dry")
         s.cli(runner, "--json", *args, expect=(0, 1))
         kv, tables, _ = writes.changes()
         assert not kv and tables <= accounting, (args, kv, tables)
-    note(request, "setup/backfill/cleanup --dry-run: 0 KV write commands, 0 tuples written, 0 transaction ids; "
-         "inventory/status/rejects/doctor/plan: 0 KV writes, Postgres only for their KV-spend record")
+    read = sum(t["migrated"] for t in backfill["entities"].values())  # type: ignore[attr-defined]
+    note(request, f"setup/backfill/cleanup --dry-run (backfill read {read} records, cleanup found "
+         f"{sum(e['deletable'] for e in entities.values())} deletable keys): 0 KV write commands, 0 tuples "
+         "written, 0 transaction ids; inventory/status/rejects/doctor/plan: 0 KV writes, Postgres only for their "
+         "KV-spend record")
 
 
 def test_servers_really_demand_the_secrets(secured: Secured) -> None:
