@@ -20,7 +20,6 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from typer import _click as click
 from typer.core import TyperGroup
 
 from kvmigrate import __version__, report
@@ -73,7 +72,7 @@ def command_index(args: list[str]) -> int:
 class _Group(TyperGroup):
     """The command group; accepts the global options after the command too."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: click's Context
         at = command_index(args)
         command = self.commands.get(args[at]) if at < len(args) else None
         own = frozenset(o for p in (command.params if command else []) for o in getattr(p, "opts", []))
