@@ -94,3 +94,8 @@ def test_both_shapes_land_in_postgres_end_to_end(pg_url: str, kv_url: str, kv: r
     assert pg.execute("SELECT reason_code FROM kvmigrate.rejects WHERE key = 'streak:carol'").fetchone() == (
         "wrong_redis_type",)
     assert commands.verify(config, recheck_delay=0).clean
+
+
+def test_a_hash_field_holding_json_with_a_nul_escape_is_rejected_not_loaded() -> None:
+    outcome = _streak("fay", {b"current": b"1", b"theme": b'"dark\\u0000"'})
+    assert outcome.reject is not None and outcome.reject.code == "nul_byte"

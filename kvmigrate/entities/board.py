@@ -52,7 +52,7 @@ class Board(EntityBase):
         post_id = c.text(record.key[len(ENTRY_PREFIX):], what="id in the key")
         if not post_id:
             raise c.Bad("missing_field", "the key has no id after board:entry:")
-        fields = c.check_json_text(c.json_object(record.value))
+        fields = c.checked_object(record.value)
         row, stats = post_row(post_id, fields)
         return Outcome(rows=(Row(TABLE.name, row, self.family("entry").rank),), stats=stats)
 

@@ -54,6 +54,11 @@ def text(raw: bytes | str, *, what: str = "value") -> str:
 
 def load_json(raw: bytes | str, *, what: str = "value") -> Any:
     """Parse JSON text (after the `text` checks); reject invalid or too deeply nested JSON."""
+    if isinstance(raw, bytes) and len(raw) <= MAX_VALUE_BYTES:
+        try:  # orjson checks UTF-8 itself, and JSON holds no raw NUL: one pass for the good case
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # say why: invalid UTF-8 or a NUL byte first (as `text` does), else invalid JSON
     s = text(raw, what=what)
     try:
         return orjson.loads(s)
@@ -67,6 +72,18 @@ def json_object(raw: bytes | str, *, what: str = "value") -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise Bad("wrong_json_type", f"{what} is JSON {type(obj).__name__}, expected an object")
     return obj
+
+
+def checked_object(raw: bytes | str, *, what: str = "value") -> dict[str, Any]:
+    """`json_object`, then `check_json_text` (NUL characters, depth), skipped when the text
+    itself proves the value clean: no `\\u0000` escape, and no more brackets than the depth
+    allowed (a value nested d levels deep holds at least d of them)."""
+    obj = json_object(raw, what=what)
+    if isinstance(raw, bytes):
+        clean = b"\\u0000" not in raw and raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH
+    else:
+        clean = "\\u0000" not in raw and raw.count("{") + raw.count("[") <= MAX_JSON_DEPTH
+    return obj if clean else check_json_text(obj, what=what)
 
 
 def check_json_text(obj: Any, *, what: str = "value") -> Any:

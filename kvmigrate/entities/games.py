@@ -43,7 +43,7 @@ class Games(EntityBase):
     def from_games(self, record: RawRecord) -> Outcome:
         if not isinstance(record.value, bytes):
             raise c.Bad("wrong_redis_type", f"unexpected value of type {type(record.value).__name__}")
-        games = c.check_json_text(c.json_object(record.value))
+        games = c.checked_object(record.value)
         rank = self.family("games").rank
         rows: list[Row] = []
         item_rejects: list[tuple[str, Reject]] = []

@@ -56,7 +56,7 @@ class Invites(EntityBase):
         code = c.text(record.field.encode("utf-8", "surrogateescape"), what="invite code")
         if not code:
             raise c.Bad("missing_field", "the invite code (hash field) is empty")
-        fields = c.check_json_text(c.json_object(record.value, what="record"))
+        fields = c.checked_object(record.value, what="record")
         values, stats = invite_row(code, fields)
         rank = self.family("invites").rank
         return Outcome(rows=(Row("invites", values, rank),), stats=dict(stats))

@@ -59,7 +59,7 @@ class Memories(EntityBase):
     def from_file(self, record: RawRecord) -> Outcome:
         if not isinstance(record.value, bytes):
             raise c.Bad("wrong_type", f"unexpected value of type {type(record.value).__name__}")
-        fields = c.check_json_text(c.json_object(record.value, what="line"), what="line")
+        fields = c.checked_object(record.value, what="line")
         row, changed = memory_row(fields)
         stats = {"handle_normalised": changed} if changed else {}
         return Outcome(rows=(Row(TABLE.name, row, FILE.rank),), stats=stats)

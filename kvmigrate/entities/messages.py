@@ -67,7 +67,7 @@ class Messages(EntityBase):
     tables = (MESSAGES_TABLE, games.TABLE)
 
     def from_msg(self, record: RawRecord) -> Outcome:
-        msg = c.check_json_text(c.json_object(_string(record)))
+        msg = c.checked_object(_string(record))
         parsed = parse_message(msg, default_id=record.key.split(":", 1)[1])
         return Outcome(rows=parsed.rows(self.family("msg").rank), stats=parsed.stats())
 
@@ -243,8 +243,8 @@ class _Collector:
         """Turn item `index` (JSON bytes, or an already parsed value) into rows, or note an
         item reject."""
         try:
-            obj = c.json_object(item, what="item") if isinstance(item, bytes) else _object(item)
-            parsed = parse_message(c.check_json_text(obj), default_to=default_to)
+            obj = c.checked_object(item, what="item") if isinstance(item, bytes) else c.check_json_text(_object(item))
+            parsed = parse_message(obj, default_to=default_to)
         except c.Bad as exc:
             self.reject(index, exc, item)
             return

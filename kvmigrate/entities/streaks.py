@@ -41,9 +41,9 @@ class Streaks(EntityBase):
         raw_handle = record.key.split(":", 1)[1]
         handle = c.handle(raw_handle, what=f"handle {raw_handle!r} in the key")
         if isinstance(record.value, dict):
-            fields: dict[str, Any] = {k: c.unjson(v) for k, v in c.hash_text(record.value).items()}
+            fields: dict[str, Any] = c.check_json_text({k: c.unjson(v) for k, v in c.hash_text(record.value).items()})
         elif isinstance(record.value, bytes):
-            fields = c.check_json_text(c.json_object(record.value))
+            fields = c.checked_object(record.value)
         else:
             raise c.Bad("wrong_redis_type", f"unexpected value of type {type(record.value).__name__}")
         row = streak_row(handle, fields)

@@ -95,7 +95,7 @@ class Users(EntityBase):
     def _from_registry(self, record: RawRecord) -> Outcome:
         if not isinstance(record.value, bytes):
             raise c.Bad("wrong_type", f"value is {type(record.value).__name__}, expected JSON text")
-        fields = c.check_json_text(c.json_object(record.value, what="record"))
+        fields = c.checked_object(record.value, what="record")
         return self._outcome(record, record.field, fields, where="field")
 
     def _outcome(self, record: RawRecord, raw_handle: str, fields: Mapping[str, Any], *,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from fnmatch import translate
 
 from kvmigrate.entities.base import Entity, Family
 
@@ -66,15 +66,18 @@ class Classifier:
                     self._exact[family.pattern] = (entity, family)
         self._globs = sorted(globs, key=lambda ef: -_literal_prefix(ef[1].pattern))
         self._kept = tuple(kept)
+        # Every glob in one regex, in the order they are tried: the first alternative that
+        # matches the whole key wins, as the loop over fnmatchcase did (one match per key).
+        self._outcomes = [Classification("entity", f.pattern, e, f) for e, f in self._globs]
+        self._outcomes += [Classification("kept", p) for p in self._kept]
+        self._match = re.compile("|".join(
+            f"(?P<g{i}>{translate(o.pattern)})" for i, o in enumerate(self._outcomes))).match
 
     def classify(self, key: str) -> Classification:
         hit = self._exact.get(key)
         if hit:
             return Classification("entity", hit[1].pattern, hit[0], hit[1])
-        for entity, family in self._globs:
-            if fnmatchcase(key, family.pattern):
-                return Classification("entity", family.pattern, entity, family)
-        for pattern in self._kept:
-            if fnmatchcase(key, pattern):
-                return Classification("kept", pattern)
+        m = self._match(key)
+        if m is not None and m.lastgroup is not None:
+            return self._outcomes[int(m.lastgroup[1:])]
         return Classification("unknown", unknown_pattern(key))
