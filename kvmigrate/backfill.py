@@ -387,7 +387,9 @@ class BatchWriter:
         self.run_id = run_id
         self.rules = rules
         specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
-        self.loaders = {name: TableLoader(conn, spec) for name, spec in specs.items()}
+        self.loaders = {name: TableLoader(conn, spec, per_transaction=True) for name, spec in specs.items()}
+        if rules is not None and not _earlier_run_with(conn, rules, run_id):
+            self.rules = None  # nothing committed under these rules yet: no unchanged record to skip
         conn.commit()
 
     def required(self) -> dict[str, RequiredCheck]:
@@ -425,6 +427,14 @@ class BatchWriter:
         for record, entity in records:
             batch.add_outcome(entity, record, entity.transform(record), self.required())
         return sum(s.written for s in self.write(batch).values())
+
+
+def _earlier_run_with(conn: psycopg.Connection, rules: str, run_id: int) -> bool:
+    """Whether a run other than `run_id` ran under the same rules (so ledger rows that let
+    unchanged records be skipped may exist). Read-only."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.runs WHERE id <> %s AND command = 'backfill'"
+                       " AND options->>'rules' = %s)", (run_id, rules)).fetchone()
+    return bool(row and row[0])
 
 
 def _without_unchanged(rows: dict[str, list[SourcedRow]], unchanged: set[tuple[str, str]],

@@ -139,9 +139,12 @@ def ledger_rows(conn: psycopg.Connection, keys: Sequence[tuple[str, str]], *,
     return {(row[0], row[1]): LedgerEntry(*row) for row in cur.fetchall()}
 
 
+# Emptied at every commit (each page is staged and upserted in one transaction), which is
+# far cheaper than a TRUNCATE per page; the DELETE before staging empties only what this same
+# transaction staged before.
 _LEDGER_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS kvm_stage_ledger (LIKE kvmigrate.ledger INCLUDING DEFAULTS);
-CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUDING DEFAULTS);
+CREATE TEMP TABLE IF NOT EXISTS kvm_stage_ledger (LIKE kvmigrate.ledger INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 """
 
 
@@ -150,7 +153,7 @@ def write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[Ledger
     if not entries:
         return 0
     conn.execute(_LEDGER_STAGE)
-    conn.execute("TRUNCATE kvm_stage_ledger")
+    conn.execute("DELETE FROM kvm_stage_ledger")
     cols = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows", "run_id")
     with conn.cursor().copy(f"COPY kvm_stage_ledger ({', '.join(cols)}) FROM STDIN") as cp:
         for e in entries:
@@ -195,7 +198,7 @@ def write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[st
     if not keys:
         return
     conn.execute(_LEDGER_STAGE)
-    conn.execute("TRUNCATE kvm_stage_rejects")
+    conn.execute("DELETE FROM kvm_stage_rejects")
     with conn.cursor().copy(
         "COPY kvm_stage_rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
         " FROM STDIN"

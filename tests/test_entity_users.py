@@ -250,3 +250,19 @@ def test_backfill_merges_three_sources_into_one_user_row_and_rerun_writes_nothin
     assert created == (T0,)
     again = commands.backfill(config)
     assert again.tallies["users"].rows_written == 0
+
+
+def test_a_user_updated_to_name_an_inviter_new_in_the_same_page_loads(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    kv.hset("user:amy", mapping={"username": "amy", "building": "a kiln"})
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    commands.backfill(config)
+    # amy now names an inviter whose own record arrives in the same page: the update must not
+    # run before the inviter's row exists (the foreign key is checked at once)
+    kv.hset("vibe:handles", mapping={"amy": orjson.dumps({"handle": "amy", "invited_by": "zed"}),
+                                     "zed": orjson.dumps({"handle": "zed", "one_liner": "invites"})})
+    result = commands.backfill(config)
+    assert result.complete and result.placeholders == 0
+    assert pg.execute("SELECT handle, invited_by FROM users ORDER BY handle").fetchall() == [
+        ("amy", "zed"), ("zed", None)]

@@ -107,17 +107,23 @@ def merge_sources(spec: TableSpec, sources: Sequence[SourcedRow]) -> SourcedRow:
 class TableLoader:
     """Stages and upserts rows of one table. Construct once per connection."""
 
-    def __init__(self, conn: psycopg.Connection, spec: TableSpec, *, stage_prefix: str = "kvm_stage_") -> None:
+    def __init__(self, conn: psycopg.Connection, spec: TableSpec, *, stage_prefix: str = "kvm_stage_",
+                 per_transaction: bool = False) -> None:
+        """`per_transaction`: the stage is emptied at every commit (ON COMMIT DELETE ROWS), for
+        a caller that stages and loads within one transaction; emptying it then costs nothing,
+        where a TRUNCATE per page and table costs a new file and catalog updates."""
         self.conn = conn
         self.spec = spec
         self.stage = f"{stage_prefix}{spec.name}"
+        self.per_transaction = per_transaction
         self.types, self.not_null = self._describe()
         ident = sql.Identifier
         cols = [ident(c) for c in spec.columns]
         conn.execute(
-            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {stage} AS SELECT {cols}, 0::int AS _rank, ''::text AS _src,"
-                    " ''::text AS _fld FROM {table} WITH NO DATA").format(
-                stage=ident(self.stage), cols=sql.SQL(", ").join(cols), table=ident(spec.name))
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {stage} {on_commit} AS SELECT {cols}, 0::int AS _rank,"
+                    " ''::text AS _src, ''::text AS _fld FROM {table} WITH NO DATA").format(
+                stage=ident(self.stage), cols=sql.SQL(", ").join(cols), table=ident(spec.name),
+                on_commit=sql.SQL("ON COMMIT DELETE ROWS" if per_transaction else ""))
         )
         self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
             stage=ident(self.stage), cols=sql.SQL(", ").join([*cols, *(ident(m) for m in _META)]))
@@ -149,10 +155,16 @@ class TableLoader:
         self.stage_rows(rows)
         if self.spec.user_refs:
             stats.placeholders = self._placeholders()
-        # Update first: it then only compares rows that existed before this page, not the
-        # rows this page is about to insert (same result, half the comparisons on a fresh load).
-        stats.updated = self._update_changed()
-        stats.inserted = self._insert_new()
+        if self.spec.name == "users":
+            # Users reference users (invited_by), checked at once: an update naming a user this
+            # page brings must run after that user's insert.
+            stats.inserted = self._insert_new()
+            stats.updated = self._update_changed()
+        else:
+            # Update first: it then only compares rows that existed before this page, not the
+            # rows this page is about to insert (same result, half the comparisons on a fresh load).
+            stats.updated = self._update_changed()
+            stats.inserted = self._insert_new()
         self._record_origin()
         return stats
 
@@ -189,8 +201,9 @@ class TableLoader:
 
     def stage_rows(self, rows: Sequence[SourcedRow], *, truncate: bool = True) -> None:
         """COPY rows (with their source) into this loader's temp stage table."""
-        if truncate:
-            self.conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(self.stage)))
+        if truncate:  # a per-transaction stage is empty unless staged again in the same transaction
+            empty = "DELETE FROM {}" if self.per_transaction else "TRUNCATE {}"
+            self.conn.execute(sql.SQL(empty).format(sql.Identifier(self.stage)))
         if not rows:
             return
         with self.conn.cursor().copy(self._copy) as cp:
