@@ -233,21 +233,41 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
 
 def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | None,
           progress: Progress | None, total: int) -> None:
-    """Read, transform and load every page from `cursor`, each page one transaction."""
+    """Read, transform and load every page from `cursor`. Consecutive pages are loaded in one
+    transaction until they hold `load_batch` records (one page at a time under dual writes, so
+    each is settled as soon as it commits); the group commits with the last page's cursor. A
+    run stopped by the request budget first commits the pages it has read whole."""
     writes = _Overlap(run, progress, total, server)
+    group, keys, size, last = Batch(), 0, 0, None
+    limit = 1 if run.recheck else run.config.load_batch
+
+    def flush() -> None:
+        nonlocal group, keys, size, last
+        if last is None:
+            return
+        _fold(run, group)
+        writes.submit(group, (name, last), keys)
+        if run.recheck and run.writer is not None:
+            writes.wait()
+            _settle(run, source, group)
+        group, keys, size, last = Batch(), 0, 0, None
+
     try:
-        for page in source.pages(cursor):
-            batch = Batch()
-            for key, status, pattern in page.policy:
-                batch.note_policy(key, status, pattern)
-            required = _required(run)
-            for record, entity in page.records:
-                batch.add_outcome(entity, record, entity.transform(record), required)
-            _fold(run, batch)
-            writes.submit(batch, (name, page.cursor or state.SCAN_DONE), page.keys)
-            if run.recheck and run.writer is not None:
-                writes.wait()
-                _settle(run, source, batch)
+        try:
+            for page in source.pages(cursor):
+                for key, status, pattern in page.policy:
+                    group.note_policy(key, status, pattern)
+                required = _required(run)
+                for record, entity in page.records:
+                    group.add_outcome(entity, record, entity.transform(record), required)
+                keys, size, last = keys + page.keys, size + len(page.records) + len(page.policy), page.cursor or state.SCAN_DONE
+                if size >= limit:
+                    flush()
+        except BudgetExhausted:
+            flush()  # what was read whole is not read (and paid for) again
+            writes.wait()
+            raise
+        flush()
         writes.wait()
     finally:
         writes.close()

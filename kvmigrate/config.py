@@ -33,6 +33,8 @@ class Config(BaseModel):
     pg_url: str | None = None
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     scan_count: int = Field(default=1000, ge=10, le=100_000)
+    #: backfill: records loaded per Postgres transaction (consecutive SCAN pages are grouped)
+    load_batch: int = Field(default=5000, ge=1, le=1_000_000)
     max_requests: int | None = Field(default=None, ge=1)
     daily_quota: int = Field(default=3000, ge=1)
     connect_retries: int = Field(default=5, ge=0, le=50)

@@ -234,3 +234,22 @@ def test_restart_reapplies_every_record_where_a_rerun_skips_unchanged_ones(
     assert restarted["resumed_from_cursor"] is None and restarted["entities"]["streaks"]["rows_written"] == 1
     assert pg.execute("SELECT current_streak FROM streaks WHERE handle = 'alice'").fetchone() == (3,)
     assert sum(t["rows_written"] for t in restarted["entities"].values()) == 1
+
+
+def test_pages_grouped_into_one_transaction_are_committed_when_the_budget_stops_the_run(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    from kvmigrate.errors import BudgetExhausted
+
+    mixed_keyspace(kv, board_posts=120)
+    _setup(pg_url)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=10, max_requests=20)
+    assert config.load_batch > kv.dbsize()  # every page would go in one transaction
+    try:
+        commands.backfill(config)
+    except BudgetExhausted:
+        pass
+    else:
+        raise AssertionError("the budget did not stop the run")
+    committed = pg.execute("SELECT count(*) FROM kvmigrate.ledger").fetchone()[0]
+    assert committed >= 40  # the pages read whole before the stop (about 5 of 10 keys)
+    assert pg.execute("SELECT count(*) FROM kvmigrate.checkpoints").fetchone() == (1,)

@@ -215,6 +215,12 @@ def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code
     raise typer.Exit(code)
 
 
+def batch_options(batch_size: int | None) -> dict[str, int]:
+    """`--batch-size N`: N keys per SCAN page, per load batch and per Postgres transaction;
+    without it, the Config defaults."""
+    return {} if batch_size is None else {"batch_size": batch_size, "scan_count": batch_size, "load_batch": batch_size}
+
+
 EntityOpt = Annotated[
     list[str] | None,
     typer.Option("--entity", "-e", help="Only this entity (repeat for several). Default: all, in load order."),

@@ -17,6 +17,7 @@ from kvmigrate.cli.base import (
     NoEvalOpt,
     SettleOpt,
     app,
+    batch_options,
     config_from,
     global_options,
     progress_bar,
@@ -31,7 +32,9 @@ def backfill(
     *,
     entity: EntityOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and transform everything; write nothing.")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=10, help="Keys per SCAN page and load batch.")] = 1000,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=10, help="Keys per SCAN page and per "
+                                                    "Postgres transaction. Default: pages of 1,000 keys, loaded "
+                                                    "5,000 records a transaction.")] = None,
     max_requests: MaxRequestsOpt = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,
@@ -39,8 +42,7 @@ def backfill(
     no_eval: NoEvalOpt = False,
 ) -> None:
     """Copy KV history into Postgres (phase 2): idempotent, resumable, never writes to KV."""
-    config = config_from(ctx, max_requests=max_requests, batch_size=batch_size, scan_count=batch_size,
-                         use_eval=not no_eval)
+    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval, **batch_options(batch_size))
     with progress_bar(ctx, "backfill") as on_page:
         run(ctx, lambda: commands.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
                                            strict=strict, memories_dir=memories_dir, progress=on_page))

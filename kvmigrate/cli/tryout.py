@@ -13,6 +13,7 @@ from kvmigrate.cli.base import (
     MemoriesDirOpt,
     NoEvalOpt,
     app,
+    batch_options,
     config_from,
     global_options,
     progress_bar,
@@ -80,7 +81,9 @@ def rehearse(
                                                     "this are rejected. Default: no limit.")] = None,
     max_requests: Annotated[int | None, typer.Option("--max-requests", min=1, help="Exit 4 when the forecast KV "
                                                      "cost of the real run exceeds this. Default: no limit.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=10, help="Keys per SCAN page and load batch.")] = 1000,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=10, help="Keys per SCAN page and per "
+                                                    "Postgres transaction. Default: pages of 1,000 keys, loaded "
+                                                    "5,000 records a transaction.")] = None,
     memories_dir: MemoriesDirOpt = None,
     no_repair: Annotated[bool, typer.Option("--no-repair", help="Count rows the live app changed during the "
                                             "rehearse as differences instead of re-copying them.")] = False,
@@ -91,7 +94,7 @@ def rehearse(
     forecast KV cost exceeds --max-requests."""
     g = global_options(ctx)
     g.pg_url, g.kv_url = pg_url or g.pg_url, kv_url or g.kv_url  # so their secrets are masked too
-    config = config_from(ctx, batch_size=batch_size, scan_count=batch_size, use_eval=not no_eval)
+    config = config_from(ctx, use_eval=not no_eval, **batch_options(batch_size))
 
     def call() -> Any:
         if not g.pg_url:
