@@ -378,8 +378,8 @@ def _fold(run: _Run, batch: Batch) -> None:
     for pattern, (count, example) in batch.unknown_patterns.items():
         slot = result.unknown_patterns.setdefault(pattern, [0, example])
         slot[0] = int(slot[0]) + int(count)  # type: ignore[call-overload]
-    run.refs.update(batch.refs)
-    if run.writer is None:
+    if run.writer is None:  # a dry run counts dangling references in memory; a real one in Postgres
+        run.refs.update(batch.refs)
         run.seen_messages.update(str(r.values["id"]) for r in batch.rows.get("messages", ()))
 
 
@@ -406,6 +406,10 @@ class BatchWriter:
         self.conn = conn
         self.run_id = run_id
         self.rules = rules
+        # Message ids that lists refer to, kept in Postgres rather than in memory (a million
+        # keys refer to about half a million ids): the run counts the dangling ones at its end.
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS kvm_refs (id TEXT)")
+        conn.execute("TRUNCATE kvm_refs")
         specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
         self.loaders = {name: TableLoader(conn, spec, per_transaction=True) for name, spec in specs.items()}
         if rules is not None and not _earlier_run_with(conn, rules, run_id):
@@ -430,9 +434,20 @@ class BatchWriter:
             state.write_ledger(self.conn, self.run_id, ledger)
             state.write_rejects(self.conn, self.run_id, [r for r in batch.records if r not in unchanged],
                                 [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged])
+            if batch.refs:
+                with self.conn.cursor().copy("COPY kvm_refs (id) FROM STDIN") as cp:
+                    for ref in batch.refs:
+                        cp.write_row((ref,))
             if checkpoint:
                 state.set_checkpoint(self.conn, checkpoint[0], checkpoint[1], self.run_id, server=server)
         return out
+
+    def dangling_refs(self) -> int:
+        """How many distinct message ids referred to by the batches written have no message
+        row (a `msg:{id}` the weekly clean-up deleted). Read-only."""
+        row = self.conn.execute("SELECT count(*) FROM (SELECT DISTINCT id FROM kvm_refs) r"
+                                " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = r.id)").fetchone()
+        return int(row[0]) if row else 0
 
     def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
         """(key, field) of entries whose ledger row, written under the same rules, is identical."""
@@ -528,11 +543,7 @@ def _finish(run: _Run) -> None:
     if result.dry_run:
         result.dangling_refs = len(run.refs - run.seen_messages)
         return
-    refs = sorted(run.refs)
-    row = run.conn.execute(
-        "SELECT count(*) FROM unnest(%s::text[]) AS r(id) WHERE NOT EXISTS"
-        " (SELECT 1 FROM messages m WHERE m.id = r.id)", (refs,)).fetchone()
-    result.dangling_refs = int(row[0]) if row else 0
+    result.dangling_refs = run.writer.dangling_refs() if run.writer is not None else 0
     row = run.conn.execute(
         "SELECT count(*) FROM kvmigrate.row_origin WHERE tbl = 'users' AND rank < 0").fetchone()
     result.placeholders = int(row[0]) if row else 0
