@@ -244,20 +244,28 @@ SettleOpt = Annotated[
 
 @contextlib.contextmanager
 def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int, Any], None]]:
-    """A rich progress bar on stderr (keys/s, rejects so far); silent when stderr is no terminal."""
+    """Rich progress bars on stderr: one for the whole scan (keys of the store, keys/s, rejects so
+    far), and one line per entity (records read, rejects); silent when stderr is no terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} keys/s"),
-                   TextColumn("rejects {task.fields[rejects]}"), TimeElapsedColumn(), console=console,
-                   transient=True, disable=not console.is_terminal)
-    task = bar.add_task(label, total=None, rate="-", rejects=0)
+    bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[rate]}"), TextColumn("rejects {task.fields[rejects]}"),
+                   TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
+    task = bar.add_task(label, total=None, rate="- keys/s", rejects=0)
+    per_entity: dict[str, Any] = {}
     started = time.perf_counter()
 
     def on_page(done: int, total: int, tallies: Any) -> None:
         rate = done / max(time.perf_counter() - started, 1e-6)
         rejected = sum(t.rejected + t.item_rejects for t in tallies.values())
-        bar.update(task, completed=done, total=max(total, done), rate=f"{rate:,.0f}", rejects=rejected)
+        bar.update(task, completed=done, total=max(total, done), rate=f"{rate:,.0f} keys/s", rejects=rejected)
+        for name, t in tallies.items():
+            if name not in per_entity:
+                per_entity[name] = bar.add_task(f"  {name}", total=None, rate="", rejects=0)
+            left = t.kept + t.unknown  # kept/unknown keys stay in KV, never read
+            bar.update(per_entity[name], completed=t.scanned, rejects=t.rejected + t.item_rejects,
+                       rate=f"{left:,} left in KV" if left else f"{t.migrated:,} migrated")
 
     with bar:
         yield on_page
