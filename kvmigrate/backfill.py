@@ -245,12 +245,13 @@ def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | Non
         nonlocal group, keys, size, last
         if last is None:
             return
-        _fold(run, group)
-        writes.submit(group, (name, last), keys)
+        batch, checkpoint, n = group, last, keys
+        group, keys, size, last = Batch(), 0, 0, None  # taken: a stop while settling does not resend it
+        _fold(run, batch)
+        writes.submit(batch, (name, checkpoint), n)
         if run.recheck and run.writer is not None:
             writes.wait()
-            _settle(run, source, group)
-        group, keys, size, last = Batch(), 0, 0, None
+            _settle(run, source, batch)
 
     try:
         try:

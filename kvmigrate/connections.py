@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import psycopg
 import redis
@@ -45,14 +45,14 @@ def is_pooled_url(url: str) -> bool:
 
 def _clean_pg_url(url: str) -> str:
     """Drop query parameters libpq does not know (Prisma's `pgbouncer`, `connection_limit`).
-    The rest is re-encoded the way libpq decodes it (a space as %20: libpq reads `+` literally,
-    so `options=-c%20statement_timeout%3D5000` must not become `-c+statement_timeout…`)."""
+    The others stay byte for byte: libpq decodes %XX but reads `+` literally, so decoding and
+    re-encoding them (`options=-c%20statement_timeout%3D5000`, a password with `+`) breaks them."""
     parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, v) for k, v in pairs if k not in {"pgbouncer", "connection_limit"}]
-    if len(query) == len(pairs):
+    pairs = [p for p in parts.query.split("&") if p]
+    kept = [p for p in pairs if unquote(p.split("=", 1)[0]) not in {"pgbouncer", "connection_limit"}]
+    if len(kept) == len(pairs):
         return url
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    return urlunsplit(parts._replace(query="&".join(kept)))  # the others exactly as written
 
 
 def _normalise_kv_url(url: str) -> str:
@@ -106,9 +106,14 @@ def connect_kv(
             protocol=2, health_check_interval=0, redis_connect_func=_counting_connect(budget),
             **_NO_CLIENT_INFO,
         )
-    except ValueError as exc:
-        raise ConfigError(f"bad KV URL {mask_url(url)}: {mask_text(str(exc))}",
-                          hint="a KV URL looks like redis://host:6379/0 (credentials before the host), or rediss:// for TLS") from None
+    except ValueError:
+        # Neither the URL nor redis-py's reason is shown: a URL that does not parse cannot be
+        # masked reliably (a password holding '/' reads as a port), and the reason quotes it.
+        scheme = url.split("://", 1)[0] if "://" in url else "none"
+        raise ConfigError(f"bad KV URL: it does not parse as redis://[user:password@]host[:port][/db] "
+                          f"(scheme {scheme!r})",
+                          hint="a KV URL looks like redis://host:6379/0, or rediss:// for TLS; percent-encode "
+                          "'/', '?', '#' and '@' in the password") from None
     kv = KvClient(client, budget, read_only=read_only)
     try:
         for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, (redis.ConnectionError, redis.TimeoutError)):

@@ -133,6 +133,7 @@ class Differ:
         # figures sampled half-way through a backfill.
         analyze(self.conn, ["kvm_verify_seen", *(loader.stage for loader in self.loaders.values()),
                             *STATE_TABLES, *self.specs])
+        self.conn.commit()  # ANALYZE's lock on the app's tables is not held through the comparison
         for spec in self.specs.values():
             expected = self._expected(spec)
             self._count_checked(expected)

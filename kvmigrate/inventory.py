@@ -155,8 +155,9 @@ def _census(kv: KvClient, keys: list[str], use_eval: bool, *,
             use_eval = False
     types = [_s(t) for t in kv.pipeline([("TYPE", encode_key(k)) for k in keys])]
     big = [k for k, t in zip(keys, types, strict=True) if k in registries and t == "hash"]
-    items = dict(zip(big, kv.pipeline([("HLEN", encode_key(k)) for k in big]), strict=True))
-    return [(t, int(items.get(k, 0)), -1, -1) for k, t in zip(keys, types, strict=True)], False
+    lengths = kv.pipeline([("HLEN", encode_key(k)) for k in big])  # a key changed since TYPE: an error here
+    items = {k: 0 if isinstance(n, Exception) else int(n) for k, n in zip(big, lengths, strict=True)}
+    return [(t, items.get(k, 0), -1, -1) for k, t in zip(keys, types, strict=True)], False
 
 
 def _s(value: object) -> str:

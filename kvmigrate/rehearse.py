@@ -125,8 +125,8 @@ def run_rehearse(
     """
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.perf_counter()
-    if report is not None and markdown is None:
-        markdown = report.with_suffix(".md")
+    if report is not None and markdown is None:  # beside the JSON, never over it
+        markdown = report.with_name(report.name + ".md") if report.suffix == ".md" else report.with_suffix(".md")
     try:
         result = _rehearse(config, memories_dir=memories_dir, repair=repair, progress=progress)
     except KvmigrateError as exc:

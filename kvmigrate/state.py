@@ -149,9 +149,15 @@ CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUD
 
 
 def write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> int:
-    """Upsert ledger rows; rows whose hash/status did not change are not rewritten."""
+    """Upsert ledger rows; rows whose hash/status did not change are not rewritten. In one
+    transaction (a savepoint in the caller's): the stage empties at commit."""
     if not entries:
         return 0
+    with conn.transaction():
+        return _write_ledger(conn, run_id, entries)
+
+
+def _write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> int:
     conn.execute(_LEDGER_STAGE)
     conn.execute("DELETE FROM kvm_stage_ledger")
     cols = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows", "run_id")
@@ -194,9 +200,16 @@ def encode_raw(raw: bytes | str | None) -> tuple[str | None, str]:
 def write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[str, str]],
                   rejects: Sequence[RejectEntry]) -> None:
     """Replace the rejects of the given records (key, field) with `rejects`. An item reject
-    inside a container record is stored with field `<record field>#<item label>`."""
+    inside a container record is stored with field `<record field>#<item label>`. In one
+    transaction (a savepoint in the caller's): the stage empties at commit."""
     if not keys:
         return
+    with conn.transaction():
+        _write_rejects(conn, run_id, keys, rejects)
+
+
+def _write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[str, str]],
+                   rejects: Sequence[RejectEntry]) -> None:
     conn.execute(_LEDGER_STAGE)
     conn.execute("DELETE FROM kvm_stage_rejects")
     with conn.cursor().copy(

@@ -45,12 +45,17 @@ def test_pooled_endpoints_are_detected() -> None:
 
 def test_libpq_options_in_the_url_reach_the_server_with_prisma_parameters_dropped(pg_url: str) -> None:
     joiner = "&" if "?" in pg_url else "?"
-    url = f"{pg_url}{joiner}options=-c%20statement_timeout%3D4321&pgbouncer=false&connection_limit=1"
+    url = (f"{pg_url}{joiner}options=-c%20statement_timeout%3D4321&pgbouncer=false&connection_limit=1"
+           "&application_name=a+b%2Bc")
     conn = connect_pg(url, retries=0)
     try:
         assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
     finally:
         conn.close()
+    from kvmigrate.connections import _clean_pg_url
+
+    assert _clean_pg_url(url).endswith("?options=-c%20statement_timeout%3D4321&application_name=a+b%2Bc") or \
+        _clean_pg_url(url).endswith("&options=-c%20statement_timeout%3D4321&application_name=a+b%2Bc")
 
 
 def test_a_bad_setting_exits_2_with_a_clear_error_not_a_traceback() -> None:
@@ -66,10 +71,12 @@ def test_a_bad_setting_exits_2_with_a_clear_error_not_a_traceback() -> None:
 def test_a_malformed_kv_url_exits_2_naming_it_masked() -> None:
     from tests.helpers import cli
 
-    for url in ("redis://:tok3nSECRET@host:notaport/0", "http://:tok3nSECRET@host:6379"):
+    for url in ("redis://:tok3nSECRET@host:notaport/0", "http://:tok3nSECRET@host:6379",
+                "redis://default:tok3n/SECRET@host:6379"):  # a '/' in the password reads as a port
         result = cli("--kv-url", url, "inventory")
         assert result.exit_code == 2, result.output
-        assert "error: bad KV URL" in result.output and "tok3nSECRET" not in result.output
+        assert "error: bad KV URL" in result.output
+        assert "tok3n" not in result.output and "SECRET" not in result.output
 
 
 def test_a_pooled_url_turns_prepared_statements_off_and_says_so_in_the_json_warnings(pg_url: str) -> None:

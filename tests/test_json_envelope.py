@@ -107,6 +107,8 @@ def test_global_options_may_follow_the_command(pg_url: str, kv_url: str, kv: red
         run = cli(*args)
         assert run.exit_code == 0, (args, run.output)
         assert orjson.loads(run.stdout)["command"] == "status"
+    missing = cli("status", "--pg-url")  # no value: the parser says so, not "missing command"
+    assert missing.exit_code == 2 and "--pg-url" in missing.output and "requires an argument" in missing.output
     inventory = cli("inventory", "--kv-url", kv_url, "--json")
     assert inventory.exit_code == 0, inventory.output
     validate(orjson.loads(inventory.stdout))

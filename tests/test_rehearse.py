@@ -91,6 +91,9 @@ def test_report_alone_writes_its_markdown_summary_beside_it(pg_url: str, kv_url:
     _rehearse(pg_url, kv_url, "--report", str(tmp_path / "report.json"))
     assert (tmp_path / "report.md").read_text().startswith("## kvmigrate rehearse: PASSED")
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == 0o600
+    _rehearse(pg_url, kv_url, "--report", str(tmp_path / "out.md"))  # a JSON report named .md
+    assert orjson.loads((tmp_path / "out.md").read_bytes())["command"] == "rehearse"
+    assert (tmp_path / "out.md.md").read_text().startswith("## kvmigrate rehearse")
 
 
 def test_rehearse_reports_measured_and_forecast_kv_cost(pg_url: str, kv_url: str, kv: redis.Redis) -> None:

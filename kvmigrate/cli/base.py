@@ -35,7 +35,8 @@ GLOBAL_VALUED = frozenset({"--kv-url", "--pg-url"})
 
 def hoist_global_options(args: list[str], own: frozenset[str] = frozenset()) -> list[str]:
     """Move global options written after the command name to before it, where the parser wants
-    them. Options the command defines itself (`own`) stay, and nothing after `--` moves."""
+    them. Options the command defines itself (`own`) stay, and nothing after `--` moves.
+    ValueError when a valued option ends the line without its value."""
     at = command_index(args)
     if at >= len(args):
         return args
@@ -50,7 +51,9 @@ def hoist_global_options(args: list[str], own: frozenset[str] = frozenset()) -> 
             kept.append(arg)
         elif arg in GLOBAL_FLAGS:
             moved.append(arg)
-        elif arg in GLOBAL_VALUED and i + 1 < end:
+        elif arg in GLOBAL_VALUED:
+            if i + 1 >= end:
+                raise ValueError(f"Option '{arg}' requires an argument.")
             moved += args[i:i + 2]
             i += 1
         elif name in GLOBAL_VALUED:
@@ -76,7 +79,11 @@ class _Group(TyperGroup):
         at = command_index(args)
         command = self.commands.get(args[at]) if at < len(args) else None
         own = frozenset(o for p in (command.params if command else []) for o in getattr(p, "opts", []))
-        return super().parse_args(ctx, hoist_global_options(list(args), own))
+        try:
+            hoisted = hoist_global_options(list(args), own)
+        except ValueError as exc:
+            ctx.fail(str(exc))  # a usage error, exit 2
+        return super().parse_args(ctx, hoisted)
 
 
 app = typer.Typer(

@@ -70,8 +70,9 @@ class Classifier:
         # matches the whole key wins, as the loop over fnmatchcase did (one match per key).
         self._outcomes = [Classification("entity", f.pattern, e, f) for e, f in self._globs]
         self._outcomes += [Classification("kept", p) for p in self._kept]
+        # (group names of our own: fnmatch.translate names its groups g0, g1… on Python 3.10)
         self._match = re.compile("|".join(
-            f"(?P<g{i}>{translate(o.pattern)})" for i, o in enumerate(self._outcomes))).match
+            f"(?P<kvm_{i}>{translate(o.pattern)})" for i, o in enumerate(self._outcomes))).match
 
     def classify(self, key: str) -> Classification:
         hit = self._exact.get(key)
@@ -79,5 +80,5 @@ class Classifier:
             return Classification("entity", hit[1].pattern, hit[0], hit[1])
         m = self._match(key)
         if m is not None and m.lastgroup is not None:
-            return self._outcomes[int(m.lastgroup[1:])]
+            return self._outcomes[int(m.lastgroup.removeprefix("kvm_"))]
         return Classification("unknown", unknown_pattern(key))
