@@ -271,8 +271,9 @@ class Differ:
         repaired: list[Difference] = []
         todo = [d for d in self.diffs if d.kind != "extra" and self._repairable(d)]
         for chunk in _chunks(todo, self.source.count):
-            records = self._reread(chunk, stored=True)
-            self._forget_gone_sources(chunk, records)
+            stored = {table: self._stored_sources(self.specs[table], pks) for table, pks in _pks_by_table(chunk).items()}
+            records = self._reread(chunk, also={key for rows in stored.values() for _, key, _ in rows})
+            self._forget_gone_sources(stored, records)
             writer.load_records(records)
             repaired.extend(self._agreeing(chunk, records))
         self.resolve(repaired, "repaired")
@@ -306,46 +307,39 @@ class Differ:
             agree.update((table, pk) for (pk,) in self.conn.execute(query).fetchall())
         return [d for d in diffs if (d.table, d.pk) in agree]
 
-    def _forget_gone_sources(self, diffs: Sequence[Difference], records: list[tuple[RawRecord, Entity]]) -> None:
-        """Forget the recorded sources of these rows that no longer give them a row: a key
-        deleted from KV since it was copied (the app's weekly `msg:*` clean-up) or changed to
-        hold another row. Until cleanup KV is the source of truth, and reads from Postgres must
-        show what reads from KV show now; so the sources that remain decide the row, and the
-        reload that follows can re-derive it. Memory files count as gone only when read."""
+    def _forget_gone_sources(self, stored: dict[str, list[tuple[str, str, str]]],
+                             records: list[tuple[RawRecord, Entity]]) -> None:
+        """Forget the recorded sources (`stored`, per table) that no longer give their row a
+        row: a key deleted from KV since it was copied (the app's weekly `msg:*` clean-up) or
+        changed to hold another row. Until cleanup KV is the source of truth, and reads from
+        Postgres must show what reads from KV show now; so the sources that remain decide the
+        row, and the reload that follows can re-derive it. Memory files count as gone only when read."""
         batch = self._batch(records)
-        for table, pks in _pks_by_table(diffs).items():
+        for table, rows in stored.items():
             spec = self.specs[table]
             now = {(str(r.values[spec.pk]), r.source_key, r.source_field) for r in batch.rows.get(table, [])}
-            store = "fill_sources" if spec.merge == "fill" else "row_origin"
-            stored = self.conn.execute(sql.SQL(
-                "SELECT pk, source_key, source_field FROM kvmigrate.{} WHERE tbl = %s AND pk = ANY(%s)"
-                " AND rank >= 0").format(sql.Identifier(store)), (table, sorted(pks))).fetchall()
-            gone = [(pk, key, field) for pk, key, field in stored if (pk, key, field) not in now
+            gone = [(pk, key, field) for pk, key, field in rows if (pk, key, field) not in now
                     and (self.memories is not None or not key.startswith(FILE_PREFIX))]
             if gone:
                 self.conn.cursor().executemany(sql.SQL(
                     "DELETE FROM kvmigrate.{} WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
-                ).format(sql.Identifier(store)), [(table, *g) for g in gone])
+                ).format(sql.Identifier(_source_store(spec))), [(table, *g) for g in gone])
                 self.forgotten += len(gone)
 
-    def _stored_sources(self, spec: TableSpec, pks: set[str]) -> set[str]:
-        """The source keys recorded for these rows: the owner of each (row_origin), and for a
-        merged table every source ever merged into it (fill_sources)."""
-        store = "fill_sources" if spec.merge == "fill" else "row_origin"
-        rows = self.conn.execute(sql.SQL("SELECT DISTINCT source_key FROM kvmigrate.{} WHERE tbl = %s AND pk = ANY(%s)"
-                                         " AND source_key <> ''").format(sql.Identifier(store)),
-                                 (spec.name, sorted(pks))).fetchall()
-        return {key for (key,) in rows}
+    def _stored_sources(self, spec: TableSpec, pks: set[str]) -> list[tuple[str, str, str]]:
+        """(pk, source key, source field) recorded for these rows: the owner of each
+        (row_origin), and for a merged table every source ever merged into it (fill_sources).
+        Placeholder users (rank -1) have none. Read-only."""
+        return [(pk, key, field) for pk, key, field in self.conn.execute(sql.SQL(
+            "SELECT pk, source_key, source_field FROM kvmigrate.{} WHERE tbl = %s AND pk = ANY(%s) AND rank >= 0"
+        ).format(sql.Identifier(_source_store(spec))), (spec.name, sorted(pks))).fetchall()]
 
-    def _reread(self, diffs: Sequence[Difference], *, stored: bool = False) -> list[tuple[RawRecord, Entity]]:
-        """Read now every source of the differing rows (with `stored`, also the sources recorded
-        for them in Postgres), plus, for extra rows, the keys that would hold them (a key the
-        app wrote after the scan passed)."""
-        keys = {d.key for d in diffs if d.key}
+    def _reread(self, diffs: Sequence[Difference], *, also: Iterable[str] = ()) -> list[tuple[RawRecord, Entity]]:
+        """Read now every source of the differing rows and the keys in `also`, plus, for extra
+        rows, the keys that would hold them (a key the app wrote after the scan passed)."""
+        keys = {d.key for d in diffs if d.key} | {k for k in also if k}
         for table, pks in _pks_by_table(diffs).items():
             keys.update(self._sources(self.specs[table], pks))
-            if stored:
-                keys.update(self._stored_sources(self.specs[table], pks))
         for d in diffs:
             if d.kind == "extra":
                 keys.update(self._candidates(self.specs[d.table], d.pk))
@@ -390,6 +384,12 @@ class Differ:
             check = self._check_for(d.key, self.specs[d.table])
             if how is not None:
                 setattr(check, how, getattr(check, how) + 1)
+
+
+def _source_store(spec: TableSpec) -> str:
+    """The kvmigrate table recording a table's sources: every source of a merged (fill) row,
+    else each row's owner."""
+    return "fill_sources" if spec.merge == "fill" else "row_origin"
 
 
 def expected_sql(spec: TableSpec, stage: str) -> sql.Composable:
