@@ -1,121 +1,139 @@
-"""KV request economy: the KV commands each phase sends on a store the size of the real /vibe
-one (seed users=46: about 3,300 keys), beside what a naive per-key script would send.
+"""KV request economy, counted as the store bills it: the commands the server itself ran for each
+phase of a whole migration (INFO commandstats, which counts every command inside a pipeline,
+MULTI/EXEC or script; AUTH, SELECT, PING, INFO … are free and left out), beside kvmigrate's own
+tally, `plan`'s prediction and floor, and a naive per-key migration.
 
-    python bench/economy.py [--users 46] [--no-eval]
+    python bench/economy.py [--users 46] [--shape seed|lists]
 
-Phases: inventory, backfill, verify (full), then archive and delete from `kvmigrate cleanup`
-(after dual-write and cutover, which are not counted here). The naive figure per phase:
-inventory = SCAN pages + one TYPE per key; backfill and verify = SCAN pages + one typed read
-per entity key (a TYPE first where the family allows several types), as the app's own one-off
-backfill did; archive = DUMP + PTTL per archived key; delete = one DEL per deleted key.
-Target: at most 300 commands for the whole migration (inventory + backfill + verify + archive +
-delete). Prints figures only.
+`--shape lists` writes a list-heavy /vibe-shaped store instead of the seed's (long inbox and
+thread lists, few strings). Phases: inventory, dual-write (its backfill and verify), cutover,
+cleanup (archive and delete in one pass). The naive figure per phase: inventory = SCAN pages +
+one TYPE per key; backfill and verify = SCAN pages + one read per entity key; archive = DUMP +
+PTTL per key; delete = one DEL per key. Prints figures only.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from harness import new_database, servers
 
 from kvmigrate import commands
+from kvmigrate.budget import FREE_COMMANDS
 from kvmigrate.config import build_config
-from kvmigrate.entities import ENTITIES
-from kvmigrate.kv.classify import Classifier
 from kvmigrate.seed import seed_keyspace
 
-TARGET = 300  # KV commands for the whole migration
 HOBBY_DAILY_QUOTA = 3000
+TARGET = 1500  # billed commands for the whole migration of the seed store
 
 
-def naive_reads(client: redis.Redis) -> tuple[int, int, int]:
-    """(keys, SCAN pages, per-key reads) of the naive script over this keyspace."""
-    classifier = Classifier(ENTITIES)
-    keys = pages = reads = 0
-    cursor = 0
-    while True:
-        cursor_raw, page = client.execute_command("SCAN", cursor, "COUNT", 1000)
-        pages += 1
-        keys += len(page)
-        for raw in page:
-            c = classifier.classify(raw.decode("utf-8", "surrogateescape"))
-            if c.status == "entity" and c.family is not None:
-                reads += 1 if len(c.family.types) == 1 else 2
-        cursor = int(cursor_raw)
-        if cursor == 0:
-            return keys, pages, reads
+def list_heavy(client: redis.Redis, users: int, seed: int = 5) -> None:
+    """A /vibe-shaped store dominated by lists: every user has a long inbox of full messages and
+    threads with a few partners, inbox/outbox id lists, streak hashes and a registry."""
+    rng = random.Random(seed)
+    handles = [f"user{i:03d}" for i in range(users)]
+    pipe = client.pipeline(transaction=False)
+    registry = {}
+    for n, h in enumerate(handles):
+        registry[h] = orjson.dumps({"handle": h, "registeredAt": "2025-01-01T00:00:00Z", "one_liner": f"builds {n}"})
+        pipe.hset(f"streak:{h}", mapping={"current": str(rng.randint(0, 9)), "longest": "12", "totalDays": "30",
+                                         "lastActive": "2025-06-01"})
+        for p in rng.sample(handles, 4):
+            if p == h:
+                continue
+            msgs = [orjson.dumps({"id": f"{1_700_000_000_000 + n * 1000 + j}-{p[-3:]}{h[-3:]}", "from": p, "to": h,
+                                  "body": f"hello {j}", "type": "dm", "timestamp": 1_700_000_000_000 + j,
+                                  "read_at": None}) for j in range(rng.randint(5, 40))]
+            pipe.rpush(f"messages:{h}", *msgs)
+            pipe.rpush(f"thread:{min(h, p)}:{max(h, p)}", *msgs)
+        pipe.rpush(f"inbox:{h}", *[f"msg_{n}_{j}" for j in range(20)])
+        pipe.rpush(f"outbox:{h}", *[f"msg_{n}_{j}" for j in range(20)])
+        pipe.set(f"presence:data:{h}", orjson.dumps({"handle": h}), ex=300)
+    pipe.hset("vibe:handles", mapping=registry)
+    pipe.execute()
 
 
-def measure(users: int, use_eval: bool) -> dict[str, Any]:
-    """Run every phase once on a freshly seeded store; KV commands per phase."""
+def _calls(client: redis.Redis) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
+
+
+def billed(client: redis.Redis, work: Callable[[], Any]) -> tuple[Any, int]:
+    before = _calls(client)
+    out = work()
+    after = _calls(client)
+    return out, sum(n - before.get(c, 0) for c, n in after.items() if c.split("|")[0].upper() not in FREE_COMMANDS)
+
+
+def measure(users: int, shape: str) -> dict[str, Any]:
     with servers() as s:
         client = redis.Redis.from_url(s.kv_url)
-        seed_keyspace(client, users=users)
-        keys, pages, reads = naive_reads(client)
-        config = build_config(pg_url=new_database(s.pg_url, "economy"), kv_url=s.kv_url, env={},
-                              use_eval=use_eval)
+        if shape == "lists":
+            list_heavy(client, users)
+        else:
+            seed_keyspace(client, users=users)
+        keys = client.dbsize()
+        config = build_config(pg_url=new_database(s.pg_url, "economy"), kv_url=s.kv_url, env={})
         commands.setup(config)
-        out: dict[str, Any] = {"keys": keys, "users": users, "eval": use_eval, "phases": {}}
-        phases = out["phases"]
-        phases["inventory"] = (commands.inventory(config).budget.spent, pages + keys)
-        phases["backfill"] = (commands.backfill(config).budget.spent, pages + reads)
-        verified = commands.verify(config, recheck_delay=0)
-        phases["verify"] = (verified.budget.spent, pages + reads)
-        out["verify_clean"] = verified.clean
-        if not hasattr(commands, "cleanup"):
-            phases["archive"] = phases["delete"] = None
-            return out
-        dual = commands.dual_write(config, settle=0, recheck_delay=0)
-        # Forced only if the verify found differences: the figures are about KV commands, and
-        # the table says so.
-        out["cutover_forced"] = not (dual.verify is None or dual.verify.clean)
-        commands.cutover(config, force=out["cutover_forced"])
+        plan = commands.plan(config)
+        predicted = {p.phase: p for p in plan.phases}
+        rows: dict[str, tuple[int, int, int, int | None, int | None]] = {}
+        inv, n = billed(client, lambda: commands.inventory(config))
+        rows["inventory"] = (n, inv.budget.spent, predicted["inventory"].commands, predicted["inventory"].floor,
+                             predicted["inventory"].naive)
+        dual, n = billed(client, lambda: commands.dual_write(config, settle=0, recheck_delay=0))
+        pb, pv = predicted["backfill"], predicted["verify"]
+        rows["dual-write"] = (n, dual.kv_requests, pb.commands + pv.commands + 1, (pb.floor or 0) + (pv.floor or 0) + 1,
+                              (pb.naive or 0) + (pv.naive or 0) + 1)
+        rows["  backfill"] = (dual.backfill.budget.spent, dual.backfill.budget.spent, pb.commands, pb.floor, pb.naive)
+        cut, n = billed(client, lambda: commands.cutover(config, force=not dual.clean))
+        rows["cutover"] = (n, cut.kv_requests, 1, 1, 1)
         with tempfile.TemporaryDirectory() as tmp:
-            result = commands.cleanup(config, archive_dir=Path(tmp) / "archive", yes=True, settle=0,
-                                      verify_first=False, recheck_delay=0).cleanup
-        by_phase = result.budget.by_phase
-        archived = sum(e.archived for e in result.entities.values())
-        deleted = sum(e.deleted for e in result.entities.values())
-        phases["archive"] = (by_phase.get("archive", 0), pages + 2 * archived)
-        phases["delete"] = (by_phase.get("delete", 0), deleted)
-        out["archived"], out["deleted"] = archived, deleted
+            clean, n = billed(client, lambda: commands.cleanup(config, archive_dir=Path(tmp) / "a", yes=True, settle=0,
+                                                               recheck_delay=0))
+        pa, pd = predicted["archive"], predicted["delete"]
+        rows["cleanup"] = (n, clean.kv_requests, pa.commands + pd.commands + 1, (pa.floor or 0) + (pd.floor or 0) + 1,
+                           (pa.naive or 0) + (pd.naive or 0) + 1)
         client.close()
-    return out
+        return {"keys": keys, "users": users, "shape": shape, "rows": rows, "plan_total": plan.total,
+                "floor_total": plan.floor_total, "naive_total": plan.naive_total, "deleted": clean.cleanup.deleted,
+                "clean": dual.clean}
 
 
 def table(res: dict[str, Any]) -> str:
-    mode = "scripted reads (EVAL_RO)" if res["eval"] else "pipelined reads (no scripting)"
-    lines = [f"KV request economy: {res['keys']:,} keys (seed users={res['users']}), {mode}", "",
-             f"{'phase':<12}{'kvmigrate':>10}{'naive':>10}"]
-    total = [0, 0]
-    for phase, figures in res["phases"].items():
-        if figures is None:
-            lines.append(f"{phase:<12}{'not built':>10}{'':>10}")
-            continue
-        ours, naive = figures
-        total = [total[0] + ours, total[1] + naive]
-        lines.append(f"{phase:<12}{ours:>10,}{naive:>10,}")
-    lines.append(f"{'whole':<12}{total[0]:>10,}{total[1]:>10,}  target ≤ {TARGET}: "
-                 f"{'met' if total[0] <= TARGET else 'NOT met'}; {total[0] / HOBBY_DAILY_QUOTA:.1%} of one day's "
-                 f"Hobby quota ({HOBBY_DAILY_QUOTA:,})")
-    if not res.get("verify_clean", True) or res.get("cutover_forced"):
-        lines.append("(verify found differences: cutover was forced to measure the cleanup phases)")
-    if "archived" in res:
-        lines.append(f"(archived {res['archived']:,} keys, deleted {res['deleted']:,})")
+    lines = [f"billed KV commands: {res['keys']:,} keys ({res['shape']} store, users={res['users']})", "",
+             f"{'phase':<12}{'server':>9}{'ours':>9}{'plan':>9}{'floor':>9}{'naive':>9}"]
+    whole = [0, 0, 0, 0, 0]
+    for phase, (server, ours, plan, floor, naive) in res["rows"].items():
+        lines.append(f"{phase:<12}{server:>9,}{ours:>9,}{plan:>9,}{floor or 0:>9,}{naive or 0:>9,}")
+        if not phase.startswith(" "):
+            whole = [a + (b or 0) for a, b in zip(whole, (server, ours, plan, floor, naive), strict=True)]
+    lines.append(f"{'whole':<12}{whole[0]:>9,}{whole[1]:>9,}{whole[2]:>9,}{whole[3]:>9,}{whole[4]:>9,}")
+    lines += ["", f"server = ours: {'yes' if whole[0] == whole[1] else 'NO'}; "
+                  f"{whole[0] / max(whole[3], 1):.2f}x the floor; plan within "
+                  f"{abs(whole[2] - whole[0]) / max(whole[0], 1):.1%}; {whole[0] / HOBBY_DAILY_QUOTA:.1%} of one "
+                  f"Hobby day ({HOBBY_DAILY_QUOTA:,}); naive {whole[4] / max(whole[0], 1):.1f}x more"]
+    if res["shape"] == "seed":
+        lines.append(f"target ≤ {TARGET:,}: {'met' if whole[0] <= TARGET else 'NOT met'}")
+    if not res["clean"]:
+        lines.append("(dual-write's verify was not clean: cutover was forced to measure cleanup)")
+    lines.append(f"(cleanup deleted {res['deleted']:,} keys)")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=46)
-    parser.add_argument("--no-eval", action="store_true", help="read with pipelines, as where scripting is refused")
+    parser.add_argument("--shape", choices=("seed", "lists"), default="seed")
     args = parser.parse_args(argv[1:])
-    print(table(measure(args.users, not args.no_eval)))
+    print(table(measure(args.users, args.shape)))
     return 0
 
 

@@ -1,7 +1,8 @@
 """Backfill: stream every KV record through its entity's transformer into Postgres.
 
 One pass of `SCAN` over the whole keyspace; each page is classified by key name (kept and
-unknown keys are never read), read in one batch (one EVAL, or MGET + pipelines), transformed,
+unknown keys are never read, nor are derived indexes), read in one batch (MGETs for strings, one
+pipelined read per other key), transformed,
 and loaded in ONE transaction together with its ledger rows, rejects and the scan checkpoint.
 Killed at any moment, the next run resumes from the last committed page; an unchanged rerun
 writes 0 rows. The KV connection is read-only: backfill never writes to KV.
@@ -19,7 +20,7 @@ from pathlib import Path
 import psycopg
 
 from kvmigrate import state
-from kvmigrate.batch import Batch, RequiredCheck, Tally, table_specs, value_digest
+from kvmigrate.batch import Batch, RequiredCheck, Tally, table_specs
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
@@ -52,7 +53,6 @@ class BackfillResult:
     dangling_refs: int = 0
     resumed_from: int | None = None
     complete: bool = False
-    fallback_reason: str | None = None
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # entities that write to Postgres only now
     server_restarts: int = 0  # KV restarts seen during the run (each costs a rescan)
@@ -74,7 +74,6 @@ class _Run:
     writer: BatchWriter | None = None
     refs: set[str] = field(default_factory=set)
     seen_messages: set[str] = field(default_factory=set)
-    recheck: bool = False
     pages_committed: int = 0  # by this run
 
 
@@ -97,8 +96,10 @@ def run_backfill(
 ) -> BackfillResult:
     """Copy KV history into Postgres. Writes Postgres (not with dry_run); never writes KV.
 
-    Costs about 1 SCAN per `scan_count` keys plus 1 EVAL per page (or MGET + 1 per non-string
-    key without scripting) plus 1 HSCAN per 1,000 fields of a registry hash.
+    Costs 1 DBSIZE, 1 SCAN per `scan_count` keys, 1 MGET per batch of string keys, 1 read per
+    other key it needs (derived indexes are not read), and 1 HSCAN per 1,000 fields of a registry
+    hash. Under dual writes a page is not read twice: verify's re-check catches a write the app
+    made while the page was in flight.
     """
     chosen = select_entities(entities)
     budget = RequestBudget(cap=config.max_requests, phase="backfill")
@@ -118,7 +119,6 @@ def run_backfill(
         # rules are not staged again (see BatchWriter).
         run.result.skipped = skipped
         run.writer = None if run_id is None else BatchWriter(conn, run_id, rules=None if restart else rules)
-        run.recheck = run_id is not None and _dual_written(conn, chosen)
         try:
             if any(e.families for e in chosen):  # memories alone read files, not KV
                 _scan(run, restart=restart, progress=progress)
@@ -211,7 +211,7 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
     cursor = 0 if restart or run.result.dry_run else (state.get_checkpoint(run.conn, name, server=server) or 0)
     run.conn.rollback()
     run.result.resumed_from = cursor or None
-    source = KvSource(run.kv, run.entities, count=run.config.scan_count, use_eval=run.config.use_eval)
+    source = KvSource(run.kv, run.entities, count=run.config.scan_count)
     total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar
     for _ in range(MAX_PASSES):
         if cursor != state.SCAN_DONE:
@@ -225,7 +225,6 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
         raise ConnectError("the KV server kept restarting during the backfill",
                            hint="run the same command again once the KV store is stable")
     run.result.complete = True
-    run.result.fallback_reason = source.fallback_reason
     if not run.result.dry_run:
         with run.conn.transaction():
             state.clear_checkpoint(run.conn, name)
@@ -234,34 +233,33 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
 def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | None,
           progress: Progress | None, total: int) -> None:
     """Read, transform and load every page from `cursor`. Consecutive pages are loaded in one
-    transaction until they hold `load_batch` records (one page at a time under dual writes, so
-    each is settled as soon as it commits); the group commits with the last page's cursor. A
+    transaction until they hold `load_batch` records; the group commits with the last page's cursor. A
     run stopped by the request budget first commits the pages it has read whole."""
     writes = _Overlap(run, progress, total, server)
     group, keys, size, last = Batch(), 0, 0, None
-    limit = 1 if run.recheck else run.config.load_batch
+    limit = run.config.load_batch
 
     def flush() -> None:
         nonlocal group, keys, size, last
         if last is None:
             return
         batch, checkpoint, n = group, last, keys
-        group, keys, size, last = Batch(), 0, 0, None  # taken: a stop while settling does not resend it
+        group, keys, size, last = Batch(), 0, 0, None  # taken: a stop while writing does not resend it
         _fold(run, batch)
         writes.submit(batch, (name, checkpoint), n)
-        if run.recheck and run.writer is not None:
-            writes.wait()
-            _settle(run, source, batch)
 
     try:
         try:
             for page in source.pages(cursor):
                 for key, status, pattern in page.policy:
                     group.note_policy(key, status, pattern)
+                for key, entity, family in page.indexes:
+                    group.note_index(key, entity.name, family)
                 required = _required(run)
                 for record, entity in page.records:
                     group.add_outcome(entity, record, entity.transform(record), required)
-                keys, size, last = keys + page.keys, size + len(page.records) + len(page.policy), page.cursor or state.SCAN_DONE
+                keys, last = keys + page.keys, page.cursor or state.SCAN_DONE
+                size += len(page.records) + len(page.policy) + len(page.indexes)
                 if size >= limit:
                     flush()
         except BudgetExhausted:
@@ -322,39 +320,6 @@ class _Overlap:
             self.wait()  # it committed: count it
         self.pending = None
         self.pool.shutdown(wait=True)
-
-
-def _settle(run: _Run, source: KvSource, batch: Batch, *, rounds: int = 3) -> None:
-    """Under dual writes, re-read a committed page and re-load every record the app changed
-    between our read and our commit, so a stale copy never overwrites the app's newer row.
-
-    Safe when the app writes KV first, then Postgres (README, "For the app"). Costs one more
-    batch read per page (1 EVAL), only while an entity is dual-written.
-    """
-    assert run.writer is not None
-    digests = {(e.key, e.field): e.value_hash for e in batch.ledger if e.status in ("migrated", "rejected")}
-    for _ in range(rounds):
-        if not digests:
-            return
-        fresh = source.read_keys(sorted({k for k, _ in digests}))
-        changed = [(r, e) for r, e in fresh if digests.get((r.key, r.field)) != value_digest(r.redis_type, r.value)]
-        if not changed:
-            return
-        again = Batch()
-        for record, entity in changed:
-            again.add_outcome(entity, record, entity.transform(record), _required(run))
-            run.result.tallies.setdefault(entity.name, Tally()).stats["changed_during_backfill"] += 1
-        for table, stats in run.writer.write(again).items():
-            _credit(run, table, stats.written)
-        digests = {(e.key, e.field): e.value_hash for e in again.ledger}
-
-
-def _dual_written(conn: psycopg.Connection, entities: Sequence[Entity]) -> bool:
-    """True when any of the entities is dual-written now (the app writes Postgres too)."""
-    row = conn.execute("SELECT count(*) FROM kvmigrate.phases WHERE writes = 'dual' AND entity = ANY(%s)",
-                       ([e.name for e in entities],)).fetchone()
-    conn.rollback()
-    return bool(row and row[0])
 
 
 def _credit(run: _Run, table: str, written: int) -> None:

@@ -1,4 +1,5 @@
-"""Count every KV command kvmigrate sends, and stop cleanly at the user's cap."""
+"""Count every KV command the server runs for kvmigrate, as the store bills it, and stop
+cleanly before the user's cap."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ from dataclasses import dataclass, field
 
 from kvmigrate.errors import BudgetExhausted
 
+#: Commands Upstash (and so Vercel KV) does not bill. Counted apart, never against the cap.
+FREE_COMMANDS = frozenset("AUTH HELLO SELECT COMMAND CONFIG INFO PING RESET QUIT".split())
+
 
 @dataclass
 class RequestBudget:
-    """Counts KV commands by name and phase; raises BudgetExhausted *before* exceeding `cap`.
+    """Counts billed KV commands by name and phase; raises BudgetExhausted *before* a command
+    would pass `cap`.
 
-    Upstash and Vercel KV bill per command: a pipeline of N commands costs N, one EVAL costs 1.
+    Upstash bills every command the server runs: a pipeline of N commands costs N, MULTI/EXEC
+    bills MULTI, EXEC and each queued command, and a Lua script bills every command it runs
+    (kvmigrate sends none). The count here is what Redis and Valkey report in `INFO
+    commandstats` for the same run, less the free commands (`free`).
     """
 
     cap: int | None = None
@@ -20,9 +28,11 @@ class RequestBudget:
     by_command: Counter[str] = field(default_factory=Counter)
     by_phase: Counter[str] = field(default_factory=Counter)
     by_phase_command: Counter[tuple[str, str]] = field(default_factory=Counter)
+    free: Counter[str] = field(default_factory=Counter)
 
     @property
     def spent(self) -> int:
+        """Billed commands so far."""
         return sum(self.by_command.values())
 
     @property
@@ -30,23 +40,27 @@ class RequestBudget:
         return None if self.cap is None else max(self.cap - self.spent, 0)
 
     def check(self, n: int = 1) -> None:
-        """Raise BudgetExhausted if sending `n` more commands would pass the cap. No side effect."""
+        """Raise BudgetExhausted if `n` more billed commands would pass the cap. No side effect."""
         if self.cap is not None and self.spent + n > self.cap:
             raise BudgetExhausted(
-                f"KV request budget reached: {self.spent} of {self.cap} commands spent, "
+                f"KV request budget reached: {self.spent} of {self.cap} billed commands spent, "
                 f"the next step needs {n}",
                 hint="the run stopped cleanly; run the same command again (with a new "
                 "--max-requests) to resume from the last checkpoint",
             )
 
     def charge(self, command: str, n: int = 1) -> None:
-        """Record `n` commands named `command` (after check())."""
-        self.check(n)
+        """Check the cap, then record `n` commands named `command` (free ones are only noted)."""
+        if command.upper() not in FREE_COMMANDS:
+            self.check(n)
         self.record(command, n)
 
     def record(self, command: str, n: int = 1) -> None:
         """Count commands without checking the cap (a connection's AUTH/SELECT, already sent)."""
         name = command.upper()
+        if name in FREE_COMMANDS:
+            self.free[name] += n
+            return
         self.by_command[name] += n
         self.by_phase[self.phase] += n
         self.by_phase_command[(self.phase, name)] += n
@@ -57,4 +71,5 @@ class RequestBudget:
             "cap": self.cap,
             "by_command": dict(sorted(self.by_command.items())),
             "by_phase": dict(sorted(self.by_phase.items())),
+            "free": dict(sorted(self.free.items())),
         }

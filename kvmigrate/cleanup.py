@@ -3,15 +3,19 @@
 Rules (README, "Data rules"):
 * Only keys of the chosen entities' families are candidates, derived indexes (`inbox:*`,
   `board:entries`, …) included; kept and unknown keys are never read, archived or deleted.
+* One read pass: each page's candidates are WATCHed, then read (MGET for strings, one read per
+  other key, PTTL only where the family can expire) on the same connection.
 * A key is deletable only when each of its ledger rows is `migrated` with a verified digest and
   the value read now has that digest; for a registry hash (`vibe:handles`) every current field
-  needs its own verified row. Anything else stays in KV and is reported with a reason and the
-  command to run next.
+  needs its own verified row. A key whose value changed since the last verify (or that never
+  verified) is verified right there against Postgres from the value just read, unless its rows
+  merge several sources (users: run `verify`). A derived index (`inbox:*`, `board:entries`, …)
+  holds nothing of its own and is deletable once it is in the ledger. Anything else stays in
+  KV and is reported with a reason and the command to run next.
 * Only deletable keys are archived, so the archive is exactly what cleanup may delete and
   `restore` is its undo. A batch's lines are fsynced (and the manifest updated) before its delete.
-* The delete is one compare-and-delete script per batch: a key is deleted only if its value
-  still has the digest it had when archived (otherwise it stays and is reported).
-  A key already gone counts as deleted (a delete retried after a lost reply finds it so).
+* The delete is one multi-key DEL in MULTI/EXEC on the WATCHing connection: if the app changed
+  any of the page's keys after the read, the server runs nothing, and the page is read again.
 * Flags move first (writes=postgres) and cleanup waits `settle` seconds after the change, so
   apps that cache their flags stop writing KV before anything is deleted.
 * A run stopped by the request budget (or killed) resumes at its last finished page
@@ -41,24 +45,14 @@ from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.entities.base import Family
 from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused
 from kvmigrate.kv.classify import Classifier
-from kvmigrate.kv.client import KvClient
+from kvmigrate.kv.client import KvClient, KvSession
 from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id
-from kvmigrate.kv.snapshot import LUA_LIB, Snapshot, SnapshotReader
+from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
+from kvmigrate.kv.source import KvSource, storable
+from kvmigrate.records import RawRecord
 
 LOCK_CLEANUP = 0x6B766D63  # "kvmc": one cleanup at a time per database
 EXAMPLES = 5
-
-DELETE_SCRIPT = LUA_LIB + """
-if redis.replicate_commands then redis.replicate_commands() end
-local out = {}
-for i, k in ipairs(KEYS) do
-  local t = redis.call('TYPE', k)['ok']
-  local parts = parts_of(t, k)
-  if t == 'none' then out[i] = 2
-  elseif parts and digest(t, parts) == ARGV[i] then redis.call('DEL', k); out[i] = 1 else out[i] = 0 end
-end
-return out
-"""
 
 _VERIFY_AGAIN = "run `kvmigrate verify --entity {e}`, then cleanup again"
 HINTS = {
@@ -67,6 +61,8 @@ HINTS = {
     "not_verified": _VERIFY_AGAIN,
     "changed_since_verify": "the value changed since verify: " + _VERIFY_AGAIN,
     "changed_during_cleanup": "the value changed while cleanup ran: " + _VERIFY_AGAIN,
+    "differs_from_postgres": "the value read now differs from Postgres: run `kvmigrate verify --entity {e}` "
+    "(and --repair if Postgres misses it), then cleanup again",
     "unsupported_type": "a Redis type kvmigrate does not archive; the key stays in KV",
 }
 
@@ -109,7 +105,7 @@ class CleanupResult:
     settled_seconds: float = 0.0
     resumed_from: int | None = None
     complete: bool = False
-    fallback_reason: str | None = None
+    verified_now: int = 0  # keys that changed since the last verify, verified as cleanup read them
     kv_requests: int = 0
     seconds: float = 0.0
 
@@ -128,6 +124,10 @@ def verdict(snap: Snapshot, family: Family, rows: Mapping[str, LedgerState]) -> 
     """None when the key may be deleted, else (reason, example naming the key or field). Pure."""
     if snap.digest is None:
         return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), snap.key
+    if family.index and not family.decides:  # holds nothing of its own: in the ledger is enough
+        row = rows.get("")
+        ok = row is not None and row.status == "migrated"
+        return None if ok else ("not_migrated", snap.key)
     if family.split_fields and snap.rtype == "hash":
         p = snap.parts
         checks = [(decode_key(f), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
@@ -147,54 +147,6 @@ def verdict(snap: Snapshot, family: Family, rows: Mapping[str, LedgerState]) -> 
     return None
 
 
-class CompareAndDelete:
-    """Deletes keys only while their value still has the digest read: 1 EVAL per batch.
-    Without scripting: WATCH, re-read (pipelines), then MULTI/DEL/EXEC, retried twice."""
-
-    def __init__(self, kv: KvClient, reader: SnapshotReader) -> None:
-        self.kv, self.reader = kv, reader
-
-    def delete(self, snaps: Sequence[Snapshot]) -> set[str]:
-        """Return the keys deleted, counting keys already gone: a delete retried after its
-        reply was lost finds the keys its first attempt deleted. Writes KV."""
-        if not snaps:
-            return set()
-        if self.reader.use_eval:
-            try:
-                reply = self.kv.call("EVAL", DELETE_SCRIPT, len(snaps), *[encode_key(s.key) for s in snaps],
-                                     *[s.digest or "" for s in snaps])
-                return {s.key for s, hit in zip(snaps, reply, strict=True) if int(hit)}
-            except redis.ResponseError as exc:
-                self.reader.use_eval = False
-                self.reader.fallback_reason = str(exc).splitlines()[0]
-        return self._delete_watched(snaps)
-
-    def _delete_watched(self, snaps: Sequence[Snapshot]) -> set[str]:
-        keys = [encode_key(s.key) for s in snaps]
-        for _ in range(3):
-            self.kv.budget.check(4 + 3 * len(keys))
-            with self.kv.redis.pipeline(transaction=True) as pipe:
-                self.kv.budget.charge("WATCH")
-                pipe.watch(*keys)
-                now = self.reader.read_pipelined([s.key for s in snaps])
-                same = [s.key for s, n in zip(snaps, now, strict=True) if n.digest is not None and n.digest == s.digest]
-                gone = {s.key for s, n in zip(snaps, now, strict=True) if n.rtype == "none"}
-                if not same:
-                    self.kv.budget.charge("UNWATCH")
-                    pipe.unwatch()
-                    return gone
-                for name in ("MULTI", "DEL", "EXEC"):
-                    self.kv.budget.charge(name)
-                pipe.multi()
-                pipe.execute_command("DEL", *[encode_key(k) for k in same])
-                try:
-                    pipe.execute()
-                    return set(same) | gone
-                except redis.WatchError:
-                    continue
-        return set()
-
-
 @dataclass
 class _Run:
     config: Config
@@ -202,7 +154,7 @@ class _Run:
     chosen: tuple[Entity, ...]
     result: CleanupResult
     reader: SnapshotReader
-    deleter: CompareAndDelete | None = None
+    writer: KvClient | None = None
     archive: ArchiveWriter | None = None
     classifier: Classifier = field(default_factory=lambda: Classifier(ENTITIES))
 
@@ -213,8 +165,9 @@ def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Pa
 
     Refuses (GateRefused, exit 1) unless every chosen entity has cut over; needs `yes` unless
     `dry_run`. Writes the flags (Postgres + 1 HSET), the archive folder, the ledger, and deletes
-    KV keys; `dry_run` reads only. KV cost: 1 SCAN per `scan_count` keys, 1 EVAL per page with
-    candidates, 1 EVAL per page with deletable keys (more without scripting).
+    KV keys; `dry_run` reads only. KV cost: 1 SCAN per `scan_count` keys; per page with
+    candidates 1 WATCH, 1 MGET per batch of strings, 1 read per other key (1 PTTL more where the
+    family can expire), then MULTI, DEL, EXEC (or 1 UNWATCH when nothing is deletable).
     """
     chosen = phases.kv_entities(select_entities(entities))
     if not chosen:
@@ -230,8 +183,7 @@ def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Pa
             raise ConfigError("cleanup deletes KV keys (after archiving them)",
                               hint="confirm with --yes, or see what it would delete with --dry-run")
         result = CleanupResult(None, dry_run, str(archive_dir), budget, {e.name: EntityCleanup() for e in chosen})
-        reader = SnapshotReader(connect_kv(url, budget, retries=config.connect_retries, read_only=True),
-                                use_eval=config.use_eval)
+        reader = SnapshotReader(connect_kv(url, budget, retries=config.connect_retries, read_only=True))
         run = _Run(config, conn, chosen, result, reader)
         if dry_run:
             _scan(run)
@@ -251,7 +203,7 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
     try:
         run.archive = ArchiveWriter(Path(result.archive_dir), run_id=result.run_id, kv_url=run.config.masked_kv_url)
         result.manifest = str(run.archive.manifest_path)
-        run.deleter = CompareAndDelete(writer, run.reader)
+        run.writer = writer
         _flags(run, writer, settle)
         _reconcile(run)
         _scan(run)
@@ -271,14 +223,17 @@ def _lock(conn: psycopg.Connection) -> None:
 
 
 def _flags(run: _Run, writer: KvClient, settle: float) -> None:
-    """Move writes to Postgres (1 HSET per change; 1 HSET to republish when nothing changed),
-    then wait until `settle` seconds have passed since the newest change."""
-    writer.budget.check(len(run.chosen))
+    """Move writes to Postgres and publish the flags (1 HSET), then wait until `settle` seconds
+    have passed since the newest change."""
+    writer.budget.check(1)
     for entity in run.chosen:
-        if phases.set_phase(run.conn, writer, entity.name, phases.CLEANED, reason="cleanup"):
+        if phases.set_phase(run.conn, None, entity.name, phases.CLEANED, reason="cleanup"):
             run.result.flags_changed.append(entity.name)
-    if not run.result.flags_changed:
+    writer.budget.phase = "flags"
+    try:
         phases.publish(run.conn, writer)
+    finally:
+        writer.budget.phase = "archive"
     row = run.conn.execute(
         "SELECT extract(epoch FROM now() - max(changed_at)) FROM kvmigrate.phase_history"
         " WHERE entity = ANY(%s) AND to_writes = 'postgres'", ([e.name for e in run.chosen],)).fetchone()
@@ -315,7 +270,6 @@ def _scan(run: _Run) -> None:
         raise ConnectError("the KV server kept restarting during cleanup",
                            hint="run the same command again once the KV store is stable")
     run.result.complete = True
-    run.result.fallback_reason = run.reader.fallback_reason
     if not dry:
         state.clear_checkpoint(run.conn, name)
 
@@ -331,51 +285,141 @@ def _candidates(run: _Run, keys: Sequence[str]) -> list[tuple[str, Entity, Famil
     return out
 
 
-def _page(run: _Run, items: Sequence[tuple[str, Entity, Family]]) -> None:
-    """Read one page's candidates (1 EVAL), decide, archive the deletable ones, delete them."""
-    snaps = run.reader.read([k for k, _, _ in items])
-    ledger = _ledger(run.conn, [k for k, _, _ in items])
-    deletable: list[tuple[Snapshot, str]] = []
-    for snap, (key, entity, family) in zip(snaps, items, strict=True):
-        tally = run.result.entities[entity.name]
+@dataclass
+class _Verdicts:
+    """What one read of a page decided: deletable snapshots, kept keys with reasons, keys gone."""
+
+    deletable: list[tuple[Snapshot, str]] = field(default_factory=list)
+    kept: list[tuple[str, tuple[str, str]]] = field(default_factory=list)
+    candidates: list[tuple[str, bool]] = field(default_factory=list)  # (entity, vanished)
+    verified_now: int = 0
+
+
+def _page(run: _Run, items: Sequence[tuple[str, Entity, Family]], *, attempts: int = 3) -> None:
+    """WATCH one page's candidates, read them, decide, verify the changed ones, archive the
+    deletable ones, and delete them in MULTI/EXEC; when the app changed one of them meanwhile
+    the server deletes nothing, and the page is read again (up to `attempts` times)."""
+    keys, fams = [k for k, _, _ in items], [f for _, _, f in items]
+    if run.writer is None:  # dry run: read and decide only
+        _count(run, _decide(run, items, run.reader.read(keys, fams), dry=True))
+        return
+    for attempt in range(attempts):
+        with run.writer.session() as session:
+            session.pipeline([("WATCH", *[encode_key(k) for k in keys])])
+            decided = _decide(run, items, run.reader.read(keys, fams, send=session.pipeline), dry=False)
+            if not decided.deletable:
+                session.unwatch()
+                _count(run, decided)
+                return
+            if _archive_and_delete(run, session, decided, last=attempt == attempts - 1):
+                return
+
+
+def _count(run: _Run, decided: _Verdicts) -> None:
+    """Add one page's final verdicts to the result."""
+    run.result.verified_now += decided.verified_now
+    for name, vanished in decided.candidates:
+        tally = run.result.entities[name]
         tally.candidates += 1
+        tally.vanished += vanished
+    for name, why in decided.kept:
+        run.result.entities[name].keep(name, *why)
+    for _, name in decided.deletable:
+        run.result.entities[name].deletable += 1
+
+
+def _decide(run: _Run, items: Sequence[tuple[str, Entity, Family]], snaps: Sequence[Snapshot], *,
+            dry: bool) -> _Verdicts:
+    """Decide each snapshot. Keys changed since the last verify are verified against Postgres
+    here, from the value just read (not in a dry run)."""
+    ledger = _ledger(run.conn, [k for k, _, _ in items])
+    out = _Verdicts()
+    recheck: list[tuple[Snapshot, Entity, Family]] = []
+    for snap, (_, entity, family) in zip(snaps, items, strict=True):
+        out.candidates.append((entity.name, snap.rtype == "none"))
         if snap.rtype == "none":
-            tally.vanished += 1
             continue
-        why = verdict(snap, family, ledger.get(key, {}))
-        if why:
-            tally.keep(entity.name, *why)
+        why = verdict(snap, family, ledger.get(snap.key, {}))
+        if why is None:
+            out.deletable.append((snap, entity.name))
+        elif why[0] in ("changed_since_verify", "not_verified") and not dry and _verifiable(entity):
+            recheck.append((snap, entity, family))
         else:
-            tally.deletable += 1
-            deletable.append((snap, entity.name))
-    if deletable and run.archive is not None and run.deleter is not None:
-        _archive_and_delete(run, run.archive, run.deleter, deletable)
+            out.kept.append((entity.name, why))
+    if recheck:
+        vouched = _verify_now(run, recheck)
+        ledger = _ledger(run.conn, [s.key for s, _, _ in recheck])
+        for snap, entity, family in recheck:
+            why = verdict(snap, family, ledger.get(snap.key, {}))
+            if why is None:
+                out.deletable.append((snap, entity.name))
+            else:
+                out.kept.append((entity.name, ("differs_from_postgres", why[1]) if snap.key not in vouched else why))
+        out.verified_now = len(vouched)
+    return out
 
 
-def _archive_and_delete(run: _Run, archive: ArchiveWriter, deleter: CompareAndDelete,
-                        deletable: Sequence[tuple[Snapshot, str]]) -> None:
+def _verifiable(entity: Entity) -> bool:
+    """Rows built from one source each can be verified from that source alone; a merged row
+    (users: registry, legacy hash and agent records) needs every source, so a full verify."""
+    return all(t.merge != "fill" for t in entity.tables)
+
+
+def _verify_now(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> set[str]:
+    """Compare these keys' values, as just read, with Postgres and record the ones that agree as
+    verified (ledger). Returns the keys vouched for. Postgres only: no KV command."""
+    from kvmigrate.verify import vouch
+
+    records: list[tuple[RawRecord, Entity]] = []
+    for snap, entity, family in items:
+        value = snap.raw_value()
+        if family.split_fields and isinstance(value, dict):
+            records += [(storable(RawRecord(snap.key, "hash", v, decode_key(f), family.name)), entity)
+                        for f, v in value.items()]
+        else:
+            records.append((storable(RawRecord(snap.key, snap.rtype, value, "", family.name)), entity))
+    source = KvSource(run.reader.kv, run.chosen, count=run.config.scan_count)
+    return vouch(run.conn, run.chosen, source, records, run.result.run_id or 0)
+
+
+def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, last: bool) -> bool:
+    """Archive (fsynced) and delete the page's deletable keys in MULTI/EXEC, then count the page.
+    False when a WATCHed key changed, so nothing was deleted (the caller reads the page again);
+    on the `last` try those keys are kept and reported instead."""
+    assert run.archive is not None
+    deletable = decided.deletable
     now_ms = int(time.time() * 1000)
     lines: dict[str, list[bytes]] = {}
     for snap, entity in deletable:
         lines.setdefault(entity, []).append(encode_line(snap, entity, run_id=run.result.run_id or 0, now_ms=now_ms))
-    archive.write_batch(lines)
-    _mark(run.conn, [s.key for s, _ in deletable], set())  # before the delete: a crash after it is recoverable
-    for _, entity in deletable:
-        run.result.entities[entity].archived += 1
-    deleted: set[str] = set()
+    run.archive.write_batch(lines)
+    keys = [s.key for s, _ in deletable]
+    _mark(run.conn, keys, set())  # before the delete: a crash after it is recoverable
     run.result.budget.phase = "delete"
     try:
-        deleted = deleter.delete([s for s, _ in deletable])
+        reply: list[object] | None = session.transaction([("DEL", *[encode_key(k) for k in keys])])
+        deleted = set(keys) if reply is not None else set()
+    except (redis.ConnectionError, redis.TimeoutError):
+        # The reply was lost: the transaction ran whole or not at all. Keys now gone were deleted by
+        # it (writes are on Postgres, so nothing else deletes them); if none is, read the page again.
+        there = run.reader.kv.pipeline([("EXISTS", encode_key(k)) for k in keys])
+        deleted = {k for k, n in zip(keys, there, strict=True) if n == 0}
+        reply = [len(deleted)] if deleted else None
     finally:
         run.result.budget.phase = "archive"
-        _mark(run.conn, [s.key for s, _ in deletable], deleted)
+    if reply is None and not last:
+        return False
+    _mark(run.conn, keys, deleted)
+    _count(run, decided)
     for snap, entity in deletable:
         tally = run.result.entities[entity]
+        tally.archived += 1
         if snap.key in deleted:
             tally.deleted += 1
-            archive.count_deleted(entity, 1)
+            run.archive.count_deleted(entity, 1)
         else:
             tally.keep(entity, "changed_during_cleanup", snap.key)
+    return True
 
 
 def _pg_safe(key: str) -> bool:
@@ -409,15 +453,23 @@ def _mark(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) 
 
 def _reconcile(run: _Run) -> None:
     """Record the deletion of keys an earlier run archived and deleted but was killed before it
-    recorded the delete (archived_at set, deleted_at not, key gone). Costs 1 EVAL per
-    `scan_count` such keys, usually none."""
+    recorded the delete (archived_at set, deleted_at not, key gone). Costs 1 multi-key EXISTS
+    per `scan_count` such keys (usually none), and 1 EXISTS per key only where some are gone and
+    some are not."""
     rows = run.conn.execute(
         "SELECT DISTINCT key FROM kvmigrate.ledger WHERE archived_at IS NOT NULL AND deleted_at IS NULL"
         " AND entity = ANY(%s) ORDER BY key", ([e.name for e in run.chosen],)).fetchall()
     keys = [k for (k,) in rows]
     for start in range(0, len(keys), run.config.scan_count):
         chunk = keys[start:start + run.config.scan_count]
-        gone = [s.key for s in run.reader.read(chunk) if s.rtype == "none"]
+        present = int(run.reader.kv.call("EXISTS", *[encode_key(k) for k in chunk]))
+        if present == len(chunk):
+            continue
+        if present == 0:
+            gone = chunk
+        else:
+            there = run.reader.kv.pipeline([("EXISTS", encode_key(k)) for k in chunk])
+            gone = [k for k, n in zip(chunk, there, strict=True) if n == 0]
         if gone:
             _mark(run.conn, [], set(gone))
 

@@ -51,17 +51,18 @@ def doctor(config: Config) -> DoctorResult:
     return result
 
 
-def inventory(config: Config) -> InventoryResult:
-    """Census of the keyspace and the predicted backfill cost. Read-only; ~2 KV requests/1,000 keys."""
-    result = run_inventory(config)
+def inventory(config: Config, *, sizes: bool = False) -> InventoryResult:
+    """Census of the keyspace and the predicted cost of each pass. Read-only; 6 billed KV
+    commands per 1,000 keys (SCAN and SCAN … TYPE passes), 2 more per key with `sizes`."""
+    result = run_inventory(config, sizes=sizes)
     state.log_spend(config, "inventory", result.budget)
     return result
 
 
-def plan(config: Config) -> PlanResult:
-    """Predict the KV commands of every phase of the migration on this store. Read-only; costs
-    one inventory pass (about 2 commands per 1,000 keys)."""
-    result = run_plan(config)
+def plan(config: Config, *, sizes: bool = False) -> PlanResult:
+    """Predict the billed KV commands of every phase of the migration on this store, beside the
+    floor. Read-only; costs one inventory."""
+    result = run_plan(config, sizes=sizes)
     state.log_spend(config, "plan", result.inventory.budget)
     return result
 
@@ -211,16 +212,16 @@ def cleanup(
     dry_run: bool = False,
     yes: bool = False,
     settle: float = DEFAULT_SETTLE,
-    verify_first: bool = True,
+    verify_first: bool = False,
     recheck_delay: float = 3.0,
 ) -> CleanupPhaseResult:
-    """Phase 4: writes to Postgres only, verify, then archive and delete the verified KV keys.
+    """Phase 4: writes to Postgres only, then archive and delete the verified KV keys (one read pass).
 
     Refuses before cutover (GateRefused, exit 1) and without `yes` (unless `dry_run`). Writes the
     flags, the archive folder (files 0600, manifest last), the ledger; deletes only keys whose
     value still has its verified digest. Never touches presence, sessions, rate limits, unknown
-    or `kvmigrate:*` keys. KV cost: a verify, plus about 2 commands per 1,000 keys scanned and one
-    script per page that has keys to archive or delete.
+    or `kvmigrate:*` keys. KV cost: one read of every candidate key (MGET for strings, one read per
+    other key), a SCAN per page, and WATCH, MULTI, DEL, EXEC per page with keys to delete.
     """
     return run_cleanup_phase(config, entities=entities, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
                              settle=settle, verify_first=verify_first, recheck_delay=recheck_delay)

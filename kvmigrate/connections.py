@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import psycopg
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 from tenacity import (
     RetryCallState,
@@ -95,14 +95,15 @@ def connect_kv(
     on_retry: RetryHook | None = None,
     timeout: float = 10.0,
 ) -> KvClient:
-    """Open a KV client and PING it (costs 1 request). TLS is used for `rediss://` URLs."""
+    """Open a KV client and PING it (free, like the AUTH and SELECT a connection sends). TLS is
+    used for `rediss://` URLs."""
     real = _normalise_kv_url(url)
     try:
         client = redis.Redis.from_url(
             real, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), retry_on_error=[redis.ConnectionError, redis.TimeoutError],
             # RESP2, no CLIENT SETINFO, no health-check PINGs: a new connection sends only what it
-            # must (AUTH, SELECT), and those are counted too (Upstash bills them like any command)
+            # must (AUTH, SELECT), which Upstash does not bill (noted apart in the budget)
             protocol=2, health_check_interval=0, redis_connect_func=_counting_connect(budget),
             **_NO_CLIENT_INFO,
         )
@@ -114,7 +115,9 @@ def connect_kv(
                           f"(scheme {scheme!r})",
                           hint="a KV URL looks like redis://host:6379/0, or rediss:// for TLS; percent-encode "
                           "'/', '?', '#' and '@' in the password") from None
-    kv = KvClient(client, budget, read_only=read_only)
+    for command in ("HGETALL", "SMEMBERS", "ZRANGE"):  # replies flat and in server order, as stored
+        client.set_response_callback(command, lambda reply, **_: reply)
+    kv = KvClient(client, budget, read_only=read_only)  # connecting: tenacity retries the PING below
     try:
         for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, (redis.ConnectionError, redis.TimeoutError)):
             with attempt:
@@ -124,9 +127,9 @@ def connect_kv(
             f"cannot connect to KV at {mask_url(url)}: {mask_text(str(exc))}",
             hint="check the URL (KV_URL is a rediss:// URL on Vercel) and that the store is up",
         ) from None
-    # Connected. From now on a dropped connection is retried by redis-py itself: kvmigrate's KV
-    # commands (reads, the flags HSET, compare-and-delete) are all safe to send twice.
-    client.set_retry(Retry(ExponentialBackoff(cap=5.0, base=0.2), retries))
+    # Connected. From now on KvClient resends a command lost with its connection only when it is
+    # safe to run twice (reads, and writes that set a value), and charges each resend.
+    kv.retries = retries
     return kv
 
 

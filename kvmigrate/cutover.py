@@ -164,7 +164,10 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
     backfill = run_backfill(sub, entities=names, progress=progress)
     if remaining is not None:
         sub = config.model_copy(update={"max_requests": max(remaining - backfill.budget.spent, 1)})
-    verify = run_verify(sub, entities=names, recheck_delay=recheck_delay)
+    # Repair what the re-check still finds: under dual writes the app writes KV first, so a row
+    # that differs is a stale copy the backfill committed after the app's own write (backfill
+    # does not read a page twice), or a write the app's Postgres side missed.
+    verify = run_verify(sub, entities=names, recheck_delay=recheck_delay, repair=True)
     spent = budget.spent + backfill.budget.spent + verify.budget.spent
     return DualWriteResult(changes, backfill, verify, settle, spent)
 
@@ -181,11 +184,12 @@ class CleanupPhaseResult:
 
 
 def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_dir: Path, dry_run: bool = False,
-                      yes: bool = False, settle: float = DEFAULT_SETTLE, verify_first: bool = True,
+                      yes: bool = False, settle: float = DEFAULT_SETTLE, verify_first: bool = False,
                       recheck_delay: float = 3.0) -> CleanupPhaseResult:
     """Phase 4. Move writes to Postgres, wait `settle` seconds for every app instance to see it,
-    verify (so keys the app changed since the last verify are verified as they are now, with KV
-    no longer changing), then archive and delete the verified keys (see kvmigrate.cleanup).
+    then archive and delete the verified keys in one read pass (see kvmigrate.cleanup: keys the
+    app changed since the last verify are verified as that pass reads them). `verify_first` runs
+    a full verify before it (one more read of every key).
     `dry_run` changes nothing and reports what would be archived and deleted."""
     chosen = _kv_only(entities)
     names = [e.name for e in chosen]

@@ -50,6 +50,7 @@ class DemoResult:
     app_kv_commands: int = 0
     app_errors: list[str] = field(default_factory=list)
     naive_requests: int = 0
+    floor_requests: int = 0  # the fewest billed commands any tool needs for the same passes
     urls: dict[str, str] = field(default_factory=dict)
     files: str | None = None  # the archive and memory files, when kept
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -128,6 +129,7 @@ class _Demo:
             inv = commands.inventory(cfg)
             st.result, st.kv_requests = inv, inv.budget.spent
             self.result.naive_requests = inv.naive_requests
+            self.result.floor_requests = inv.pages + 2 * inv.backfill.floor + inv.cleanup.floor + 3
         app = SimApp(cfg.require_kv(), cfg.require_pg(), handles[: max(4, min(len(handles), 20))], seed=self.seed,
                      flag_ttl=FLAG_TTL).start()
         try:

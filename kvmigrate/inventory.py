@@ -1,46 +1,44 @@
-"""`kvmigrate inventory`: a census of the keyspace and what a backfill would cost.
+"""`kvmigrate inventory`: a census of the keyspace and what each pass of the migration costs.
 
-One SCAN pass plus one read-only script per page that returns each key's type, size and TTL
-(never its value): about 2 commands per 1,000 keys. Without scripting, one TYPE per key (sizes
-and TTLs are then not measured). Read-only.
+By default from SCAN alone: one untyped pass (the pages a backfill will walk) and one
+`SCAN … TYPE t` pass per Redis type, so every key's type is known at one command per page per
+type, never per key; plus one HLEN per registry hash (its HSCANs are predicted from it).
+`sizes=True` also measures each key (STRLEN/HLEN/LLEN/SCARD/ZCARD and PTTL, pipelined): two
+billed commands per key. Read-only.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import redis
 
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv
 from kvmigrate.entities import ENTITIES
-from kvmigrate.kv.classify import Classifier
+from kvmigrate.entities.base import Family
+from kvmigrate.kv.classify import Classification, Classifier
 from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import TYPED_READS, encode_key, scan_pages
+from kvmigrate.kv.scanner import (
+    LIST_CHUNK,
+    TYPED_READS,
+    ValueSizes,
+    decode_key,
+    encode_key,
+    scan_pages,
+)
 
-CENSUS_SCRIPT = """
-local out = {}
-for i, k in ipairs(KEYS) do
-  local t = redis.call('TYPE', k)['ok']
-  local n = 0
-  if t == 'string' then n = redis.call('STRLEN', k)
-  elseif t == 'hash' then n = redis.call('HLEN', k)
-  elseif t == 'list' then n = redis.call('LLEN', k)
-  elseif t == 'set' then n = redis.call('SCARD', k)
-  elseif t == 'zset' then n = redis.call('ZCARD', k) end
-  local ok, mem = pcall(redis.call, 'MEMORY', 'USAGE', k, 'SAMPLES', '0')
-  if not ok then mem = -1 end
-  out[i] = {t, n, mem or -1, redis.call('PTTL', k)}
-end
-return out
-"""
+TYPES = ("string", "hash", "list", "set", "zset")
+_SIZE = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD"}
+#: Assumed size of a string value when sizes were not measured (for sizing MGETs).
+ASSUMED_VALUE_BYTES = 512
+
 
 @dataclass
 class PatternCensus:
-    """Keys of one pattern: count, types, bytes (server memory, when it tells), TTLs, an example."""
+    """Keys of one pattern: count, types, an example; items and TTLs when measured."""
 
     status: str
     entity: str | None
@@ -53,19 +51,43 @@ class PatternCensus:
 
 
 @dataclass
+class PassCost:
+    """Billed commands of one read pass over the entity keys, and the floor: the fewest any tool
+    needs for the same reads (one SCAN per page, one MGET per 1,000 strings, one read per other
+    key, one HSCAN per 1,000 fields)."""
+
+    commands: int = 0
+    floor: int = 0
+    strings: int = 0
+    others: int = 0
+
+    def add(self, other: PassCost) -> None:
+        self.commands += other.commands
+        self.floor += other.floor
+        self.strings += other.strings
+        self.others += other.others
+
+
+@dataclass
 class InventoryResult:
     patterns: dict[str, PatternCensus]
     total_keys: int
     pages: int
-    predicted_backfill: int
-    predicted_backfill_pipeline: int
-    naive_requests: int
     budget: RequestBudget
-    entity_pages: int = 0  # SCAN pages holding at least one entity key (cleanup reads and deletes these)
-    plain_pages: int = 0  # SCAN pages holding entity keys read in one batch (1 script each)
-    hscan_calls: int = 0  # HSCAN calls to read the big registry hashes field by field
-    pipelined_reads: int = 0  # commands to read the entity keys without scripting (MGETs included)
-    used_eval: bool = True
+    sizes_measured: bool = False
+    backfill: PassCost = field(default_factory=PassCost)  # a backfill's (and a verify's) read pass
+    cleanup: PassCost = field(default_factory=PassCost)  # cleanup's pass: indexes too, WATCH, MULTI/DEL/EXEC
+    entity_keys: int = 0  # keys a naive per-key migration reads
+    candidate_pages: int = 0  # pages holding keys cleanup reads
+
+    @property
+    def predicted_backfill(self) -> int:
+        """Billed commands a backfill of every entity will spend: its pass and one DBSIZE."""
+        return self.backfill.commands + 1
+
+    @property
+    def naive_requests(self) -> int:
+        return self.entity_keys
 
     def by_status(self) -> Counter[str]:
         counts: Counter[str] = Counter()
@@ -74,91 +96,136 @@ class InventoryResult:
         return counts
 
 
-def run_inventory(config: Config) -> InventoryResult:
-    """Count keys per entity and pattern; predict the backfill's KV cost. Read-only."""
+def run_inventory(config: Config, *, sizes: bool = False) -> InventoryResult:
+    """Count keys per entity and pattern; predict each pass's billed KV commands. Read-only.
+    Costs (1 + 5) SCAN commands per page, 1 HLEN per registry hash, and with `sizes` 2 per key."""
     budget = RequestBudget(cap=config.max_requests, phase="inventory")
     kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
+    types = _types(kv, config.scan_count)
     classifier = Classifier(ENTITIES)
-    patterns: dict[str, PatternCensus] = {}
-    pages = entity_pages = plain_entity_pages = 0
-    hscan_calls = pipeline_cost = naive = 0
-    use_eval = config.use_eval
+    result = InventoryResult({}, 0, 0, budget, sizes_measured=sizes)
+    model = _Model(config.scan_count)
     for _, keys in scan_pages(kv, count=config.scan_count):
-        pages += 1
-        classes = [classifier.classify(key) for key in keys]
-        census, use_eval = _census(kv, keys, use_eval, registries={
-            k for k, c in zip(keys, classes, strict=True) if c.family is not None and c.family.split_fields})
-        page_plain = page_entity = page_mget = False
-        for key, c, (rtype, items, mem, pttl) in zip(keys, classes, census, strict=True):
-            entry = patterns.setdefault(c.pattern, PatternCensus(c.status, c.entity.name if c.entity else None, example=key))
+        result.pages += 1
+        classes = [classifier.classify(k) for k in keys]
+        page_types = [types.get(k, "none") for k in keys]
+        measured = _measure(kv, keys, page_types, classes, sizes=sizes)
+        for key, c, rtype, (items, nbytes, pttl) in zip(keys, classes, page_types, measured, strict=True):
+            entry = result.patterns.setdefault(c.pattern, PatternCensus(c.status, c.entity.name if c.entity else None,
+                                                                        example=key))
             entry.keys += 1
             entry.types[rtype] += 1
             entry.items += items
-            entry.bytes += max(mem, 0)
+            entry.bytes += nbytes
             entry.with_ttl += 1 if pttl >= 0 else 0
-            if c.status != "entity" or rtype == "none" or c.family is None:
+        entity = [(c.family, t, m) for c, t, m in zip(classes, page_types, measured, strict=True)
+                  if c.status == "entity" and c.family is not None and t != "none"]
+        result.entity_keys += sum(1 for f, _, _ in entity if f.read_by_backfill)
+        result.backfill.add(model.backfill_page([e for e in entity if e[0].read_by_backfill]))
+        cleanup = model.cleanup_page(entity)
+        result.cleanup.add(cleanup)
+        result.candidate_pages += bool(entity)
+    result.total_keys = sum(p.keys for p in result.patterns.values())
+    return result
+
+
+def _types(kv: KvClient, count: int) -> dict[str, str]:
+    """Every key's type, from one `SCAN … TYPE t` pass per type (1 command per page per type)."""
+    out: dict[str, str] = {}
+    for rtype in TYPES:
+        cursor = 0
+        while True:
+            cursor_raw, keys = kv.call("SCAN", cursor, "COUNT", count, "TYPE", rtype)
+            for raw in keys:
+                out[decode_key(raw)] = rtype
+            cursor = int(cursor_raw)
+            if cursor == 0:
+                break
+    return out
+
+
+def _measure(kv: KvClient, keys: Sequence[str], types: Sequence[str], classes: Sequence[Classification], *,
+             sizes: bool) -> list[tuple[int, int, int]]:
+    """(items, bytes, PTTL) per key: with `sizes`, a size command and a PTTL per key; else only
+    an HLEN per registry hash, and -1 for what was not measured."""
+    if sizes:
+        wanted = [i for i, t in enumerate(types) if t in _SIZE]
+        cmds = [c for i in wanted for c in ((_SIZE[types[i]], encode_key(keys[i])), ("PTTL", encode_key(keys[i])))]
+        replies = iter(kv.pipeline(cmds))
+        got = {i: (int(next(replies)), int(next(replies))) for i in wanted}
+        return [(got[i][0] if types[i] != "string" else 1, got[i][0] if types[i] == "string" else 0, got[i][1])
+                if i in got else (0, 0, -1) for i in range(len(keys))]
+    registries = [i for i, (c, t) in enumerate(zip(classes, types, strict=True))
+                  if t == "hash" and c.family is not None and c.family.split_fields]
+    lengths = dict(zip(registries, kv.pipeline([("HLEN", encode_key(keys[i])) for i in registries]), strict=True))
+    return [(int(lengths[i]) if i in lengths else 0, 0, -1) for i in range(len(keys))]
+
+
+class _Model:
+    """The readers' cost rules (kvmigrate.kv.scanner.read_values), applied to a census."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.sizes = ValueSizes()
+        self.cleanup_sizes = ValueSizes()
+
+    def backfill_page(self, keys: Sequence[tuple[Family, str, tuple[int, int, int]]]) -> PassCost:
+        """SCAN, the MGETs of the page's strings, one read per other key (more for a key of a
+        type its family does not expect, or a long list), HSCANs of registry hashes."""
+        cost = PassCost(1, 1)
+        plain = [(f, t, m) for f, t, m in keys if not (f.split_fields and t == "hash")]
+        for f, t, (items, _, _) in keys:
+            if f.split_fields and t == "hash":
+                n = max(1, math.ceil(items / self.count))
+                cost.commands += n
+                cost.floor += n
+            elif f.split_fields:
+                cost.commands += 1  # the HSCAN that finds it is not a hash
+        cost.add(self._reads(plain, self.sizes))
+        return cost
+
+    def cleanup_page(self, keys: Sequence[tuple[Family, str, tuple[int, int, int]]]) -> PassCost:
+        """SCAN; with candidates WATCH, their reads (derived indexes and registries whole), PTTL
+        where the family can expire, MULTI, DEL, EXEC. The floor: SCAN, reads, one DEL."""
+        cost = PassCost(1, 1)
+        if not keys:
+            return cost
+        cost.add(self._reads(keys, self.cleanup_sizes))
+        expiring = sum(1 for f, _, _ in keys if f.may_expire)
+        cost.commands += 1 + expiring + 3
+        cost.floor += expiring + 1
+        return cost
+
+    def _reads(self, keys: Sequence[tuple[Family, str, tuple[int, int, int]]], sizes: ValueSizes) -> PassCost:
+        cost = PassCost()
+        strings: dict[str, list[int]] = {}
+        for f, t, (items, nbytes, _) in keys:
+            if "string" in f.types:
+                strings.setdefault(f.name, [])
+                if t == "string":
+                    strings[f.name].append(nbytes if nbytes > 0 else ASSUMED_VALUE_BYTES)
+            if t == "string" and "string" in f.types:
+                cost.strings += 1
                 continue
-            naive += 1
-            page_entity = True
-            if c.family.split_fields and rtype == "hash":
-                hscan_calls += max(1, math.ceil(items / config.scan_count))
-            else:
-                hscan_calls += c.family.split_fields  # the HSCAN that finds it is not a hash
-                page_plain = True
-                page_mget |= "string" in c.family.types
-                pipeline_cost += pipelined_reads(c.family.types, rtype)
-        plain_entity_pages += page_plain
-        pipeline_cost += page_mget
-        entity_pages += page_entity
-    fixed = 4  # backfill's PING (connect), DBSIZE (progress total) and 2 INFO (server restarts)
-    scripted = fixed + pages + plain_entity_pages + hscan_calls
-    pipelined = fixed + pages + pipeline_cost + hscan_calls
-    return InventoryResult(
-        patterns=patterns,
-        total_keys=sum(p.keys for p in patterns.values()),
-        pages=pages,
-        predicted_backfill=scripted if use_eval else pipelined,
-        predicted_backfill_pipeline=pipelined,
-        naive_requests=naive,
-        budget=budget,
-        entity_pages=entity_pages,
-        plain_pages=plain_entity_pages,
-        hscan_calls=hscan_calls,
-        pipelined_reads=pipeline_cost,
-        used_eval=use_eval,
-    )
+            cost.others += 1
+            chunks = max(1, math.ceil(items / LIST_CHUNK)) if t == "list" else 1
+            cost.floor += chunks
+            cost.commands += chunks + _extra(f.types, t)
+        mgets = sizes.pack([f.name for f, _, _ in keys if "string" in f.types])  # as read_values
+        cost.commands += len(mgets)
+        for fam, values in strings.items():
+            for size in values:
+                sizes.saw(fam, size)
+        cost.floor += math.ceil(cost.strings / 1000)
+        return cost
 
 
-def pipelined_reads(types: frozenset[str], rtype: str) -> int:
-    """Commands the pipelined reader (no scripting) spends on one key of a family holding
-    `types`, found to be `rtype`, beyond its page's one MGET (see BatchReader._read_pipeline)."""
-    if "string" in types and rtype == "string":
-        return 0  # in the page's MGET
+def _extra(types: frozenset[str], rtype: str) -> int:
+    """Commands beyond the one typed read for a non-string key (see read_values)."""
     others = types - {"string"}
     if len(others) == 1 and next(iter(others)) in TYPED_READS:
-        return 1 if rtype in others else 3  # the typed read; else WRONGTYPE, TYPE, the right read
-    return 2 if rtype in TYPED_READS else 1  # TYPE, then the read
+        return 0 if rtype in others else 2  # WRONGTYPE on the guess, then TYPE (and the right read)
+    return 1  # a TYPE first
 
 
-def _census(kv: KvClient, keys: list[str], use_eval: bool, *,
-            registries: set[str]) -> tuple[list[tuple[str, int, int, int]], bool]:
-    """(type, items, bytes, PTTL) per key. Scripted: 1 command for the page. Without scripting:
-    1 TYPE per key, plus 1 HLEN per registry hash (its HSCANs are predicted from it); sizes and
-    TTLs are not measured (bytes and PTTL come back as -1)."""
-    if not keys:
-        return [], use_eval
-    if use_eval:
-        try:
-            reply = kv.eval_ro(CENSUS_SCRIPT, [encode_key(k) for k in keys])
-            return [(_s(t), int(n), int(m), int(p)) for t, n, m, p in reply], True
-        except redis.ResponseError:
-            use_eval = False
-    types = [_s(t) for t in kv.pipeline([("TYPE", encode_key(k)) for k in keys])]
-    big = [k for k, t in zip(keys, types, strict=True) if k in registries and t == "hash"]
-    lengths = kv.pipeline([("HLEN", encode_key(k)) for k in big])  # a key changed since TYPE: an error here
-    items = {k: 0 if isinstance(n, Exception) else int(n) for k, n in zip(big, lengths, strict=True)}
-    return [(t, items.get(k, 0), -1, -1) for k, t in zip(keys, types, strict=True)], False
-
-
-def _s(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+__all__ = ["InventoryResult", "PassCost", "PatternCensus", "run_inventory"]

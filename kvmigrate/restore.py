@@ -77,7 +77,7 @@ def run_restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = 
     result = RestoreResult(str(archive_dir), str(archive_dir / MANIFEST), [f["name"] for f, _ in blobs], force, budget)
     kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
     try:
-        reader = SnapshotReader(kv, use_eval=config.use_eval)
+        reader = SnapshotReader(kv)
         for start in range(0, len(items), config.batch_size):
             _restore_batch(kv, reader, items[start:start + config.batch_size], result)
     finally:

@@ -108,7 +108,7 @@ def run_verify(
         conn.execute("SET TIME ZONE 'UTC'")
         conn.commit()
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
-        source = KvSource(kv, chosen, count=config.scan_count, use_eval=config.use_eval)
+        source = KvSource(kv, chosen, count=config.scan_count)
         run_id = state.start_run(conn, "verify", dry_run=False, options={"mode": mode, "sample": sample})
         result = VerifyResult(mode, sample, budget, {e.name: EntityCheck() for e in chosen}, run_id)
         try:
@@ -222,3 +222,19 @@ def _record(conn: psycopg.Connection, result: VerifyResult, run_id: int) -> None
                 (run_id, name, result.mode, bool(result.sampled), check.checked, len(check.missing),
                  len(check.extra), len(check.different), check.healed, check.clean))
     state.finish_run(conn, run_id, status="ok", budget=result.budget, result=to_dict(result))
+
+
+def vouch(conn: psycopg.Connection, chosen: Sequence[Entity], source: KvSource,
+          records: Sequence[tuple[RawRecord, Entity]], run_id: int) -> set[str]:
+    """Compare these records, as already read, with Postgres, and record in the ledger the
+    keys whose rows all agree as verified (cleanup's one read pass). Returns those keys. No KV
+    command; writes kvmigrate's ledger only."""
+    checks = {e.name: EntityCheck() for e in chosen}
+    differ = Differ(conn, chosen, source, checks, "rows", sampled=True)
+    differ.stage(records)
+    differ.compare(extras=False)
+    supersede(differ)
+    bad = {d.key for d in differ.diffs if d.key}
+    tables = {d.table for d in differ.diffs if not d.key}
+    record_verified(differ, run_id)
+    return {r.key for r, e in records if r.key not in bad and not tables & {t.name for t in e.tables}}

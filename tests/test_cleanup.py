@@ -26,7 +26,7 @@ from kvmigrate.archive import (
 )
 from kvmigrate.batch import value_digest
 from kvmigrate.budget import RequestBudget
-from kvmigrate.cleanup import CompareAndDelete, LedgerState, run_cleanup, verdict
+from kvmigrate.cleanup import LedgerState, run_cleanup, verdict
 from kvmigrate.config import Config, build_config
 from kvmigrate.connections import connect_kv
 from kvmigrate.entities.base import Family
@@ -42,11 +42,10 @@ POLICY_KEYS = ("presence:data:alice", "presence:index", "session:s1", "ratelimit
 
 
 def seed(kv: redis.Redis, *, extra_streaks: int = 0) -> None:
-    """Good streaks (both shapes, one with a TTL), one rejected streak, and keys that cleanup
+    """Good streaks (both shapes), one rejected streak, and keys that cleanup
     must never touch: presence, sessions, rate limits, unknown families, kvmigrate's own."""
     p = kv.pipeline(transaction=False)
     p.hset("streak:alice", mapping=STREAK_HASH)
-    p.pexpire("streak:alice", 500_000)
     p.set("streak:bob", STREAK_JSON)
     p.hset("streak:carol", mapping={**STREAK_HASH, "current": "1"})
     for i in range(extra_streaks):
@@ -140,30 +139,57 @@ def test_cleanup_deletes_exactly_the_verified_keys_and_nothing_else(
     assert run == ("ok", result.kv_requests, "3")
 
 
-def test_key_changed_after_verify_is_kept_with_the_command_to_run(
+def test_key_changed_after_verify_to_a_value_postgres_lacks_is_kept_with_the_command_to_run(
         pg_url: str, kv_url: str, kv: redis.Redis, tmp_path: Path) -> None:
     seed(kv)
     config = prepare(pg_url, kv_url)
     kv.hset("streak:carol", "current", "2")
     result = run_cleanup(config, entities=["streaks"], archive_dir=tmp_path, yes=True)
-    kept = result.entities["streaks"].kept["changed_since_verify"]
+    kept = result.entities["streaks"].kept["differs_from_postgres"]
     assert (kept.count, kept.examples) == (1, ["streak:carol"])
-    assert "run `kvmigrate verify --entity streaks`, then cleanup again" in kept.hint
+    assert "kvmigrate verify --entity streaks" in kept.hint and "--repair" in kept.hint
     assert kv.hget("streak:carol", "current") == b"2"
     assert "streak:carol" not in archived_keys(tmp_path)
     assert not kv.exists("streak:alice", "streak:bob")
 
 
+def test_key_changed_after_verify_that_postgres_also_holds_is_verified_by_the_cleanup_pass_and_deleted(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection, tmp_path: Path) -> None:
+    """The app dual-wrote a change after the last verify: cleanup's one read pass verifies the
+    key from the value it read (no second read, no full verify) and deletes it."""
+    seed(kv)
+    config = prepare(pg_url, kv_url)
+    kv.hset("streak:carol", "current", "2")
+    pg.execute("UPDATE streaks SET current_streak = 2 WHERE handle = 'carol'")
+    result = run_cleanup(config, entities=["streaks"], archive_dir=tmp_path, yes=True)
+    assert result.verified_now == 1 and "differs_from_postgres" not in result.entities["streaks"].kept
+    assert not kv.exists("streak:carol") and "streak:carol" in archived_keys(tmp_path)
+    reads = sum(n for c, n in result.budget.by_command.items() if c in ("HGETALL", "MGET"))
+    assert reads == result.budget.by_command["HGETALL"] + result.budget.by_command["MGET"]
+    assert result.budget.by_command["HGETALL"] == 2  # alice and carol, each read once
+
+
 def test_value_changed_between_read_and_delete_is_not_deleted(kv_url: str, kv: redis.Redis) -> None:
+    """The delete runs in MULTI/EXEC after a WATCH taken before the read: a key the app writes in
+    between makes the server run nothing."""
     kv.set("streak:a", "1")
     kv.rpush("streak:b", "x", "y")
     budget = RequestBudget()
-    reader = SnapshotReader(connect_kv(kv_url, budget, read_only=True))
-    snaps = reader.read(["streak:a", "streak:b"])
-    kv.rpush("streak:b", "z")
-    deleted = CompareAndDelete(connect_kv(kv_url, budget), reader).delete(snaps)
-    assert deleted == {"streak:a"}
-    assert kv.lrange("streak:b", 0, -1) == [b"x", b"y", b"z"]
+    client = connect_kv(kv_url, budget)
+    reader = SnapshotReader(client)
+    streaks = Family("streak", "streak:*", frozenset({"string", "hash"}))
+    with client.session() as session:
+        session.pipeline([("WATCH", "streak:a", "streak:b")])
+        snaps = reader.read(["streak:a", "streak:b"], [streaks, streaks], send=session.pipeline)
+        assert [s.rtype for s in snaps] == ["string", "list"]
+        kv.rpush("streak:b", "z")
+        assert session.transaction([("DEL", "streak:a", "streak:b")]) is None
+    assert kv.get("streak:a") == b"1" and kv.lrange("streak:b", 0, -1) == [b"x", b"y", b"z"]
+    with client.session() as session:
+        session.pipeline([("WATCH", "streak:a", "streak:b")])
+        assert session.transaction([("DEL", "streak:a", "streak:b")]) == [2]
+    assert kv.dbsize() == 0
+    assert budget.by_command["WATCH"] == 2 and budget.by_command["MULTI"] == budget.by_command["EXEC"] == 2
 
 
 def test_cleanup_before_cutover_is_refused_and_touches_nothing(
@@ -213,7 +239,7 @@ def test_archive_files_are_private_and_match_the_manifest(
     lines = [orjson.loads(line) for line in gzip.decompress(data).splitlines()]
     alice = next(line for line in lines if line["key"] == "streak:alice")
     assert alice["type"] == "hash" and dict(alice["value"]) == STREAK_HASH
-    assert 490_000 < alice["ttl_ms"] <= 500_000
+    assert alice["ttl_ms"] is None  # streaks cannot expire (Family.may_expire): no PTTL is read
 
 
 def test_dry_run_writes_nothing_anywhere(
@@ -241,7 +267,7 @@ def test_budget_stops_and_reruns_never_delete_an_unarchived_key(
     before = keyspace(kv)
     verified = {k for (k,) in pg.execute("SELECT key FROM kvmigrate.ledger WHERE verified_hash IS NOT NULL")}
     assert len(verified) == 63
-    folder, stops, caps, pending = tmp_path / "archive", 0, (8, 9, 10, 11), 0  # 2 connect with SELECT
+    folder, stops, caps, pending = tmp_path / "archive", 0, (10, 12, 14, 16), 0  # a page costs about 8
     for attempt in range(100):
         capped = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=10, max_requests=caps[attempt % 4])
         try:

@@ -243,7 +243,7 @@ class CleanupWorld:
         pages of BATCH keys (more pages: more moments to be killed between)."""
         if cli:
             return {"argv": ["--json", "--pg-url", url, "--kv-url", self.kv_url, "cleanup", "--archive-dir",
-                             str(folder), "--yes", "--settle", "0", "--no-verify"]}
+                             str(folder), "--yes", "--settle", "0"]}
         config = {"pg_url": url, "kv_url": self.kv_url, "batch_size": BATCH, "scan_count": BATCH}
         return {"call": "kvmigrate.cleanup:run_cleanup",
                 "kwargs": {"config": config, "archive_dir": str(folder), "yes": True}}

@@ -316,8 +316,8 @@ def test_backfill_lands_each_message_once_and_counts_dangling_ids(
              _message(id="m1", **{"from": "alice"}, to="bob", body="stale copy", type="dm", timestamp=T0_MS),
              _message(id="m2", **{"from": "carol"}, body="only here", type="ping", timestamp=T0_MS,
                       read_at="2025-06-01T13:00:00Z"))
-    kv.rpush("thread:alice:bob", b"m1")
-    kv.rpush("inbox:bob", b"m1", b"m_gone")
+    kv.rpush("thread:alice:bob", b"m1", b"m_gone")
+    kv.rpush("inbox:bob", b"m1", b"m_gone2")  # a derived index: in the ledger, never read
     kv.set("vibe:messages", orjson.dumps([
         {"id": "1700000000000-zz9abc", "from": "vibe", "to": "alice", "text": "welcome",
          "timestamp": 1700000000000},

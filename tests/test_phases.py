@@ -179,7 +179,7 @@ def test_once_postgres_is_the_truth_a_row_the_app_changed_there_is_not_a_differe
     _to_cutover(config)
     kv.set("streak:late", orjson.dumps({"current": 1}))  # the app wrote KV, its Postgres write failed
     first = commands.cleanup(config, entities=["streaks"], archive_dir=tmp_path / "a", yes=True, settle=0,
-                             recheck_delay=0)
+                             recheck_delay=0, verify_first=True)
     assert first.verify is not None and [d.pk for d in first.verify.entities["streaks"].missing] == ["late"]
     assert first.cleanup.deleted == 2 and not kv.exists("streak:alice") and kv.exists("streak:late")
     # a write Postgres never got is still repaired from KV; then cleanup takes the key

@@ -11,7 +11,6 @@ from kvmigrate import commands
 from kvmigrate.cli.base import (
     EntityOpt,
     MaxRequestsOpt,
-    NoEvalOpt,
     app,
     config_from,
     run,
@@ -36,20 +35,24 @@ def doctor(ctx: typer.Context) -> None:
     run(ctx, lambda: commands.doctor(config), exit_code_of=lambda r: 0 if r.ok else (3 if r.unreachable else 1))
 
 
-@app.command()
-def inventory(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, no_eval: NoEvalOpt = False) -> None:
-    """Census of the keyspace: keys per entity and pattern, types, sizes, TTLs, unknown patterns,
-    and the KV requests a backfill would cost. Read-only."""
-    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
-    run(ctx, lambda: commands.inventory(config))
+SizesOpt = Annotated[bool, typer.Option("--sizes", help="Also measure each key's size and TTL: 2 billed KV "
+                                       "commands per key (without it, SCAN passes only).")]
 
 
 @app.command()
-def plan(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, no_eval: NoEvalOpt = False) -> None:
-    """Predict the KV commands each phase of the migration will cost on this store, beside a
-    naive per-key migration and the daily quota. Read-only (one inventory pass)."""
-    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
-    run(ctx, lambda: commands.plan(config))
+def inventory(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, sizes: SizesOpt = False) -> None:
+    """Census of the keyspace from SCAN pages alone: keys per entity and pattern, types, unknown
+    patterns, and the billed KV commands a backfill would cost. Read-only."""
+    config = config_from(ctx, max_requests=max_requests)
+    run(ctx, lambda: commands.inventory(config, sizes=sizes))
+
+
+@app.command()
+def plan(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, sizes: SizesOpt = False) -> None:
+    """Predict the billed KV commands each phase of the migration will cost on this store, beside
+    the floor, a naive per-key migration and the daily quota. Read-only (one inventory)."""
+    config = config_from(ctx, max_requests=max_requests)
+    run(ctx, lambda: commands.plan(config, sizes=sizes))
 
 
 @app.command()

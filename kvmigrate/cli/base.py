@@ -239,9 +239,6 @@ MaxRequestsOpt = Annotated[
 MemoriesDirOpt = Annotated[
     Path | None, typer.Option("--memories-dir", help="Folder of thread_*.jsonl memory files. Default: ~/.vibe/memory.")
 ]
-NoEvalOpt = Annotated[
-    bool, typer.Option("--no-eval", help="Read with pipelines instead of one server-side script per batch.")
-]
 SettleOpt = Annotated[
     float,
     typer.Option("--settle", min=0, help="Seconds to wait after changing flags, so every app instance sees them "

@@ -14,7 +14,6 @@ from kvmigrate.cli.base import (
     EntityOpt,
     MaxRequestsOpt,
     MemoriesDirOpt,
-    NoEvalOpt,
     SettleOpt,
     app,
     batch_options,
@@ -39,10 +38,9 @@ def backfill(
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,
     memories_dir: MemoriesDirOpt = None,
-    no_eval: NoEvalOpt = False,
 ) -> None:
     """Copy KV history into Postgres (phase 2): idempotent, resumable, never writes to KV."""
-    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval, **batch_options(batch_size))
+    config = config_from(ctx, max_requests=max_requests, **batch_options(batch_size))
     with progress_bar(ctx, "backfill") as on_page:
         run(ctx, lambda: commands.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
                                            strict=strict, memories_dir=memories_dir, progress=on_page))
@@ -65,10 +63,9 @@ def verify(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair-extra.")] = False,
     memories_dir: MemoriesDirOpt = None,
     max_requests: MaxRequestsOpt = None,
-    no_eval: NoEvalOpt = False,
 ) -> None:
     """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
-    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    config = config_from(ctx, max_requests=max_requests)
     run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
                                      recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra, yes=yes,
                                      memories_dir=memories_dir),
@@ -85,10 +82,9 @@ def dual_write(
     recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds before re-checking "
                                                  "differences.")] = 3.0,
     max_requests: MaxRequestsOpt = None,
-    no_eval: NoEvalOpt = False,
 ) -> None:
     """Mark entities dual-written (phase 2), then backfill and verify them; exit 1 if verify differs."""
-    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    config = config_from(ctx, max_requests=max_requests)
     with progress_bar(ctx, "backfill") as on_page:
         run(ctx, lambda: commands.dual_write(config, entities=entity or (), settle=settle, rollback=rollback,
                                              recheck_delay=recheck_delay, progress=on_page),
@@ -123,18 +119,18 @@ def cleanup(
                                           "nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm: delete the archived, verified KV keys.")] = False,
     settle: SettleOpt = DEFAULT_SETTLE,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the verify that runs once writes are on "
-                                            "Postgres (keys changed since the last verify are then kept).")] = False,
+    verify_first: Annotated[bool, typer.Option("--verify-first", help="Run a full verify once writes are on Postgres, "
+                            "before the cleanup pass (one more billed read of every key). Without it, keys changed "
+                            "since the last verify are verified as cleanup reads them.")] = False,
     max_requests: MaxRequestsOpt = None,
-    no_eval: NoEvalOpt = False,
 ) -> None:
-    """Phase 4: move writes to Postgres, verify, archive the verified KV keys, then delete them.
+    """Phase 4: move writes to Postgres, then in one read pass archive the verified KV keys and delete them.
     Never touches presence, sessions, rate limits or unknown keys."""
-    config = config_from(ctx, max_requests=max_requests, use_eval=not no_eval)
+    config = config_from(ctx, max_requests=max_requests)
     if not (yes or dry_run or global_options(ctx).json) and sys.stdin.isatty():
         yes = typer.confirm("cleanup archives and then DELETES the migrated KV keys; continue?", err=True)
     run(ctx, lambda: commands.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,
-                                      yes=yes, settle=settle, verify_first=not no_verify))
+                                      yes=yes, settle=settle, verify_first=verify_first))
 
 
 @app.command()

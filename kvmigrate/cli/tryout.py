@@ -11,7 +11,6 @@ from rich.console import Console
 from kvmigrate import commands
 from kvmigrate.cli.base import (
     MemoriesDirOpt,
-    NoEvalOpt,
     app,
     batch_options,
     config_from,
@@ -87,14 +86,13 @@ def rehearse(
     memories_dir: MemoriesDirOpt = None,
     no_repair: Annotated[bool, typer.Option("--no-repair", help="Count rows the live app changed during the "
                                             "rehearse as differences instead of re-copying them.")] = False,
-    no_eval: NoEvalOpt = False,
 ) -> None:
     """CI dry run: setup + backfill + verify into a branch database, reading KV strictly read-only, with a
     JSON and Markdown report. Exit 1 on differences, 5 on rejects over --max-rejects, 4 when the real run's
     forecast KV cost exceeds --max-requests."""
     g = global_options(ctx)
     g.pg_url, g.kv_url = pg_url or g.pg_url, kv_url or g.kv_url  # so their secrets are masked too
-    config = config_from(ctx, use_eval=not no_eval, **batch_options(batch_size))
+    config = config_from(ctx, **batch_options(batch_size))
 
     def call() -> Any:
         if not g.pg_url:

@@ -16,7 +16,10 @@ class Family:
     `pattern` is a Redis glob (`msg:*`) or an exact key (`vibe:messages`). `types` are the
     Redis types accepted (any other type is a reject). `rank` decides which source wins when two
     produce the same primary key (higher wins). `split_fields`: the key is one big hash whose
-    fields are separate records, read with HSCAN. `index`: a derived index (no rows of its own).
+    fields are separate records, read with HSCAN. `index`: a derived index (no rows of its own);
+    backfill and verify do not read it (it is in the ledger, and cleanup archives it with its
+    entity) unless `decides`: its content decides other rows (`unread:*` counters, say).
+    `may_expire`: keys of this family can carry a TTL, so the archive reads their PTTL.
     """
 
     name: str
@@ -25,6 +28,13 @@ class Family:
     rank: int = 0
     split_fields: bool = False
     index: bool = False
+    decides: bool = False
+    may_expire: bool = False
+
+    @property
+    def read_by_backfill(self) -> bool:
+        """Whether backfill and verify read this family's values (else: named in the ledger only)."""
+        return not self.index or self.decides
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,22 @@
-"""Read the keyspace with as few KV commands as possible. Read-only: never sends a write.
+"""Read the keyspace with as few billed KV commands as the data allows. Read-only.
 
 * Keys: one `SCAN cursor COUNT n` per page over the whole keyspace (a per-pattern MATCH scan
   would walk the whole keyspace once per pattern).
-* Values: one read-only Lua script per batch returns every key's type and value (1 command per
-  batch, whatever the types). Where the server refuses scripting, the fallback is one `MGET`
-  for the keys that may be strings plus one pipelined typed read per other key (a `TYPE`
-  first only where the family allows several non-string types).
-* A big registry hash (a `split_fields` family) is read with `HSCAN … COUNT n`, one record per
-  field.
+* Strings: one `MGET` per batch, sized so its reply stays under `REPLY_LIMIT` bytes. MGET
+  answers nil for a key of another type, so a family that may hold strings and something else
+  learns which keys are strings from the MGET itself.
+* Other types: one typed read per key (HGETALL, LRANGE, SMEMBERS, ZRANGE), pipelined; a list is
+  read in ranges of `LIST_CHUNK` items, so only a long list costs more than one command. A
+  `TYPE` is sent only where the server said WRONGTYPE (a key holding a type its family does
+  not expect) or the family allows several non-string types.
+* A big registry hash (a `split_fields` family) is read with `HSCAN … COUNT n`.
+* No Lua: Upstash bills every command a script runs, and a script holds its global lock.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,20 +27,6 @@ from kvmigrate.kv.client import KvClient
 from kvmigrate.records import RawRecord, RawValue
 
 log = logging.getLogger("kvmigrate")
-
-READ_SCRIPT = """
-local out = {}
-for i, k in ipairs(KEYS) do
-  local t = redis.call('TYPE', k)['ok']
-  if t == 'string' then out[i] = {t, redis.call('GET', k)}
-  elseif t == 'hash' then out[i] = {t, redis.call('HGETALL', k)}
-  elseif t == 'list' then out[i] = {t, redis.call('LRANGE', k, 0, -1)}
-  elseif t == 'set' then out[i] = {t, redis.call('SMEMBERS', k)}
-  elseif t == 'zset' then out[i] = {t, redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')}
-  else out[i] = {t} end
-end
-return out
-"""
 
 TYPED_READS = {
     "string": ("GET",),
@@ -118,76 +107,145 @@ def _shape(redis_type: str, raw: object) -> RawValue | None:
     return raw  # type: ignore[return-value]
 
 
-class BatchReader:
-    """Reads values for batches of keys; switches to pipelines if scripting is refused."""
+#: Every request and reply stays under Vercel KV's 1 MB limit (Upstash's is 10 MB): an MGET asks
+#: for as many keys as fit this many bytes at 1.5 times the mean value size seen in its family.
+REPLY_LIMIT = 768 * 1024
+#: Keys in the first MGET of a family whose values have not been seen yet.
+FIRST_MGET = 100
+#: Items per LRANGE: a longer list is read in several ranges.
+LIST_CHUNK = 1000
 
-    def __init__(self, kv: KvClient, *, use_eval: bool = True) -> None:
-        self.kv = kv
-        self.use_eval = use_eval
-        self.fallback_reason: str | None = None
+Send = Callable[[Sequence[Sequence[Any]]], list[Any]]
 
-    def read(self, keys: Sequence[str], families: Sequence[Family]) -> list[KeyValue]:
-        """Read keys' types and values. 1 command (EVAL) per batch, else MGET + 1 per key."""
-        if not keys:
-            return []
-        if self.use_eval:
-            try:
-                return self._read_eval(keys)
-            except redis.ResponseError as exc:
-                self.use_eval = False
-                self.fallback_reason = str(exc).splitlines()[0]
-                log.warning("scripting refused (%s): reading with pipelines", self.fallback_reason)
-        return self._read_pipeline(keys, families)
 
-    def _read_eval(self, keys: Sequence[str]) -> list[KeyValue]:
-        reply = self.kv.eval_ro(READ_SCRIPT, [encode_key(k) for k in keys])
-        out = []
-        for key, item in zip(keys, reply, strict=True):
-            rtype = item[0].decode() if isinstance(item[0], bytes) else str(item[0])
-            out.append(KeyValue(key, rtype, _shape(rtype, item[1]) if len(item) > 1 else None))
+class ValueSizes:
+    """The mean string value size seen per family, to size MGETs by bytes."""
+
+    def __init__(self, limit: int = REPLY_LIMIT, most: int = 1000) -> None:
+        self.limit, self.most = limit, most
+        self.seen: dict[str, tuple[int, int]] = {}  # family -> (values, bytes)
+
+    def expect(self, family: str) -> float:
+        """The bytes to reserve in a reply for one value of this family."""
+        if family not in self.seen:
+            return self.limit / FIRST_MGET
+        n, total = self.seen[family]
+        return 1.5 * total / n + 16
+
+    def pack(self, families: Sequence[str]) -> list[list[int]]:
+        """Split positions 0..n-1 (keys of these families, in order) into MGETs of at most
+        `most` keys whose expected replies fit `limit` bytes."""
+        out: list[list[int]] = []
+        current: list[int] = []
+        room = 0.0
+        for i, fam in enumerate(families):
+            need = self.expect(fam)
+            if current and (len(current) >= self.most or room + need > self.limit):
+                out.append(current)
+                current, room = [], 0.0
+            current.append(i)
+            room += need
+        if current:
+            out.append(current)
         return out
 
-    def _read_pipeline(self, keys: Sequence[str], families: Sequence[Family]) -> list[KeyValue]:
-        """One MGET for every key whose family may hold a string, then one pipelined typed read
-        per other key, sent straight away when its family allows a single other type (TYPE
-        first otherwise, or when the server says the key holds another type)."""
-        found: dict[str, KeyValue] = {}
-        maybe_string = [k for k, f in zip(keys, families, strict=True) if "string" in f.types]
-        if maybe_string:
-            values = self.kv.call("MGET", *[encode_key(k) for k in maybe_string])
-            for key, value in zip(maybe_string, values, strict=True):
-                if value is not None:
-                    found[key] = KeyValue(key, "string", value)
-        guessed: list[tuple[str, str]] = []
-        unknown: list[str] = []
-        for key, family in zip(keys, families, strict=True):
-            if key in found:
-                continue
-            others = family.types - {"string"} if key in maybe_string else family.types
-            if len(others) == 1 and next(iter(others)) in TYPED_READS:
-                guessed.append((key, next(iter(others))))
-            else:
-                unknown.append(key)
-        for (key, rtype), value in zip(guessed, self._typed_reads(guessed), strict=True):
-            if isinstance(value, Exception):  # WRONGTYPE: another type than the family's
-                unknown.append(key)
-            else:  # Redis keeps no empty container: an empty reply means the key is gone
-                found[key] = KeyValue(key, rtype, _shape(rtype, value)) if value else KeyValue(key, "none", None)
-        types = self.kv.pipeline([("TYPE", encode_key(k)) for k in unknown])
-        typed = [(k, t.decode() if isinstance(t, bytes) else str(t)) for k, t in zip(unknown, types, strict=True)]
-        readable = [(k, t) for k, t in typed if t in TYPED_READS]
-        for (key, rtype), value in zip(readable, self._typed_reads(readable), strict=True):
-            if isinstance(value, Exception):  # changed type between TYPE and read: treat as gone
-                found[key] = KeyValue(key, "none", None)
-            else:
-                found[key] = KeyValue(key, rtype, _shape(rtype, value))
-        for key, rtype in typed:
-            found.setdefault(key, KeyValue(key, rtype if rtype not in TYPED_READS else "none", None))
-        return [found[k] for k in keys]
+    def saw(self, family: str, size: int) -> None:
+        n, total = self.seen.get(family, (0, 0))
+        self.seen[family] = (n + 1, total + size)
 
-    def _typed_reads(self, items: Sequence[tuple[str, str]]) -> list[Any]:
-        """One pipelined read per (key, type). Costs len(items) commands."""
-        return self.kv.pipeline([(TYPED_READS[t][0], encode_key(k), *TYPED_READS[t][1:]) for k, t in items])
+
+def read_values(send: Send, keys: Sequence[str], families: Sequence[Family],
+                sizes: ValueSizes) -> list[tuple[str, Any]]:
+    """(Redis type, raw reply) for each key, in order; ("none", None) for a key that is gone.
+
+    Costs one MGET per batch of the keys whose family may hold strings (sized by `sizes`), one
+    typed read per other key (one more per `LIST_CHUNK` items of a long list), and, only for a
+    key of an unexpected type, a TYPE and the right read. Read-only. Replies are as the server
+    sent them (hashes and sorted sets flat, in server order)."""
+    found: dict[int, tuple[str, Any]] = {}
+    maybe_string = [i for i, f in enumerate(families) if "string" in f.types]
+    if maybe_string:
+        mgets = [[maybe_string[j] for j in group] for group in sizes.pack([families[i].name for i in maybe_string])]
+        replies = send([("MGET", *[encode_key(keys[i]) for i in idx]) for idx in mgets])
+        for idx, values in zip(mgets, replies, strict=True):
+            if isinstance(values, Exception):
+                raise values
+            for i, value in zip(idx, values, strict=True):
+                if value is not None:
+                    found[i] = ("string", value)
+                    sizes.saw(families[i].name, len(value))
+    guessed: list[tuple[int, str]] = []
+    unknown: list[int] = []
+    for i, family in enumerate(families):
+        if i in found:
+            continue
+        others = family.types - {"string"}
+        if len(others) == 1 and next(iter(others)) in TYPED_READS:
+            guessed.append((i, next(iter(others))))
+        else:  # several other types, or a string family whose MGET said nil (gone, or another type)
+            unknown.append(i)
+    for (i, rtype), value in zip(guessed, _typed_reads(send, [(keys[i], t) for i, t in guessed]), strict=True):
+        if isinstance(value, Exception):  # WRONGTYPE: another type than the family's
+            unknown.append(i)
+        else:  # Redis keeps no empty container: an empty reply means the key is gone
+            found[i] = (rtype, value) if value else ("none", None)
+    if unknown:
+        types = send([("TYPE", encode_key(keys[i])) for i in unknown])
+        typed = [(i, _text(t)) for i, t in zip(unknown, types, strict=True)]
+        readable = [(i, t) for i, t in typed if t in TYPED_READS]
+        values = _typed_reads(send, [(keys[i], t) for i, t in readable])
+        for (i, rtype), value in zip(readable, values, strict=True):
+            # changed type between TYPE and the read, or emptied meanwhile: treat as gone
+            gone = isinstance(value, Exception) or value is None or (rtype != "string" and not value)
+            found[i] = ("none", None) if gone else (rtype, value)
+        for i, rtype in typed:
+            found.setdefault(i, (rtype if rtype not in TYPED_READS else "none", None))
+    return [found.get(i, ("none", None)) for i in range(len(keys))]
+
+
+def _typed_reads(send: Send, items: Sequence[tuple[str, str]]) -> list[Any]:
+    """One pipelined read per (key, type); a list of `LIST_CHUNK` items or more is read on in
+    further ranges (one more command per range)."""
+    if not items:
+        return []
+    replies = send([_read_command(k, t, 0) for k, t in items])
+    long_lists = [j for j, (_, t) in enumerate(items) if t == "list" and isinstance(replies[j], list)
+                  and len(replies[j]) == LIST_CHUNK]
+    start = LIST_CHUNK
+    while long_lists:
+        more = send([_read_command(items[j][0], "list", start) for j in long_lists])
+        for j, part in zip(long_lists, more, strict=True):
+            replies[j] = part if isinstance(part, Exception) else replies[j] + list(part)
+        long_lists = [j for j, part in zip(long_lists, more, strict=True)
+                      if isinstance(part, list) and len(part) == LIST_CHUNK]
+        start += LIST_CHUNK
+    return replies
+
+
+def _read_command(key: str, rtype: str, start: int) -> tuple[Any, ...]:
+    if rtype == "list":
+        return ("LRANGE", encode_key(key), start, start + LIST_CHUNK - 1)
+    verb, *args = TYPED_READS[rtype]
+    return (verb, encode_key(key), *args)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class BatchReader:
+    """Reads values for batches of keys with MGET and pipelined typed reads (see read_values)."""
+
+    def __init__(self, kv: KvClient) -> None:
+        self.kv = kv
+        self.sizes = ValueSizes()
+
+    def read(self, keys: Sequence[str], families: Sequence[Family]) -> list[KeyValue]:
+        """Read keys' types and values. Read-only; costs as `read_values` says."""
+        if not keys:
+            return []
+        values = read_values(self.kv.pipeline, keys, families, self.sizes)
+        return [KeyValue(k, t, _shape(t, v)) for k, (t, v) in zip(keys, values, strict=True)]
 
 
 def hscan_records(kv: KvClient, key: str, family: Family, *, count: int = 1000) -> Iterator[RawRecord]:

@@ -1,10 +1,11 @@
-"""Read keys whole for the archive: type, value in server order, PTTL and a server-side digest.
+"""Read keys whole for the archive: type, value in server order, PTTL where the family can
+expire, and a digest of exactly those bytes.
 
-One read-only Lua script per batch (EVAL_RO) returns, for each key, its type, its parts (hash
-and sorted set flattened, scores as the server prints them), its PTTL and the sha1 of
-`<type>\n` followed by `<length>:<bytes>` for each part. The compare-and-delete script in
-`kvmigrate.cleanup` computes the same digest from the same Lua library, so a key is deleted only
-while its value is exactly the one archived. Without scripting, a pipeline reads the same.
+No Lua (Upstash bills every command a script runs): strings come from MGET, other types from one
+pipelined typed read per key (see `kvmigrate.kv.scanner.read_values`), PTTL only for families
+that can carry a TTL. The digest is sha1 of `<type>\n` followed by `<length>:<bytes>` for each
+part. Cleanup reads its snapshots on a connection that WATCHes the keys first, so the keys it
+deletes in MULTI/EXEC are exactly the ones archived.
 """
 
 from __future__ import annotations
@@ -14,44 +15,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
+from kvmigrate.entities.base import Family
 from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import encode_key
+from kvmigrate.kv.scanner import TYPED_READS as _READS
+from kvmigrate.kv.scanner import Send, ValueSizes, encode_key, read_values
 from kvmigrate.records import RawValue
 
-# Shared by the read and the compare-and-delete scripts: a key's parts in server order, and
-# the digest of `<type>\n` followed by `<length>:<bytes>` for each part (sha1, server side).
-LUA_LIB = """
-local function parts_of(t, k)
-  if t == 'string' then return {redis.call('GET', k)}
-  elseif t == 'hash' then return redis.call('HGETALL', k)
-  elseif t == 'list' then return redis.call('LRANGE', k, 0, -1)
-  elseif t == 'set' then return redis.call('SMEMBERS', k)
-  elseif t == 'zset' then return redis.call('ZRANGE', k, 0, -1, 'WITHSCORES')
-  end
-  return nil
-end
-local function digest(t, parts)
-  local buf = {t, '\\n'}
-  for i = 1, #parts do buf[#buf + 1] = #parts[i] .. ':' .. parts[i] end
-  return redis.sha1hex(table.concat(buf))
-end
-"""
-READ_SCRIPT = LUA_LIB + """
-local out = {}
-for i, k in ipairs(KEYS) do
-  local t = redis.call('TYPE', k)['ok']
-  local parts = parts_of(t, k)
-  if parts then out[i] = {t, parts, redis.call('PTTL', k), digest(t, parts)} else out[i] = {t} end
-end
-return out
-"""
-_READS: dict[str, tuple[Any, ...]] = {
-    "string": ("GET",), "hash": ("HGETALL",), "list": ("LRANGE", 0, -1), "set": ("SMEMBERS",),
-    "zset": ("ZRANGE", 0, -1, "WITHSCORES"),
-}
-
+#: For keys read without a family (restore looks at whatever is there): any type, any TTL.
+ANY_KEY = Family("any", "*", frozenset({"string", "hash", "list", "set", "zset"}), may_expire=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +52,7 @@ def raw_value(rtype: str, parts: Sequence[bytes]) -> RawValue:
 
 
 def server_digest(rtype: str, parts: Iterable[bytes]) -> str:
-    """The same digest the Lua scripts compute (used when scripting is refused)."""
+    """sha1 of `<type>\n` then `<length>:<bytes>` per part (the archive's digest of a key)."""
     h = hashlib.sha1(rtype.encode() + b"\n", usedforsecurity=False)
     for part in parts:
         h.update(b"%d:" % len(part))
@@ -100,57 +71,38 @@ def canonical(rtype: str, parts: Sequence[bytes]) -> tuple[object, ...]:
     return (rtype, tuple(parts))
 
 
-def raw_replies(kv: KvClient) -> KvClient:
-    """Make this client keep HGETALL/SMEMBERS/ZRANGE replies in server order (no dict/set
-    conversion by the client library), as the Lua scripts see them."""
-    for command in ("HGETALL", "SMEMBERS", "ZRANGE"):
-        kv.redis.set_response_callback(command, lambda reply, **_: reply)
-    return kv
-
-
 class SnapshotReader:
-    """Reads keys with type, value, PTTL and digest: 1 EVAL per batch, or, where scripting is
-    refused, 1 TYPE per key plus 2 commands per existing key in two pipelines. Read-only."""
+    """Reads keys with type, value (server order), PTTL and digest. Read-only.
 
-    def __init__(self, kv: KvClient, *, use_eval: bool = True) -> None:
-        self.kv = raw_replies(kv)
-        self.use_eval = use_eval
-        self.fallback_reason: str | None = None
+    Costs one MGET per batch of string keys, one read per other key, and one PTTL per key of a
+    family that can expire (`Family.may_expire`); pass `send` to read on a WATCHing session."""
 
-    def read(self, keys: Sequence[str]) -> list[Snapshot]:
+    def __init__(self, kv: KvClient) -> None:
+        self.kv = kv
+        self.sizes = ValueSizes()
+
+    def read(self, keys: Sequence[str], families: Sequence[Family] | None = None, *,
+             send: Send | None = None) -> list[Snapshot]:
         if not keys:
             return []
-        if self.use_eval:
-            try:
-                reply = self.kv.eval_ro(READ_SCRIPT, [encode_key(k) for k in keys])
-                return [_from_script(k, item) for k, item in zip(keys, reply, strict=True)]
-            except redis.ResponseError as exc:
-                self.use_eval = False
-                self.fallback_reason = str(exc).splitlines()[0]
-        return self.read_pipelined(keys)
-
-    def read_pipelined(self, keys: Sequence[str]) -> list[Snapshot]:
-        types = [_text(t) for t in self.kv.pipeline([("TYPE", encode_key(k)) for k in keys])]
-        readable = [(k, t) for k, t in zip(keys, types, strict=True) if t in _READS]
-        cmds: list[tuple[Any, ...]] = []
-        for key, rtype in readable:
-            verb, *args = _READS[rtype]
-            cmds += [(verb, encode_key(key), *args), ("PTTL", encode_key(key))]
-        replies = iter(self.kv.pipeline(cmds))
-        found: dict[str, Snapshot] = {}
-        for key, rtype in readable:
-            value, pttl = next(replies), next(replies)
-            if isinstance(value, Exception) or value is None:  # changed type or vanished meanwhile
-                found[key] = Snapshot(key, "?")
+        fams = list(families) if families is not None else [ANY_KEY] * len(keys)
+        pipe = send or self.kv.pipeline
+        values = read_values(pipe, keys, fams, self.sizes)
+        timed = [i for i, (f, (t, _)) in enumerate(zip(fams, values, strict=True)) if f.may_expire and t in _READS]
+        ttls = dict(zip(timed, pipe([("PTTL", encode_key(keys[i])) for i in timed]), strict=True))
+        out = []
+        for i, (key, (rtype, value)) in enumerate(zip(keys, values, strict=True)):
+            if rtype not in _READS or value is None:
+                out.append(Snapshot(key, rtype))
                 continue
             parts = _flat(rtype, value)
-            found[key] = Snapshot(key, rtype, parts, _ttl(pttl), server_digest(rtype, parts))
-        return [found.get(k) or Snapshot(k, "?" if t in _READS else t) for k, t in zip(keys, types, strict=True)]
+            out.append(Snapshot(key, rtype, parts, _ttl(ttls.get(i)), server_digest(rtype, parts)))
+        return out
 
 
 def _flat(rtype: str, reply: Any) -> tuple[bytes, ...]:
-    """A pipelined reply as the scripts see it: RESP3 maps and score pairs flattened, scores as
-    text (a float from RESP3 is printed as its shortest repr, "inf"/"-inf", no trailing ".0")."""
+    """A reply as stored: maps and score pairs flattened, scores as text (a float is printed as
+    its shortest repr, "inf"/"-inf", no trailing ".0")."""
     if rtype == "string":
         return (reply,)
     if isinstance(reply, dict):
@@ -168,19 +120,8 @@ def _score_text(score: object) -> bytes:
     return (text[:-2] if text.endswith(".0") else text).encode()
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _ttl(pttl: object) -> int | None:
     return int(pttl) if isinstance(pttl, int) and pttl >= 0 else None
-
-
-def _from_script(key: str, item: Sequence[Any]) -> Snapshot:
-    rtype = _text(item[0])
-    if len(item) < 4:
-        return Snapshot(key, rtype)
-    return Snapshot(key, rtype, tuple(item[1]), _ttl(item[2]), _text(item[3]))
 
 
 # --- the line format ---------------------------------------------------------------------

@@ -26,21 +26,23 @@ class Page:
     cursor: int
     keys: int
     policy: list[tuple[str, str, str]] = field(default_factory=list)  # (key, status, pattern)
+    indexes: list[tuple[str, Entity, Family]] = field(default_factory=list)  # derived indexes, not read
     records: list[tuple[RawRecord, Entity]] = field(default_factory=list)
 
 
 class KvSource:
     """Reads pages of the keyspace for a set of entities."""
 
-    def __init__(self, kv: KvClient, entities: Sequence[Entity], *, count: int = 1000, use_eval: bool = True) -> None:
+    def __init__(self, kv: KvClient, entities: Sequence[Entity], *, count: int = 1000) -> None:
         self.kv = kv
         self.wanted = {e.name for e in entities}
         self.count = count
         self.classifier = Classifier(ENTITIES)
-        self.reader = BatchReader(kv, use_eval=use_eval)
+        self.reader = BatchReader(kv)
 
     def pages(self, cursor: int = 0) -> Iterator[Page]:
-        """Yield every page from `cursor` until the scan completes. ~2 commands per page."""
+        """Yield every page from `cursor` until the scan completes. Costs 1 SCAN a page plus the
+        reads of its entity keys (`read`); derived indexes are named, not read."""
         for next_cursor, keys in scan_pages(self.kv, cursor=cursor, count=self.count):
             page = Page(next_cursor, len(keys))
             items: list[tuple[str, Entity, Family]] = []
@@ -49,14 +51,18 @@ class KvSource:
                 if c.status != "entity":
                     page.policy.append((storable_name(key)[0], c.status, c.pattern))
                 elif c.entity is not None and c.family is not None and c.entity.name in self.wanted:
-                    items.append((key, c.entity, c.family))
+                    if c.family.read_by_backfill:
+                        items.append((key, c.entity, c.family))
+                    else:
+                        page.indexes.append((storable_name(key)[0], c.entity, c.family))
             page.records = list(self.read(items))
             yield page
 
     def read(self, items: Sequence[tuple[str, Entity, Family]]) -> Iterator[tuple[RawRecord, Entity]]:
         """Read the given entity keys: registry hashes field by field (HSCAN), the rest in one
-        batch (1 EVAL, or MGET + pipelines). Keys deleted since SCAN are skipped; a registry key
-        that is not a hash costs one more command and is read with the batch."""
+        batch (MGETs for strings, one pipelined read per other key). Keys deleted since SCAN are
+        skipped; a registry key that is not a hash costs one more command and is read with the
+        batch."""
         plain = [(k, e, f) for k, e, f in items if not f.split_fields]
         for key, entity, family in items:
             if family.split_fields:
@@ -65,7 +71,7 @@ class KvSource:
                     for record in hscan_records(self.kv, key, family, count=self.count):
                         if record.field not in seen:
                             seen.add(record.field)
-                            yield _storable(record), entity
+                            yield storable(record), entity
                 except redis.ResponseError as exc:
                     if "WRONGTYPE" not in str(exc) or seen:
                         raise
@@ -76,23 +82,20 @@ class KvSource:
         for kv_value, (_, entity, family) in zip(values, plain, strict=True):
             if kv_value.redis_type != "none" and kv_value.value is not None:
                 record = RawRecord(kv_value.key, kv_value.redis_type, kv_value.value, "", family.name)
-                yield _storable(record), entity
+                yield storable(record), entity
 
     def read_keys(self, keys: Sequence[str]) -> list[tuple[RawRecord, Entity]]:
-        """Classify and read specific keys (verify's re-check, repair, sampling)."""
+        """Classify and read specific keys (verify's re-check, repair, sampling); derived
+        indexes are not read."""
         items = []
         for key in keys:
             c = self.classifier.classify(key)
-            if c.status == "entity" and c.entity is not None and c.family is not None:
+            if c.status == "entity" and c.entity is not None and c.family is not None and c.family.read_by_backfill:
                 items.append((key, c.entity, c.family))
         return list(self.read(items))
 
-    @property
-    def fallback_reason(self) -> str | None:
-        return self.reader.fallback_reason
 
-
-def _storable(record: RawRecord) -> RawRecord:
+def storable(record: RawRecord) -> RawRecord:
     """The record, or, when its key or field cannot be stored as Postgres text, a copy with
     escaped names and the reason (the transformer then rejects it: `invalid_key`)."""
     key, key_problem = storable_name(record.key)

@@ -25,7 +25,7 @@ def _(r: CleanupResult) -> dict[str, Any]:
         "entities": {name: to_dict(e) for name, e in r.entities.items()},
         "flags_changed": r.flags_changed,
         "resumed_from_cursor": r.resumed_from,
-        "scripting_fallback": r.fallback_reason,
+        "verified_now": r.verified_now,
         "kv_requests": r.kv_requests,
         "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
         "seconds": round(r.seconds, 3),

@@ -41,7 +41,6 @@ def _(r: BackfillResult) -> dict[str, Any]:
         "unknown_patterns": {p: {"keys": c, "example": e} for p, (c, e) in sorted(r.unknown_patterns.items())},
         "placeholder_users": r.placeholders,
         "dangling_refs": r.dangling_refs,
-        "scripting_fallback": r.fallback_reason,
         "skipped_entities": r.skipped,
         "kv_server_restarts": r.server_restarts,
         "seconds": round(r.seconds, 3),
@@ -50,20 +49,21 @@ def _(r: BackfillResult) -> dict[str, Any]:
 
 @to_dict.register
 def _(r: InventoryResult) -> dict[str, Any]:
+    measured = r.sizes_measured
     return {
         "total_keys": r.total_keys,
         "by_status": dict(r.by_status()),
         "patterns": {
             p: {"status": c.status, "entity": c.entity, "keys": c.keys, "types": dict(c.types),
-                # without scripting only types (and registry hash lengths) are measured
-                "items": c.items if r.used_eval else None, "bytes": c.bytes if r.used_eval else None,
-                "with_ttl": c.with_ttl if r.used_eval else None, "example": c.example}
+                # sizes and TTLs only with --sizes (two billed commands per key); registry hash lengths always
+                "items": c.items if measured or c.items else None, "bytes": c.bytes if measured else None,
+                "with_ttl": c.with_ttl if measured else None, "example": c.example}
             for p, c in sorted(r.patterns.items())
         },
-        "scripting": r.used_eval,
+        "sizes_measured": measured,
         "scan_pages": r.pages,
         "predicted_backfill_requests": r.predicted_backfill,
-        "predicted_backfill_requests_without_scripting": r.predicted_backfill_pipeline,
+        "backfill_floor": r.backfill.floor + 1,
         "naive_requests": r.naive_requests,
         "kv_requests": r.budget.spent,
     }
@@ -132,10 +132,8 @@ def _(r: BackfillResult, console: Console) -> None:
     if r.server_restarts:
         console.print(f"the KV server restarted {r.server_restarts} time(s) during the run: scanned again from the "
                       "start so no key was skipped")
-    if r.fallback_reason:
-        console.print(f"scripting refused ({r.fallback_reason}): read with pipelines")
-    console.print(f"KV requests: {r.budget.spent} ({', '.join(f'{k} {v}' for k, v in sorted(r.budget.by_command.items()))})"
-                  f" in {r.seconds:.1f}s")
+    console.print(f"KV commands billed: {r.budget.spent} "
+                  f"({', '.join(f'{k} {v}' for k, v in sorted(r.budget.by_command.items()))}) in {r.seconds:.1f}s")
     if r.rejected:
         console.print(f"{r.rejected} rejects: see `kvmigrate rejects`")
 
@@ -147,16 +145,16 @@ def _(r: InventoryResult, console: Console) -> None:
         table.add_column(col, justify="right" if col in ("keys", "items", "bytes", "with TTL") else "left")
     for pattern, c in sorted(r.patterns.items(), key=lambda kv: (kv[1].status, kv[0])):
         types = ", ".join(f"{t} {n}" for t, n in c.types.most_common())
-        sizes = (str(c.items), str(c.bytes), str(c.with_ttl)) if r.used_eval else ("-", "-", "-")
+        sizes = (str(c.items), str(c.bytes), str(c.with_ttl)) if r.sizes_measured else \
+            (str(c.items) if c.items else "-", "-", "-")
         table.add_row(pattern, c.status, c.entity or "", str(c.keys), types, *sizes)
     console.print(table)
-    if not r.used_eval:
-        console.print("scripting is refused here: sizes and TTLs were not measured (one TYPE per key instead)")
+    if not r.sizes_measured:
+        console.print("sizes and TTLs not measured (--sizes measures them at 2 billed commands per key)")
     console.print(", ".join(f"{k}: {v}" for k, v in sorted(r.by_status().items())))
-    other = "" if not r.used_eval else f"{r.predicted_backfill_pipeline} without scripting; "
-    console.print(f"a backfill would cost about {r.predicted_backfill} KV requests "
-                  f"({other}a naive per-key copy: {r.naive_requests})")
-    console.print(f"this inventory cost {r.budget.spent} KV requests")
+    console.print(f"a backfill would cost about {r.predicted_backfill} billed KV commands (floor "
+                  f"{r.backfill.floor + 1}; a naive per-key copy: {r.naive_requests})")
+    console.print(f"this inventory cost {r.budget.spent} billed KV commands")
 
 
 @render.register
@@ -212,32 +210,34 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
 @to_dict.register
 def _(r: PlanResult) -> dict[str, Any]:
     return {
-        "phases": {p.phase: {"commands": p.commands, "naive": p.naive, "how": p.how} for p in r.phases},
+        "phases": {p.phase: {"commands": p.commands, "floor": p.floor, "naive": p.naive, "how": p.how}
+                   for p in r.phases},
         "total": r.total,
+        "floor_total": r.floor_total,
         "naive_total": r.naive_total,
         "daily_quota": r.daily_quota,
         "share_of_daily_quota": round(r.total / r.daily_quota, 4) if r.daily_quota else None,
         "keys": r.inventory.total_keys,
-        "entity_keys": r.inventory.naive_requests,
-        "scripting": r.inventory.used_eval,
-        "backfill_without_scripting": r.inventory.predicted_backfill_pipeline,
+        "entity_keys": r.inventory.entity_keys,
         "kv_requests": r.inventory.budget.spent,
     }
 
 
 @render.register
 def _(r: PlanResult, console: Console) -> None:
-    table = Table(title=f"plan: {r.inventory.total_keys:,} keys, {r.inventory.naive_requests:,} of them entity keys")
-    for col in ("phase", "KV commands", "naive per-key", "how"):
+    table = Table(title=f"plan: {r.inventory.total_keys:,} keys, {r.inventory.entity_keys:,} of them entity keys "
+                  "(billed KV commands)")
+    for col in ("phase", "kvmigrate", "floor", "naive per-key", "how"):
         table.add_column(col, justify="left" if col in ("phase", "how") else "right")
     for p in r.phases:
-        table.add_row(p.phase, f"{p.commands:,}", "" if p.naive is None else f"{p.naive:,}", p.how)
-    table.add_row("total", f"{r.total:,}", f"{r.naive_total:,}", "")
+        table.add_row(p.phase, f"{p.commands:,}", "" if p.floor is None else f"{p.floor:,}",
+                      "" if p.naive is None else f"{p.naive:,}", p.how)
+    table.add_row("total", f"{r.total:,}", f"{r.floor_total:,}", f"{r.naive_total:,}", "")
     console.print(table)
-    console.print(f"the whole migration: about {r.total:,} KV commands, {r.total / r.daily_quota:.1%} of a "
-                  f"{r.daily_quota:,}-command daily quota (a naive per-key migration: {r.naive_total:,})")
-    if not r.inventory.used_eval:
-        console.print(f"this store refused scripting: the backfill costs about "
-                      f"{r.inventory.predicted_backfill_pipeline:,} instead; the other phases grow likewise")
-    console.print("re-checks, repairs and extra verifies are not included; each extra verify costs about the "
-                  "verify figure / 2")
+    console.print(f"the whole migration: about {r.total:,} billed KV commands ({r.total / max(r.floor_total, 1):.2f}x "
+                  f"the floor), {r.total / r.daily_quota:.1%} of a {r.daily_quota:,}-command daily quota "
+                  f"(a naive per-key migration: {r.naive_total:,})")
+    console.print("Upstash bills every command the server runs (each one inside a pipeline or MULTI/EXEC, and "
+                  "each one a Lua script runs; kvmigrate sends no scripts); AUTH, SELECT and PING are free")
+    console.print("re-checks and repairs of differences are not included; each extra verify costs about the "
+                  "verify figure")

@@ -24,6 +24,7 @@ def _(r: DemoResult) -> dict[str, Any]:
         "kv_requests": r.kv_requests,
         "naive_backfill_requests": r.naive_requests,
         "naive_migration_requests": r.naive_requests * NAIVE_PASSES,
+        "floor_migration_requests": r.floor_requests,
         "hobby_daily_quota": HOBBY_DAILY_QUOTA,
         "counts": r.counts,
         "rejects_by_reason": r.rejects_by_reason,
@@ -62,9 +63,13 @@ def _(r: DemoResult, console: Console) -> None:
         if r.kept_after_cleanup else "") + "; left in KV: "
         + ", ".join(f"{k} {v}" for k, v in r.kv_left.items()))
     naive = r.naive_requests * NAIVE_PASSES
-    console.print(f"KV commands spent by kvmigrate: {r.kv_requests} — a naive per-key migration would spend about "
-                  f"{naive:,} ({r.naive_requests:,} for its backfill alone); that is "
+    console.print(f"KV commands billed to kvmigrate: {r.kv_requests:,} (the floor for one inventory, backfill, verify "
+                  f"and cleanup of this store: {r.floor_requests:,}; this demo also runs a second verify) — a naive "
+                  f"per-key migration would spend about {naive:,} ({r.naive_requests:,} for its backfill alone); that is "
                   f"{r.kv_requests / HOBBY_DAILY_QUOTA:.1%} of one day's {HOBBY_DAILY_QUOTA:,}-command Hobby quota")
+    console.print("counted as Upstash bills: every command the server runs, each one in a pipeline or MULTI/EXEC "
+                  "included (kvmigrate sends no Lua scripts, whose inner commands would be billed too); AUTH, "
+                  "SELECT and PING are free")
     console.print(f"the simulated app wrote {sum(r.app_writes_by_phase.values())} times ("
                   + ", ".join(f"{k}: {v}" for k, v in r.app_writes_by_phase.items())
                   + f") and spent {r.app_kv_commands} KV commands of its own")
