@@ -32,6 +32,12 @@ class GateRefused(KvmigrateError):
     exit_code = 1
 
 
+class ArchiveBusy(KvmigrateError):
+    """Another cleanup or restore holds the archive folder's lock."""
+
+    exit_code = 1
+
+
 class DifferencesFound(KvmigrateError):
     """verify found rows that differ between KV and Postgres."""
 

@@ -67,7 +67,7 @@ def test_restore_brings_back_every_type_and_ttl(pg_url: str, kv_url: str, kv: re
     result = run_cleanup(config, entities=["streaks"], archive_dir=tmp_path, yes=True)
     assert result.entities["streaks"].deleted == 8
     assert not kv.exists(*SYNTHETIC)
-    restored = run_restore(config, tmp_path)
+    restored = run_restore(config, tmp_path, yes=True)
     assert restored.entities["streaks"].restored == 8 and restored.clean
     assert restored.files_verified == ["streaks.jsonl.gz"]
     assert restored.flags.startswith("phase flags are unchanged")
@@ -82,13 +82,13 @@ def test_restore_refuses_a_changed_key_unless_forced(pg_url: str, kv_url: str, k
     before = keyspace(kv)
     run_cleanup(config, entities=["streaks"], archive_dir=tmp_path, yes=True)
     kv.set("streak:alice", "written since")
-    first = run_restore(config, tmp_path)
+    first = run_restore(config, tmp_path, yes=True)
     assert first.refused == ["streak:alice"] and not first.clean
     assert first.entities["streaks"].restored == 7
     assert kv.get("streak:alice") == b"written since"
-    again = run_restore(config, tmp_path)
+    again = run_restore(config, tmp_path, yes=True)
     assert (again.entities["streaks"].equal, again.refused) == (7, ["streak:alice"])
-    forced = run_restore(config, tmp_path, force=True)
+    forced = run_restore(config, tmp_path, force=True, yes=True)
     assert (forced.entities["streaks"].overwritten, forced.refused) == (1, [])
     same_keyspace(before, keyspace(kv))
 
@@ -103,7 +103,7 @@ def test_restore_refuses_a_damaged_archive_and_writes_nothing(pg_url: str, kv_ur
     path.write_bytes(bytes(data))
     before = keyspace(kv, skip=())
     with pytest.raises(ArchiveCorrupt) as refused:
-        run_restore(config, tmp_path)
+        run_restore(config, tmp_path, yes=True)
     assert refused.value.exit_code == 1 and "streaks.jsonl.gz" in refused.value.message
     same_keyspace(before, keyspace(kv, skip=()))
 
@@ -138,7 +138,7 @@ def test_rerun_into_the_same_folder_keeps_earlier_lines(pg_url: str, kv_url: str
     assert [f["name"] for f in manifest["files"]] == ["streaks.jsonl.gz", "streaks.part2.jsonl.gz"]
     assert [r["run_id"] for r in manifest["runs"]] == [first_run.run_id, second.run_id]
     assert manifest["counts"]["streaks"] == {"archived": 4, "deleted": 4, "files": 2}
-    restored = run_restore(config, tmp_path)
+    restored = run_restore(config, tmp_path, yes=True)
     assert restored.entities["streaks"].restored == 4
     assert kv.exists("streak:alice", "streak:bob", "streak:carol", "streak:dave") == 4
 
@@ -160,7 +160,7 @@ def test_round_trip_without_scripting(pg_url: str, kv_url: str, kv: redis.Redis,
     assert result.entities["streaks"].deleted == 7
     assert result.entities["streaks"].kept["changed_since_verify"].examples == ["streak:carol"]
     assert "EVAL" not in result.budget.by_command and result.budget.by_command["WATCH"] >= 1
-    restored = run_restore(config, tmp_path)
+    restored = run_restore(config, tmp_path, yes=True)
     assert restored.entities["streaks"].restored == 7
     kv.hset("streak:carol", "current", "1")
     same_keyspace(before, keyspace(kv))
