@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,31 +123,35 @@ class RestoreResult:
 
 
 def restore_cost(items: Sequence[ArchivedKey], *, batch_size: int = 1000, now_ms: int | None = None,
-                 in_place: frozenset[str] = frozenset(), setup: dict[str, int] | None = None) -> RestoreCost:
-    """The billed commands `run_restore` sends for `items` when the keys named in `in_place`
-    exist with their archived value and the others are absent (no leftovers of a killed run).
-    Pure: no I/O. `setup`: what the connection sends before its PING (`{"AUTH": 1}`). Meant
-    for `plan` too: `restore_cost(latest_lines(verified_blobs(folder, manifest), ()))`."""
+                 in_place: Mapping[str, int] | None = None, replaced: frozenset[str] = frozenset(),
+                 setup: Mapping[str, int] | None = None) -> RestoreCost:
+    """The billed commands `run_restore` sends for `items`: the keys of `in_place` exist (each
+    with the number of page reads its comparison takes: 0 when its length differs), those in
+    `replaced` are overwritten (`force`), the others are absent, with no leftovers of a killed
+    run. Pure: no I/O. `setup`: what the connection sends before its PING (`{"AUTH": 1}`).
+    For `plan` too: `restore_cost(latest_lines(verified_blobs(folder, manifest), ()))`."""
     now = _now() if now_ms is None else now_ms
+    there = dict(in_place or {})
     spent: Counter[str] = Counter({"PING": 1})
     spent.update({k: v for k, v in (setup or {}).items() if v})
     live = [i for i in items if not _expired(i, now)]
     for start in range(0, len(live), batch_size):
         batch = live[start:start + batch_size]
         built = [i for i in batch if not one_shot(i)]
-        occupied = any(i.key in in_place for i in built)
-        if built:
-            spent["EXISTS"] += 1
+        probed = any(i.key in there for i in built)
+        spent["EXISTS"] += int(bool(built))
         for item in batch:
-            there = item.key in in_place
+            cmds: list[Command] = []
             if one_shot(item):
-                spent["SET"] += 1
-                cmds: list[Command] = [length_command(item)] + [p.cmd for p in read_pages(item)] if there else []
-            elif there:
-                cmds = [length_command(item)] + [p.cmd for p in read_pages(item)] + [("DEL",)]
-            else:
-                cmds = [c for trip in build_trips(item, fresh=not occupied) for c in trip]
-                cmds += [length_command(item)] if occupied else []
+                cmds.append(("SET",))
+            if item.key in there:
+                reads = [p.cmd for p in read_pages(item)][:there[item.key]]
+                cmds += [length_command(item), *reads] + ([] if one_shot(item) else [("DEL",)])
+                if item.key in replaced:
+                    cmds += [c for trip in build_trips(item, fresh=False, replace=True) for c in trip]
+            elif not one_shot(item):
+                cmds += [c for trip in build_trips(item, fresh=not probed) for c in trip]
+                cmds += [length_command(item)] if probed else []
             spent.update(str(c[0]) for c in cmds)
     return RestoreCost(len(items), dict(spent))
 
@@ -203,8 +207,8 @@ def _run(config: Config, archive_dir: Path, entities: Sequence[str], *, force: b
         for start in range(0, len(items), config.batch_size):
             run.batch(items[start:start + config.batch_size])
         if dry_run:
-            result.forecast = restore_cost(items, batch_size=config.batch_size, in_place=frozenset(run.in_place),
-                                           setup=_setup(config.require_kv()))
+            result.forecast = restore_cost(items, batch_size=config.batch_size, in_place=run.in_place,
+                                           replaced=frozenset(run.replaced), setup=_setup(config.require_kv()))
     finally:
         result.kv_requests = budget.spent
         kv.redis.close()
@@ -251,7 +255,8 @@ class _Restore:
 
     def __init__(self, kv: KvClient, result: RestoreResult, retries: int) -> None:
         self.kv, self.result, self.retries = kv, result, retries
-        self.in_place: set[str] = set()
+        self.in_place: dict[str, int] = {}  # keys found in place: their comparison's page reads
+        self.replaced: set[str] = set()
 
     def count(self, item: ArchivedKey) -> RestoreCounts:
         return self.result.entities.setdefault(item.entity, RestoreCounts())
@@ -343,6 +348,10 @@ class _Restore:
         cleanup: list[Command] = [] if self.result.dry_run else [("DEL", temp_key(i.key)) for i in items
                                                                 if not one_shot(i)]
         equal = {i.key for i in same}
+        for item, _ in pages:
+            self.in_place[item.key] = self.in_place.get(item.key, 0) + 1
+        for item in items:
+            self.in_place.setdefault(item.key, 0)
         for group in _groups(pages):
             for (item, page), reply in zip(group, self.send([p.cmd for _, p in group]), strict=True):
                 if not page_matches(item, page, reply):
@@ -355,7 +364,6 @@ class _Restore:
     def _verdict(self, item: ArchivedKey, equal: bool, uncertain: bool) -> None:
         counts = self.count(item)
         if equal:
-            self.in_place.add(item.key)
             if uncertain:
                 counts.restored += 1
             else:
@@ -365,6 +373,7 @@ class _Restore:
             self.result.refused.append(item.key)
         elif self.result.dry_run:
             counts.overwritten += 1
+            self.replaced.add(item.key)
         else:
             for it, replies, _ in self.write([item], fresh=False, replace=True):
                 errors = [r for r in replies if isinstance(r, Exception)]
