@@ -28,9 +28,11 @@ from tests.fixtures.faults import (
     kill_when,
     launcher,
     note,
+    seed_world,
     wait_backends_gone,
 )
 from tests.test_cleanup import keyspace, same_keyspace
+from tests.test_crash import cut_over
 from tests.test_restore import SYNTHETIC, mark_verified, prepared
 
 SEED = int(os.environ.get("KVMIGRATE_CRASH_SEED", "20250601"))
@@ -202,3 +204,22 @@ def test_restore_spends_exactly_its_forecast(pg_url: str, kv_url: str, kv: redis
     assert {k: v for k, v in calls.items() if k not in ("CONFIG|RESETSTAT", "INFO")} == dict(result.budget.by_command)
     note(request, f"restore of {deleted} keys ({len(BIG)} of them 1.3-2.6 MB): {result.kv_requests} KV commands, "
          f"{result.kv_requests / deleted:.2f} per key, forecast {result.forecast.commands}")
+
+
+def test_restore_of_the_seeded_app_keyspace_spends_its_forecast(pg_url: str, kv_url: str, kv: redis.Redis,
+                                                                tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    seed_world(kv)
+    before = keyspace(kv)
+    cut_over(pg_url, kv_url)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    deleted = run_cleanup(config, archive_dir=tmp_path, yes=True).deleted
+    assert deleted > 300
+    kv.config_resetstat()
+    result = run_restore(config, tmp_path, yes=True)
+    calls = server_calls(kv)
+    assert result.clean and result.forecast is not None and result.forecast.commands == result.kv_requests
+    assert {k: v for k, v in calls.items() if k not in ("CONFIG|RESETSTAT", "INFO")} == dict(result.budget.by_command)
+    same_keyspace(before, keyspace(kv))
+    by = dict(sorted(result.budget.by_command.items()))
+    note(request, f"restore of the seeded app keyspace, {deleted} keys: {result.kv_requests} KV commands, "
+         f"{result.kv_requests / deleted:.2f} per key ({by})")
