@@ -202,8 +202,11 @@ def test_restore_spends_exactly_its_forecast(pg_url: str, kv_url: str, kv: redis
     calls = server_calls(kv)
     assert result.forecast is not None and result.forecast.commands == result.kv_requests
     assert {k: v for k, v in calls.items() if k not in ("CONFIG|RESETSTAT", "INFO")} == dict(result.budget.by_command)
+    again = run_restore(config, tmp_path, yes=True)
+    assert again.entities["streaks"].equal == deleted and again.clean
     note(request, f"restore of {deleted} keys ({len(BIG)} of them 1.3-2.6 MB): {result.kv_requests} KV commands, "
-         f"{result.kv_requests / deleted:.2f} per key, forecast {result.forecast.commands}")
+         f"{result.kv_requests / deleted:.2f} per key, forecast {result.forecast.commands}; a rerun over them in "
+         f"place: {again.kv_requests} ({again.kv_requests / deleted:.2f} per key)")
 
 
 def test_restore_of_the_seeded_app_keyspace_spends_its_forecast(pg_url: str, kv_url: str, kv: redis.Redis,
