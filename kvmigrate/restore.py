@@ -288,14 +288,11 @@ class _Restore:
             return
         for item, replies, resent in self.write(shots, fresh=True, replace=False):
             self._settle(item, replies, resent, occupied, uncertain)
-        for item in built:
-            there = lengths.get(item.key)
-            if isinstance(there, Exception) or (there is not None and int(there) > 0):
-                occupied.append(item)
-                continue
-            for it, replies, resent in self.write([item], fresh=fresh, replace=False):
-                self._settle(it, replies, resent, occupied, uncertain)
-                lengths.pop(it.key, None)  # the RENAMENX told; read the length again
+        absent = [i for i in built if not _present(lengths.get(i.key))]
+        occupied += [i for i in built if _present(lengths.get(i.key))]
+        for item, replies, resent in self.write(absent, fresh=fresh, replace=False):
+            self._settle(item, replies, resent, occupied, uncertain)
+            lengths.pop(item.key, None)  # found in place by its RENAMENX after all: read its length again
         self._occupied(occupied, lengths, uncertain)
 
     def _dry(self, shots: Sequence[ArchivedKey], built: Sequence[ArchivedKey], lengths: dict[str, Any],
