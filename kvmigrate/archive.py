@@ -17,7 +17,12 @@ Archive rules (README, "Data rules"):
   is one gzip member appended and fsynced, then the directory is fsynced, then the manifest is
   replaced atomically (fsynced temp file + rename): the manifest always covers every line that
   any delete may depend on, so a run stopped at any point leaves a verifiable archive.
-* Restore verifies every listed file against the manifest first and refuses on any mismatch.
+* One run at a time: cleanup and restore hold an OS lock (`flock`) on the archive folder for
+  their whole run; a second run into the same folder is refused (ArchiveBusy, exit 1). A new
+  part file is listed in the manifest (0 bytes) before its first line is written, so every part
+  file in the folder is one the manifest knows.
+* Restore verifies every listed file against the manifest first and refuses on any mismatch,
+  a line count or a per-entity or per-run count that does not add up included.
   When a key was archived more than once (a rerun), its last line wins. A key with a TTL gets
   the time it had left (`expires_at_ms` − now); one already expired is skipped and counted.
   A key that exists with an equal value is skipped; with a different value it is refused
@@ -25,6 +30,8 @@ Archive rules (README, "Data rules"):
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import os
@@ -39,7 +46,7 @@ from typing import Any
 import orjson
 
 from kvmigrate import __version__
-from kvmigrate.errors import ConfigError, KvmigrateError
+from kvmigrate.errors import ArchiveBusy, ConfigError, KvmigrateError
 from kvmigrate.kv.scanner import decode_key, encode_key
 from kvmigrate.kv.snapshot import Snapshot
 
@@ -51,6 +58,33 @@ class ArchiveCorrupt(KvmigrateError):
     """An archive file is missing or does not match its manifest; nothing was restored."""
 
     exit_code = 1
+
+
+class FolderLock:
+    """An exclusive OS lock (`flock`) on the archive folder itself, held by one cleanup or
+    restore run; the OS releases it when the process ends, however it ends."""
+
+    def __init__(self, folder: Path, what: str) -> None:
+        try:
+            self.fd: int | None = os.open(folder, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ArchiveCorrupt(f"{folder / MANIFEST} does not exist",
+                                 hint="pass the folder given to `kvmigrate cleanup --archive-dir`") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise ArchiveBusy(f"another kvmigrate cleanup or restore is using the archive folder {folder}",
+                              hint=f"wait for it to finish, then run this {what} again; two runs into one "
+                              "folder would overwrite each other's manifest") from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
 
 def _enc(b: bytes) -> object:
@@ -124,7 +158,8 @@ class _Part:
 
 
 class ArchiveWriter:
-    """Appends one cleanup run's lines to its own part files and keeps the manifest current."""
+    """Appends one cleanup run's lines to its own part files and keeps the manifest current.
+    Holds the folder's lock from construction to `close()` (ArchiveBusy when another run has it)."""
 
     def __init__(self, folder: Path, *, run_id: int, kv_url: str | None) -> None:
         try:
@@ -132,6 +167,14 @@ class ArchiveWriter:
         except OSError as exc:
             raise ConfigError(f"cannot use {folder} as the archive folder: {exc.strerror}",
                               hint="pass --archive DIR with a folder you can write") from None
+        self.lock = FolderLock(folder, "cleanup")
+        try:
+            self._open(folder, run_id, kv_url)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _open(self, folder: Path, run_id: int, kv_url: str | None) -> None:
         self.folder, self.run_id = folder, run_id
         old = read_manifest(folder) if (folder / MANIFEST).exists() else None
         if old is not None and old.get("kv_url") != kv_url:
@@ -165,12 +208,15 @@ class ArchiveWriter:
             self.parts[entity].deleted += n
 
     def close(self, *, complete: bool) -> Path:
-        """Close the files and write the final manifest (last). Returns its path."""
-        for part in self.parts.values():
-            os.close(part.fd)
-        self.run.update(finished_at=_now_iso(), complete=complete)
-        self._write_manifest()
-        self.parts = {}
+        """Close the files, write the final manifest (last) and release the folder. Returns its path."""
+        try:
+            for part in self.parts.values():
+                os.close(part.fd)
+            self.run.update(finished_at=_now_iso(), complete=complete)
+            self._write_manifest()
+            self.parts = {}
+        finally:
+            self.lock.release()
         return self.manifest_path
 
     def _append(self, entity: str, chunk: Sequence[bytes]) -> None:
@@ -179,6 +225,7 @@ class ArchiveWriter:
             name = f"{entity}.jsonl.gz" if self.part == 1 else f"{entity}.part{self.part}.jsonl.gz"
             fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             part = self.parts[entity] = _Part(entity, name, fd)
+            self._write_manifest()  # listed (0 bytes) before its first line: no part file is unknown
         data = gzip.compress(b"".join(chunk), mtime=0)
         _write_all(part.fd, data)
         os.fsync(part.fd)
@@ -287,19 +334,60 @@ def verified_blobs(folder: Path, manifest: Mapping[str, Any]) -> list[tuple[dict
 
 
 def latest_lines(blobs: Sequence[tuple[dict[str, Any], bytes]], entities: Sequence[str]) -> list[ArchivedKey]:
-    """The last archived line of each key of the chosen entities, in archive order."""
+    """The last archived line of each key of the chosen entities, in archive order. Raises
+    ArchiveCorrupt when a file holds another number of lines than the manifest lists."""
     latest: dict[str, ArchivedKey] = {}
     for f, data in blobs:
         if entities and f["entity"] not in entities:
             continue
         try:
-            lines = [decode_line(line) for line in gzip.decompress(data).splitlines() if line.strip()]
+            lines = [decode_line(line) for line in gzip.decompress(data).splitlines() if line.strip()] if data else []
         except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
             raise ArchiveCorrupt(f"{f['name']} matches its sha256 but cannot be read: {exc}") from None
+        if len(lines) != int(f["lines"]):
+            raise ArchiveCorrupt(f"{f['name']} holds {len(lines)} lines where the manifest lists {f['lines']}",
+                                 hint="the manifest was edited or damaged; restore from a copy of the archive")
         for item in lines:
             latest.pop(item.key, None)
             latest[item.key] = item
     return list(latest.values())
+
+
+def check_counts(manifest: Mapping[str, Any]) -> None:
+    """The manifest's own totals must add up: per entity, `counts` is the sum of its files'
+    lines and deletes, and each run's counts are its own files' (a removed entry shows here).
+    Raises ArchiveCorrupt naming the first total that does not."""
+    sums: dict[str, dict[str, int]] = {}
+    by_run: dict[tuple[int, str], dict[str, Any]] = {}
+    for f in manifest["files"]:
+        c = sums.setdefault(f["entity"], {"archived": 0, "deleted": 0})
+        c["archived"] += int(f["lines"])
+        c["deleted"] += int(f["deleted"])
+        by_run[(int(f.get("run_id", -1)), str(f["entity"]))] = f
+    counts = manifest.get("counts")
+    if isinstance(counts, dict):
+        for entity in sorted(set(counts) | set(sums)):
+            listed = {k: int((counts.get(entity) or {}).get(k, 0)) for k in ("archived", "deleted")}
+            if listed != sums.get(entity, {"archived": 0, "deleted": 0}):
+                raise ArchiveCorrupt(f"the manifest counts {listed} for {entity} but its files add up to "
+                                     f"{sums.get(entity)}: a file entry was removed or changed",
+                                     hint="restore from a copy of the archive; this one does not list every file")
+    for run in manifest.get("runs") or []:
+        for entity, c in (run.get("counts") or {}).items() if isinstance(run, dict) else ():
+            f = by_run.get((int(run.get("run_id", -1)), str(entity)))
+            if int(c.get("archived", 0)) and (f is None or int(f["lines"]) != int(c["archived"])):
+                raise ArchiveCorrupt(f"cleanup run {run.get('run_id')} archived {c['archived']} {entity} lines, but "
+                                     f"the manifest lists {'no file' if f is None else str(f['lines']) + ' lines'} "
+                                     "for it", hint="restore from a copy of the archive; this one does not list "
+                                     "every file")
+
+
+def unlisted_files(folder: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Archive part files in the folder that hold bytes but that the manifest does not list
+    (left by a run whose manifest was overwritten by another's)."""
+    listed = {f["name"] for f in manifest["files"]}
+    return sorted(p.name for p in folder.glob("*.jsonl.gz")
+                  if _PART_RE.match(p.name) and p.name not in listed and p.stat().st_size > 0)
 
 
 # --- restore -----------------------------------------------------------------------------

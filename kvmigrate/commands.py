@@ -32,7 +32,7 @@ from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.plan import PlanResult, run_plan
 from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
-from kvmigrate.restore import RestoreResult, run_restore
+from kvmigrate.restore import RestoreCost, RestoreResult, archive_restore_cost, run_restore
 from kvmigrate.seed import SeedRun
 from kvmigrate.status import StatusResult, run_status
 from kvmigrate.verify import VerifyResult, run_verify
@@ -227,10 +227,20 @@ def cleanup(
                              settle=settle, verify_first=verify_first, recheck_delay=recheck_delay)
 
 
-def restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (), force: bool = False) -> RestoreResult:
-    """Put archived keys back (the undo of cleanup) with their types and remaining TTLs.
+def restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (), force: bool = False,
+            yes: bool = False, dry_run: bool = False) -> RestoreResult:
+    """Put archived keys back (the undo of cleanup) with their types and archived expiry.
 
-    Checks every archive file against the manifest first (exit 1 on a mismatch). Writes KV only;
-    phase flags are unchanged. A key that exists with another value is refused unless `force`.
+    Locks the archive folder and checks every file and total against the manifest first (exit 1
+    on a mismatch, or when another run holds the folder). Writes KV only; phase flags are
+    unchanged. Needs `yes` unless `dry_run` (which reads only and forecasts the cost). A key that
+    exists with another value is refused unless `force`. Exits 1 when anything the ledger marks
+    deleted is not in the archive. KV cost: `kvmigrate.restore.restore_cost`.
     """
-    return run_restore(config, archive_dir, entities=entities, force=force)
+    return run_restore(config, archive_dir, entities=entities, force=force, yes=yes, dry_run=dry_run)
+
+
+def restore_forecast(config: Config, archive_dir: Path, *, entities: Sequence[str] = ()) -> RestoreCost:
+    """The billed KV commands a restore of this archive would send into a store where none of
+    its keys exist. Reads the archive only (no KV, no Postgres)."""
+    return archive_restore_cost(config, archive_dir, entities=entities)

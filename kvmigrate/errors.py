@@ -3,7 +3,7 @@
 | exit | meaning |
 |---|---|
 | 0 | ok |
-| 1 | differences found, or a gate refused the step |
+| 1 | differences found, a gate refused the step, or restore cannot put back everything deleted |
 | 2 | bad usage or configuration |
 | 3 | cannot connect to KV or Postgres |
 | 4 | stopped by the request budget (resumable) |
@@ -28,6 +28,12 @@ class KvmigrateError(Exception):
 
 class GateRefused(KvmigrateError):
     """A phase step was refused (out of order, or its verify is missing, stale or dirty)."""
+
+    exit_code = 1
+
+
+class ArchiveBusy(KvmigrateError):
+    """Another cleanup or restore holds the archive folder's lock."""
 
     exit_code = 1
 
@@ -70,7 +76,7 @@ class RejectsPresent(KvmigrateError):
 #: The documented exit codes; the README table is tested against this mapping.
 EXIT_CODES: dict[int, str] = {
     0: "ok",
-    1: "differences found, or a gate refused the step",
+    1: "differences found, a gate refused the step, or restore cannot put back everything deleted",
     2: "bad usage or configuration",
     3: "cannot connect to KV or Postgres",
     4: "stopped by the request budget (resumable: run the same command again)",

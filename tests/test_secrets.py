@@ -154,7 +154,7 @@ def test_the_whole_migration_never_shows_a_password_or_token(
     s.cli(runner, "--json", "cutover")
     s.cli(runner, "--json", "status")
     s.cli(runner, "--json", "cleanup", "--archive-dir", str(out / "archive"), "--yes", "--settle", "0")
-    s.cli(runner, "--json", "restore", str(out / "archive"))
+    s.cli(runner, "--json", "restore", str(out / "archive"), "--yes")
     s.cli(runner, "status")
     rehearse = runner.run("--kv-url", s.kv_url, "--json", "rehearse", "--pg-url", s.branch_url, "--report",
                           str(out / "report.json"), "--markdown", str(out / "report.md"))

@@ -22,6 +22,7 @@ from kvmigrate.cli.base import (
     progress_bar,
     run,
 )
+from kvmigrate.errors import KvmigrateError
 from kvmigrate.phases import DEFAULT_SETTLE
 
 
@@ -140,9 +141,23 @@ def restore(
     *,
     entity: EntityOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite keys whose current value differs.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read only: say what would be restored, refused or "
+                                          "skipped, and the KV commands a real run would cost.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: write the archived keys back into KV.")] = False,
     max_requests: MaxRequestsOpt = None,
 ) -> None:
-    """Put archived keys back with their types and remaining TTLs (the undo of cleanup); flags unchanged."""
+    """Put archived keys back with their types and TTLs (the undo of cleanup); flags unchanged.
+    Forecasts its KV commands first; writes only with --yes (or a confirmation)."""
     config = config_from(ctx, max_requests=max_requests)
-    run(ctx, lambda: commands.restore(config, archive_dir, entities=entity or (), force=force),
+    if not (yes or dry_run or global_options(ctx).json) and sys.stdin.isatty():
+        try:
+            cost = commands.restore_forecast(config, archive_dir, entities=entity or ())
+        except KvmigrateError:
+            cost = None  # the run below reports the same error
+        if cost is not None:
+            typer.echo(f"restore writes {cost.keys} archived keys back into KV: about {cost.commands} billed KV "
+                       "commands", err=True)
+            yes = typer.confirm("continue?", err=True)
+    run(ctx, lambda: commands.restore(config, archive_dir, entities=entity or (), force=force, yes=yes,
+                                      dry_run=dry_run),
         exit_code_of=lambda r: 0 if r.clean else 1)

@@ -76,15 +76,21 @@ def _(r: CleanupPhaseResult, console: Console) -> None:
 @to_dict.register
 def _(r: RestoreResult) -> dict[str, Any]:
     return {"archive_dir": r.archive_dir, "manifest": r.manifest, "files_verified": r.files_verified,
-            "force": r.force, "clean": r.clean, "entities": {n: to_dict(c) for n, c in r.entities.items()},
-            "refused": r.refused, "failed": [list(f) for f in r.failed], "kv_requests": r.kv_requests,
-            "flags": r.flags}
+            "dry_run": r.dry_run, "force": r.force, "clean": r.clean,
+            "forecast": None if r.forecast is None else r.forecast.to_dict(),
+            "entities": {n: to_dict(c) for n, c in r.entities.items()},
+            "refused": r.refused, "failed": [list(f) for f in r.failed], "unlisted_files": r.unlisted_files,
+            "ledger_checked": r.ledger_checked, "missing": r.missing, "missing_examples": r.missing_examples,
+            "resends": r.resends, "kv_requests": r.kv_requests,
+            "kv_requests_by_command": dict(sorted(r.budget.by_command.items())), "flags": r.flags}
 
 
 @render.register
 def _(r: RestoreResult, console: Console) -> None:
-    table = Table(title=f"restore from {r.archive_dir}")
-    for col in ("entity", "restored", "already equal", "overwritten", "refused", "expired", "failed"):
+    title = f"restore from {r.archive_dir}" + (" (dry run: nothing written)" if r.dry_run else "")
+    table = Table(title=title)
+    first = "would restore" if r.dry_run else "restored"
+    for col in ("entity", first, "already equal", "overwritten", "refused", "expired", "failed"):
         table.add_column(col, justify="left" if col == "entity" else "right")
     for name, c in r.entities.items():
         table.add_row(name, str(c.restored), str(c.equal), str(c.overwritten), str(c.refused), str(c.expired),
@@ -95,4 +101,16 @@ def _(r: RestoreResult, console: Console) -> None:
         console.print(f"refused: {key} exists with a different value (use --force to overwrite)", markup=False)
     for key, why in r.failed[:10]:
         console.print(f"failed: {key}: {why}", markup=False)
-    console.print(f"{r.flags}; KV requests: {r.kv_requests}")
+    for name in r.unlisted_files:
+        console.print(f"not covered: {name} is in the archive folder but not in its manifest; its keys cannot be "
+                      "checked or restored", markup=False)
+    if r.missing:
+        console.print(f"not restorable: {r.missing} keys the ledger marks deleted are in no archive line here, "
+                      f"e.g. {', '.join(r.missing_examples)}", markup=False)
+    elif not r.ledger_checked:
+        console.print("ledger not checked (no Postgres URL): deleted keys missing from the archive would go "
+                      "unnoticed", markup=False)
+    if r.forecast is not None:
+        what = "a real run would cost" if r.dry_run else "forecast"
+        console.print(f"{what}: {r.forecast.commands} KV commands for {r.forecast.keys} keys", markup=False)
+    console.print(f"{r.flags}; KV requests: {r.kv_requests}" + (f" ({r.resends} resent)" if r.resends else ""))
