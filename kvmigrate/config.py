@@ -7,12 +7,13 @@ Secrets never leave this object unmasked: `repr`, `str` and `describe()` all mas
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvmigrate.errors import ConfigError
 from kvmigrate.masking import mask_text, mask_url, url_secrets
+from kvmigrate.urls import check_kv_url, check_pg_url, shown
 
 KV_URL_VARS = ("KVMIGRATE_KV_URL", "KV_URL")
 PG_URL_VARS = (
@@ -47,11 +48,11 @@ class Config(BaseModel):
 
     @property
     def masked_kv_url(self) -> str | None:
-        return mask_url(self.kv_url) if self.kv_url else None
+        return _masked(self.kv_url, check_kv_url)
 
     @property
     def masked_pg_url(self) -> str | None:
-        return mask_url(self.pg_url) if self.pg_url else None
+        return _masked(self.pg_url, check_pg_url)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -65,6 +66,7 @@ class Config(BaseModel):
                 "no KV URL: pass --kv-url or set one of " + ", ".join(KV_URL_VARS),
                 hint="on Vercel, `vercel env pull` writes KV_URL into .env.local",
             )
+        check_kv_url(self.kv_url)
         return self.kv_url
 
     def require_pg(self) -> str:
@@ -74,7 +76,19 @@ class Config(BaseModel):
                 "no Postgres URL: pass --pg-url or set one of " + ", ".join(PG_URL_VARS),
                 hint="prefer the unpooled URL (DATABASE_URL_UNPOOLED) for migrations",
             )
+        check_pg_url(self.pg_url)
         return self.pg_url
+
+
+def _masked(url: str | None, check: Callable[[str], object]) -> str | None:
+    """The URL masked for display; a URL that does not parse shows only its scheme."""
+    if not url:
+        return None
+    try:
+        check(url)
+    except ConfigError:
+        return shown(url)
+    return mask_url(url)
 
 
 def first_env(names: tuple[str, ...], env: Mapping[str, str] | None = None) -> str | None:

@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 import redis
@@ -26,9 +26,10 @@ from tenacity import (
 )
 
 from kvmigrate.budget import RequestBudget
-from kvmigrate.errors import ConfigError, ConnectError
+from kvmigrate.errors import ConnectError
 from kvmigrate.kv.client import KvClient
 from kvmigrate.masking import mask_text, mask_url
+from kvmigrate.urls import check_kv_url, check_pg_url, clean_pg_url
 
 log = logging.getLogger("kvmigrate")
 RetryHook = Callable[[str], None]
@@ -43,16 +44,7 @@ def is_pooled_url(url: str) -> bool:
     return "-pooler" in (parts.hostname or "") or query.get("pgbouncer", "").lower() == "true"
 
 
-def _clean_pg_url(url: str) -> str:
-    """Drop query parameters libpq does not know (Prisma's `pgbouncer`, `connection_limit`).
-    The others stay byte for byte: libpq decodes %XX but reads `+` literally, so decoding and
-    re-encoding them (`options=-c%20statement_timeout%3D5000`, a password with `+`) breaks them."""
-    parts = urlsplit(url)
-    pairs = [p for p in parts.query.split("&") if p]
-    kept = [p for p in pairs if unquote(p.split("=", 1)[0]) not in {"pgbouncer", "connection_limit"}]
-    if len(kept) == len(pairs):
-        return url
-    return urlunsplit(parts._replace(query="&".join(kept)))  # the others exactly as written
+_clean_pg_url = clean_pg_url
 
 
 def _normalise_kv_url(url: str) -> str:
@@ -96,24 +88,16 @@ def connect_kv(
     timeout: float = 10.0,
 ) -> KvClient:
     """Open a KV client and PING it (costs 1 request). TLS is used for `rediss://` URLs."""
+    check_kv_url(url)  # ConfigError (exit 2) naming only the scheme when it does not parse
     real = _normalise_kv_url(url)
-    try:
-        client = redis.Redis.from_url(
-            real, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            # RESP2, no CLIENT SETINFO, no health-check PINGs: a new connection sends only what it
-            # must (AUTH, SELECT), and those are counted too (Upstash bills them like any command)
-            protocol=2, health_check_interval=0, redis_connect_func=_counting_connect(budget),
-            **_NO_CLIENT_INFO,
-        )
-    except ValueError:
-        # Neither the URL nor redis-py's reason is shown: a URL that does not parse cannot be
-        # masked reliably (a password holding '/' reads as a port), and the reason quotes it.
-        scheme = url.split("://", 1)[0] if "://" in url else "none"
-        raise ConfigError(f"bad KV URL: it does not parse as redis://[user:password@]host[:port][/db] "
-                          f"(scheme {scheme!r})",
-                          hint="a KV URL looks like redis://host:6379/0, or rediss:// for TLS; percent-encode "
-                          "'/', '?', '#' and '@' in the password") from None
+    client = redis.Redis.from_url(
+        real, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0), retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        # RESP2, no CLIENT SETINFO, no health-check PINGs: a new connection sends only what it
+        # must (AUTH, SELECT), and those are counted too (Upstash bills them like any command)
+        protocol=2, health_check_interval=0, redis_connect_func=_counting_connect(budget),
+        **_NO_CLIENT_INFO,
+    )
     kv = KvClient(client, budget, read_only=read_only)
     try:
         for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, (redis.ConnectionError, redis.TimeoutError)):
@@ -164,6 +148,7 @@ def connect_pg(
     Pooled (PgBouncer transaction-mode) URLs get `prepare_threshold=None`; session features
     such as advisory locks need the unpooled URL.
     """
+    check_pg_url(url)  # ConfigError (exit 2) naming only the scheme when it does not parse
     kwargs: dict[str, object] = {
         "application_name": APPLICATION_NAME,
         "connect_timeout": timeout,

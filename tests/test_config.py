@@ -75,7 +75,7 @@ def test_a_malformed_kv_url_exits_2_naming_it_masked() -> None:
                 "redis://default:tok3n/SECRET@host:6379"):  # a '/' in the password reads as a port
         result = cli("--kv-url", url, "inventory")
         assert result.exit_code == 2, result.output
-        assert "error: bad KV URL" in result.output
+        assert "error: bad KV URL" in result.output or "error: the KV URL is an HTTP REST endpoint" in result.output
         assert "tok3n" not in result.output and "SECRET" not in result.output
 
 
