@@ -20,13 +20,20 @@ from redis.retry import Retry
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
 
 from kvmigrate.budget import RequestBudget
 from kvmigrate.errors import ConnectError
+from kvmigrate.failures import (
+    KV_TLS_MISMATCH,
+    Permanent,
+    kv_permanent,
+    kv_speaks_plain,
+    pg_permanent,
+)
 from kvmigrate.kv.client import KvClient
 from kvmigrate.masking import mask_text, mask_url
 from kvmigrate.urls import check_kv_url, check_pg_url, clean_pg_url
@@ -68,11 +75,12 @@ def _report(hook: RetryHook | None, what: str) -> Callable[[RetryCallState], Non
     return before_sleep
 
 
-def _retrying(attempts: int, what: str, hook: RetryHook | None, exc: type[BaseException] | tuple[type[BaseException], ...]) -> Retrying:
+def _retrying(attempts: int, what: str, hook: RetryHook | None,
+              transient: Callable[[BaseException], bool]) -> Retrying:
     return Retrying(
         stop=stop_after_attempt(max(attempts, 0) + 1),
         wait=wait_exponential(multiplier=0.2, max=5),
-        retry=retry_if_exception_type(exc),
+        retry=retry_if_exception(transient),
         before_sleep=_report(hook, what),
         reraise=True,
     )
@@ -99,19 +107,49 @@ def connect_kv(
         **_NO_CLIENT_INFO,
     )
     kv = KvClient(client, budget, read_only=read_only)
+    tls = real.lower().startswith("rediss://")
+
+    def transient(exc: BaseException) -> bool:
+        if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return False
+        if tls and isinstance(exc, redis.TimeoutError) and _plain_server(client):
+            raise _TlsMismatch() from exc  # a TLS handshake a plain server never answers
+        return kv_permanent(exc, tls=tls) is None
+
     try:
-        for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, (redis.ConnectionError, redis.TimeoutError)):
+        for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, transient):
             with attempt:
                 kv.call("PING")
+    except _TlsMismatch:
+        raise _permanent_error("KV", url, KV_TLS_MISMATCH) from None
     except (redis.RedisError, OSError) as exc:
+        permanent = kv_permanent(exc, tls=tls)
+        if permanent:
+            raise _permanent_error("KV", url, permanent, exc) from None
         raise ConnectError(
             f"cannot connect to KV at {mask_url(url)}: {mask_text(str(exc))}",
-            hint="check the URL (KV_URL is a rediss:// URL on Vercel) and that the store is up",
+            hint="check the URL and that the store is up (Vercel KV and Upstash need rediss://, with TLS)",
         ) from None
     # Connected. From now on a dropped connection is retried by redis-py itself: kvmigrate's KV
     # commands (reads, the flags HSET, compare-and-delete) are all safe to send twice.
     client.set_retry(Retry(ExponentialBackoff(cap=5.0, base=0.2), retries))
     return kv
+
+
+class _TlsMismatch(Exception):
+    """A rediss:// URL whose server answered a plain-text PING."""
+
+
+def _plain_server(client: redis.Redis) -> bool:
+    kwargs = client.connection_pool.connection_kwargs
+    return kv_speaks_plain(str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
+
+
+def _permanent_error(what: str, url: str, permanent: Permanent, exc: BaseException | None = None) -> ConnectError:
+    """The error for a failure no retry cures: said at once, with its own hint."""
+    detail = f" ({mask_text(str(exc)).strip().splitlines()[-1].strip()})" if exc is not None and str(exc).strip() else ""
+    return ConnectError(f"cannot connect to {what} at {mask_url(url)}: {permanent.reason}{detail}; not retried",
+                        hint=permanent.hint)
 
 
 #: redis-py ≥ 7 names this `driver_info`; older versions take lib_name/lib_version.
@@ -158,14 +196,20 @@ def connect_pg(
         kwargs["prepare_threshold"] = None
         log.warning("%s is a pooled (PgBouncer transaction-mode) endpoint: prepared statements are off, and the "
                     "locks that keep two runs apart need the unpooled URL (DATABASE_URL_UNPOOLED)", mask_url(url))
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and pg_permanent(exc) is None
+
     try:
-        for attempt in _retrying(retries, f"Postgres {mask_url(url)}", on_retry, psycopg.OperationalError):
+        for attempt in _retrying(retries, f"Postgres {mask_url(url)}", on_retry, transient):
             with attempt:
                 return psycopg.connect(_clean_pg_url(url), **kwargs)  # type: ignore[arg-type]
     except psycopg.Error as exc:
+        permanent = pg_permanent(exc)
+        if permanent:
+            raise _permanent_error("Postgres", url, permanent, exc) from None
         raise ConnectError(
             f"cannot connect to Postgres at {mask_url(url)}: {mask_text(str(exc)).strip()}",
-            hint="check the URL; on Neon use the unpooled URL (DATABASE_URL_UNPOOLED)",
+            hint="check the URL and that the server is up; on Neon use the unpooled URL (DATABASE_URL_UNPOOLED)",
         ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
