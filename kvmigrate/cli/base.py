@@ -123,7 +123,7 @@ app = typer.Typer(
     "in four phases: setup, dual-write + verify, cutover, cleanup.\n\n"
     "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + ".",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
 )
