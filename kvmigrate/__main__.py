@@ -1,3 +1,3 @@
-from kvmigrate.cli import main
+from kvmigrate.launch import main
 
 main()

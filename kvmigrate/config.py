@@ -7,14 +7,20 @@ Secrets never leave this object unmasked: `repr`, `str` and `describe()` all mas
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvmigrate.errors import ConfigError
 from kvmigrate.masking import mask_text, mask_url, url_secrets
+from kvmigrate.urls import REST_HINT, check_kv_url, check_pg_url, shown
 
-KV_URL_VARS = ("KVMIGRATE_KV_URL", "KV_URL")
+KV_URL_VARS = ("KVMIGRATE_KV_URL", "KV_URL", "REDIS_URL")
+#: HTTPS REST endpoints (Vercel's Upstash integration, Upstash itself): recognised, not usable
+KV_REST_VARS = ("KV_REST_API_URL", "UPSTASH_REDIS_REST_URL")
+#: read from the working directory when present; the environment wins, then .env.local
+DOTENV_FILES = (".env.local", ".env")
 PG_URL_VARS = (
     "KVMIGRATE_PG_URL",
     "DATABASE_URL_UNPOOLED",
@@ -31,6 +37,8 @@ class Config(BaseModel):
 
     kv_url: str | None = None
     pg_url: str | None = None
+    #: the REST variable found when no KV URL was (KV_REST_API_URL, UPSTASH_REDIS_REST_URL)
+    kv_rest_var: str | None = None
     batch_size: int = Field(default=1000, ge=1, le=100_000)
     scan_count: int = Field(default=1000, ge=10, le=100_000)
     #: backfill: records loaded per Postgres transaction (consecutive SCAN pages are grouped)
@@ -46,11 +54,11 @@ class Config(BaseModel):
 
     @property
     def masked_kv_url(self) -> str | None:
-        return mask_url(self.kv_url) if self.kv_url else None
+        return _masked(self.kv_url, check_kv_url)
 
     @property
     def masked_pg_url(self) -> str | None:
-        return mask_url(self.pg_url) if self.pg_url else None
+        return _masked(self.pg_url, check_pg_url)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -59,11 +67,19 @@ class Config(BaseModel):
 
     def require_kv(self) -> str:
         """Return the KV URL or raise a ConfigError listing where it was looked for."""
+        if not self.kv_url and self.kv_rest_var:
+            token = self.kv_rest_var.replace("_URL", "_TOKEN")
+            raise ConfigError(
+                f"only {self.kv_rest_var}/{token} are set: that is the store's HTTPS REST API, and kvmigrate "
+                "speaks the Redis protocol; it needs the store's rediss:// URL in KV_URL or REDIS_URL (or --kv-url)",
+                hint=REST_HINT,
+            )
         if not self.kv_url:
             raise ConfigError(
                 "no KV URL: pass --kv-url or set one of " + ", ".join(KV_URL_VARS),
                 hint="on Vercel, `vercel env pull` writes KV_URL into .env.local",
             )
+        check_kv_url(self.kv_url)
         return self.kv_url
 
     def require_pg(self) -> str:
@@ -73,7 +89,19 @@ class Config(BaseModel):
                 "no Postgres URL: pass --pg-url or set one of " + ", ".join(PG_URL_VARS),
                 hint="prefer the unpooled URL (DATABASE_URL_UNPOOLED) for migrations",
             )
+        check_pg_url(self.pg_url)
         return self.pg_url
+
+
+def _masked(url: str | None, check: Callable[[str], object]) -> str | None:
+    """The URL masked for display; a URL that does not parse shows only its scheme."""
+    if not url:
+        return None
+    try:
+        check(url)
+    except ConfigError:
+        return shown(url)
+    return mask_url(url)
 
 
 def first_env(names: tuple[str, ...], env: Mapping[str, str] | None = None) -> str | None:
@@ -86,6 +114,25 @@ def first_env(names: tuple[str, ...], env: Mapping[str, str] | None = None) -> s
     return None
 
 
+def first_name(names: tuple[str, ...], env: Mapping[str, str]) -> str | None:
+    """The first of `names` set to a non-empty value in `env`."""
+    return next((n for n in names if env.get(n, "").strip()), None)
+
+
+def process_env(cwd: Path | None = None) -> dict[str, str]:
+    """The environment, completed by `.env.local` and `.env` in the working directory (what
+    `vercel env pull` writes): a variable set in the environment wins, then `.env.local`."""
+    from dotenv import dotenv_values
+
+    merged: dict[str, str] = {}
+    for name in reversed(DOTENV_FILES):
+        path = (cwd or Path.cwd()) / name
+        if path.is_file():
+            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update({k: v for k, v in os.environ.items() if v.strip()})
+    return merged
+
+
 def build_config(
     *,
     kv_url: str | None = None,
@@ -93,7 +140,9 @@ def build_config(
     env: Mapping[str, str] | None = None,
     **options: object,
 ) -> Config:
-    """Build a Config from explicit values, falling back to the environment for URLs."""
+    """Build a Config from explicit values, falling back to the environment for URLs (by
+    default the process environment with `.env.local` and `.env`; `env` replaces all three)."""
+    env = process_env() if env is None else env
     for var, name in (("KVMIGRATE_CONNECT_RETRIES", "connect_retries"), ("KVMIGRATE_DAILY_QUOTA", "daily_quota")):
         value = first_env((var,), env)
         if value is not None and options.get(name) is None:
@@ -102,6 +151,7 @@ def build_config(
         return Config(
             kv_url=kv_url or first_env(KV_URL_VARS, env),
             pg_url=pg_url or first_env(PG_URL_VARS, env),
+            kv_rest_var=first_name(KV_REST_VARS, env),
             **{k: v for k, v in options.items() if v is not None},  # type: ignore[arg-type]
         )
     except ValidationError as exc:

@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 import redis
@@ -20,15 +20,23 @@ from redis.retry import Retry
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
 
 from kvmigrate.budget import RequestBudget
-from kvmigrate.errors import ConfigError, ConnectError
+from kvmigrate.errors import ConnectError
+from kvmigrate.failures import (
+    KV_TLS_MISMATCH,
+    Permanent,
+    kv_permanent,
+    kv_speaks_plain,
+    pg_permanent,
+)
 from kvmigrate.kv.client import KvClient
 from kvmigrate.masking import mask_text, mask_url
+from kvmigrate.urls import check_kv_url, check_pg_url, clean_pg_url
 
 log = logging.getLogger("kvmigrate")
 RetryHook = Callable[[str], None]
@@ -43,16 +51,7 @@ def is_pooled_url(url: str) -> bool:
     return "-pooler" in (parts.hostname or "") or query.get("pgbouncer", "").lower() == "true"
 
 
-def _clean_pg_url(url: str) -> str:
-    """Drop query parameters libpq does not know (Prisma's `pgbouncer`, `connection_limit`).
-    The others stay byte for byte: libpq decodes %XX but reads `+` literally, so decoding and
-    re-encoding them (`options=-c%20statement_timeout%3D5000`, a password with `+`) breaks them."""
-    parts = urlsplit(url)
-    pairs = [p for p in parts.query.split("&") if p]
-    kept = [p for p in pairs if unquote(p.split("=", 1)[0]) not in {"pgbouncer", "connection_limit"}]
-    if len(kept) == len(pairs):
-        return url
-    return urlunsplit(parts._replace(query="&".join(kept)))  # the others exactly as written
+_clean_pg_url = clean_pg_url
 
 
 def _normalise_kv_url(url: str) -> str:
@@ -76,11 +75,12 @@ def _report(hook: RetryHook | None, what: str) -> Callable[[RetryCallState], Non
     return before_sleep
 
 
-def _retrying(attempts: int, what: str, hook: RetryHook | None, exc: type[BaseException] | tuple[type[BaseException], ...]) -> Retrying:
+def _retrying(attempts: int, what: str, hook: RetryHook | None,
+              transient: Callable[[BaseException], bool]) -> Retrying:
     return Retrying(
         stop=stop_after_attempt(max(attempts, 0) + 1),
         wait=wait_exponential(multiplier=0.2, max=5),
-        retry=retry_if_exception_type(exc),
+        retry=retry_if_exception(transient),
         before_sleep=_report(hook, what),
         reraise=True,
     )
@@ -97,40 +97,62 @@ def connect_kv(
 ) -> KvClient:
     """Open a KV client and PING it (free, like the AUTH and SELECT a connection sends). TLS is
     used for `rediss://` URLs."""
+    check_kv_url(url)  # ConfigError (exit 2) naming only the scheme when it does not parse
     real = _normalise_kv_url(url)
-    try:
-        client = redis.Redis.from_url(
-            real, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0), retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            # RESP2, no CLIENT SETINFO, no health-check PINGs: a new connection sends only what it
-            # must (AUTH, SELECT), which Upstash does not bill (noted apart in the budget)
-            protocol=2, health_check_interval=0, redis_connect_func=_counting_connect(budget),
-            **_NO_CLIENT_INFO,
-        )
-    except ValueError:
-        # Neither the URL nor redis-py's reason is shown: a URL that does not parse cannot be
-        # masked reliably (a password holding '/' reads as a port), and the reason quotes it.
-        scheme = url.split("://", 1)[0] if "://" in url else "none"
-        raise ConfigError(f"bad KV URL: it does not parse as redis://[user:password@]host[:port][/db] "
-                          f"(scheme {scheme!r})",
-                          hint="a KV URL looks like redis://host:6379/0, or rediss:// for TLS; percent-encode "
-                          "'/', '?', '#' and '@' in the password") from None
+    client = redis.Redis.from_url(
+        real, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0), retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        # RESP2, no CLIENT SETINFO, no health-check PINGs: a new connection sends only what it
+        # must (AUTH, SELECT), which Upstash does not bill (noted apart in the budget)
+        protocol=2, health_check_interval=0, redis_connect_func=_counting_connect(budget),
+        **_NO_CLIENT_INFO,
+    )
     for command in ("HGETALL", "SMEMBERS", "ZRANGE"):  # replies flat and in server order, as stored
         client.set_response_callback(command, lambda reply, **_: reply)
     kv = KvClient(client, budget, read_only=read_only)  # connecting: tenacity retries the PING below
+    tls = real.lower().startswith("rediss://")
+
+    def transient(exc: BaseException) -> bool:
+        if not isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            return False
+        if tls and isinstance(exc, redis.TimeoutError) and _plain_server(client):
+            raise _TlsMismatch() from exc  # a TLS handshake a plain server never answers
+        return kv_permanent(exc, tls=tls) is None
+
     try:
-        for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, (redis.ConnectionError, redis.TimeoutError)):
+        for attempt in _retrying(retries, f"KV {mask_url(url)}", on_retry, transient):
             with attempt:
                 kv.call("PING")
+    except _TlsMismatch:
+        raise _permanent_error("KV", url, KV_TLS_MISMATCH) from None
     except (redis.RedisError, OSError) as exc:
+        permanent = kv_permanent(exc, tls=tls)
+        if permanent:
+            raise _permanent_error("KV", url, permanent, exc) from None
         raise ConnectError(
             f"cannot connect to KV at {mask_url(url)}: {mask_text(str(exc))}",
-            hint="check the URL (KV_URL is a rediss:// URL on Vercel) and that the store is up",
+            hint="check the URL and that the store is up (Vercel KV and Upstash need rediss://, with TLS)",
         ) from None
     # Connected. From now on KvClient resends a command lost with its connection only when it is
     # safe to run twice (reads, and writes that set a value), and charges each resend.
     kv.retries = retries
     return kv
+
+
+class _TlsMismatch(Exception):
+    """A rediss:// URL whose server answered a plain-text PING."""
+
+
+def _plain_server(client: redis.Redis) -> bool:
+    kwargs = client.connection_pool.connection_kwargs
+    return kv_speaks_plain(str(kwargs.get("host", "localhost")), int(kwargs.get("port", 6379)))
+
+
+def _permanent_error(what: str, url: str, permanent: Permanent, exc: BaseException | None = None) -> ConnectError:
+    """The error for a failure no retry cures: said at once, with its own hint."""
+    detail = f" ({mask_text(str(exc)).strip().splitlines()[-1].strip()})" if exc is not None and str(exc).strip() else ""
+    return ConnectError(f"cannot connect to {what} at {mask_url(url)}: {permanent.reason}{detail}; not retried",
+                        hint=permanent.hint)
 
 
 #: redis-py ≥ 7 names this `driver_info`; older versions take lib_name/lib_version.
@@ -167,6 +189,7 @@ def connect_pg(
     Pooled (PgBouncer transaction-mode) URLs get `prepare_threshold=None`; session features
     such as advisory locks need the unpooled URL.
     """
+    check_pg_url(url)  # ConfigError (exit 2) naming only the scheme when it does not parse
     kwargs: dict[str, object] = {
         "application_name": APPLICATION_NAME,
         "connect_timeout": timeout,
@@ -176,14 +199,20 @@ def connect_pg(
         kwargs["prepare_threshold"] = None
         log.warning("%s is a pooled (PgBouncer transaction-mode) endpoint: prepared statements are off, and the "
                     "locks that keep two runs apart need the unpooled URL (DATABASE_URL_UNPOOLED)", mask_url(url))
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.OperationalError) and pg_permanent(exc) is None
+
     try:
-        for attempt in _retrying(retries, f"Postgres {mask_url(url)}", on_retry, psycopg.OperationalError):
+        for attempt in _retrying(retries, f"Postgres {mask_url(url)}", on_retry, transient):
             with attempt:
                 return psycopg.connect(_clean_pg_url(url), **kwargs)  # type: ignore[arg-type]
     except psycopg.Error as exc:
+        permanent = pg_permanent(exc)
+        if permanent:
+            raise _permanent_error("Postgres", url, permanent, exc) from None
         raise ConnectError(
             f"cannot connect to Postgres at {mask_url(url)}: {mask_text(str(exc)).strip()}",
-            hint="check the URL; on Neon use the unpooled URL (DATABASE_URL_UNPOOLED)",
+            hint="check the URL and that the server is up; on Neon use the unpooled URL (DATABASE_URL_UNPOOLED)",
         ) from None
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from kvmigrate.config import build_config
 from kvmigrate.connections import connect_pg, is_pooled_url
 from kvmigrate.masking import mask_text, mask_url
@@ -75,7 +79,7 @@ def test_a_malformed_kv_url_exits_2_naming_it_masked() -> None:
                 "redis://default:tok3n/SECRET@host:6379"):  # a '/' in the password reads as a port
         result = cli("--kv-url", url, "inventory")
         assert result.exit_code == 2, result.output
-        assert "error: bad KV URL" in result.output
+        assert "error: bad KV URL" in result.output or "error: the KV URL is an HTTP REST endpoint" in result.output
         assert "tok3n" not in result.output and "SECRET" not in result.output
 
 
@@ -101,3 +105,39 @@ def test_retries_are_reported_in_the_json_warnings_with_the_url_masked() -> None
     env = cli_json("--kv-url", dead, "inventory", env={"KVMIGRATE_CONNECT_RETRIES": "1"}, expect=3)
     assert [w for w in env["warnings"] if "attempt 1 failed" in w and "redis://:***@127.0.0.1:1/0" in w], env
     assert "tok3nSECRET" not in str(env)
+
+
+def test_redis_url_is_read_after_kv_url() -> None:
+    assert build_config(env={"REDIS_URL": "rediss://default:t@h:6379"}).kv_url == "rediss://default:t@h:6379"
+    env = {"REDIS_URL": "rediss://default:t@h:6379", "KV_URL": "rediss://default:k@h:6379"}
+    assert build_config(env=env).kv_url == "rediss://default:k@h:6379"
+
+
+def test_only_rest_api_variables_set_says_which_tcp_url_to_use_instead() -> None:
+    from tests.helpers import cli
+
+    for url_var in ("KV_REST_API_URL", "UPSTASH_REDIS_REST_URL"):
+        token_var = url_var.replace("_URL", "_TOKEN")
+        result = cli("inventory", env={url_var: "https://eu1-x.upstash.io", token_var: "AXrestTOKEN-77"})
+        assert result.exit_code == 2, result.output
+        assert f"only {url_var}/{token_var} are set" in result.output and "KV_URL or REDIS_URL" in result.output
+        assert "vercel env pull" in result.output and "Upstash" in result.output
+        assert "AXrestTOKEN" not in result.output
+
+
+def test_dotenv_files_in_the_working_directory_are_read_and_the_environment_wins(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers import cli
+
+    (tmp_path / ".env").write_text("DATABASE_URL=postgresql://u@127.0.0.1:1/from_dotenv\nKV_URL=redis://h:1/0\n")
+    (tmp_path / ".env.local").write_text(f'DATABASE_URL="{pg_url}"\n')  # what `vercel env pull` writes
+    monkeypatch.chdir(tmp_path)
+    for name in ("DATABASE_URL", "KV_URL"):
+        monkeypatch.delenv(name, raising=False)
+    config = build_config()
+    assert (config.pg_url, config.kv_url) == (pg_url, "redis://h:1/0")  # .env.local over .env
+    monkeypatch.setenv("KV_URL", "redis://from-env:2/0")
+    assert build_config().kv_url == "redis://from-env:2/0"  # the environment over both files
+    monkeypatch.delenv("KV_URL")
+    result = cli("setup", env={"DATABASE_URL": ""})  # the CLI reads them too
+    assert result.exit_code == 0, result.output

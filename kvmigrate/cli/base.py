@@ -1,8 +1,9 @@
 """The Typer app, its global options, and the one `run` every command goes through.
 
 Each command parses its options, builds a Config, calls one library function and renders the
-result: human text on stderr, `--json` on stdout. Errors print one `error:` line and a `hint:`
-line, and exit with the documented code (README, "Exit codes").
+result: the report (tables, SQL) on stdout, or with `--json` one JSON envelope there instead;
+progress, warnings and errors on stderr. Errors print one `error:` line and a `hint:` line,
+and exit with the documented code (README, "Exit codes").
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import datetime as dt
 import io
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +74,10 @@ def command_index(args: list[str]) -> int:
     return at
 
 
+#: click's UsageError, wherever this typer takes click from (its own copy or the click package)
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
 class _Group(TyperGroup):
     """The command group; accepts the global options after the command too."""
 
@@ -85,6 +91,30 @@ class _Group(TyperGroup):
             ctx.fail(str(exc))  # a usage error, exit 2
         return super().parse_args(ctx, hoisted)
 
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,  # type: ignore[override]
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """click's main, with a usage error under --json also answered by a JSON envelope on
+        stdout (exit 2), so a script reading stdout always gets one."""
+        argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        if not standalone_mode:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except _UsageError as exc:
+            if "--json" in argv[:argv.index("--") if "--" in argv else len(argv)]:
+                at = command_index(argv)
+                command = argv[at] if at < len(argv) else "kvmigrate"
+                message = mask_text(exc.format_message())  # type: ignore[attr-defined]
+                env = report.envelope(command, started=dt.datetime.now(dt.timezone.utc), exit_code=2,
+                                      error=message, hint="see --help for the usage")
+                typer.echo(report.dumps(env))
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
     cls=_Group,
@@ -93,7 +123,7 @@ app = typer.Typer(
     "in four phases: setup, dual-write + verify, cutover, cleanup.\n\n"
     "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + ".",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
 )
@@ -178,13 +208,20 @@ def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[An
     if g.json:
         typer.echo(report.dumps(report.envelope(command, started=started, exit_code=code, result=result,
                                                 warnings=warned), secrets))
-    else:
-        console.print(mask_text(_capture(result), secrets), highlight=False, markup=False, end="", soft_wrap=True)
+    else:  # the report is the command's data: stdout (`setup --dry-run > schema.sql`)
+        out = Console(highlight=False)
+        out.print(mask_text(_capture(result, output_width(out)), secrets), highlight=False, markup=False, end="",
+                  soft_wrap=True)
     raise typer.Exit(code)
 
 
-def _capture(result: Any) -> str:
-    buf = Console(record=True, width=160, file=io.StringIO(), highlight=False, soft_wrap=True)
+def output_width(console: Console) -> int:
+    """Columns tables are laid out in: the terminal's (or $COLUMNS); 160 into a file or pipe."""
+    return console.width if console.is_terminal or os.environ.get("COLUMNS", "").isdigit() else 160
+
+
+def _capture(result: Any, width: int) -> str:
+    buf = Console(record=True, width=width, file=io.StringIO(), highlight=False, soft_wrap=True)
     report.render(result, buf)
     return buf.export_text()
 
@@ -216,9 +253,9 @@ def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code
     if g.json:
         env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint, warnings=warned)
         typer.echo(report.dumps(env, secrets))
-    console.print("error: " + mask_text(message, secrets), markup=False, highlight=False)
+    console.print("error: " + mask_text(message, secrets), markup=False, highlight=False, soft_wrap=True)
     if hint:
-        console.print("hint: " + mask_text(hint, secrets), markup=False, highlight=False)
+        console.print("hint: " + mask_text(hint, secrets), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

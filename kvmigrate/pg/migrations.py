@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
 
 from kvmigrate.errors import ConfigError, KvmigrateError
+
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
 
 _FILE_RE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 LOCK_KEY = 0x6B766D69  # "kvmi": the advisory lock every schema change takes
@@ -55,23 +59,20 @@ class SetupResult:
     dry_run: bool
 
 
-def schema_dir() -> Path:
-    """The `schema/` folder: beside the package in a checkout, else the installed copy."""
-    candidates = [
-        Path(__file__).resolve().parents[2] / "schema",
-        Path(sys.prefix) / "share" / "kvmigrate" / "schema",
-    ]
-    for path in candidates:
-        if path.is_dir():
-            return path
-    raise ConfigError("cannot find the schema/ folder", hint="reinstall kvmigrate")
+def schema_dir() -> Traversable:
+    """The schema files, shipped inside the package (`kvmigrate/schema/NNN_name.sql`), found
+    through importlib.resources so a wheel works under any interpreter."""
+    folder = resources.files("kvmigrate").joinpath("schema")
+    if not folder.is_dir():
+        raise ConfigError("cannot find the schema files inside the kvmigrate package", hint="reinstall kvmigrate")
+    return folder
 
 
-def load_migrations(directory: Path | None = None) -> list[Migration]:
+def load_migrations(directory: Path | Traversable | None = None) -> list[Migration]:
     """Read `NNN_name.sql` files in version order; refuse duplicates and stray names."""
     folder = directory or schema_dir()
     found: dict[int, Migration] = {}
-    for path in sorted(folder.glob("*.sql")):
+    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
         m = _FILE_RE.match(path.name)
         if not m:
             raise ConfigError(f"schema file {path.name} is not named NNN_name.sql")

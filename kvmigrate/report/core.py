@@ -1,5 +1,5 @@
-"""The two forms of every result: a human rendering (rich, on stderr) and a JSON form (`--json`,
-on stdout, inside one envelope). Renderers for each result type register in the sibling modules."""
+"""The two forms of every result: a human rendering (rich, on stdout) and a JSON form (`--json`,
+on stdout instead, inside one envelope). Renderers for each result type register in the sibling modules."""
 
 from __future__ import annotations
 
