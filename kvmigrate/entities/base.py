@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from kvmigrate.entities.common import Bad
-from kvmigrate.records import Outcome, RawRecord
+from kvmigrate.records import Merged, Outcome, RawRecord, SourcedRow
+
+#: Combines every source of one row of a `fill` table (see TableSpec.combine).
+Combine = Callable[[Sequence[SourcedRow]], Merged]
 
 
 @dataclass(frozen=True)
@@ -17,6 +21,8 @@ class Family:
     Redis types accepted (any other type is a reject). `rank` decides which source wins when two
     produce the same primary key (higher wins). `split_fields`: the key is one big hash whose
     fields are separate records, read with HSCAN. `index`: a derived index (no rows of its own).
+    `companion`: the name of another family of the entity whose key (same suffix) is read with
+    each key of this one and handed to the transformer as `RawRecord.companion`.
     """
 
     name: str
@@ -25,6 +31,7 @@ class Family:
     rank: int = 0
     split_fields: bool = False
     index: bool = False
+    companion: str = ""
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,12 @@ class TableSpec:
     """A target table: its primary key, its columns in load order, which columns reference
     users(handle) (a missing user gets a placeholder row, see README), and how two sources
     for one primary key combine: `replace` (higher rank wins whole) or `fill` (higher rank wins
-    field by field, lower ranks fill NULL columns, JSONB objects merge key by key)."""
+    field by field, lower ranks fill NULL columns, JSONB objects merge key by key).
+
+    `combine`, for a `fill` table, replaces that rule: a pure function of every source of one
+    row (in any order; the result must not depend on it) returning the row and the sources it
+    merged away. Every source of a fill table is kept (`kvmigrate.fill_sources`), so the row is
+    recomputed from all of them whichever page brought which."""
 
     name: str
     pk: str
@@ -40,6 +52,7 @@ class TableSpec:
     user_refs: tuple[str, ...] = ()
     merge: Literal["replace", "fill"] = "replace"
     json_columns: tuple[str, ...] = ()
+    combine: Combine | None = None
 
 
 class Entity(Protocol):
