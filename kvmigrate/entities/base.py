@@ -44,7 +44,7 @@ class TableSpec:
     `combine`, for a `fill` table, replaces that rule: a pure function of every source of one
     row (in any order; the result must not depend on it) returning the row and the sources it
     merged away. Every source of a fill table is kept (`kvmigrate.fill_sources`), so the row is
-    recomputed from all of them whichever page brought which."""
+    recomputed from all of them whichever page brought which. `sample_whole`: see below."""
 
     name: str
     pk: str
@@ -53,6 +53,9 @@ class TableSpec:
     merge: Literal["replace", "fill"] = "replace"
     json_columns: tuple[str, ...] = ()
     combine: Combine | None = None
+    #: A sampled verify reads a fill table's entity whole (a merged row needs every source);
+    #: False samples it by key like a replace table (its copies rarely disagree).
+    sample_whole: bool = True
 
 
 class Entity(Protocol):
