@@ -10,13 +10,15 @@ writes 0 rows. The KV connection is read-only: backfill never writes to KV.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import psycopg
 
 from kvmigrate import state
@@ -32,7 +34,7 @@ from kvmigrate.kv.source import KvSource
 from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.pg.stats import STATE_TABLES, analyze
-from kvmigrate.records import RawRecord
+from kvmigrate.records import ContainerJson, RawRecord
 
 LOCK_BACKFILL = 0x6B766D62  # "kvmb": one backfill at a time per database
 MAX_PASSES = 3  # scans started over after KV restarts before giving up
@@ -391,7 +393,7 @@ class BatchWriter:
         out: dict[str, LoadStats] = {}
         with self.conn.transaction():
             ledger, rows = batch.ledger, batch.rows
-            unchanged = self._unchanged(batch.ledger) if self.rules else set()
+            unchanged = self._unchanged(batch.ledger) - batch.restage if self.rules else set()
             if unchanged:
                 ledger = [e for e in batch.ledger if (e.key, e.field) not in unchanged]
                 rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
@@ -400,6 +402,7 @@ class BatchWriter:
             state.write_ledger(self.conn, self.run_id, ledger)
             state.write_rejects(self.conn, self.run_id, [r for r in batch.records if r not in unchanged],
                                 [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged])
+            state.write_merged(self.conn, self.run_id, merged_entries(out))
             if batch.refs:
                 with self.conn.cursor().copy("COPY kvm_refs (id) FROM STDIN") as cp:
                     for ref in batch.refs:
@@ -420,7 +423,10 @@ class BatchWriter:
         if not entries:
             return set()
         found = state.ledger_rows(self.conn, [(e.key, e.field) for e in entries], rules=self.rules)
-        return {(e.key, e.field) for e in entries if found.get((e.key, e.field)) == e}
+        # a source merged away into another's row carries reason `merged`, which its record
+        # itself does not say (the merge does)
+        return {(e.key, e.field) for e in entries
+                if found.get((e.key, e.field)) in (e, dataclasses.replace(e, reason="merged"))}
 
     def load_records(self, records: Sequence[tuple[RawRecord, Entity]]) -> int:
         """Transform and load specific records through the normal path. Returns rows written."""
@@ -428,6 +434,39 @@ class BatchWriter:
         for record, entity in records:
             batch.add_outcome(entity, record, entity.transform(record), self.required())
         return sum(s.written for s in self.write(batch).values())
+
+
+def merged_entries(loaded: Mapping[str, LoadStats]) -> list[state.MergedEntry]:
+    """The ledger/rejects marks of the merges a load made: every source merged away into a row
+    of several keys (with its original value), and the row's other sources (marks cleared)."""
+    out: list[state.MergedEntry] = []
+    specs = table_specs(ENTITIES)
+    for table, stats in loaded.items():
+        entity = next((e.name for e in ENTITIES if e.tables and e.tables[0].name == table), table)
+        for m in stats.merges:
+            if not m.reports:
+                continue
+            owner = m.row
+            into = owner.source_key + (f" field {owner.source_field!r}" if owner.source_field else "")
+            pk = owner.values.get(specs[table].pk) if table in specs else None
+            for src in m.merged_away:
+                where = src.source_key + (f" field {src.source_field!r}" if src.source_field else "")
+                message = f"{where}: merged into {table} row {pk!r} with {into} ({m.rule})"
+                out.append(state.MergedEntry(src.source_key, src.source_field, entity, message,
+                                             raw_value(src.meta.get("raw"))))
+            out.extend(state.MergedEntry(s.source_key, s.source_field, entity, None) for s in (owner, *m.kept))
+    return out
+
+
+def raw_value(raw: object) -> bytes | str | None:
+    """A source's original value as its meta keeps it (`{"text": …}` for a string or hash
+    field, `{"hash": [[field, value], …]}` for a hash), in the rejects table's form."""
+    if not isinstance(raw, dict):
+        return None
+    if "hash" in raw:
+        return ContainerJson(orjson.dumps(raw["hash"]).decode())
+    text = raw.get("text")
+    return text if isinstance(text, str) else None
 
 
 def _earlier_run_with(conn: psycopg.Connection, rules: str, run_id: int) -> bool:
@@ -513,6 +552,10 @@ def _finish(run: _Run) -> None:
     row = run.conn.execute(
         "SELECT count(*) FROM kvmigrate.row_origin WHERE tbl = 'users' AND rank < 0").fetchone()
     result.placeholders = int(row[0]) if row else 0
+    merged = run.conn.execute("SELECT entity, count(*) FROM kvmigrate.ledger WHERE reason = 'merged'"
+                              " AND entity = ANY(%s) GROUP BY 1", ([e.name for e in run.entities],)).fetchall()
+    for entity, n in merged:  # keys merged away into another key's row (see the data rules)
+        result.tallies.setdefault(entity, Tally()).stats["merged_keys"] = int(n)
     if any(t.rows_written for t in result.tallies.values()):  # fresh figures for verify and the app
         analyze(run.conn, [*STATE_TABLES, *table_specs(run.entities)])
     run.conn.commit()

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvmigrate.entities.base import Entity, Family, TableSpec
-from kvmigrate.pg.loader import SourcedRow
-from kvmigrate.records import ContainerJson, Outcome, RawRecord, RawValue, Reject
+from kvmigrate.records import ContainerJson, Outcome, RawRecord, RawValue, Reject, SourcedRow
 from kvmigrate.state import LedgerEntry, RejectEntry
 
 #: Given a row's values, the name of a required column it leaves empty (or None).
@@ -50,6 +49,9 @@ class Batch:
     records: list[tuple[str, str]] = field(default_factory=list)
     tallies: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     refs: set[str] = field(default_factory=set)
+    #: Records always staged again, even when unchanged: their rows also depend on another key
+    #: (a companion, such as the `unread:{h}` counters of `messages:{h}`).
+    restage: set[tuple[str, str]] = field(default_factory=set)
     kept_patterns: Counter[str] = field(default_factory=Counter)
     unknown_patterns: dict[str, list[object]] = field(default_factory=dict)
 
@@ -96,8 +98,10 @@ class Batch:
             tally.item_rejects += 1
             self.rejects.append(RejectEntry(record.key, f"{record.field}#{label}", entity.name, item.code,
                                             item.message, item.raw))
+        if record.companion is not None:
+            self.restage.add((record.key, record.field))
         for row in outcome.rows:
-            self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field))
+            self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field, row.meta))
         self.refs.update(outcome.refs)
         self.ledger.append(LedgerEntry(record.key, record.field, entity.name, record.family, record.redis_type,
                                        digest, "migrated", None, len(outcome.rows)))

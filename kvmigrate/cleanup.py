@@ -342,10 +342,15 @@ def _decide(run: _Run, items: Sequence[tuple[str, Entity, Family]], snaps: Seque
         why = verdict(snap, family, ledger.get(snap.key, {}))
         if why is None:
             out.deletable.append((snap, entity.name))
-        elif why[0] in ("changed_since_verify", "not_verified") and not dry and _verifiable(entity):
+        elif why[0] in ("changed_since_verify", "not_verified") and not dry:
             recheck.append((snap, entity, family))
         else:
             out.kept.append((entity.name, why))
+    if recheck:
+        alone = _verifiable(run, recheck)
+        out.kept += [(e.name, verdict(s, f, ledger.get(s.key, {})) or ("not_verified", s.key))
+                     for s, e, f in recheck if s.key not in alone]
+        recheck = [(s, e, f) for s, e, f in recheck if s.key in alone]
     if recheck:
         vouched = _verify_now(run, recheck)
         ledger = _ledger(run.conn, [s.key for s, _, _ in recheck])
@@ -359,10 +364,21 @@ def _decide(run: _Run, items: Sequence[tuple[str, Entity, Family]], snaps: Seque
     return out
 
 
-def _verifiable(entity: Entity) -> bool:
-    """Rows built from one source each can be verified from that source alone; a merged row
-    (users: registry, legacy hash and agent records) needs every source, so a full verify."""
-    return all(t.merge != "fill" for t in entity.tables)
+def _verifiable(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> set[str]:
+    """The keys that can be verified from their own value: those whose rows have no other
+    source and whose family reads no companion key. A row merged from several keys (a user's
+    registry field, legacy hash and agent record; colliding streak keys; a message's copies)
+    needs every source read together: a full verify."""
+    merged = [s.key for s, e, _ in items if any(t.merge == "fill" for t in e.tables)]
+    shared: set[str] = set()
+    if merged:
+        rows = run.conn.execute(
+            "SELECT DISTINCT f.source_key FROM kvmigrate.fill_sources f WHERE f.source_key = ANY(%s) AND EXISTS"
+            " (SELECT 1 FROM kvmigrate.fill_sources o WHERE o.tbl = f.tbl AND o.pk = f.pk"
+            " AND (o.source_key, o.source_field) <> (f.source_key, f.source_field))",
+            ([k for k in merged if _pg_safe(k)],)).fetchall()
+        shared = {k for (k,) in rows}
+    return {s.key for s, _, f in items if s.key not in shared and not f.companion}  # a companion is not in the snapshot
 
 
 def _verify_now(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> set[str]:

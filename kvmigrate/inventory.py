@@ -181,7 +181,7 @@ class _Model:
                 cost.floor += n
             elif f.split_fields:
                 cost.commands += 1  # the HSCAN that finds it is not a hash
-        cost.add(self._reads(plain, self.sizes))
+        cost.add(self._reads(plain, self.sizes, companions=True))
         return cost
 
     def cleanup_page(self, keys: Sequence[tuple[Family, str, tuple[int, int, int]]]) -> PassCost:
@@ -196,7 +196,8 @@ class _Model:
         cost.floor += expiring + 1
         return cost
 
-    def _reads(self, keys: Sequence[tuple[Family, str, tuple[int, int, int]]], sizes: ValueSizes) -> PassCost:
+    def _reads(self, keys: Sequence[tuple[Family, str, tuple[int, int, int]]], sizes: ValueSizes, *,
+               companions: bool = False) -> PassCost:
         cost = PassCost()
         strings: dict[str, list[int]] = {}
         for f, t, (items, nbytes, _) in keys:
@@ -209,6 +210,7 @@ class _Model:
                 continue
             cost.others += 1
             chunks = max(1, math.ceil(items / LIST_CHUNK)) if t == "list" else 1
+            chunks += bool(f.companion) and companions  # its companion key, read with it (backfill, verify)
             cost.floor += chunks
             cost.commands += chunks + _extra(f.types, t)
         mgets = sizes.pack([f.name for f, _, _ in keys if "string" in f.types])  # as read_values

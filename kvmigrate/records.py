@@ -27,6 +27,9 @@ class RawRecord:
     field: str = ""
     family: str = ""
     name_problem: str = ""
+    #: The value of the key a family reads along with this one (`unread:{h}` for
+    #: `messages:{h}`): None when not read, an empty dict when that key does not exist.
+    companion: RawValue | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,40 @@ class Row:
     table: str
     values: Mapping[str, Any]
     rank: int = 0
+    #: What a merge of several sources needs beyond the columns, never loaded as a column:
+    #: `raw` (the source's original value, kept in rejects when it is merged away) and
+    #: `fresh` (ISO time the source was last updated, for the freshest-value rule).
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedRow:
+    """A row with the record it came from: (rank, source key, source field) orders sources."""
+
+    values: Mapping[str, Any]
+    rank: int
+    source_key: str
+    source_field: str
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def order(self) -> tuple[int, str, str]:
+        return (self.rank, self.source_key, self.source_field)
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """Every source of one row combined: the row (credited to the source that decided it),
+    and the sources merged away into it (several keys collapsing into one row: reported as
+    `merged`, never silent), with the rule that combined them."""
+
+    row: SourcedRow
+    merged_away: tuple[SourcedRow, ...] = ()
+    rule: str = ""
+    #: The row's other sources that are not merged away (their stale `merged` marks are
+    #: cleared); set only by a combine that reports merges.
+    kept: tuple[SourcedRow, ...] = ()
+    reports: bool = False
 
 
 @dataclass(frozen=True, slots=True)

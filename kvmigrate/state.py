@@ -237,6 +237,49 @@ def _write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[s
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MergedEntry:
+    """A source merged away into a row built from several keys (`merged` in the ledger's
+    reason and in rejects, with its original value), or, with `message` None, a source of such
+    a row that is no longer merged away (its `merged` marks are cleared)."""
+
+    key: str
+    field: str
+    entity: str
+    message: str | None
+    raw: bytes | str | None = None
+
+
+def write_merged(conn: psycopg.Connection, run_id: int, entries: Sequence[MergedEntry]) -> None:
+    """Mark merged-away sources `merged` (ledger reason, and a reject keeping the original value)
+    and clear the marks of sources that no longer are. In the caller's transaction; writes
+    only rows that change."""
+    if not entries:
+        return
+    away = [e for e in entries if e.message is not None]
+    kept = [e for e in entries if e.message is None]
+    if kept:
+        keys, fields = [e.key for e in kept], [e.field for e in kept]
+        conn.execute("DELETE FROM kvmigrate.rejects r USING unnest(%s::text[], %s::text[]) AS b(key, field)"
+                     " WHERE r.key = b.key AND r.field = b.field AND r.reason_code = 'merged'", (keys, fields))
+        conn.execute("UPDATE kvmigrate.ledger l SET reason = NULL FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
+                     " WHERE l.key = b.key AND l.field = b.field AND l.reason = 'merged'", (keys, fields))
+    if not away:
+        return
+    conn.execute("UPDATE kvmigrate.ledger l SET reason = 'merged' FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
+                 " WHERE l.key = b.key AND l.field = b.field AND l.status = 'migrated'"
+                 " AND l.reason IS DISTINCT FROM 'merged'", ([e.key for e in away], [e.field for e in away]))
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO kvmigrate.rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
+            " VALUES (%s, %s, %s, 'merged', %s, %s, %s, %s) ON CONFLICT (key, field) DO UPDATE SET"
+            " reason_code = EXCLUDED.reason_code, message = EXCLUDED.message, raw_value = EXCLUDED.raw_value,"
+            " raw_encoding = EXCLUDED.raw_encoding, entity = EXCLUDED.entity"
+            " WHERE (rejects.reason_code, rejects.message, rejects.raw_value)"
+            " IS DISTINCT FROM (EXCLUDED.reason_code, EXCLUDED.message, EXCLUDED.raw_value)",
+            [(e.key, e.field, e.entity, e.message, *encode_raw(e.raw), run_id) for e in away])
+
+
 def _user() -> str:
     try:
         return getpass.getuser()

@@ -199,7 +199,7 @@ def _sample_records(conn: psycopg.Connection, source: KvSource, chosen: Sequence
     salt = str(random.Random(seed).random())
     migrated = "SELECT key FROM kvmigrate.ledger WHERE entity = %s AND status = 'migrated'"
     for entity in chosen:
-        if any(t.merge == "fill" for t in entity.tables):
+        if any(t.merge == "fill" and t.sample_whole for t in entity.tables):
             rows = conn.execute(f"{migrated} GROUP BY key", (entity.name,)).fetchall()
         else:
             rows = conn.execute(f"{migrated} AND rows > 0 GROUP BY key ORDER BY md5(key || %s) LIMIT %s",

@@ -43,7 +43,7 @@ def test_vibe_games_maps_each_game_and_keeps_unmapped_fields_in_state() -> None:
 
 
 @pytest.mark.parametrize(("winner", "expected"), [
-    ("X", "X"), ("draw", "draw"), ("@Bob", "bob"), ("", None), (None, None), (1, "1"),
+    ("X", "X"), ("draw", None), ("@Bob", "bob"), ("", None), (None, None), (1, "1"),
     ({"side": "white"}, '{"side":"white"}'),
 ])
 def test_winner_is_a_handle_only_when_it_names_a_player(winner: Any, expected: str | None) -> None:
@@ -140,3 +140,35 @@ def test_a_dm_game_winner_that_is_not_a_player_is_kept_as_written() -> None:
 ])
 def test_a_dm_without_a_finished_game_is_not_a_game_result(payload: Any) -> None:
     assert game_from_message("m", "alice", "bob", payload, T0, 40) is None
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    ({"board": list("XXXOO...."), "players": {"X": "alice", "O": "bob"}, "winner": "X", "gameOver": True}, "alice"),
+    ({"board": "OOOXX.X..", "players": {"X": "alice", "O": "@Bob"}, "winner": "O"}, "bob"),
+    ({"white": "alice", "black": "bob", "winner": "black", "gameOver": True}, "bob"),
+    ({"playerX": "bob", "playerO": "alice", "winner": "x"}, "bob"),
+    ({"board": "XXXOO....", "players": {"X": "alice", "O": "bob"}}, "alice"),  # no winner field: the line
+])
+def test_a_winning_symbol_or_colour_becomes_the_winners_handle_from_the_games_own_state(
+        state: dict[str, Any], expected: str) -> None:
+    out = games({"g": {"type": "tictactoe", "players": ["alice", "bob"], "state": state}})
+    assert out.rows[0].values["winner"] == expected
+    payload = {"type": "game", "game": "tictactoe", "state": state}
+    row = game_from_message("m1", "alice", "bob", payload, T0, 40)
+    assert row is not None and row.values["winner"] == expected
+
+
+def test_a_finished_draw_on_a_full_board_is_a_result_with_no_winner() -> None:
+    state = {"board": list("XOXXOOOXX"), "players": {"X": "alice", "O": "bob"}, "turn": "bob"}
+    row = game_from_message("m2", "alice", "bob", {"type": "game", "game": "tictactoe", "state": state}, T0, 40)
+    assert row is not None and row.values["id"] == "dm_m2" and row.values["winner"] is None
+    out = games({"g": {"type": "tictactoe", "players": ["alice", "bob"], "state": state}})
+    assert out.rows[0].values["winner"] is None and out.stats == {}
+
+
+def test_a_board_still_in_play_is_not_a_result_and_an_unmapped_symbol_is_counted() -> None:
+    state = {"board": list("XO.X.O..."), "players": {"X": "alice", "O": "bob"}}
+    assert game_from_message("m3", "alice", "bob", {"type": "game", "game": "tictactoe", "state": state},
+                             T0, 40) is None
+    out = games({"g": {"type": "tictactoe", "players": ["alice", "bob"], "state": {"winner": "O"}}})
+    assert out.rows[0].values["winner"] == "O" and out.stats == {"winner_unmapped": 1}

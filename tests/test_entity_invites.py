@@ -160,3 +160,12 @@ def test_backfill_keeps_expiry_and_makes_a_placeholder_for_an_unknown_used_by(
     again = commands.backfill(config)
     assert again.tallies["users"].rows_written == 0
     assert again.tallies["invites"].rows_written == 0
+
+
+def test_invite_codes_are_never_normalised_so_no_two_codes_collapse_into_one_row() -> None:
+    from kvmigrate.entities.invites import INVITES
+    from kvmigrate.records import RawRecord
+
+    rows = [INVITES.transform(RawRecord("vibe:invites", "hash", b'{"created_by": "ann"}', code, "invites")).rows[0]
+            for code in ("VIBE-ABCD-ANN", "vibe-abcd-ann", " VIBE-ABCD-ANN")]
+    assert [r.values["code"] for r in rows] == ["VIBE-ABCD-ANN", "vibe-abcd-ann", " VIBE-ABCD-ANN"]

@@ -340,7 +340,7 @@ def test_backfill_lands_each_message_once_and_counts_dangling_ids(
     assert messages == [
         ("1700000000000-zz9abc", "vibe", "alice", "welcome", None, False,
          datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)),
-        ("m1", "alice", "bob", "gg", game, False, T0),
+        ("m1", "alice", "bob", "gg", game, True, T0),  # unread:bob counts none from alice: read
         ("m2", "carol", "bob", "only here", {"type": "ping", "_extra": {"read_at": READ_ISO}}, True, T0),
     ]
     placeholder = {"placeholder": True, "created_by": "kvmigrate"}
@@ -350,3 +350,68 @@ def test_backfill_lands_each_message_once_and_counts_dangling_ids(
     again = commands.backfill(config)
     assert sum(t.rows_written for t in again.tallies.values()) == 0
     assert again.dangling_refs == 1
+
+
+# --- read state: copies and counters -----------------------------------------------------------
+
+def _inbox(items: list[dict[str, Any]], counters: dict[bytes, bytes] | None) -> list[tuple[str, bool]]:
+    raw = [orjson.dumps(i) for i in items]
+    out = MESSAGES.transform(RawRecord("messages:hal", "list", raw, "", "inbox", companion=counters))
+    assert out.reject is None and out.item_rejects == ()
+    return [(r.values["id"], r.values["read"]) for r in out.rows]
+
+
+def _dm(mid: str, sender: str, **extra: Any) -> dict[str, Any]:
+    return {"id": mid, "from": sender, "to": "hal", "body": mid, "timestamp": T0_MS, "read_at": None, **extra}
+
+
+def test_inbox_read_state_comes_from_the_unread_counters_newest_first() -> None:
+    items = [_dm("s3", "sam"), _dm("t1", "@Tia"), _dm("s2", "sam"), _dm("s1", "sam"), _dm("u1", "uma")]
+    assert _inbox(items, {b"sam": b"2", b"Tia": b"1"}) == [
+        ("s3", False), ("t1", False), ("s2", False), ("s1", True), ("u1", True)]
+    assert _inbox(items, {}) == [(i["id"], True) for i in items]  # no hash: every message was seen
+    assert _inbox(items, None) == [(i["id"], False) for i in items]  # counters not read: read_at decides
+    # a read_at on the element still counts as read
+    assert _inbox([_dm("s9", "sam", read_at=READ_ISO)], {b"sam": b"1"}) == [("s9", True)]
+
+
+def test_a_message_read_in_any_copy_is_read_with_the_earliest_read_time() -> None:
+    from kvmigrate.entities.messages import combine
+    from kvmigrate.records import SourcedRow
+
+    def row(value: dict[str, Any], key: str, rank: int) -> SourcedRow:
+        out = msg(value, key) if key.startswith("msg:") else archive([value])
+        return SourcedRow(out.rows[0].values, rank, key, "")
+
+    base = {"id": "m1", "from": "sam", "to": "hal", "text": "hi", "createdAt": "2025-06-01T12:00:00Z"}
+    copies = [row({**base, "read": False}, "msg:m1", 40),
+              row({**base, "read": True, "readAt": "2025-06-01T14:00:00Z"}, "vibe:messages", 10),
+              row({**base, "read": True, "readAt": READ_ISO}, "vibe:messages", 10)]
+    for order in (copies, copies[::-1]):
+        merged = combine(order).row
+        assert merged.source_key == "msg:m1" and merged.values["read"] is True
+        assert merged.values["payload"] == {"_extra": {"read_at": READ_ISO}}
+    assert combine(copies[:1]).row.values["read"] is False
+
+
+def test_read_state_across_copies_and_counters_end_to_end_and_verify_stays_clean(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    old = {"id": "m_old", "from": "sam", "to": "hal", "text": "old", "createdAt": "2025-06-01T12:00:00Z"}
+    kv.set("msg:m_old", orjson.dumps({**old, "read": False}))  # the other client marked only the array copy
+    kv.set("vibe:messages", orjson.dumps([{**old, "read": True, "readAt": READ_ISO}]))
+    for i in range(5):  # send fallback: LPUSH, so the last pushed is the newest
+        kv.lpush("messages:hal", orjson.dumps({"id": f"f{i}", "from": "tia", "to": "hal", "body": f"b{i}",
+                                               "timestamp": T0_MS + i, "read_at": None}))
+    kv.hset("unread:hal", "tia", "2")
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    commands.backfill(config)
+    assert pg.execute("SELECT id, read FROM messages ORDER BY id").fetchall() == [
+        ("f0", True), ("f1", True), ("f2", True), ("f3", False), ("f4", False), ("m_old", True)]
+    assert pg.execute("SELECT payload FROM messages WHERE id = 'm_old'").fetchone() == (
+        {"_extra": {"read_at": READ_ISO}},)
+    assert commands.verify(config, recheck_delay=0).clean
+    kv.hdel("unread:hal", "tia")  # the thread was viewed: the counters say every message is read now
+    commands.backfill(config)
+    assert pg.execute("SELECT count(*) FROM messages WHERE NOT read").fetchone() == (0,)
+    assert commands.verify(config, recheck_delay=0).clean

@@ -243,7 +243,7 @@ def test_backfill_merges_three_sources_into_one_user_row_and_rerun_writes_nothin
         created = conn.execute("SELECT created_at FROM users WHERE handle = 'lena'").fetchone()
     assert rows == [
         ("lena", "Lena", "making music", "mo",
-         {"verified": "github", "messages_sent": 3, "is_agent": False, "status": "online",
+         {"verified": "github", "messages_sent": 3, "is_agent": False, "status": "active",  # user:lena is fresher
           "inviteCode": "VIBE-9", "api_key_hash": "[redacted]", "recoveryKey": "[redacted]"}),
         ("mo", None, None, None, {"placeholder": True, "created_by": "kvmigrate"}),
     ]
@@ -266,3 +266,58 @@ def test_a_user_updated_to_name_an_inviter_new_in_the_same_page_loads(
     assert result.complete and result.placeholders == 0
     assert pg.execute("SELECT handle, invited_by FROM users ORDER BY handle").fetchall() == [
         ("amy", "zed"), ("zed", None)]
+
+
+def _combined(records: list[RawRecord]) -> Any:
+    from kvmigrate.entities.users import combine
+
+    rows = []
+    for rec in records:
+        row = USERS.transform(rec).rows[0]
+        rows.append(SourcedRow(row.values, row.rank, rec.key, rec.field, row.meta))
+    merged = combine(rows)
+    assert combine(list(reversed(rows))) == merged  # never depends on scan order
+    return merged
+
+
+def test_the_most_recently_updated_source_wins_each_field() -> None:
+    claim = handles("ivy", {"registeredAt": "2024-06-01T10:00:00Z", "one_liner": "claim-time line",
+                            "status": "active", "invited_by": "mo"})
+    edited = legacy("ivy", {"building": "what I build now", "updatedAt": "2024-07-01T00:00:00Z",
+                            "createdAt": "2024-05-01T00:00:00Z", "status": "away", "invitedBy": "zoe"})
+    merged = _combined([claim, edited])
+    assert (merged.row.values["one_liner"], merged.row.values["settings"]["status"]) == ("what I build now", "away")
+    assert merged.row.values["invited_by"] == "mo" and merged.row.values["created_at"] == T0  # signup facts: registry
+    assert merged.merged_away == ()
+    stale = legacy("ivy", {"building": "old line", "updatedAt": "2024-01-01T00:00:00Z"})
+    assert _combined([claim, stale]).row.values["one_liner"] == "claim-time line"
+
+
+def test_user_keys_collapsing_into_one_handle_are_merged_and_reported() -> None:
+    merged = _combined([legacy("Zed", {"building": "upper", "updatedAt": "2024-07-01T00:00:00Z"}),
+                        legacy("zed", {"building": "lower", "updatedAt": "2024-06-01T00:00:00Z",
+                                       "recoveryKey": "never-shown"}),
+                        handles("zed", {"registeredAt": "2024-06-01T10:00:00Z"})])
+    assert merged.row.values["one_liner"] == "upper"  # the freshest, whichever key held it
+    assert [s.source_key for s in merged.merged_away] == ["user:Zed"]
+    assert "never-shown" not in repr([s.meta for s in (merged.row, *merged.kept)])
+
+
+def test_a_profile_updated_after_the_claim_wins_end_to_end_and_verify_stays_clean(
+        pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    kv.hset("vibe:handles", "nia", orjson.dumps({"handle": "nia", "registeredAt": "2024-06-01T10:00:00Z",
+                                                 "one_liner": "claim-time line"}))
+    kv.hset("vibe:handles", "@Nia", orjson.dumps({"handle": "Nia", "registeredAt": "2024-05-01T10:00:00Z",
+                                                  "display_name": "Nia B"}))
+    kv.hset("user:nia", mapping={"username": "nia", "building": "edited later", "updatedAt": "2024-08-01T00:00:00Z"})
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    result = commands.backfill(config)
+    assert result.tallies["users"].stats["merged_keys"] == 1
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT display_name, one_liner FROM users").fetchall() == [("Nia B", "edited later")]
+        assert conn.execute("SELECT key, field, reason_code, raw_value FROM kvmigrate.rejects").fetchall() == [
+            ("vibe:handles", "@Nia", "merged",
+             '{"handle":"Nia","registeredAt":"2024-05-01T10:00:00Z","display_name":"Nia B"}')]
+    assert commands.verify(config, recheck_delay=0).clean
+    assert commands.backfill(config).tallies["users"].rows_written == 0

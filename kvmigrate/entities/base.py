@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from kvmigrate.entities.common import Bad
-from kvmigrate.records import Outcome, RawRecord
+from kvmigrate.records import Merged, Outcome, RawRecord, SourcedRow
+
+#: Combines every source of one row of a `fill` table (see TableSpec.combine).
+Combine = Callable[[Sequence[SourcedRow]], Merged]
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class Family:
     backfill and verify do not read it (it is in the ledger, and cleanup archives it with its
     entity) unless `decides`: its content decides other rows (`unread:*` counters, say).
     `may_expire`: keys of this family can carry a TTL, so the archive reads their PTTL.
+    `companion`: the name of another family of the entity whose key (same suffix) is read with
+    each key of this one and handed to the transformer as `RawRecord.companion`.
     """
 
     name: str
@@ -28,6 +34,7 @@ class Family:
     rank: int = 0
     split_fields: bool = False
     index: bool = False
+    companion: str = ""
     decides: bool = False
     may_expire: bool = False
 
@@ -42,7 +49,12 @@ class TableSpec:
     """A target table: its primary key, its columns in load order, which columns reference
     users(handle) (a missing user gets a placeholder row, see README), and how two sources
     for one primary key combine: `replace` (higher rank wins whole) or `fill` (higher rank wins
-    field by field, lower ranks fill NULL columns, JSONB objects merge key by key)."""
+    field by field, lower ranks fill NULL columns, JSONB objects merge key by key).
+
+    `combine`, for a `fill` table, replaces that rule: a pure function of every source of one
+    row (in any order; the result must not depend on it) returning the row and the sources it
+    merged away. Every source of a fill table is kept (`kvmigrate.fill_sources`), so the row is
+    recomputed from all of them whichever page brought which. `sample_whole`: see below."""
 
     name: str
     pk: str
@@ -50,6 +62,10 @@ class TableSpec:
     user_refs: tuple[str, ...] = ()
     merge: Literal["replace", "fill"] = "replace"
     json_columns: tuple[str, ...] = ()
+    combine: Combine | None = None
+    #: A sampled verify reads a fill table's entity whole (a merged row needs every source);
+    #: False samples it by key like a replace table (its copies rarely disagree).
+    sample_whole: bool = True
 
 
 class Entity(Protocol):

@@ -6,14 +6,19 @@ Rules (README, "Data rules"):
   `players` ← the normalised handles in stored order, `state` ← the game's `state`,
   `created_at` ← `created_at` (NULL when absent). A bad game is an item reject labelled with its
   id; the other games migrate.
-* `winner` ← `state.winner`: normalised to a handle when it names one of the players, else kept as
-  written ("X", "draw", "white"); a winner that is not text is stored as its JSON text.
+* `winner` is the winning player's handle, taken from the game's own state: `state.winner` when
+  it names one of the players; a symbol or colour (`X`, `O`, `white`, `black`) is mapped through
+  the state's own map of it (`state.players.X`, `state.white`, `state.playerX`, …) when that
+  names a player; a tic-tac-toe board with three in a row gives the winning symbol when
+  `winner` is missing. A draw has winner NULL: `isDraw`, a `winner` of "draw"/"tie", or a full
+  board with no line. Anything else is kept as written (stat `winner_unmapped`); a winner that
+  is not text is stored as its JSON text.
 * Fields with no column (`status`, `updated_at`, a game `id` that differs from its key, …) are
   kept in `state["_extra"]`; a state that is not an object is wrapped as `{"value": state,
   "_extra": …}` (a missing state becomes `{"_extra": …}`); a state that already has `_extra`
   keeps it as `_extra._extra`.
 * A DM message whose `payload` is `{type: "game", game, state}` with a final state (`winner` set,
-  `gameOver` or `isDraw` true) is a result: id `dm_<message id>`, players = the two handles
+  `gameOver` or `isDraw` true, or a full or won tic-tac-toe board) is a result: id `dm_<message id>`, players = the two handles
   sorted, `state` = the payload's state as sent, `created_at` = the message's time. A payload
   with no `game` name, or a state that is not final, is not a result (the message keeps it).
 """
@@ -47,7 +52,7 @@ class Games(EntityBase):
         rank = self.family("games").rank
         rows: list[Row] = []
         item_rejects: list[tuple[str, Reject]] = []
-        normalised = 0
+        normalised = unmapped = 0
         for game_id, game in games.items():
             try:
                 values, changed = game_row(game_id, game)
@@ -57,7 +62,8 @@ class Games(EntityBase):
                 continue
             rows.append(Row(TABLE.name, values, rank))
             normalised += changed
-        stats = {"handle_normalised": normalised} if normalised else {}
+            unmapped += values["winner"] is not None and values["winner"] not in values["players"]
+        stats = {k: n for k, n in (("handle_normalised", normalised), ("winner_unmapped", unmapped)) if n}
         return Outcome(rows=tuple(rows), item_rejects=tuple(item_rejects), stats=stats)
 
 
@@ -82,7 +88,8 @@ def game_row(game_id: str, game: Any) -> tuple[dict[str, Any], int]:
     changed = sum(1 for raw, h in zip(raw_players, players, strict=True) if raw != h)
     state = game.get("state")
     winner = winner_of(state, players)
-    if isinstance(state, dict) and winner in players and winner != state.get("winner"):
+    raw_winner = state.get("winner") if isinstance(state, dict) else None
+    if isinstance(raw_winner, str) and winner == _player(raw_winner, players) and winner != raw_winner:
         changed += 1
     extra = {k: v for k, v in game.items() if k not in _MAPPED}
     if game.get("id") not in (None, game_id):
@@ -114,26 +121,87 @@ def game_from_message(msg_id: str, from_handle: str, to_handle: str, payload: An
     return Row(TABLE.name, values, rank)
 
 
+_DRAWN = frozenset({"draw", "tie", "stalemate"})
+_LINES = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6))
+
+
 def is_final(state: Any) -> bool:
-    """A game state is final when it names a winner or says `gameOver` / `isDraw`."""
+    """A game state is final when it names a winner, says `gameOver` / `isDraw`, or holds a
+    tic-tac-toe board that is won or full."""
     if not isinstance(state, dict):
         return False
-    return state.get("winner") not in (None, "") or state.get("gameOver") is True \
-        or state.get("isDraw") is True
+    if state.get("winner") not in (None, "") or state.get("gameOver") is True or state.get("isDraw") is True:
+        return True
+    line, full = board_result(state.get("board"))
+    return line is not None or full
+
+
+def board_result(board: Any) -> tuple[str | None, bool]:
+    """(the symbol with three in a row, whether every cell is taken) of a 3x3 board stored as
+    a list of nine cells or a nine-character string ("" / "." / " " / null are empty cells);
+    (None, False) for anything else."""
+    if isinstance(board, str) and len(board) == 9:
+        cells: list[Any] = list(board)
+    elif isinstance(board, list) and len(board) == 9:
+        cells = board
+    else:
+        return None, False
+    marks = [c.upper() if isinstance(c, str) and c.strip() not in ("", ".", "-") else None for c in cells]
+    line = next((marks[i] for i, j, k in _LINES if marks[i] and marks[i] == marks[j] == marks[k]), None)
+    return line, all(marks)
 
 
 def winner_of(state: Any, players: list[str]) -> str | None:
-    """`state.winner` as a handle when it names a player, else as written (JSON text if not text)."""
-    raw = state.get("winner") if isinstance(state, dict) else None
-    if raw is None or raw == "":
+    """The winner's handle (see the module rules): None for no winner or a draw; a symbol or
+    colour mapped through the state's own map; else the value as written (JSON text if not text)."""
+    if not isinstance(state, dict):
         return None
+    raw = state.get("winner")
+    if raw is None or raw == "":
+        if state.get("isDraw") is True:
+            return None
+        raw = board_result(state.get("board"))[0]
+        if raw is None:
+            return None
     if not isinstance(raw, str):
         return orjson.dumps(raw).decode()
+    if raw.strip().lower() in _DRAWN:
+        return None
+    named = _player(raw, players)
+    if named is not None:
+        return named
+    for mapped in _symbol_names(state, raw):
+        named = _player(mapped, players)
+        if named is not None:
+            return named
+    return raw
+
+
+def winner_unmapped(state: Any, players: list[str]) -> bool:
+    """Whether the state names a winner that is neither a player nor mapped to one."""
+    winner = winner_of(state, players)
+    return winner is not None and winner not in players
+
+
+def _player(raw: Any, players: list[str]) -> str | None:
+    """`raw` normalised, when it is one of `players`."""
     try:
         normalised = c.handle(raw)
     except c.Bad:
-        return raw
-    return normalised if normalised in players else raw
+        return None
+    return normalised if normalised in players else None
+
+
+def _symbol_names(state: dict[str, Any], symbol: str) -> list[Any]:
+    """What the state itself says `symbol` stands for: `players[symbol]`, `state[symbol]`,
+    `player<symbol>`, `<symbol>Player`, in every case the symbol is written in."""
+    out: list[Any] = []
+    for sym in dict.fromkeys((symbol, symbol.upper(), symbol.lower())):
+        roster = state.get("players")
+        if isinstance(roster, dict):
+            out.append(roster.get(sym))
+        out.extend(state.get(k) for k in (sym, f"player{sym}", f"player{sym.upper()}", f"{sym.lower()}Player"))
+    return [v for v in out if isinstance(v, str)]
 
 
 def with_extra(obj: Any, extra: dict[str, Any]) -> Any:

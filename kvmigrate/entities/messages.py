@@ -4,7 +4,8 @@ Sources, highest rank first (the loader keeps the highest-ranked copy of an id):
 (40), the inbox lists `messages:{to}` (30), `thread:{a}:{b}` lists (20; JSON messages or bare
 ids), and the oldest archive `vibe:messages` (10; one JSON array). `inbox:*` / `outbox:*` id lists
 and thread ids are references only (an id whose message is gone is counted as dangling, not
-rejected); `unread:*` counters are derived and produce nothing.
+rejected); `unread:*` counters produce no rows of their own: each `messages:{to}` list is read
+with its `unread:{to}` hash, which holds the read state of that list's messages.
 
 Rules (README, "Data rules"):
 * every shape maps to the same canonical row: `content` ← `body`, else `text` (the first that
@@ -21,12 +22,24 @@ Rules (README, "Data rules"):
 * a broken list item (invalid JSON, no content, bad handle) is an item reject `[index]`; the
   other items migrate;
 * a message whose payload is a finished game also yields a `game_results` row (see games).
+
+Read state (README, "Data rules"): it only moves one way.
+* A `messages:{to}` element never gets a `read_at`; its read state is the `unread:{to}` hash
+  (sender → count), as the app's inbox reads it: with N = the count for sender S (fields
+  normalised like handles, 0 when absent, and when the hash does not exist), the newest N
+  elements from S to `to` are unread and older ones read. A `read_at` on the element still
+  counts as read.
+* Several copies of one message (`msg:{id}`, `messages:{to}`, `thread:…`, `vibe:messages`): the
+  highest-ranked copy gives the row, but the message is read when any copy is read (a `msg:*`
+  copy saying read beats counters saying unread, and counters saying read beat a `msg:*` copy
+  saying unread), and `payload._extra.read_at` is the earliest read time of any copy.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,14 +48,47 @@ import orjson
 from kvmigrate.entities import common as c
 from kvmigrate.entities import games
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.records import Outcome, RawRecord, Reject, Row
+from kvmigrate.records import Merged, Outcome, RawRecord, Reject, Row, SourcedRow
+
+
+def combine(sources: Sequence[SourcedRow]) -> Merged:
+    """One `messages` row from every copy of a message (module rules); independent of order."""
+    winner = max(sources, key=lambda r: r.order)
+    if len(sources) == 1:
+        return Merged(winner)
+    values = dict(winner.values)
+    values["read"] = any(s.values.get("read") for s in sources)
+    times = [t for t in (_read_time(s.values.get("payload")) for s in sources) if t is not None]
+    if times:
+        earliest = min(times).isoformat()
+        payload = values.get("payload")
+        extra = dict(payload.get("_extra") or {}) if isinstance(payload, dict) else {}
+        if extra.get("read_at") != earliest:
+            base = {k: v for k, v in payload.items() if k != "_extra"} if isinstance(payload, dict) else payload
+            values["payload"] = games.with_extra(base, {**extra, "read_at": earliest})
+    return Merged(SourcedRow(values, winner.rank, winner.source_key, winner.source_field, winner.meta))
+
+
+def _read_time(payload: Any) -> datetime | None:
+    extra = payload.get("_extra") if isinstance(payload, dict) else None
+    raw = extra.get("read_at") if isinstance(extra, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return c.timestamp(raw, what="read_at")
+    except c.Bad:
+        return None
+
 
 MESSAGES_TABLE = TableSpec(
     "messages",
     "id",
     ("id", "from_handle", "to_handle", "content", "payload", "read", "created_at"),
     user_refs=("from_handle", "to_handle"),
+    merge="fill",
     json_columns=("payload",),
+    combine=combine,
+    sample_whole=False,  # a sample reads only the copies drawn; a full verify reads them all
 )
 _CONTENT_KEYS = ("body", "text")
 _TIME_KEYS = ("timestamp", "createdAt", "created_at")
@@ -57,7 +103,7 @@ class Messages(EntityBase):
     load_order = 20
     families = (
         Family("msg", "msg:*", frozenset({"string"}), rank=40),
-        Family("inbox", "messages:*", _LIST, rank=30),
+        Family("inbox", "messages:*", _LIST, rank=30, companion="unread"),
         Family("thread", "thread:*", _LIST, rank=20),
         Family("archive", "vibe:messages", frozenset({"string"}), rank=10),
         Family("inbox_ids", "inbox:*", _LIST, index=True),
@@ -76,6 +122,8 @@ class Messages(EntityBase):
         out = _Collector(record.key, self.family("inbox").rank)
         for i, raw in enumerate(_items(record)):
             out.message(i, raw, default_to=owner)
+        if record.companion is not None:
+            _read_from_counters(out, owner, record.companion)
         return out.outcome()
 
     def from_thread(self, record: RawRecord) -> Outcome:
@@ -271,6 +319,44 @@ class _Collector:
     def outcome(self) -> Outcome:
         return Outcome(rows=tuple(self.rows), item_rejects=tuple(self.rejects), stats=self.stats,
                        refs=tuple(self.refs))
+
+
+def _read_from_counters(out: _Collector, owner: str, counters: Any) -> None:
+    """Set `read` on the messages of a `messages:{owner}` list (newest first) from its
+    `unread:{owner}` hash, as the app's inbox does (module rules)."""
+    unread = _counts(counters, out.stats)
+    try:
+        to = c.handle(owner)
+    except c.Bad:
+        return
+    seen: dict[str, int] = {}
+    for i, row in enumerate(out.rows):
+        v = row.values
+        if row.table != MESSAGES_TABLE.name or v["to_handle"] != to:
+            continue
+        k = seen.get(v["from_handle"], 0)
+        seen[v["from_handle"]] = k + 1
+        if not v["read"] and k >= unread.get(v["from_handle"], 0):
+            out.rows[i] = replace(row, values={**v, "read": True})
+            out.stats["read_by_counters"] = out.stats.get("read_by_counters", 0) + 1
+    beyond = sum(1 for h, n in unread.items() if n > seen.get(h, 0))
+    if beyond:
+        out.stats["unread_count_exceeds_list"] = out.stats.get("unread_count_exceeds_list", 0) + beyond
+
+
+def _counts(counters: Any, stats: dict[str, int]) -> dict[str, int]:
+    """sender handle -> unread count from an `unread:{to}` hash (fields normalised and summed);
+    a field that is not a handle or a count that is not a whole number is counted, not used."""
+    out: dict[str, int] = {}
+    for raw_field, raw_count in (counters.items() if isinstance(counters, dict) else ()):
+        try:
+            sender = c.handle(c.text(raw_field, what="unread field"), what="unread field")
+            n = c.integer(c.text(raw_count, what="unread count"), what="unread count") or 0
+        except c.Bad:
+            stats["bad_unread_counter"] = stats.get("bad_unread_counter", 0) + 1
+            continue
+        out[sender] = out.get(sender, 0) + max(n, 0)
+    return out
 
 
 def _thread_partner(key: str, sender: Any) -> str | None:

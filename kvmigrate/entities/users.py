@@ -23,6 +23,19 @@ Rules (README, "Data rules"):
   `settings["invited_by_raw"]` and counts `invalid_invited_by`; a user may invite itself;
 * a registry field whose JSON is not an object (wrong_json_type), a display name or one-liner
   that is not text (wrong_type), or a bad timestamp (bad_timestamp) rejects the record.
+
+Merging the sources of one handle (`combine`):
+* freshest value per field: for `display_name`, `one_liner` and each `settings` key, the source
+  updated most recently that has a value wins — a source's time is its `updatedAt`/`updated_at`,
+  else its `registeredAtTs`/`registeredAt`/`registered_at`/`createdAt`/`created_at`; a source
+  with no time counts as older than any dated one, and among equal times the higher rank wins.
+  So a one-liner the user edited in `user:{h}` (`building`, `updatedAt`) beats the registry's
+  copy taken at claim time. `created_at` and `invited_by` are facts of the signup, not edits:
+  the higher rank wins them, lower ones fill NULLs;
+* keys that collapse into one handle (`user:Bob` and `user:bob`, registry fields `Bob` and `bob`):
+  all their values take part in the merge above, and every source of a family but one (the one
+  already in canonical form, else the freshest) is recorded as `merged`, never silently; the
+  original value kept for it has its secret fields redacted, like `settings`.
 """
 
 from __future__ import annotations
@@ -34,9 +47,69 @@ from typing import Any, TypeVar
 
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.records import Outcome, RawRecord, Row
+from kvmigrate.records import Merged, Outcome, RawRecord, Row, SourcedRow
 
 T = TypeVar("T")
+
+#: Columns whose freshest value wins (the rest: the higher rank wins, lower ones fill NULLs).
+FRESH_COLUMNS = ("display_name", "one_liner")
+_UPDATED = ("updatedAt", "updated_at")
+_MADE = ("registeredAtTs", "registeredAt", "registered_at", "createdAt", "created_at")
+MERGE_RULE = "the most recently updated source wins each field; the registry wins created_at and invited_by"
+
+
+def combine(sources: Sequence[SourcedRow]) -> Merged:
+    """One `users` row from every source of a handle (module rules); independent of order."""
+    by_rank = sorted(sources, key=lambda r: r.order)
+    by_fresh = sorted(sources, key=_freshness)
+    values: dict[str, Any] = {}
+    for src in by_rank:  # lowest first: the higher rank overwrites, NULLs never do
+        values.update({k: v for k, v in src.values.items() if v is not None or k not in values})
+    for col in FRESH_COLUMNS:
+        chosen = [s.values[col] for s in by_fresh if s.values.get(col) is not None]
+        values[col] = chosen[-1] if chosen else None
+    settings: dict[str, Any] = {}
+    for src in by_fresh:
+        settings.update(src.values.get("settings") or {})
+    values["settings"] = settings
+    owner = by_rank[-1]
+    away = _merged_away(sources)
+    kept = tuple(s for s in by_rank if s is not owner and s not in away)
+    row = SourcedRow(values, owner.rank, owner.source_key, owner.source_field, owner.meta)
+    return Merged(row, away, MERGE_RULE if away else "", kept, reports=True)
+
+
+def _freshness(src: SourcedRow) -> tuple[str, int, str, str]:
+    return (str(src.meta.get("fresh") or ""), *src.order)
+
+
+def _merged_away(sources: Sequence[SourcedRow]) -> tuple[SourcedRow, ...]:
+    """Per family (one rank each), every source but the one named canonically (else the freshest)."""
+    away: list[SourcedRow] = []
+    for rank in sorted({s.rank for s in sources}):
+        family = [s for s in sources if s.rank == rank]
+        if len(family) > 1:
+            keep = max(family, key=lambda s: (_canonical(s), _freshness(s)))
+            away.extend(s for s in sorted(family, key=lambda r: r.order) if s is not keep)
+    return tuple(away)
+
+
+def _canonical(src: SourcedRow) -> bool:
+    handle = src.values.get("handle")
+    return src.source_field == handle if src.source_field else src.source_key == f"user:{handle}"
+
+
+def freshness(fields: Mapping[str, Any]) -> str | None:
+    """When a source was last updated (ISO UTC), from its own fields; None when it says nothing."""
+    for names in (_UPDATED, _MADE):
+        for name in names:
+            if not absent(fields.get(name)):
+                try:
+                    return c.timestamp(fields[name], what=name).isoformat()
+                except c.Bad:
+                    continue
+    return None
+
 
 TABLE = TableSpec(
     "users",
@@ -45,6 +118,7 @@ TABLE = TableSpec(
     user_refs=("invited_by",),
     merge="fill",
     json_columns=("settings",),
+    combine=combine,
 )
 
 #: Fields never copied into `settings`: each is kept with the value REDACTED.
@@ -90,22 +164,28 @@ class Users(EntityBase):
         raw = c.hash_text(record.value)
         fields = {k: v if k in _LEGACY_TEXT else c.unjson(v) for k, v in raw.items()}
         c.check_json_text(fields)
-        return self._outcome(record, record.key.split(":", 1)[1], fields, where="key")
+        original = {"hash": [[k, REDACTED if k in SECRET_FIELDS else v] for k, v in raw.items()]}
+        return self._outcome(record, record.key.split(":", 1)[1], fields, where="key", raw=original)
 
     def _from_registry(self, record: RawRecord) -> Outcome:
         if not isinstance(record.value, bytes):
             raise c.Bad("wrong_type", f"value is {type(record.value).__name__}, expected JSON text")
         fields = c.checked_object(record.value, what="record")
-        return self._outcome(record, record.field, fields, where="field")
+        if SECRET_FIELDS.isdisjoint(fields):
+            original = {"text": c.text(record.value)}
+        else:  # secrets never reach Postgres, not even in a merged source's original value
+            original = {"text": c.dumps({k: REDACTED if k in SECRET_FIELDS else v for k, v in fields.items()}).decode()}
+        return self._outcome(record, record.field, fields, where="field", raw=original)
 
     def _outcome(self, record: RawRecord, raw_handle: str, fields: Mapping[str, Any], *,
-                 where: str) -> Outcome:
+                 where: str, raw: dict[str, Any]) -> Outcome:
         handle = c.handle(raw_handle, what=f"handle {raw_handle!r} in the {where}")
         values, stats = user_row(handle, fields)
         if handle != raw_handle:
             stats["handle_normalised"] += 1
         rank = self.family(record.family).rank
-        return Outcome(rows=(Row("users", values, rank),), stats=dict(stats))
+        meta = {"raw": raw, "fresh": freshness(fields)}
+        return Outcome(rows=(Row("users", values, rank, meta),), stats=dict(stats))
 
 
 def user_row(handle: str, fields: Mapping[str, Any]) -> tuple[dict[str, Any], Counter[str]]:

@@ -15,8 +15,8 @@ from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import Family
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import BatchReader, hscan_records, scan_pages, storable_name
-from kvmigrate.records import RawRecord
+from kvmigrate.kv.scanner import BatchReader, KeyValue, hscan_records, scan_pages, storable_name
+from kvmigrate.records import RawRecord, RawValue
 
 
 @dataclass
@@ -78,10 +78,16 @@ class KvSource:
                     # Not a hash (the other codebase wrote another type here): read it whole,
                     # and the transformer rejects it by its type, naming the key.
                     plain.append((key, entity, family))
-        values = self.reader.read([k for k, _, _ in plain], [f for _, _, f in plain])
-        for kv_value, (_, entity, family) in zip(values, plain, strict=True):
+        companions = [_companion(key, entity, family) for key, entity, family in plain]
+        extra = [c for c in companions if c is not None]
+        values = self.reader.read([k for k, _, _ in plain] + [k for k, _ in extra],
+                                  [f for _, _, f in plain] + [f for _, f in extra])
+        read_with = iter(values[len(plain):])
+        for kv_value, (_, entity, family), companion in zip(values[:len(plain)], plain, companions, strict=True):
+            other = _companion_value(next(read_with)) if companion is not None else None
             if kv_value.redis_type != "none" and kv_value.value is not None:
-                record = RawRecord(kv_value.key, kv_value.redis_type, kv_value.value, "", family.name)
+                record = RawRecord(kv_value.key, kv_value.redis_type, kv_value.value, "", family.name,
+                                   companion=other)
                 yield storable(record), entity
 
     def read_keys(self, keys: Sequence[str]) -> list[tuple[RawRecord, Entity]]:
@@ -95,6 +101,24 @@ class KvSource:
         return list(self.read(items))
 
 
+
+def _companion(key: str, entity: Entity, family: Family) -> tuple[str, Family] | None:
+    """The key read with `key` (a family's `companion`: same suffix, the other family's
+    prefix), e.g. `unread:bob` with `messages:bob`; one more read in the same batch."""
+    other = next((f for f in entity.families if f.name == family.companion), None) if family.companion else None
+    if other is None or not family.pattern.endswith("*") or not other.pattern.endswith("*"):
+        return None
+    return other.pattern[:-1] + key[len(family.pattern) - 1:], other
+
+
+def _companion_value(kv_value: KeyValue) -> RawValue | None:
+    """A companion as the transformer gets it: its value, {} when the key does not exist, and
+    None when it holds another type than its family's (then it decides nothing)."""
+    if kv_value.redis_type == "none" or kv_value.value is None:
+        return {}
+    return kv_value.value if kv_value.redis_type == "hash" else None
+
+
 def storable(record: RawRecord) -> RawRecord:
     """The record, or, when its key or field cannot be stored as Postgres text, a copy with
     escaped names and the reason (the transformer then rejects it: `invalid_key`)."""
@@ -104,4 +128,4 @@ def storable(record: RawRecord) -> RawRecord:
     if not problem:
         return record
     return RawRecord(key, record.redis_type, record.value, field, record.family,
-                     f"{'key' if key_problem else 'field'}: {problem}")
+                     f"{'key' if key_problem else 'field'}: {problem}", record.companion)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -24,23 +24,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from kvmigrate.entities.base import TableSpec
+from kvmigrate.records import Merged, SourcedRow
 
 PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
 _META = ("_rank", "_src", "_fld")
-
-
-@dataclass(frozen=True, slots=True)
-class SourcedRow:
-    """A row with the record it came from: (rank, source key, source field) orders sources."""
-
-    values: Mapping[str, Any]
-    rank: int
-    source_key: str
-    source_field: str
-
-    @property
-    def order(self) -> tuple[int, str, str]:
-        return (self.rank, self.source_key, self.source_field)
+_SOURCE_META = "_meta"  # a stored source's meta (raw value, freshness), beside its columns
 
 
 @dataclass
@@ -48,6 +36,8 @@ class LoadStats:
     inserted: int = 0
     updated: int = 0
     placeholders: int = 0
+    #: Rows of several sources that this load merged (each with the sources merged away).
+    merges: list[Merged] = field(default_factory=list)
 
     @property
     def written(self) -> int:
@@ -95,13 +85,21 @@ def dedupe(spec: TableSpec, rows: Sequence[SourcedRow]) -> list[SourcedRow]:
 
 
 def merge_sources(spec: TableSpec, sources: Sequence[SourcedRow]) -> SourcedRow:
-    """The `fill` merge of every source of one row, credited to the highest-ranked source."""
+    """The `fill` merge of every source of one row (the spec's own `combine` when it has one,
+    else credited to the highest-ranked source)."""
+    return merge_group(spec, sources).row
+
+
+def merge_group(spec: TableSpec, sources: Sequence[SourcedRow]) -> Merged:
+    """Every source of one row combined, with the sources merged away (see TableSpec)."""
+    if spec.combine is not None:
+        return spec.combine(sources)
     ordered = sorted(sources, key=lambda r: r.order)
     merged: dict[str, Any] = dict(ordered[0].values)
     for row in ordered[1:]:
         merged = fill_merge(row.values, merged, spec.json_columns)
     top = ordered[-1]
-    return SourcedRow(merged, top.rank, top.source_key, top.source_field)
+    return Merged(SourcedRow(merged, top.rank, top.source_key, top.source_field, top.meta))
 
 
 class TableLoader:
@@ -151,7 +149,11 @@ class TableLoader:
         stats = LoadStats()
         if not rows:
             return stats
-        rows = self._merged_with_stored(rows) if self.spec.merge == "fill" else dedupe(self.spec, rows)
+        if self.spec.merge == "fill":
+            stats.merges = self._merged_with_stored(rows)
+            rows = [m.row for m in stats.merges]
+        else:
+            rows = dedupe(self.spec, rows)
         self.stage_rows(rows)
         if self.spec.user_refs:
             stats.placeholders = self._placeholders()
@@ -168,7 +170,7 @@ class TableLoader:
         self._record_origin()
         return stats
 
-    def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> list[SourcedRow]:
+    def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> list[Merged]:
         """Store this batch's sources, then merge every stored source of the rows they touch."""
         pk = self.spec.pk
         latest = {(str(r.values[pk]), r.source_key, r.source_field): r for r in rows}
@@ -178,15 +180,16 @@ class TableLoader:
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE"
                 " SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
                 " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)",
-                [(self.spec.name, k, src, fld, r.rank, Jsonb(dict(r.values), dumps=_dumps_any))
+                [(self.spec.name, k, src, fld, r.rank, Jsonb(_stored(r), dumps=_dumps_any))
                  for (k, src, fld), r in latest.items()])
         stored = self.conn.execute(
             "SELECT pk, source_key, source_field, rank, vals FROM kvmigrate.fill_sources"
             " WHERE tbl = %s AND pk = ANY(%s)", (self.spec.name, sorted({k for k, _, _ in latest}))).fetchall()
         groups: dict[str, list[SourcedRow]] = {}
         for key, src, fld, rank, vals in stored:
-            groups.setdefault(key, []).append(SourcedRow(self._typed(vals), rank, src, fld))
-        return [merge_sources(self.spec, group) for group in groups.values()]
+            meta = vals.pop(_SOURCE_META, None) or {}
+            groups.setdefault(key, []).append(SourcedRow(self._typed(vals), rank, src, fld, meta))
+        return [merge_group(self.spec, group) for group in groups.values()]
 
     def _typed(self, vals: Mapping[str, Any]) -> dict[str, Any]:
         """Values read back from JSONB, with times and dates as Python objects again."""
@@ -279,6 +282,11 @@ class TableLoader:
                 " > (row_origin.rank, row_origin.source_key, row_origin.source_field)"
             ).format(tname=sql.Literal(self.spec.name), pk=sql.Identifier(self.spec.pk), s=sql.Identifier(self.stage))
         )
+
+
+def _stored(row: SourcedRow) -> dict[str, Any]:
+    """A source as kept in kvmigrate.fill_sources: its columns, and its meta when it has one."""
+    return {**row.values, _SOURCE_META: dict(row.meta)} if row.meta else dict(row.values)
 
 
 def _dumps_any(value: Any) -> bytes:
