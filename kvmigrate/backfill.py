@@ -28,6 +28,7 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.errors import BudgetExhausted, BudgetTooSmall, ConfigError, ConnectError, GateRefused
+from kvmigrate.guards import refuse_a_shrunk_store, release_writer_lock, take_writer_lock
 from kvmigrate.kv.client import KvClient
 from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
@@ -36,7 +37,6 @@ from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.pg.stats import STATE_TABLES, analyze
 from kvmigrate.records import ContainerJson, RawRecord
 
-LOCK_BACKFILL = 0x6B766D62  # "kvmb": one backfill at a time per database
 MAX_PASSES = 3  # scans started over after KV restarts before giving up
 
 #: Called after each committed page with (keys scanned so far, keys in the store, tallies).
@@ -110,7 +110,7 @@ def run_backfill(
     try:
         require_schema(conn)
         chosen, skipped = _not_frozen(conn, chosen, explicit=bool(entities))
-        _lock(conn)
+        take_writer_lock(conn, "backfill")
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
         rules = rules_fingerprint()
         run_id = None if dry_run else state.start_run(
@@ -138,7 +138,7 @@ def run_backfill(
         _close(run, "ok")
         return run.result
     finally:
-        _unlock(conn)
+        release_writer_lock(conn)
         conn.close()
 
 
@@ -154,16 +154,6 @@ def _too_small(budget: RequestBudget, exc: BudgetExhausted) -> BudgetTooSmall:
 
 def _spent(budget: RequestBudget) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(budget.by_command.items()))
-
-
-def _unlock(conn: psycopg.Connection) -> None:
-    """Release the backfill lock now rather than when the server notices the connection closed."""
-    try:
-        conn.rollback()
-        conn.execute("SELECT pg_advisory_unlock_all()")
-        conn.commit()
-    except psycopg.Error:
-        pass  # the connection is gone, and the server releases the lock with it
 
 
 def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
@@ -182,23 +172,6 @@ def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
     return tuple(e for e in chosen if e.name not in frozen), frozen
 
 
-def _lock(conn: psycopg.Connection, *, wait: float = 3.0) -> None:
-    """Take the one-backfill-at-a-time lock, waiting up to `wait` seconds (a run that just ended
-    may still be releasing it); refuse if another backfill holds it."""
-    deadline = time.monotonic() + wait
-    while True:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_BACKFILL,)).fetchone()
-        conn.commit()
-        if (row and row[0]) or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    if not row or not row[0]:
-        raise GateRefused(
-            "another backfill is running against this database",
-            hint="wait for it to finish (see `kvmigrate status`), then run this again",
-        )
-
-
 def _checkpoint_name(run: _Run) -> str:
     names = sorted(e.name for e in run.entities)
     return "backfill:" + ("all" if len(names) == len(ENTITIES) else ",".join(names))
@@ -214,7 +187,8 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
     run.conn.rollback()
     run.result.resumed_from = cursor or None
     source = KvSource(run.kv, run.entities, count=run.config.scan_count)
-    total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar
+    total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar and the check below
+    refuse_a_shrunk_store(run.conn, total, allow=run.config.allow_shrunk_store)
     for _ in range(MAX_PASSES):
         if cursor != state.SCAN_DONE:
             _pass(run, source, name, cursor, server, progress, total)

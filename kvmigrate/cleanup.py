@@ -43,7 +43,8 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.entities.base import Family
-from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused
+from kvmigrate.errors import BudgetExhausted, ConfigError, StoreChanged
+from kvmigrate.guards import refuse_a_shrunk_store, take_writer_lock
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient, KvSession
 from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id
@@ -51,7 +52,6 @@ from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.kv.source import KvSource, storable
 from kvmigrate.records import RawRecord
 
-LOCK_CLEANUP = 0x6B766D63  # "kvmc": one cleanup at a time per database
 EXAMPLES = 5
 
 _VERIFY_AGAIN = "run `kvmigrate verify --entity {e}`, then cleanup again"
@@ -188,7 +188,7 @@ def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Pa
         if dry_run:
             _scan(run)
         else:
-            _lock(conn)
+            take_writer_lock(conn, "cleanup")
             _run_for_real(run, connect_kv(url, budget, retries=config.connect_retries), settle)
         result.seconds = time.perf_counter() - started
         result.kv_requests = budget.spent
@@ -205,6 +205,8 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
         result.manifest = str(run.archive.manifest_path)
         run.writer = writer
         _flags(run, writer, settle)
+        # after the settle: a store wiped (or restarted empty) meanwhile is not cleaned up
+        refuse_a_shrunk_store(run.conn, int(writer.call("DBSIZE")), allow=run.config.allow_shrunk_store)
         _reconcile(run)
         _scan(run)
         status = "ok"
@@ -213,13 +215,6 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
         raise
     finally:
         _close(run, status)
-
-
-def _lock(conn: psycopg.Connection) -> None:
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_CLEANUP,)).fetchone()
-    if not row or not row[0]:
-        raise GateRefused("another cleanup is running against this database",
-                          hint="wait for it to finish (see `kvmigrate status`), then run this again")
 
 
 def _flags(run: _Run, writer: KvClient, settle: float) -> None:
@@ -244,31 +239,29 @@ def _flags(run: _Run, writer: KvClient, settle: float) -> None:
 
 
 def _scan(run: _Run) -> None:
-    """One SCAN pass from the checkpoint; again from the start when the KV server restarted (a
-    cursor is only valid on the process that returned it). 2 INFO commands beyond the pass."""
+    """One SCAN pass from the checkpoint. The KV server's run id (INFO, free) is checked after
+    every page: a server that restarted may have come back without the keys it had, and keys it
+    lost were never archived, so the run stops (StoreChanged) instead of going on."""
     dry = run.result.dry_run
     name = "cleanup:" + ",".join(sorted(e.name for e in run.chosen))
     server = server_id(run.reader.kv)
     cursor = 0 if dry else (state.get_checkpoint(run.conn, name, server=server) or 0)
     run.result.resumed_from = cursor or None
-    for _ in range(3):
-        pages = () if cursor == state.SCAN_DONE else scan_pages(run.reader.kv, cursor=cursor,
-                                                                 count=run.config.scan_count)
-        for next_cursor, keys in pages:
-            items = _candidates(run, keys)
-            if items:
-                _page(run, items)
-            if not dry:
-                with run.conn.transaction():
-                    state.set_checkpoint(run.conn, name, next_cursor or state.SCAN_DONE, run.result.run_id or 0,
-                                         server=server)
-        now = server_id(run.reader.kv)
-        if now == server:
-            break
-        server, cursor = now, 0  # keys the restarted server's SCAN skipped: look again
-    else:
-        raise ConnectError("the KV server kept restarting during cleanup",
-                           hint="run the same command again once the KV store is stable")
+    pages = () if cursor == state.SCAN_DONE else scan_pages(run.reader.kv, cursor=cursor, count=run.config.scan_count)
+    for next_cursor, keys in pages:
+        items = _candidates(run, keys)
+        if items:
+            _page(run, items)
+        if server_id(run.reader.kv) != server:
+            raise StoreChanged(
+                "the KV server restarted during cleanup (its run id changed): it may have come back without keys "
+                "that were never archived, so cleanup stopped; nothing more was deleted",
+                hint="check the store (`kvmigrate inventory`; `kvmigrate status` counts what was deleted and "
+                "archived), then run cleanup again; keys already deleted are in the archive")
+        if not dry:
+            with run.conn.transaction():
+                state.set_checkpoint(run.conn, name, next_cursor or state.SCAN_DONE, run.result.run_id or 0,
+                                     server=server)
     run.result.complete = True
     if not dry:
         state.clear_checkpoint(run.conn, name)

@@ -46,6 +46,8 @@ class Config(BaseModel):
     max_requests: int | None = Field(default=None, ge=1)
     daily_quota: int = Field(default=3000, ge=1)
     connect_retries: int = Field(default=5, ge=0, le=50)
+    #: run even though KV holds fewer than half the keys earlier runs saw (see kvmigrate.guards)
+    allow_shrunk_store: bool = False
 
     def __repr__(self) -> str:
         return f"Config(kv_url={self.masked_kv_url!r}, pg_url={self.masked_pg_url!r})"

@@ -176,6 +176,28 @@ def _counting_connect(budget: RequestBudget) -> Callable[[Any], None]:
     return on_connect
 
 
+#: TCP keepalives on both ends, so a connection that went half-open (a NAT or a server gone
+#: without a word) fails in about a minute instead of hanging, and the server ends a dead
+#: kvmigrate session (releasing its locks) as soon. The URL's own settings win.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+
+
+def keepalives(url: str) -> dict[str, object]:
+    """libpq keepalive settings for `url`, leaving out any the URL sets itself; the server's own
+    (`options=-c tcp_keepalives_…`) unless the URL has `options` or is a pooled endpoint."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(_clean_pg_url(url))
+    ours: dict[str, object] = {"keepalives": 1, "keepalives_idle": KEEPALIVE_IDLE,
+                               "keepalives_interval": KEEPALIVE_INTERVAL, "keepalives_count": KEEPALIVE_COUNT,
+                               "tcp_user_timeout": (KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT) * 1000}
+    out = {k: v for k, v in ours.items() if k not in given}
+    if "options" not in given and not is_pooled_url(url):
+        out["options"] = (f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL}"
+                          f" -c tcp_keepalives_count={KEEPALIVE_COUNT}")
+    return out
+
+
 def connect_pg(
     url: str,
     *,
@@ -194,6 +216,7 @@ def connect_pg(
         "application_name": APPLICATION_NAME,
         "connect_timeout": timeout,
         "autocommit": autocommit,
+        **keepalives(url),
     }
     if is_pooled_url(url):
         kwargs["prepare_threshold"] = None

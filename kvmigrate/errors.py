@@ -32,6 +32,13 @@ class GateRefused(KvmigrateError):
     exit_code = 1
 
 
+class StoreChanged(KvmigrateError):
+    """The KV store is not the one earlier runs saw: it restarted empty, or lost most of its
+    keys. Nothing more is written or deleted until someone looks."""
+
+    exit_code = 1
+
+
 class ArchiveBusy(KvmigrateError):
     """Another cleanup or restore holds the archive folder's lock."""
 

@@ -13,6 +13,7 @@ predicted. Read-only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from kvmigrate.config import Config
@@ -28,6 +29,7 @@ class PhaseCost:
     how: str
     naive: int | None = None
     floor: int | None = None
+    optional: bool = False  # not part of the migration (left out of the totals)
 
 
 @dataclass
@@ -37,16 +39,20 @@ class PlanResult:
     daily_quota: int = 3000
 
     @property
+    def migration(self) -> list[PhaseCost]:
+        return [p for p in self.phases if not p.optional]
+
+    @property
     def total(self) -> int:
-        return sum(p.commands for p in self.phases)
+        return sum(p.commands for p in self.migration)
 
     @property
     def naive_total(self) -> int:
-        return sum(p.naive if p.naive is not None else p.commands for p in self.phases)
+        return sum(p.naive if p.naive is not None else p.commands for p in self.migration)
 
     @property
     def floor_total(self) -> int:
-        return sum(p.floor if p.floor is not None else p.commands for p in self.phases)
+        return sum(p.floor if p.floor is not None else p.commands for p in self.migration)
 
 
 def run_plan(config: Config, *, sizes: bool = False) -> PlanResult:
@@ -63,10 +69,14 @@ def run_plan(config: Config, *, sizes: bool = False) -> PlanResult:
                   FLAG_WRITES, FLAG_WRITES),
         PhaseCost("backfill", inv.predicted_backfill, "DBSIZE, SCAN, MGET per batch of strings, a read per other key",
                   pages + keys, read.floor),
-        PhaseCost("verify", read.commands, "dual-write's verify: the same read pass (no DBSIZE)",
+        PhaseCost("verify", read.commands + 1, "dual-write's verify: DBSIZE and the same read pass",
                   pages + keys, read.floor),
-        PhaseCost("archive", inv.cleanup.commands - delete, "cleanup's one pass: SCAN, WATCH, the reads of every "
-                  "candidate (derived indexes too)", pages + 2 * candidates, inv.cleanup.floor - inv.candidate_pages),
+        PhaseCost("archive", inv.cleanup.commands - delete + 1, "cleanup's one pass: DBSIZE, SCAN, WATCH, the reads "
+                  "of every candidate (derived indexes too)", pages + 2 * candidates, inv.cleanup.floor - inv.candidate_pages),
         PhaseCost("delete", delete, "MULTI, one multi-key DEL, EXEC per page", candidates, inv.candidate_pages),
+        # the undo, if it is ever needed: a string is one SET NX, another key is built under a
+        # temporary key and moved with RENAMENX (kvmigrate.restore), one EXISTS per 1,000 keys
+        PhaseCost("restore", inv.cleanup.strings + 2 * inv.cleanup.others + math.ceil(candidates / 1000),
+                  "only if cleanup is undone: SET NX per string, build + RENAMENX per other key", optional=True),
     ]
     return PlanResult(inv, phases, config.daily_quota)

@@ -38,6 +38,7 @@ from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.diff import Differ, Difference, EntityCheck
 from kvmigrate.entities import Entity, select_entities
 from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError
+from kvmigrate.guards import refuse_a_shrunk_store, take_writer_lock
 from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
 from kvmigrate.records import RawRecord
@@ -86,8 +87,9 @@ def run_verify(
 ) -> VerifyResult:
     """Diff KV against Postgres for the chosen entities and record the result per entity.
 
-    Costs the same KV commands as a backfill scan (about 2 per 1,000 string keys), or, with
-    `sample`, one read per sampled batch; plus one read per difference re-checked. Writes only
+    Costs 1 DBSIZE (a store that lost most of its keys is refused, see kvmigrate.guards) and the
+    same KV commands as a backfill's read pass, or, with `sample`, the reads of the sampled keys;
+    plus one read per difference re-checked. Writes only
     kvmigrate's records, unless `repair` (re-copies rows) or `repair_extra` (deletes rows).
     Memories are compared against their files when a memories folder is found (not in samples).
     """
@@ -107,7 +109,10 @@ def run_verify(
         require_schema(conn)
         conn.execute("SET TIME ZONE 'UTC'")
         conn.commit()
+        if repair or repair_extra:  # writes rows: one writer at a time (see kvmigrate.guards)
+            take_writer_lock(conn, "verify --repair")
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
+        refuse_a_shrunk_store(conn, int(kv.call("DBSIZE")), allow=config.allow_shrunk_store)
         source = KvSource(kv, chosen, count=config.scan_count)
         run_id = state.start_run(conn, "verify", dry_run=False, options={"mode": mode, "sample": sample})
         result = VerifyResult(mode, sample, budget, {e.name: EntityCheck() for e in chosen}, run_id)

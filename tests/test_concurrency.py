@@ -66,7 +66,7 @@ def test_a_second_backfill_while_one_runs_is_refused_with_a_clear_message(
     [refused] = second
     assert refused.code == 1, refused.output
     envelope = refused.json()
-    assert envelope["error"]["message"] == "another backfill is running against this database"
+    assert envelope["error"]["message"].startswith("another backfill is running against this database (backend pid ")
     assert "kvmigrate status" in envelope["error"]["hint"]
     done = first.finish()
     assert done.code == 0, done.output

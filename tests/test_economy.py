@@ -100,6 +100,9 @@ def test_plan_predicts_every_phase_within_five_percent_and_stays_near_the_floor(
     backfill = next(p for p in plan.phases if p.phase == "backfill")
     assert backfill.floor is not None and actual["backfill"] <= 1.05 * backfill.floor + 1
     assert plan.total < plan.naive_total / 2
+    restored = commands.restore(config, tmp_path, yes=True)  # the undo, predicted but not in the total
+    assert restored.clean and abs(restored.kv_requests - predicted["restore"]) <= 0.05 * restored.kv_requests, (
+        restored.kv_requests, predicted["restore"])
 
 
 def test_inventory_predicts_a_backfill_within_five_percent(pg_url: str, kv_url: str, kv: redis.Redis) -> None:

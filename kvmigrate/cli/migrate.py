@@ -25,6 +25,9 @@ from kvmigrate.cli.base import (
 from kvmigrate.errors import KvmigrateError
 from kvmigrate.phases import DEFAULT_SETTLE
 
+ShrunkOpt = Annotated[bool, typer.Option("--allow-shrunk-store", help="Run even though KV holds fewer than half "
+                                         "the keys earlier runs saw (only when they were deleted on purpose).")]
+
 
 @app.command()
 def backfill(
@@ -39,9 +42,11 @@ def backfill(
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,
     memories_dir: MemoriesDirOpt = None,
+    allow_shrunk_store: ShrunkOpt = False,
 ) -> None:
     """Copy KV history into Postgres (phase 2): idempotent, resumable, never writes to KV."""
-    config = config_from(ctx, max_requests=max_requests, **batch_options(batch_size))
+    config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store,
+                         **batch_options(batch_size))
     with progress_bar(ctx, "backfill") as on_page:
         run(ctx, lambda: commands.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
                                            strict=strict, memories_dir=memories_dir, progress=on_page))
@@ -64,9 +69,10 @@ def verify(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm --repair-extra.")] = False,
     memories_dir: MemoriesDirOpt = None,
     max_requests: MaxRequestsOpt = None,
+    allow_shrunk_store: ShrunkOpt = False,
 ) -> None:
     """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
-    config = config_from(ctx, max_requests=max_requests)
+    config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
     run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
                                      recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra, yes=yes,
                                      memories_dir=memories_dir),
@@ -83,9 +89,10 @@ def dual_write(
     recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds before re-checking "
                                                  "differences.")] = 3.0,
     max_requests: MaxRequestsOpt = None,
+    allow_shrunk_store: ShrunkOpt = False,
 ) -> None:
     """Mark entities dual-written (phase 2), then backfill and verify them; exit 1 if verify differs."""
-    config = config_from(ctx, max_requests=max_requests)
+    config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
     with progress_bar(ctx, "backfill") as on_page:
         run(ctx, lambda: commands.dual_write(config, entities=entity or (), settle=settle, rollback=rollback,
                                              recheck_delay=recheck_delay, progress=on_page),
@@ -124,10 +131,11 @@ def cleanup(
                             "before the cleanup pass (one more billed read of every key). Without it, keys changed "
                             "since the last verify are verified as cleanup reads them.")] = False,
     max_requests: MaxRequestsOpt = None,
+    allow_shrunk_store: ShrunkOpt = False,
 ) -> None:
     """Phase 4: move writes to Postgres, then in one read pass archive the verified KV keys and delete them.
     Never touches presence, sessions, rate limits or unknown keys."""
-    config = config_from(ctx, max_requests=max_requests)
+    config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
     if not (yes or dry_run or global_options(ctx).json) and sys.stdin.isatty():
         yes = typer.confirm("cleanup archives and then DELETES the migrated KV keys; continue?", err=True)
     run(ctx, lambda: commands.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,

@@ -210,8 +210,8 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
 @to_dict.register
 def _(r: PlanResult) -> dict[str, Any]:
     return {
-        "phases": {p.phase: {"commands": p.commands, "floor": p.floor, "naive": p.naive, "how": p.how}
-                   for p in r.phases},
+        "phases": {p.phase: {"commands": p.commands, "floor": p.floor, "naive": p.naive, "how": p.how,
+                             "in_total": not p.optional} for p in r.phases},
         "total": r.total,
         "floor_total": r.floor_total,
         "naive_total": r.naive_total,
@@ -229,10 +229,13 @@ def _(r: PlanResult, console: Console) -> None:
                   "(billed KV commands)")
     for col in ("phase", "kvmigrate", "floor", "naive per-key", "how"):
         table.add_column(col, justify="left" if col in ("phase", "how") else "right")
-    for p in r.phases:
+    for p in r.migration:
         table.add_row(p.phase, f"{p.commands:,}", "" if p.floor is None else f"{p.floor:,}",
                       "" if p.naive is None else f"{p.naive:,}", p.how)
     table.add_row("total", f"{r.total:,}", f"{r.floor_total:,}", f"{r.naive_total:,}", "")
+    for p in r.phases:
+        if p.optional:
+            table.add_row(f"({p.phase})", f"{p.commands:,}", "", "", p.how)
     console.print(table)
     console.print(f"the whole migration: about {r.total:,} billed KV commands ({r.total / max(r.floor_total, 1):.2f}x "
                   f"the floor), {r.total / r.daily_quota:.1%} of a {r.daily_quota:,}-command daily quota "

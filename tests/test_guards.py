@@ -1,0 +1,130 @@
+"""Guards against runs hurting each other or a store that changed under them (kvmigrate.guards).
+
+* backfill, verify --repair and cleanup take one lock: none runs while another holds it, and the
+  refusal names the holder's backend (so a dead session can be told from a live one);
+* a store that lost most of its keys since the last run (wiped, restarted without its data) is
+  refused by backfill, verify and repair, before anything is read into Postgres or repaired;
+* a store wiped while cleanup waits out its settle is noticed before anything is deleted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from kvmigrate import commands, phases
+from kvmigrate.config import build_config
+from kvmigrate.guards import LOCK_WRITERS
+from kvmigrate.seed import seed_keyspace
+from tests.fixtures.data import dump_tables
+from tests.fixtures.faults import Launcher, launcher
+from tests.helpers import cli
+from tests.test_cleanup import move
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[Launcher]:
+    home = tmp_path / "home"
+    home.mkdir()
+    with launcher({"HOME": str(home)}) as run:
+        yield run
+
+
+def _migrated(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    seed_keyspace(kv, users=12, seed=5)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    commands.backfill(config)
+
+
+def test_backfill_verify_repair_and_cleanup_refuse_while_another_writer_holds_the_lock(
+        pg_url: str, kv_url: str, kv: redis.Redis, tmp_path: Path) -> None:
+    _migrated(pg_url, kv_url, kv)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    move(config, phases.DUAL, phases.CUTOVER)
+    with psycopg.connect(pg_url, autocommit=True, application_name="kvmigrate") as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_WRITERS,))
+        pid = holder.info.backend_pid
+        with psycopg.connect(pg_url) as conn:
+            before = dump_tables(conn)
+        base = ("--json", "--pg-url", pg_url, "--kv-url", kv_url)
+        for args in (("backfill",), ("verify", "--repair", "--recheck-delay", "0"),
+                     ("cleanup", "--entity", "streaks", "--yes", "--settle", "0", "--archive-dir", str(tmp_path / "a"))):
+            refused = cli(*base, *args)
+            assert refused.exit_code == 1, refused.output
+            assert f"backend pid {pid}, kvmigrate, idle" in refused.output, refused.output
+            assert "pg_terminate_backend" in refused.output
+        assert cli(*base, "verify", "--recheck-delay", "0").exit_code == 0  # a read-only verify needs no lock
+        with psycopg.connect(pg_url) as conn:
+            assert dump_tables(conn) == before
+    assert kv.exists("streak:" + next(iter(_streak_handles(kv))))  # cleanup deleted nothing
+    assert cli("--pg-url", pg_url, "--kv-url", kv_url, "backfill").exit_code == 0  # the lock went with its session
+
+
+def _streak_handles(kv: redis.Redis) -> list[str]:
+    return sorted(k.decode().split(":", 1)[1] for k in kv.scan_iter("streak:*"))
+
+
+def test_a_store_that_lost_most_of_its_keys_is_refused_before_backfill_verify_or_repair_touch_postgres(
+        pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    _migrated(pg_url, kv_url, kv)
+    with psycopg.connect(pg_url) as conn:
+        before = dump_tables(conn)
+        seen = conn.execute("SELECT count(*) FROM kvmigrate.ledger WHERE field = '' AND status IN"
+                            " ('migrated', 'rejected')").fetchone()
+    kv.flushdb()  # the store restarted without its data; the app writes on
+    kv.set("streak:newcomer", b'{"current": 1, "longest": 1, "lastActive": "2025-06-01"}')
+    base = ("--pg-url", pg_url, "--kv-url", kv_url)
+    for args in (("backfill",), ("verify", "--recheck-delay", "0"), ("verify", "--repair", "--recheck-delay", "0")):
+        refused = cli(*base, *args)
+        assert refused.exit_code == 1, refused.output
+        assert seen is not None and f"KV holds 1 of the {seen[0]} keys seen before" in refused.output
+        assert "is this the right store and database?" in refused.output
+    with psycopg.connect(pg_url) as conn:
+        assert dump_tables(conn) == before  # repair replaced nothing with less
+    allowed = cli(*base, "backfill", "--allow-shrunk-store")
+    assert allowed.exit_code == 0, allowed.output
+
+
+def test_a_store_wiped_while_cleanup_settles_is_noticed_before_anything_is_deleted(
+        pg_url: str, kv_url: str, kv: redis.Redis, runner: Launcher, tmp_path: Path) -> None:
+    _migrated(pg_url, kv_url, kv)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    assert commands.verify(config, recheck_delay=0).clean
+    move(config, phases.DUAL, phases.CUTOVER)
+    child = runner.cli("--json", "--pg-url", pg_url, "--kv-url", kv_url, "cleanup", "--entity", "streaks", "--yes",
+                       "--settle", "3", "--archive-dir", str(tmp_path / "a"))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not conn.execute(
+                "SELECT count(*) FROM kvmigrate.phases WHERE entity = 'streaks' AND writes = 'postgres'").fetchone()[0]:  # type: ignore[index]
+            time.sleep(0.02)
+    kv.flushdb()  # the KV server restarted empty while cleanup waited for the apps
+    kv.set("presence:data:alice", b"{}")
+    done = child.finish()
+    assert done.code == 1, done.output
+    assert "KV holds 1 of the" in done.output and "do not repair from KV" in done.output
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM kvmigrate.ledger WHERE deleted_at IS NOT NULL").fetchone() == (0,)
+        assert conn.execute("SELECT status FROM kvmigrate.runs WHERE command = 'cleanup'").fetchone() == ("failed",)
+
+
+def test_every_postgres_connection_has_keepalives_on_both_ends_and_the_urls_own_settings_win(pg_url: str) -> None:
+    """A half-open connection then fails in about a minute instead of hanging cleanup for ever,
+    and the server ends a dead kvmigrate session (and so its lock) as soon."""
+    from kvmigrate.connections import connect_pg
+
+    with connect_pg(pg_url) as conn:
+        on_tcp = not conn.info.host.startswith("/")  # a Unix socket has no keepalives: the server shows 0
+        assert conn.execute("SHOW tcp_keepalives_idle").fetchone() == ("30" if on_tcp else "0",)  # the server's end
+        params = conn.info.get_parameters()
+        assert (params["keepalives"], params["keepalives_idle"], params["tcp_user_timeout"]) == ("1", "30", "60000")
+    sep = "&" if "?" in pg_url else "?"
+    with connect_pg(pg_url + sep + "keepalives_idle=7&options=-c%20statement_timeout%3D5000") as conn:
+        assert conn.info.get_parameters()["keepalives_idle"] == "7"
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("5s",)
