@@ -46,7 +46,7 @@ from kvmigrate.entities.base import Family
 from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient, KvSession
-from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id
+from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id, storable_name
 from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.kv.source import KvSource, storable
 from kvmigrate.records import RawRecord
@@ -121,29 +121,35 @@ class LedgerState:
 
 
 def verdict(snap: Snapshot, family: Family, rows: Mapping[str, LedgerState]) -> tuple[str, str] | None:
-    """None when the key may be deleted, else (reason, example naming the key or field). Pure."""
+    """None when the key may be deleted, else (reason, example naming the key or field). Pure.
+
+    `rows` are the key's ledger rows by field, names as the ledger stores them (`storable_name`:
+    \\xNN for bytes that are not UTF-8 or NUL); the example names the key the same way. A key or
+    field whose name had to be escaped was rejected (`invalid_key`) and is never deleted."""
+    name, problem = storable_name(snap.key)
     if snap.digest is None:
-        return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), snap.key
+        return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), name
     if family.index and not family.decides:  # holds nothing of its own: in the ledger is enough
         row = rows.get("")
-        ok = row is not None and row.status == "migrated"
-        return None if ok else ("not_migrated", snap.key)
+        ok = row is not None and row.status == "migrated" and not problem
+        return None if ok else ("rejected" if row is not None and row.status == "rejected" or problem
+                                else "not_migrated", name)
     if family.split_fields and snap.rtype == "hash":
         p = snap.parts
-        checks = [(decode_key(f), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
+        checks = [(storable_name(decode_key(f)), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
     else:
-        checks = [("", value_digest(snap.rtype, snap.raw_value()))]
-    for fld, digest in checks:
+        checks = [(("", ""), value_digest(snap.rtype, snap.raw_value()))]
+    for (fld, fld_problem), digest in checks:
         row = rows.get(fld)
         reason = (
             "not_migrated" if row is None or row.status not in ("migrated", "rejected")
-            else "rejected" if row.status == "rejected"
+            else "rejected" if row.status == "rejected" or problem or fld_problem
             else "not_verified" if row.verified_hash is None
             else "changed_since_verify" if row.verified_hash != digest
             else None
         )
         if reason:
-            return reason, snap.key + (f" field {fld!r}" if fld else "")
+            return reason, name + (f" field {fld!r}" if fld else "")
     return None
 
 
@@ -434,37 +440,34 @@ def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, la
             tally.deleted += 1
             run.archive.count_deleted(entity, 1)
         else:
-            tally.keep(entity, "changed_during_cleanup", snap.key)
-    return True
-
-
-def _pg_safe(key: str) -> bool:
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
+            tally.keep(entity, "changed_during_cleanup", storable_name(snap.key)[0])
     return True
 
 
 def _ledger(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, dict[str, LedgerState]]:
-    """Ledger rows of these keys, by key then field. Read-only."""
+    """Ledger rows of these keys (looked up by the name the ledger stores, `storable_name`), by
+    key as read from KV, then field. Read-only."""
+    names: dict[str, list[str]] = {}
+    for k in keys:
+        names.setdefault(storable_name(k)[0], []).append(k)
     out: dict[str, dict[str, LedgerState]] = {}
     rows = conn.execute("SELECT key, field, status, verified_hash FROM kvmigrate.ledger WHERE key = ANY(%s)",
-                        ([k for k in keys if _pg_safe(k)],)).fetchall()
+                        (list(names),)).fetchall()
     for key, fld, status, verified in rows:
-        out.setdefault(key, {})[fld] = LedgerState(status, verified)
+        for raw in names[key]:
+            out.setdefault(raw, {})[fld] = LedgerState(status, verified)
     return out
 
 
 def _mark(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) -> None:
     """Record in the ledger when keys were archived (called before the delete) and deleted
-    (called again after the KV delete returned)."""
+    (called again after the KV delete returned). Keys are named as the ledger stores them."""
     with conn.transaction():
         conn.execute("UPDATE kvmigrate.ledger SET archived_at = now() WHERE key = ANY(%s)",
-                     ([k for k in archived if _pg_safe(k)],))
+                     ([storable_name(k)[0] for k in archived],))
         if deleted:
             conn.execute("UPDATE kvmigrate.ledger SET deleted_at = now() WHERE key = ANY(%s)",
-                         ([k for k in deleted if _pg_safe(k)],))
+                         ([storable_name(k)[0] for k in deleted],))
 
 
 def _reconcile(run: _Run) -> None:

@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
+from kvmigrate.printable import printable_tree
 from kvmigrate.records import ContainerJson
 
 
@@ -64,7 +65,7 @@ def finish_run(conn: psycopg.Connection, run_id: int, *, status: str, budget: Re
         conn.execute(
             "UPDATE kvmigrate.runs SET status = %s, finished_at = now(), kv_requests = %s, result = %s"
             " WHERE id = %s",
-            (status, budget.spent, Jsonb(result), run_id),
+            (status, budget.spent, Jsonb(printable_tree(result)), run_id),
         )
         record_kv_spend(conn, budget)
 

@@ -29,6 +29,7 @@ from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
 from kvmigrate.connections import connection_errors
 from kvmigrate.errors import EXIT_CODES, KvmigrateError
 from kvmigrate.masking import mask_text
+from kvmigrate.printable import printable
 
 #: Global options a user may also write after the command (`kvmigrate status --json`).
 GLOBAL_FLAGS = frozenset({"--json", "--traceback", "-v", "-vv", "--verbose"})
@@ -210,8 +211,8 @@ def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[An
                                                 warnings=warned), secrets))
     else:  # the report is the command's data: stdout (`setup --dry-run > schema.sql`)
         out = Console(highlight=False)
-        out.print(mask_text(_capture(result, output_width(out)), secrets), highlight=False, markup=False, end="",
-                  soft_wrap=True)
+        text = printable(mask_text(_capture(result, output_width(out)), secrets))
+        out.print(text, highlight=False, markup=False, end="", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -253,9 +254,9 @@ def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code
     if g.json:
         env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint, warnings=warned)
         typer.echo(report.dumps(env, secrets))
-    console.print("error: " + mask_text(message, secrets), markup=False, highlight=False, soft_wrap=True)
+    console.print("error: " + printable(mask_text(message, secrets)), markup=False, highlight=False, soft_wrap=True)
     if hint:
-        console.print("hint: " + mask_text(hint, secrets), markup=False, highlight=False, soft_wrap=True)
+        console.print("hint: " + printable(mask_text(hint, secrets)), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
