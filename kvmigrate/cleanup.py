@@ -43,7 +43,7 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.entities.base import Family
-from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused
+from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError, GateRefused, StorageError
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient, KvSession
 from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id, storable_name
@@ -205,7 +205,7 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
     result = run.result
     result.run_id = state.start_run(run.conn, "cleanup", dry_run=False, options={
         "entities": [e.name for e in run.chosen], "archive_dir": result.archive_dir, "settle": settle})
-    status = "failed"
+    status, error = "failed", None
     try:
         run.archive = ArchiveWriter(Path(result.archive_dir), run_id=result.run_id, kv_url=run.config.masked_kv_url)
         result.manifest = str(run.archive.manifest_path)
@@ -217,8 +217,11 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
     except BudgetExhausted:
         status = "stopped"
         raise
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        _close(run, status)
+        _close(run, status, error)
 
 
 def _lock(conn: psycopg.Connection) -> None:
@@ -493,17 +496,21 @@ def _reconcile(run: _Run) -> None:
             _mark(run.conn, [], set(gone))
 
 
-def _close(run: _Run, status: str) -> None:
-    """Write the final manifest and close the run row (best effort once a server failed)."""
+def _close(run: _Run, status: str, error: BaseException | None) -> None:
+    """Write the final manifest and close the run row, with its error (on a fresh connection
+    when the run's own one failed). A manifest that cannot be written fails the run."""
     result = run.result
+    unwritten: StorageError | None = None
     if run.archive is not None:
-        result.manifest = str(run.archive.close(complete=status == "ok"))
+        try:
+            result.manifest = str(run.archive.close(complete=status == "ok"))
+        except StorageError as exc:
+            unwritten, status, error = exc, "failed", error or exc
     result.kv_requests = result.budget.spent
-    if result.run_id is None:
-        return
-    try:
+    if result.run_id is not None:
         from kvmigrate.report import to_dict
 
-        state.finish_run(run.conn, result.run_id, status=status, budget=result.budget, result=to_dict(result))
-    except psycopg.Error:
-        pass  # the connection itself failed: the run row stays "running" and says so
+        state.close_run(run.conn, result.run_id, status=status, budget=result.budget, result=to_dict(result),
+                        error=error, pg_url=run.config.pg_url)
+    if unwritten is not None and error is unwritten:
+        raise unwritten
