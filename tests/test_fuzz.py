@@ -226,7 +226,7 @@ def storable_problem(value: Any, typ: str) -> str | None:
             text = json_dumps(value).decode()
         except (TypeError, ValueError, RecursionError) as exc:
             return f"not storable as JSONB: {type(exc).__name__}: {str(exc)[:80]}"
-        if "\\u0000" in text:
+        if re.search(r"(?:^|[^\\])(?:\\\\)*\\u0000", text):  # an escape, not the text `\u0000`
             return "JSON holds \\u0000, which JSONB refuses"
         try:
             text.encode("utf-8")
