@@ -385,8 +385,9 @@ def _verifiable(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> 
             "SELECT DISTINCT f.source_key FROM kvmigrate.fill_sources f WHERE f.source_key = ANY(%s) AND EXISTS"
             " (SELECT 1 FROM kvmigrate.fill_sources o WHERE o.tbl = f.tbl AND o.pk = f.pk"
             " AND (o.source_key, o.source_field) <> (f.source_key, f.source_field))",
-            ([k for k in merged if _pg_safe(k)],)).fetchall()
-        shared = {k for (k,) in rows}
+            ([storable_name(k)[0] for k in merged],)).fetchall()
+        found = {k for (k,) in rows}
+        shared = {k for k in merged if storable_name(k)[0] in found}
     return {s.key for s, _, f in items if s.key not in shared and not f.companion}  # a companion is not in the snapshot
 
 
