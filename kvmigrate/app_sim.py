@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from kvmigrate.entities import ENTITIES, Entity
+from kvmigrate.pg.loader import json_dumps
 from kvmigrate.phases import FLAGS_KEY
 from kvmigrate.records import RawRecord, Row
 
@@ -225,7 +226,7 @@ def _upsert(conn: psycopg.Connection, table: str, pk: str, values: Mapping[str, 
         t=ident(table), cols=sql.SQL(", ").join(map(ident, cols)),
         vals=sql.SQL(", ").join(sql.Placeholder() * len(cols)), pk=ident(pk),
         sets=sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=ident(c)) for c in cols if c != pk))
-    conn.execute(query, [Jsonb(v) if isinstance(v, dict) else v for v in values.values()])
+    conn.execute(query, [Jsonb(v, dumps=json_dumps) if isinstance(v, dict) else v for v in values.values()])
 
 
 @dataclass

@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from kvmigrate import __version__
-from kvmigrate.errors import ArchiveBusy, ConfigError, KvmigrateError
+from kvmigrate.errors import ArchiveBusy, ConfigError, KvmigrateError, StorageError
 from kvmigrate.kv.scanner import decode_key, encode_key
 from kvmigrate.kv.snapshot import Snapshot
 
@@ -165,8 +165,7 @@ class ArchiveWriter:
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot use {folder} as the archive folder: {exc.strerror}",
-                              hint="pass --archive DIR with a folder you can write") from None
+            raise storage_error(exc, folder) from None
         self.lock = FolderLock(folder, "cleanup")
         try:
             self._open(folder, run_id, kv_url)
@@ -179,7 +178,7 @@ class ArchiveWriter:
         old = read_manifest(folder) if (folder / MANIFEST).exists() else None
         if old is not None and old.get("kv_url") != kv_url:
             raise ConfigError(f"{folder} holds the archive of another KV store ({old.get('kv_url')})",
-                              hint="give each KV store its own --archive folder")
+                              hint="give each KV store its own --archive-dir folder")
         self.files: list[dict[str, Any]] = list(old["files"]) if old else []
         self.runs: list[dict[str, Any]] = list(old["runs"]) if old else []
         taken = [int(f["part"]) for f in self.files] + [_part_number(p.name) for p in folder.glob("*.jsonl.gz")]
@@ -196,26 +195,33 @@ class ArchiveWriter:
 
     def write_batch(self, lines: Mapping[str, Sequence[bytes]]) -> None:
         """Append each entity's lines as one gzip member, fsync files and folder, then the
-        manifest. Call before deleting any of these keys."""
-        for entity, chunk in lines.items():
-            if chunk:
-                self._append(entity, chunk)
-        _fsync_dir(self.folder)
-        self._write_manifest()
+        manifest. Call before deleting any of these keys. StorageError when the folder cannot
+        be written (nothing of this batch is deleted then)."""
+        try:
+            for entity, chunk in lines.items():
+                if chunk:
+                    self._append(entity, chunk)
+            _fsync_dir(self.folder)
+            self._write_manifest()
+        except OSError as exc:
+            raise storage_error(exc, self.folder) from None
 
     def count_deleted(self, entity: str, n: int) -> None:
         if entity in self.parts:
             self.parts[entity].deleted += n
 
     def close(self, *, complete: bool) -> Path:
-        """Close the files, write the final manifest (last) and release the folder. Returns its path."""
+        """Close the files, write the final manifest (last) and release the folder. Returns its
+        path. StorageError when the manifest cannot be written."""
         try:
             for part in self.parts.values():
                 os.close(part.fd)
             self.run.update(finished_at=_now_iso(), complete=complete)
             self._write_manifest()
-            self.parts = {}
+        except OSError as exc:
+            raise storage_error(exc, self.folder) from None
         finally:
+            self.parts = {}
             self.lock.release()
         return self.manifest_path
 
@@ -246,6 +252,14 @@ class ArchiveWriter:
                     "written_at": _now_iso(), "run_id": self.run_id, "counts": counts,
                     "files": files, "runs": self.runs}
         write_private_json(self.manifest_path, manifest)
+
+
+def storage_error(exc: OSError, folder: Path) -> StorageError:
+    """The error for an archive folder that cannot be written: the path and the OS's reason."""
+    path = exc.filename or folder
+    return StorageError(f"cannot write the archive at {path}: {exc.strerror or exc}",
+                        hint=f"free space on that disk (or make {folder} writable), then run the same command "
+                        "again: it resumes, and no key was deleted before its archive line was written")
 
 
 def _part_number(name: str) -> int:

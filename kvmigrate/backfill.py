@@ -131,8 +131,8 @@ def run_backfill(
             if run_id is not None and run.pages_committed == 0:
                 raise _too_small(budget, exc) from None
             raise
-        except BaseException:
-            _close(run, "failed")
+        except BaseException as exc:
+            _close(run, "failed", exc)
             raise
         run.result.seconds = time.perf_counter() - started
         _close(run, "ok")
@@ -535,14 +535,11 @@ def _finish(run: _Run) -> None:
     run.conn.commit()
 
 
-def _close(run: _Run, status: str) -> None:
+def _close(run: _Run, status: str, error: BaseException | None = None) -> None:
+    """Close the run row (on a fresh connection when the run's own one failed), with the error."""
     if run.result.run_id is None:
         return
-    try:
-        run.conn.rollback()
-        from kvmigrate.report import to_dict
+    from kvmigrate.report import to_dict
 
-        state.finish_run(run.conn, run.result.run_id, status=status, budget=run.result.budget,
-                         result=to_dict(run.result))
-    except psycopg.Error:
-        pass  # the connection itself failed: the run row stays "running" and says so
+    state.close_run(run.conn, run.result.run_id, status=status, budget=run.result.budget,
+                    result=to_dict(run.result), error=error, pg_url=run.config.pg_url)

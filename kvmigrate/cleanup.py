@@ -43,11 +43,11 @@ from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.entities.base import Family
-from kvmigrate.errors import BudgetExhausted, ConfigError, StoreChanged
+from kvmigrate.errors import BudgetExhausted, ConfigError, StorageError, StoreChanged
 from kvmigrate.guards import refuse_a_shrunk_store, take_writer_lock
 from kvmigrate.kv.classify import Classifier
 from kvmigrate.kv.client import KvClient, KvSession
-from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id
+from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id, storable_name
 from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.kv.source import KvSource, storable
 from kvmigrate.records import RawRecord
@@ -121,29 +121,35 @@ class LedgerState:
 
 
 def verdict(snap: Snapshot, family: Family, rows: Mapping[str, LedgerState]) -> tuple[str, str] | None:
-    """None when the key may be deleted, else (reason, example naming the key or field). Pure."""
+    """None when the key may be deleted, else (reason, example naming the key or field). Pure.
+
+    `rows` are the key's ledger rows by field, names as the ledger stores them (`storable_name`:
+    \\xNN for bytes that are not UTF-8 or NUL); the example names the key the same way. A key or
+    field whose name had to be escaped was rejected (`invalid_key`) and is never deleted."""
+    name, problem = storable_name(snap.key)
     if snap.digest is None:
-        return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), snap.key
+        return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), name
     if family.index and not family.decides:  # holds nothing of its own: in the ledger is enough
         row = rows.get("")
-        ok = row is not None and row.status == "migrated"
-        return None if ok else ("not_migrated", snap.key)
+        ok = row is not None and row.status == "migrated" and not problem
+        return None if ok else ("rejected" if row is not None and row.status == "rejected" or problem
+                                else "not_migrated", name)
     if family.split_fields and snap.rtype == "hash":
         p = snap.parts
-        checks = [(decode_key(f), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
+        checks = [(storable_name(decode_key(f)), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
     else:
-        checks = [("", value_digest(snap.rtype, snap.raw_value()))]
-    for fld, digest in checks:
+        checks = [(("", ""), value_digest(snap.rtype, snap.raw_value()))]
+    for (fld, fld_problem), digest in checks:
         row = rows.get(fld)
         reason = (
             "not_migrated" if row is None or row.status not in ("migrated", "rejected")
-            else "rejected" if row.status == "rejected"
+            else "rejected" if row.status == "rejected" or problem or fld_problem
             else "not_verified" if row.verified_hash is None
             else "changed_since_verify" if row.verified_hash != digest
             else None
         )
         if reason:
-            return reason, snap.key + (f" field {fld!r}" if fld else "")
+            return reason, name + (f" field {fld!r}" if fld else "")
     return None
 
 
@@ -199,7 +205,7 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
     result = run.result
     result.run_id = state.start_run(run.conn, "cleanup", dry_run=False, options={
         "entities": [e.name for e in run.chosen], "archive_dir": result.archive_dir, "settle": settle})
-    status = "failed"
+    status, error = "failed", None
     try:
         run.archive = ArchiveWriter(Path(result.archive_dir), run_id=result.run_id, kv_url=run.config.masked_kv_url)
         result.manifest = str(run.archive.manifest_path)
@@ -213,8 +219,11 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
     except BudgetExhausted:
         status = "stopped"
         raise
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        _close(run, status)
+        _close(run, status, error)
 
 
 def _flags(run: _Run, writer: KvClient, settle: float) -> None:
@@ -369,8 +378,9 @@ def _verifiable(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> 
             "SELECT DISTINCT f.source_key FROM kvmigrate.fill_sources f WHERE f.source_key = ANY(%s) AND EXISTS"
             " (SELECT 1 FROM kvmigrate.fill_sources o WHERE o.tbl = f.tbl AND o.pk = f.pk"
             " AND (o.source_key, o.source_field) <> (f.source_key, f.source_field))",
-            ([k for k in merged if _pg_safe(k)],)).fetchall()
-        shared = {k for (k,) in rows}
+            ([storable_name(k)[0] for k in merged],)).fetchall()
+        found = {k for (k,) in rows}
+        shared = {k for k in merged if storable_name(k)[0] in found}
     return {s.key for s, _, f in items if s.key not in shared and not f.companion}  # a companion is not in the snapshot
 
 
@@ -427,37 +437,34 @@ def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, la
             tally.deleted += 1
             run.archive.count_deleted(entity, 1)
         else:
-            tally.keep(entity, "changed_during_cleanup", snap.key)
-    return True
-
-
-def _pg_safe(key: str) -> bool:
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
+            tally.keep(entity, "changed_during_cleanup", storable_name(snap.key)[0])
     return True
 
 
 def _ledger(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, dict[str, LedgerState]]:
-    """Ledger rows of these keys, by key then field. Read-only."""
+    """Ledger rows of these keys (looked up by the name the ledger stores, `storable_name`), by
+    key as read from KV, then field. Read-only."""
+    names: dict[str, list[str]] = {}
+    for k in keys:
+        names.setdefault(storable_name(k)[0], []).append(k)
     out: dict[str, dict[str, LedgerState]] = {}
     rows = conn.execute("SELECT key, field, status, verified_hash FROM kvmigrate.ledger WHERE key = ANY(%s)",
-                        ([k for k in keys if _pg_safe(k)],)).fetchall()
+                        (list(names),)).fetchall()
     for key, fld, status, verified in rows:
-        out.setdefault(key, {})[fld] = LedgerState(status, verified)
+        for raw in names[key]:
+            out.setdefault(raw, {})[fld] = LedgerState(status, verified)
     return out
 
 
 def _mark(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) -> None:
     """Record in the ledger when keys were archived (called before the delete) and deleted
-    (called again after the KV delete returned)."""
+    (called again after the KV delete returned). Keys are named as the ledger stores them."""
     with conn.transaction():
         conn.execute("UPDATE kvmigrate.ledger SET archived_at = now() WHERE key = ANY(%s)",
-                     ([k for k in archived if _pg_safe(k)],))
+                     ([storable_name(k)[0] for k in archived],))
         if deleted:
             conn.execute("UPDATE kvmigrate.ledger SET deleted_at = now() WHERE key = ANY(%s)",
-                         ([k for k in deleted if _pg_safe(k)],))
+                         ([storable_name(k)[0] for k in deleted],))
 
 
 def _reconcile(run: _Run) -> None:
@@ -483,17 +490,21 @@ def _reconcile(run: _Run) -> None:
             _mark(run.conn, [], set(gone))
 
 
-def _close(run: _Run, status: str) -> None:
-    """Write the final manifest and close the run row (best effort once a server failed)."""
+def _close(run: _Run, status: str, error: BaseException | None) -> None:
+    """Write the final manifest and close the run row, with its error (on a fresh connection
+    when the run's own one failed). A manifest that cannot be written fails the run."""
     result = run.result
+    unwritten: StorageError | None = None
     if run.archive is not None:
-        result.manifest = str(run.archive.close(complete=status == "ok"))
+        try:
+            result.manifest = str(run.archive.close(complete=status == "ok"))
+        except StorageError as exc:
+            unwritten, status, error = exc, "failed", error or exc
     result.kv_requests = result.budget.spent
-    if result.run_id is None:
-        return
-    try:
+    if result.run_id is not None:
         from kvmigrate.report import to_dict
 
-        state.finish_run(run.conn, result.run_id, status=status, budget=result.budget, result=to_dict(result))
-    except psycopg.Error:
-        pass  # the connection itself failed: the run row stays "running" and says so
+        state.close_run(run.conn, result.run_id, status=status, budget=result.budget, result=to_dict(result),
+                        error=error, pg_url=run.config.pg_url)
+    if unwritten is not None and error is unwritten:
+        raise unwritten

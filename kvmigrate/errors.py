@@ -57,6 +57,11 @@ class ConfigError(KvmigrateError):
     exit_code = 2
 
 
+class StorageError(ConfigError):
+    """A file or folder kvmigrate must write cannot be written (disk full, read-only, no
+    permission): the path and the OS's reason, and a hint to free space or choose another place."""
+
+
 class ConnectError(KvmigrateError):
     """A server could not be reached (after the bounded retries)."""
 

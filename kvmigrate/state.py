@@ -19,6 +19,9 @@ from psycopg.types.json import Jsonb
 
 from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
+from kvmigrate.errors import KvmigrateError
+from kvmigrate.masking import mask_text
+from kvmigrate.printable import printable_tree
 from kvmigrate.records import ContainerJson
 
 
@@ -64,9 +67,32 @@ def finish_run(conn: psycopg.Connection, run_id: int, *, status: str, budget: Re
         conn.execute(
             "UPDATE kvmigrate.runs SET status = %s, finished_at = now(), kv_requests = %s, result = %s"
             " WHERE id = %s",
-            (status, budget.spent, Jsonb(result), run_id),
+            (status, budget.spent, Jsonb(printable_tree(result)), run_id),
         )
         record_kv_spend(conn, budget)
+
+
+def close_run(conn: psycopg.Connection, run_id: int, *, status: str, budget: RequestBudget,
+              result: dict[str, Any], error: BaseException | None = None, pg_url: str | None = None) -> bool:
+    """Close a run that may have failed, best effort: on `conn` (rolled back first), or, when
+    that connection is gone, on a new one to `pg_url`. A failed run keeps its error (masked) as
+    `result.error`, so `kvmigrate.runs` says why it stopped. Returns whether the row was closed."""
+    if error is not None:
+        message = error.message if isinstance(error, KvmigrateError) else f"{type(error).__name__}: {error}"
+        result = {**result, "error": mask_text(str(message) or type(error).__name__)}
+    try:
+        conn.rollback()
+        finish_run(conn, run_id, status=status, budget=budget, result=result)
+        return True
+    except psycopg.Error:
+        if pg_url is None:
+            return False
+    try:  # the run's own connection failed: one more, short, on a fresh one
+        with psycopg.connect(pg_url, connect_timeout=5, autocommit=True, application_name="kvmigrate") as fresh:
+            finish_run(fresh, run_id, status=status, budget=budget, result=result)
+        return True
+    except psycopg.Error:
+        return False  # Postgres is unreachable: the row stays "running", and `status` lists it
 
 
 def record_kv_spend(conn: psycopg.Connection, budget: RequestBudget, *, day: date | None = None) -> None:

@@ -137,21 +137,21 @@ def run_verify(
                 result.extra_deleted = _delete_extra(conn, differ)
             record_verified(differ, run_id)
         except BaseException as exc:
-            _abandon(conn, run_id, budget, "stopped" if isinstance(exc, BudgetExhausted) else "failed")
+            stopped = isinstance(exc, BudgetExhausted)
+            _abandon(conn, run_id, budget, "stopped" if stopped else "failed", None if stopped else exc,
+                     config.pg_url)
             raise
         result.seconds = time.perf_counter() - started
         _record(conn, result, run_id)
         return result
 
 
-def _abandon(conn: psycopg.Connection, run_id: int, budget: RequestBudget, status: str) -> None:
-    """Close a verify that did not finish: it records no verdict (a verify counts only whole), and
-    the next one starts from the beginning."""
-    try:
-        conn.rollback()
-        state.finish_run(conn, run_id, status=status, budget=budget, result={"kv_requests": budget.spent})
-    except psycopg.Error:
-        pass  # the connection itself is gone: the run stays "running", and status says so
+def _abandon(conn: psycopg.Connection, run_id: int, budget: RequestBudget, status: str,
+             error: BaseException | None, pg_url: str | None) -> None:
+    """Close a verify that did not finish, with its error: it records no verdict (a verify counts
+    only whole), and the next one starts from the beginning."""
+    state.close_run(conn, run_id, status=status, budget=budget, result={"kv_requests": budget.spent},
+                    error=error, pg_url=pg_url)
 
 
 def _second_look(differ: Differ, run_id: int, *, recheck_delay: float, repair: bool) -> None:

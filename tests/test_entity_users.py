@@ -97,7 +97,7 @@ def test_legacy_hash_of_strings_is_unstringified_and_recovery_key_redacted() -> 
         "created_at": T_LEGACY, "invited_by": None,
         "settings": {"updatedAt": "2024-05-02T00:00:00Z", "inviteCode": "VIBE-0001-ROOT",
                      "publicKey": "ed25519:AAAA", "registry": True, "keyRotatedAt": None,
-                     "status": "active", "messages": 7, "score": 1.5,
+                     "status": "active", "messages": 7, "score": "1.5",  # as the app's HGETALL reads it
                      "recoveryKey": "[redacted]"}}
     assert "super-secret" not in repr(outcome)
 

@@ -146,6 +146,9 @@ def test_postgres_backend_terminated_mid_batch_exits_3_and_the_rerun_matches_a_c
         assert_exit_3_with_resume_hint(child.finish(), "lost the Postgres connection")
         with psycopg.connect(url) as conn:
             assert ledger_rows(conn) < len(world.reference["ledger"])  # the page rolled back
+            status, error = conn.execute("SELECT status, result->>'error' FROM kvmigrate.runs"
+                                         " WHERE command = 'backfill' ORDER BY id DESC LIMIT 1").fetchone() or (None, None)
+            assert status == "failed" and "terminating connection" in (error or ""), (status, error)
         rerun = runner.run(*world.argv(url))
         assert rerun.code == 0, rerun.output
         assert rerun.json()["result"]["resumed_from_cursor"], "the rerun started over instead of resuming"

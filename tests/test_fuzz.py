@@ -37,6 +37,7 @@ from kvmigrate.connections import connect_kv
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.kv.scanner import encode_key
 from kvmigrate.kv.source import KvSource
+from kvmigrate.pg.loader import json_dumps
 from kvmigrate.records import Outcome, RawRecord
 from tests.fixtures.faults import note, seed_world
 
@@ -220,12 +221,12 @@ def storable_problem(value: Any, typ: str) -> str | None:
         return None if isinstance(value, date) and not isinstance(value, datetime) else f"{value!r} is not a date"
     if typ == "boolean":
         return None if isinstance(value, bool) else f"{value!r} is not a boolean"
-    if typ == "jsonb":  # psycopg's Jsonb dumps with the standard library; Postgres parses the text
+    if typ == "jsonb":  # the loader writes it with json_dumps; Postgres parses the text
         try:
-            text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+            text = json_dumps(value).decode()
         except (TypeError, ValueError, RecursionError) as exc:
             return f"not storable as JSONB: {type(exc).__name__}: {str(exc)[:80]}"
-        if "\\u0000" in text:
+        if re.search(r"(?:^|[^\\])(?:\\\\)*\\u0000", text):  # an escape, not the text `\u0000`
             return "JSON holds \\u0000, which JSONB refuses"
         try:
             text.encode("utf-8")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import io
 import logging
 import os
@@ -27,8 +28,9 @@ from typer.core import TyperGroup
 from kvmigrate import __version__, report
 from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
 from kvmigrate.connections import connection_errors
-from kvmigrate.errors import EXIT_CODES, KvmigrateError
+from kvmigrate.errors import EXIT_CODES, KvmigrateError, StorageError
 from kvmigrate.masking import mask_text
+from kvmigrate.printable import printable
 
 #: Global options a user may also write after the command (`kvmigrate status --json`).
 GLOBAL_FLAGS = frozenset({"--json", "--traceback", "-v", "-vv", "--verbose"})
@@ -196,28 +198,45 @@ def run(ctx: typer.Context, fn: Callable[[], Any], *, exit_code_of: Callable[[An
                 result = fn()
         except KvmigrateError as exc:
             _fail(console, g, command, started, exc.exit_code, exc.message, exc.hint, secrets, warned)
+        except OSError as exc:
+            if exc.errno not in _FILE_ERRNOS or exc.filename is None or g.traceback:
+                raise_or_fail(exc, g, console, command, started, secrets, warned)
+            _fail(console, g, command, started, StorageError.exit_code,
+                  f"cannot write {exc.filename}: {exc.strerror}",
+                  "free space on that disk, or choose a writable place for it, then run the same command again",
+                  secrets, warned)
         except KeyboardInterrupt:
             _fail(console, g, command, started, 130, "interrupted", "run the same command again to resume", secrets,
                   warned)
         except Exception as exc:  # a bug: say so plainly, keep secrets out, offer the trace
-            if g.traceback:
-                raise
-            _fail(console, g, command, started, 1, f"unexpected {type(exc).__name__}: {exc}",
-                  "rerun with --traceback and report it", secrets, warned)
+            raise_or_fail(exc, g, console, command, started, secrets, warned)
     code = exit_code_of(result) if exit_code_of else 0
     if g.json:
         typer.echo(report.dumps(report.envelope(command, started=started, exit_code=code, result=result,
                                                 warnings=warned), secrets))
     else:  # the report is the command's data: stdout (`setup --dry-run > schema.sql`)
         out = Console(highlight=False)
-        out.print(mask_text(_capture(result, output_width(out)), secrets), highlight=False, markup=False, end="",
-                  soft_wrap=True)
+        text = printable(mask_text(_capture(result, output_width(out)), secrets))
+        out.print(text, highlight=False, markup=False, end="", soft_wrap=True)
     raise typer.Exit(code)
 
 
 def output_width(console: Console) -> int:
     """Columns tables are laid out in: the terminal's (or $COLUMNS); 160 into a file or pipe."""
     return console.width if console.is_terminal or os.environ.get("COLUMNS", "").isdigit() else 160
+
+
+def raise_or_fail(exc: Exception, g: Globals, console: Console, command: str, started: dt.datetime,
+                  secrets: tuple[str, ...], warned: list[str]) -> NoReturn:
+    """An error kvmigrate did not expect (a bug): the trace with --traceback, else one line."""
+    if g.traceback:
+        raise exc
+    _fail(console, g, command, started, 1, f"unexpected {type(exc).__name__}: {exc}",
+          "rerun with --traceback and report it", secrets, warned)
+
+
+#: OS errors about a file kvmigrate writes that the user can fix: disk full, read-only, no permission.
+_FILE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM})
 
 
 def _capture(result: Any, width: int) -> str:
@@ -253,9 +272,9 @@ def _fail(console: Console, g: Globals, command: str, started: dt.datetime, code
     if g.json:
         env = report.envelope(command, started=started, exit_code=code, error=message, hint=hint, warnings=warned)
         typer.echo(report.dumps(env, secrets))
-    console.print("error: " + mask_text(message, secrets), markup=False, highlight=False, soft_wrap=True)
+    console.print("error: " + printable(mask_text(message, secrets)), markup=False, highlight=False, soft_wrap=True)
     if hint:
-        console.print("hint: " + mask_text(hint, secrets), markup=False, highlight=False, soft_wrap=True)
+        console.print("hint: " + printable(mask_text(hint, secrets)), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -7,15 +7,27 @@ Documented rules (README, "Data rules"):
 * JSON nested more than MAX_JSON_DEPTH (100) levels deep is rejected (`too_deep`);
 * handles are normalised: trim, strip one leading `@`, lowercase, `-` → `_`; a result outside
   `[a-z0-9_]{1,40}` is rejected (`invalid_handle`);
-* timestamps: epoch milliseconds (or seconds when < 1e11) as number or numeric string, or
-  ISO 8601 (a naive one is taken as UTC); anything outside 2000-01-01..2100-01-01 is
-  `bad_timestamp`.
+* timestamps: epoch milliseconds (or seconds when < 1e11) as number or numeric string (ASCII
+  digits, an optional `-` and fraction), or ISO 8601 (a naive one is taken as UTC); anything
+  outside 2000-01-01..2100-01-01 is `bad_timestamp`;
+* JSON numbers keep their exact digits: a number orjson would read as a float (a fraction, an
+  exponent, an integer beyond 64 bits) is read again as a `Decimal` (ints stay exact Python
+  ints), and written back as the same digits (`json_bytes`), as JSONB would keep them;
+* whole-number columns take an int (or a number with no fraction) or text of ASCII digits with
+  an optional leading `-`, exactly; anything else (`"1_0"`, `"٣"`, `" 3"`, `"2.5"`) is
+  `wrong_type`, a value outside 32 bits `out_of_range`;
+* hash fields (strings) are un-stringified as the app's client (`@upstash/redis`) reads them,
+  and only where that loses nothing: JSON text becomes its value, a number only when it is a
+  canonical safe integer (`"3"` → 3); any other number text (`"1.50"`, `"-0"`, `"1e3"`,
+  `"123456789012345678901234"`) stays text.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -26,6 +38,13 @@ SYSTEM_HANDLES = frozenset({"vibe", "system", "solienne"})
 _HANDLE_RE = re.compile(r"^[a-z0-9_]{1,40}$")
 _MIN_TS = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _MAX_TS = datetime(2100, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MIN_S, _MAX_S = Decimal(int(_MIN_TS.timestamp())), Decimal(int(_MAX_TS.timestamp()))
+_INTEGER_TEXT = re.compile(r"-?[0-9]+")
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+_SAFE_INTEGER_TEXT = re.compile(r"0|-?[1-9][0-9]{0,15}")
+_MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER
+_JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 class Bad(ValueError):
@@ -53,17 +72,77 @@ def text(raw: bytes | str, *, what: str = "value") -> str:
 
 
 def load_json(raw: bytes | str, *, what: str = "value") -> Any:
-    """Parse JSON text (after the `text` checks); reject invalid or too deeply nested JSON."""
+    """Parse JSON text (after the `text` checks), keeping every number's exact digits; reject
+    invalid JSON (`invalid_json`) and JSON nested deeper than MAX_JSON_DEPTH (`too_deep`)."""
     if isinstance(raw, bytes) and len(raw) <= MAX_VALUE_BYTES:
         try:  # orjson checks UTF-8 itself, and JSON holds no raw NUL: one pass for the good case
-            return orjson.loads(raw)
+            return _exact(orjson.loads(raw), raw, what)
         except orjson.JSONDecodeError:
             pass  # say why: invalid UTF-8 or a NUL byte first (as `text` does), else invalid JSON
     s = text(raw, what=what)
     try:
-        return orjson.loads(s)
+        return _exact(orjson.loads(s), s, what)
     except orjson.JSONDecodeError as exc:
+        if _nested_deeper_than(s.encode("utf-8", "surrogatepass"), MAX_JSON_DEPTH):
+            raise Bad("too_deep", f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
         raise Bad("invalid_json", f"{what} is not valid JSON: {exc}") from None
+
+
+def _exact(value: Any, raw: bytes | str, what: str) -> Any:
+    """`value` as orjson parsed `raw`, or `raw` parsed again with exact numbers when orjson
+    rounded one (it reads fractions, exponents and integers past 64 bits as floats). Cheap
+    when nothing was rounded: one orjson.dumps compared with the input, a walk only if they differ."""
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return value
+    try:
+        if orjson.dumps(value) == (raw if isinstance(raw, bytes) else raw.encode()):
+            return value  # every number printed back exactly as written
+    except orjson.JSONEncodeError:
+        pass  # nested deeper than orjson writes: walk it
+    if not _has_float(value):
+        return value
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_int=_exact_int, parse_constant=_no_constant)
+    except RecursionError:
+        raise Bad("too_deep", f"{what} is nested more than {MAX_JSON_DEPTH} levels deep") from None
+
+
+def _exact_int(digits: str) -> int | Decimal:
+    try:
+        return int(digits)
+    except ValueError:  # over Python's digit limit for int(): still exact as a Decimal
+        return Decimal(digits)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # orjson refused it first; never reached
+
+
+def _has_float(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            return True
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
+
+
+def _nested_deeper_than(raw: bytes, limit: int) -> bool:
+    """Whether JSON-ish text opens more than `limit` brackets at once (strings skipped)."""
+    depth = 0
+    for m in _JSON_TOKENS.finditer(raw):
+        tok = m.group()
+        if tok in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif tok in (b"]", b"}"):
+            depth -= 1
+    return False
 
 
 def json_object(raw: bytes | str, *, what: str = "value") -> dict[str, Any]:
@@ -106,9 +185,40 @@ def check_json_text(obj: Any, *, what: str = "value") -> Any:
 def dumps(obj: Any) -> bytes:
     """JSON bytes of a parsed value, for a reject's original value; never raises."""
     try:
-        return orjson.dumps(obj, default=str)
-    except TypeError:  # nested deeper than orjson writes
+        return json_bytes(obj, default=str)
+    except (TypeError, orjson.JSONEncodeError):  # nested deeper than orjson writes
         return orjson.dumps(f"<a JSON {type(obj).__name__} nested too deeply to show>")
+
+
+def json_bytes(obj: Any, *, option: int = 0, default: Any = None) -> bytes:
+    """JSON bytes of a value parsed by `load_json`, numbers with the digits they were read with
+    (`Decimal` and integers beyond 64 bits written as their exact text). Raises TypeError for a
+    value JSON cannot hold (unless `default` turns it into one)."""
+
+    def exact(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return orjson.Fragment(str(value))
+        if default is not None:
+            return default(value)
+        raise TypeError(type(value).__name__)
+
+    option |= orjson.OPT_NON_STR_KEYS
+    try:
+        return orjson.dumps(obj, option=option, default=exact)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return orjson.dumps(_big_ints_as_text(obj), option=option, default=exact)
+
+
+def _big_ints_as_text(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _big_ints_as_text(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_big_ints_as_text(v) for v in obj]
+    if isinstance(obj, int) and not isinstance(obj, bool) and not -(2**63) <= obj < 2**64:
+        return orjson.Fragment(str(obj))
+    return obj
 
 
 def handle(raw: Any, *, what: str = "handle") -> str:
@@ -132,34 +242,43 @@ def optional_handle(raw: Any, *, what: str = "handle") -> str | None:
 
 
 def timestamp(raw: Any, *, what: str = "timestamp") -> datetime:
-    """Parse an epoch (ms, or s when < 1e11) or ISO 8601 value to an aware UTC datetime."""
+    """Parse an epoch (ms, or s when < 1e11) or ISO 8601 value to an aware UTC datetime, exactly
+    (an epoch is rounded to the microsecond, half to even, never through a float)."""
     if isinstance(raw, bool) or raw is None:
         raise Bad("bad_timestamp", f"{what} is {raw!r}, expected a time")
-    value: Any = raw
-    if isinstance(value, str):
-        s = value.strip()
-        try:
-            value = float(s) if s.replace(".", "", 1).lstrip("-").isdigit() else s
-        except ValueError:
-            value = s
-    if isinstance(value, (int, float)):
-        if value != value or value in (float("inf"), float("-inf")):
+    if isinstance(raw, str):
+        s = raw.strip()
+        if not _DECIMAL_TEXT.fullmatch(s):
+            return _in_range(_iso(s, raw, what), raw, what)
+        number: Decimal = Decimal(s)
+    elif isinstance(raw, (int, Decimal)):
+        number = Decimal(raw)
+    elif isinstance(raw, float):
+        if raw != raw or raw in (float("inf"), float("-inf")):
             raise Bad("bad_timestamp", f"{what} {raw!r} is not a number")
-        seconds = value / 1000.0 if abs(value) >= 1e11 else float(value)
-        try:
-            dt = datetime.fromtimestamp(seconds, tz=timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            raise Bad("bad_timestamp", f"{what} {raw!r} is out of range") from None
-    elif isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise Bad("bad_timestamp", f"{what} {raw!r} is not an ISO 8601 time") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        dt = dt.astimezone(timezone.utc)
+        number = Decimal(repr(raw))
     else:
         raise Bad("bad_timestamp", f"{what} is {type(raw).__name__}, expected a time")
+    if not number.is_finite():
+        raise Bad("bad_timestamp", f"{what} {raw!r} is not a number")
+    seconds = number / 1000 if abs(number) >= Decimal("1e11") else number
+    if not _MIN_S <= seconds < _MAX_S:
+        raise Bad("bad_timestamp", f"{what} {raw!r} is outside 2000..2100")
+    micros = int((seconds * 1_000_000).to_integral_value(ROUND_HALF_EVEN))
+    return _in_range(_EPOCH + timedelta(microseconds=micros), raw, what)
+
+
+def _iso(s: str, raw: Any, what: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise Bad("bad_timestamp", f"{what} {raw!r} is not an ISO 8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def _in_range(dt: datetime, raw: Any, what: str) -> datetime:
     if not _MIN_TS <= dt < _MAX_TS:
         raise Bad("bad_timestamp", f"{what} {raw!r} is outside 2000..2100")
     return dt
@@ -176,7 +295,7 @@ def day(raw: Any, *, what: str = "date") -> date | None:
     """Parse a YYYY-MM-DD date (or a full timestamp, taking its UTC date); None/""/"null" → None."""
     if raw is None or (isinstance(raw, str) and raw.strip() in ("", "null")):
         return None
-    if isinstance(raw, str) and len(raw.strip()) == 10 and not raw.strip().isdigit():  # digits: epoch seconds
+    if isinstance(raw, str) and len(raw.strip()) == 10 and not _INTEGER_TEXT.fullmatch(raw.strip()):  # epoch s
         try:
             d = date.fromisoformat(raw.strip())
         except ValueError:
@@ -188,18 +307,29 @@ def day(raw: Any, *, what: str = "date") -> date | None:
 
 
 def integer(raw: Any, *, what: str = "number", default: int | None = 0) -> int | None:
-    """Parse an int from a number or a numeric string ("3"); None/"" → default."""
+    """Parse a whole number exactly: an int, a number with no fraction (3.0), or text of ASCII
+    digits with an optional leading `-` ("3"); None/""/"null" → default. Anything else is
+    `wrong_type` (never Python's lenient int()/float(): "1_0", "٣", " 3", "3.0" are refused)."""
     if raw is None or (isinstance(raw, str) and raw.strip() in ("", "null")):
         return default
     if isinstance(raw, bool):
         raise Bad("wrong_type", f"{what} is a boolean, expected a number")
-    try:
-        f = float(raw)
-    except (TypeError, ValueError):
-        raise Bad("wrong_type", f"{what} {raw!r} is not a number") from None
-    if f != f or abs(f) == float("inf") or f != int(f):
-        raise Bad("wrong_type", f"{what} {raw!r} is not a whole number")
-    n = int(f)
+    if isinstance(raw, str):
+        if not _INTEGER_TEXT.fullmatch(raw):
+            raise Bad("wrong_type", f"{what} {raw!r} is not a whole number in ASCII digits")
+        n = int(raw)
+    elif isinstance(raw, int):
+        n = raw
+    elif isinstance(raw, (float, Decimal)):
+        try:
+            whole = raw == int(raw)
+        except (OverflowError, ValueError, InvalidOperation):  # inf, nan
+            whole = False
+        if not whole:
+            raise Bad("wrong_type", f"{what} {raw!r} is not a whole number")
+        n = int(raw)
+    else:
+        raise Bad("wrong_type", f"{what} is {type(raw).__name__}, expected a number")
     if not -(2**31) <= n < 2**31:
         raise Bad("out_of_range", f"{what} {raw!r} does not fit a 32-bit integer")
     return n
@@ -211,7 +341,7 @@ def boolean(raw: Any, *, what: str = "flag") -> bool:
         return False
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, (int, float)) and raw in (0, 1):
+    if isinstance(raw, (int, float, Decimal)) and raw in (0, 1):
         return bool(raw)
     if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", "", "null"):
         return raw.strip().lower() in ("true", "1")
@@ -224,15 +354,24 @@ def hash_text(raw: dict[bytes, bytes], *, what: str = "hash") -> dict[str, str]:
 
 
 def unjson(value: str) -> Any:
-    """Hash fields are strings: turn "null"/"true"/"3"/JSON text back into values, else keep text."""
-    s = value.strip()
-    if s in ("null", "true", "false") or (s[:1] in "[{\"" and s) or _looks_numeric(s):
+    """Un-stringify a hash field as the app's client does, where that loses nothing.
+
+    `@upstash/redis` JSON-parses each reply but keeps the text when the result is a number that
+    does not print back as the same text (and its HGETALL keeps every number that is not a safe
+    integer as text). So: JSON text ("null", "true", an object, a quoted string) becomes its
+    value; a number only when it is a canonical integer within ±(2**53 - 1) ("3", "-12"), where
+    both rules agree; any other number text ("1.50", "1.5", "-0", "1e3", "007",
+    "123456789012345678901234") and anything that is not JSON ("1_0", "٣") stay as written."""
+    if _SAFE_INTEGER_TEXT.fullmatch(value):
+        n = int(value)
+        if abs(n) <= _MAX_SAFE_INTEGER:
+            return n
+        return value
+    s = value.strip(" \t\n\r")  # JSON's own whitespace
+    if s in ("null", "true", "false") or (s[:1] in "[{\"" and s):
         try:
-            return orjson.loads(s)
-        except orjson.JSONDecodeError:
+            parsed = load_json(s)
+        except Bad:
             return value
+        return value if isinstance(parsed, (int, float, Decimal)) and not isinstance(parsed, bool) else parsed
     return value
-
-
-def _looks_numeric(s: str) -> bool:
-    return bool(re.fullmatch(r"-?\d+(\.\d+)?", s))

@@ -28,8 +28,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
 from kvmigrate.records import Outcome, RawRecord, Reject, Row
@@ -164,7 +162,7 @@ def winner_of(state: Any, players: list[str]) -> str | None:
         if raw is None:
             return None
     if not isinstance(raw, str):
-        return orjson.dumps(raw).decode()
+        return c.json_bytes(raw).decode()
     if raw.strip().lower() in _DRAWN:
         return None
     named = _player(raw, players)

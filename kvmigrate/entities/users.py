@@ -14,8 +14,9 @@ Rules (README, "Data rules"):
   registeredAtTs/registeredAt/createdAt/created_at/registered_at; invited_by ←
   invited_by/invitedBy: the first with a value wins (null, "" and "null" count as no value); a
   later alias that disagrees with it is kept in `settings` under its own name;
-* every other field goes to `settings`; values of the legacy hash are un-stringified there
-  ("3" → 3, "null" → null, "true" → true);
+* every other field goes to `settings`; values of the legacy hash are un-stringified there as
+  the app's client reads them (`common.unjson`: "3" → 3, "null" → null, "true" → true; number
+  text that is not a canonical safe integer, "1.5", "-0", "123456789012345678901234", stays text);
 * secrets (SECRET_FIELDS: `api_key_hash`, `recoveryKey`, …) are never copied: the field is kept
   in `settings` with the value "[redacted]" (so merging sources keeps every name); the values
   survive only in the cleanup archive;

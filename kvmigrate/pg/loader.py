@@ -16,14 +16,16 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from kvmigrate.entities.base import TableSpec
+from kvmigrate.entities.common import json_bytes
 from kvmigrate.records import Merged, SourcedRow
 
 PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
@@ -45,12 +47,18 @@ class LoadStats:
 
 
 def json_dumps(value: Any) -> bytes:
-    """JSON for a JSONB column: orjson (several times faster than `json`), falling back to the
-    standard library for what orjson refuses (integers beyond 64 bits, non-string keys)."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(value).encode()
+    """JSON for a JSONB column, every number with the digits it was read with (orjson, several
+    times faster than `json`; `Decimal` and integers beyond 64 bits written as their text)."""
+    return json_bytes(value)
+
+
+def json_loads(data: bytes | str) -> Any:
+    """JSONB read back from Postgres with exact numbers (psycopg's default reads floats)."""
+    return json.loads(data, parse_float=Decimal, parse_int=_exact_int)
+
+
+def _exact_int(digits: str) -> int | Decimal:
+    return int(digits) if len(digits) < 4000 else Decimal(digits)
 
 
 def fill_merge(high: Mapping[str, Any], low: Mapping[str, Any], json_columns: Sequence[str]) -> dict[str, Any]:
@@ -182,9 +190,11 @@ class TableLoader:
                 " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)",
                 [(self.spec.name, k, src, fld, r.rank, Jsonb(_stored(r), dumps=_dumps_any))
                  for (k, src, fld), r in latest.items()])
-        stored = self.conn.execute(
-            "SELECT pk, source_key, source_field, rank, vals FROM kvmigrate.fill_sources"
-            " WHERE tbl = %s AND pk = ANY(%s)", (self.spec.name, sorted({k for k, _, _ in latest}))).fetchall()
+        with self.conn.cursor() as cur:
+            set_json_loads(json_loads, cur)  # numbers back with their exact digits
+            stored = cur.execute(
+                "SELECT pk, source_key, source_field, rank, vals FROM kvmigrate.fill_sources"
+                " WHERE tbl = %s AND pk = ANY(%s)", (self.spec.name, sorted({k for k, _, _ in latest}))).fetchall()
         groups: dict[str, list[SourcedRow]] = {}
         for key, src, fld, rank, vals in stored:
             meta = vals.pop(_SOURCE_META, None) or {}
@@ -297,7 +307,4 @@ def _dumps_any(value: Any) -> bytes:
             return v.isoformat()
         raise TypeError(type(v).__name__)
 
-    try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME, default=iso)
-    except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(value, default=iso).encode()
+    return json_bytes(value, option=orjson.OPT_PASSTHROUGH_DATETIME, default=iso)

@@ -14,6 +14,7 @@ from rich.console import Console
 from kvmigrate import __version__
 from kvmigrate.budget import RequestBudget
 from kvmigrate.masking import mask_text
+from kvmigrate.printable import printable_tree
 
 
 @singledispatch
@@ -68,6 +69,7 @@ def envelope(
 
 
 def dumps(obj: Any, secrets: tuple[str, ...] = ()) -> str:
-    """Serialise for stdout, masking every secret on the way out."""
-    text = orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str).decode()
+    """Serialise for stdout, masking every secret on the way out; a KV name that is not text
+    is shown escaped (`\\xNN`, as the ledger stores it)."""
+    text = orjson.dumps(printable_tree(obj), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str).decode()
     return mask_text(text, secrets)
