@@ -50,6 +50,7 @@ bench: install $(BENCH_STAMP)
 
 stress: install
 	KVMIGRATE_STRESS_KILLS=100 $(PY) -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	KVMIGRATE_STRESS_KILLS=100 $(PY) -m pytest tests/test_restore_faults.py -k killed $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

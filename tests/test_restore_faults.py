@@ -38,6 +38,8 @@ from tests.test_restore import SYNTHETIC, mark_verified, prepared
 
 SEED = int(os.environ.get("KVMIGRATE_CRASH_SEED", "20250601"))
 CI_RESTORE_KILLS = 8
+#: `make stress` sets KVMIGRATE_STRESS_KILLS (100): that many restore kills instead.
+RESTORE_KILLS = int(os.environ.get("KVMIGRATE_STRESS_KILLS", CI_RESTORE_KILLS))
 #: Big keys of every container type, each several round trips of 1 MB (and, for the old
 #: 1,000-item chunks, dozens of commands), so a kill lands inside one.
 BIG = {"streak:biglist": 40_000, "streak:bighash": 25_000, "streak:bigset": 25_000, "streak:bigzset": 20_000}
@@ -168,8 +170,8 @@ def test_restore_killed_at_seeded_moments_reruns_to_the_archived_keyspace(
     same_keyspace(before, keyspace(kv))
     rng = random.Random(f"{SEED}:restore")
     kills = mid_key = 0
-    for n in range(CI_RESTORE_KILLS * 3):
-        if kills >= CI_RESTORE_KILLS:
+    for n in range(RESTORE_KILLS * 3):
+        if kills >= RESTORE_KILLS:
             break
         back_to(kv, after_cleanup)
         child = runner.cli(*argv)
@@ -188,7 +190,7 @@ def test_restore_killed_at_seeded_moments_reruns_to_the_archived_keyspace(
         rerun = run_restore(config, folder, yes=True)
         assert rerun.clean, (rerun.refused, rerun.failed)
         same_keyspace(before, keyspace(kv))  # byte for byte, expiry included; no temporary key left
-    assert kills >= CI_RESTORE_KILLS and mid_key >= 1
+    assert kills >= RESTORE_KILLS and mid_key >= 1
     note(request, f"restore: {kills} SIGKILLs ({mid_key} inside a big key's build), every rerun equal to the "
          f"archived keyspace, {time.monotonic() - started:.0f} s")
 
