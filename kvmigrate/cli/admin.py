@@ -90,5 +90,5 @@ def prisma(
     config = config_from(ctx)
     if out is None and not global_options(ctx).json:
         Console(stderr=True).print("schema.prisma follows on stdout; --out prisma also writes the baseline "
-                                   "migration 0_init", markup=False, highlight=False)
+                                   "migration 0_init", markup=False, highlight=False, soft_wrap=True)
     run(ctx, lambda: commands.prisma(config, out=out, schema=schema))
