@@ -30,6 +30,7 @@ from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.plan import PlanResult, run_plan
+from kvmigrate.prisma import PrismaHandoff, generate
 from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
 from kvmigrate.restore import RestoreCost, RestoreResult, archive_restore_cost, run_restore
@@ -42,6 +43,14 @@ def setup(config: Config, *, dry_run: bool = False) -> SetupResult:
     """Apply pending schema files (phase 1). Writes to Postgres unless dry_run; no KV request."""
     with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
         return apply_migrations(conn, dry_run=dry_run)
+
+
+def prisma(config: Config, *, out: Path | None = None, schema: str | None = None) -> PrismaHandoff:
+    """Hand the app tables to Prisma: schema.prisma and the baseline migration 0_init, read from
+    the database's catalog (schema `schema`, default the current one). Reads Postgres only, no KV
+    request; writes files only under `out` (without it, nothing is written)."""
+    with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
+        return generate(conn, schema=schema, out=out)
 
 
 def doctor(config: Config) -> DoctorResult:

@@ -1,4 +1,4 @@
-"""Commands that prepare and inspect: setup, doctor, inventory, plan, rejects, status."""
+"""Commands that prepare and inspect: setup, doctor, inventory, plan, rejects, status, prisma."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from kvmigrate import commands
 from kvmigrate.cli.base import (
@@ -13,6 +14,7 @@ from kvmigrate.cli.base import (
     MaxRequestsOpt,
     app,
     config_from,
+    global_options,
     run,
 )
 
@@ -72,3 +74,21 @@ def status(ctx: typer.Context) -> None:
     """Phase of each entity, ledger buckets, last backfill and verify, KV requests today. Read-only."""
     config = config_from(ctx)
     run(ctx, lambda: commands.status(config))
+
+
+@app.command()
+def prisma(
+    ctx: typer.Context,
+    *,
+    out: Annotated[Path | None, typer.Option("--out", help="Write schema.prisma and migrations/0_init/ here "
+                                             "(usually prisma). Without it, schema.prisma goes to stdout.")] = None,
+    schema: Annotated[str | None, typer.Option("--schema", help="Postgres schema holding the app tables. "
+                                               "Default: the connection's current schema (public).")] = None,
+) -> None:
+    """Hand the migrated tables to Prisma: schema.prisma and a baseline migration, read from the
+    database's catalog. Read-only on Postgres; no KV request."""
+    config = config_from(ctx)
+    if out is None and not global_options(ctx).json:
+        Console(stderr=True).print("schema.prisma follows on stdout; --out prisma also writes the baseline "
+                                   "migration 0_init", markup=False, highlight=False, soft_wrap=True)
+    run(ctx, lambda: commands.prisma(config, out=out, schema=schema))
