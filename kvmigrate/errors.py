@@ -39,6 +39,20 @@ class StoreChanged(KvmigrateError):
     exit_code = 1
 
 
+class WrongStore(GateRefused):
+    """No key of the store matches an entity kvmigrate was asked to migrate, or a gate found
+    only a verify that checked 0 rows: most likely another app's store or database."""
+
+    exit_code = 1
+
+
+class SchemaConflict(KvmigrateError):
+    """Tables, indexes or types that the schema would create already exist and are not
+    kvmigrate's (another app's `users`): setup refuses before applying anything."""
+
+    exit_code = 2
+
+
 class ArchiveBusy(KvmigrateError):
     """Another cleanup or restore holds the archive folder's lock."""
 
