@@ -32,6 +32,7 @@ from kvmigrate.guards import refuse_a_shrunk_store, release_writer_lock, take_wr
 from kvmigrate.kv.client import KvClient
 from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
+from kvmigrate.pg.conflicts import recorded_schema, schema_mismatch, target_schema
 from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.pg.stats import STATE_TABLES, analyze
@@ -82,11 +83,17 @@ class _Run:
 
 
 def require_schema(conn: psycopg.Connection) -> None:
-    """Refuse to run before `kvmigrate setup` has applied every schema file."""
+    """Refuse to run before `kvmigrate setup` has applied every schema file, or on a connection
+    whose search_path resolves the app's tables in another schema than setup installed them
+    in (a missing --schema would read another app's `public.users`). Read-only."""
     applied = applied_checksums(conn)
-    conn.rollback()
     if len(applied) < len(load_migrations()):
+        conn.rollback()
         raise ConfigError("the schema is not set up in this database", hint="run `kvmigrate setup` first")
+    mismatch = schema_mismatch(recorded_schema(conn), target_schema(conn, None))
+    conn.rollback()
+    if mismatch is not None:
+        raise mismatch
 
 
 def run_backfill(
