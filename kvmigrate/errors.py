@@ -102,8 +102,9 @@ class RejectsPresent(KvmigrateError):
 #: The documented exit codes; the README table is tested against this mapping.
 EXIT_CODES: dict[int, str] = {
     0: "ok",
-    1: "differences found, a gate refused the step, or restore cannot put back everything deleted",
-    2: "bad usage or configuration",
+    1: "differences found, a gate refused the step (no key of the KV store matching an entity included: "
+       "\"is this the right store and database?\"), or restore cannot put back everything deleted",
+    2: "bad usage or configuration (a schema conflict included: setup would create a table that exists)",
     3: "cannot connect to KV or Postgres",
     4: "stopped by the request budget (resumable: run the same command again)",
     5: "rejects present and --strict given",
