@@ -32,10 +32,12 @@ from kvmigrate.guards import refuse_a_shrunk_store, release_writer_lock, take_wr
 from kvmigrate.kv.client import KvClient
 from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
+from kvmigrate.pg.conflicts import recorded_schema, schema_mismatch, target_schema
 from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.pg.stats import STATE_TABLES, analyze
 from kvmigrate.records import ContainerJson, RawRecord
+from kvmigrate.wrong_store import check_matched, ledger_keys, unmatched
 
 MAX_PASSES = 3  # scans started over after KV restarts before giving up
 
@@ -58,6 +60,7 @@ class BackfillResult:
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # entities that write to Postgres only now
     server_restarts: int = 0  # KV restarts seen during the run (each costs a rescan)
+    warnings: list[str] = field(default_factory=list)  # e.g. an entity no key matched
 
     @property
     def rejected(self) -> int:
@@ -80,11 +83,17 @@ class _Run:
 
 
 def require_schema(conn: psycopg.Connection) -> None:
-    """Refuse to run before `kvmigrate setup` has applied every schema file."""
+    """Refuse to run before `kvmigrate setup` has applied every schema file, or on a connection
+    whose search_path resolves the app's tables in another schema than setup installed them
+    in (a missing --schema would read another app's `public.users`). Read-only."""
     applied = applied_checksums(conn)
-    conn.rollback()
     if len(applied) < len(load_migrations()):
+        conn.rollback()
         raise ConfigError("the schema is not set up in this database", hint="run `kvmigrate setup` first")
+    mismatch = schema_mismatch(recorded_schema(conn), target_schema(conn, None))
+    conn.rollback()
+    if mismatch is not None:
+        raise mismatch
 
 
 def run_backfill(
@@ -95,6 +104,7 @@ def run_backfill(
     restart: bool = False,
     memories_dir: Path | None = None,
     progress: Progress | None = None,
+    explicit: bool | None = None,
 ) -> BackfillResult:
     """Copy KV history into Postgres. Writes Postgres (not with dry_run); never writes KV.
 
@@ -102,6 +112,10 @@ def run_backfill(
     other key it needs (derived indexes are not read), and 1 HSCAN per 1,000 fields of a registry
     hash. Under dual writes a page is not read twice: verify's re-check catches a write the app
     made while the page was in flight.
+
+    Refuses (WrongStore, exit 1) once the scan is complete when no key matched any chosen KV
+    entity, or one named in `entities` (`explicit`, by default whether any was named); other
+    unmatched entities, and everything in a dry run, are warnings (see kvmigrate.wrong_store).
     """
     chosen = select_entities(entities)
     budget = RequestBudget(cap=config.max_requests, phase="backfill")
@@ -124,6 +138,7 @@ def run_backfill(
         try:
             if any(e.families for e in chosen):  # memories alone read files, not KV
                 _scan(run, restart=restart, progress=progress)
+                _check_matched(run, explicit=bool(entities) if explicit is None else explicit)
             _memories(run, memories_dir, explicit="memories" in entities)
             _finish(run)
         except BudgetExhausted as exc:
@@ -170,6 +185,17 @@ def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
             "values over the app's newer rows",
             hint="Postgres is the source of truth now; `kvmigrate verify` still compares what is left in KV")
     return tuple(e for e in chosen if e.name not in frozen), frozen
+
+
+def _check_matched(run: _Run, *, explicit: bool) -> None:
+    """After a complete scan: refuse (or warn) when no key matched an entity. Keys of a resumed
+    run's earlier pages are in the ledger; no KV command."""
+    matched = {name: t.scanned for name, t in run.result.tallies.items()}
+    if run.result.resumed_from:
+        for name, n in ledger_keys(run.conn, [e.name for e in unmatched(matched, run.entities)]).items():
+            matched[name] = matched.get(name, 0) + n
+    run.result.warnings += check_matched(matched, run.entities, explicit=explicit, what="backfill",
+                                         dry_run=run.result.dry_run)
 
 
 def _checkpoint_name(run: _Run) -> str:

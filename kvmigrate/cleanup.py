@@ -51,6 +51,7 @@ from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id, 
 from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.kv.source import KvSource, storable
 from kvmigrate.records import RawRecord
+from kvmigrate.wrong_store import before_cleanup
 
 EXAMPLES = 5
 
@@ -108,6 +109,7 @@ class CleanupResult:
     verified_now: int = 0  # keys that changed since the last verify, verified as cleanup read them
     kv_requests: int = 0
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # a dry run's refusals, as warnings
 
     @property
     def deleted(self) -> int:
@@ -183,12 +185,13 @@ def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Pa
     url = config.require_kv()
     with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
         require_schema(conn)
-        for entity in chosen:
-            phases.check_step(conn, entity.name, "cleanup")
+        moving = [e.name for e in chosen if phases.check_step(conn, e.name, "cleanup") != phases.CLEANED]
+        warnings = before_cleanup(conn, moving, dry_run=dry_run)
         if not (yes or dry_run):
             raise ConfigError("cleanup deletes KV keys (after archiving them)",
                               hint="confirm with --yes, or see what it would delete with --dry-run")
         result = CleanupResult(None, dry_run, str(archive_dir), budget, {e.name: EntityCleanup() for e in chosen})
+        result.warnings = warnings
         reader = SnapshotReader(connect_kv(url, budget, retries=config.connect_retries, read_only=True))
         run = _Run(config, conn, chosen, result, reader)
         if dry_run:

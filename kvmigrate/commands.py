@@ -42,7 +42,7 @@ from kvmigrate.verify import VerifyResult, run_verify
 def setup(config: Config, *, dry_run: bool = False) -> SetupResult:
     """Apply pending schema files (phase 1). Writes to Postgres unless dry_run; no KV request."""
     with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
-        return apply_migrations(conn, dry_run=dry_run)
+        return apply_migrations(conn, dry_run=dry_run, app_schema=config.pg_schema)
 
 
 def prisma(config: Config, *, out: Path | None = None, schema: str | None = None) -> PrismaHandoff:

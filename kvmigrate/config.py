@@ -14,7 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kvmigrate.errors import ConfigError
 from kvmigrate.masking import mask_text, mask_url, url_secrets
-from kvmigrate.urls import REST_HINT, check_kv_url, check_pg_url, shown
+from kvmigrate.urls import (
+    REST_HINT,
+    check_kv_url,
+    check_pg_url,
+    check_schema_name,
+    shown,
+    with_search_path,
+)
 
 KV_URL_VARS = ("KVMIGRATE_KV_URL", "KV_URL", "REDIS_URL")
 #: HTTPS REST endpoints (Vercel's Upstash integration, Upstash itself): recognised, not usable
@@ -48,6 +55,9 @@ class Config(BaseModel):
     connect_retries: int = Field(default=5, ge=0, le=50)
     #: run even though KV holds fewer than half the keys earlier runs saw (see kvmigrate.guards)
     allow_shrunk_store: bool = False
+    #: the Postgres schema of the app's tables (`--schema`, KVMIGRATE_PG_SCHEMA); None: the
+    #: server's search_path (normally `public`). kvmigrate's own state is always in `kvmigrate`.
+    pg_schema: str | None = None
 
     def __repr__(self) -> str:
         return f"Config(kv_url={self.masked_kv_url!r}, pg_url={self.masked_pg_url!r})"
@@ -92,6 +102,8 @@ class Config(BaseModel):
                 hint="prefer the unpooled URL (DATABASE_URL_UNPOOLED) for migrations",
             )
         check_pg_url(self.pg_url)
+        if self.pg_schema:  # every connection then resolves the app's tables in that schema
+            return with_search_path(self.pg_url, self.pg_schema)
         return self.pg_url
 
 
@@ -145,10 +157,13 @@ def build_config(
     """Build a Config from explicit values, falling back to the environment for URLs (by
     default the process environment with `.env.local` and `.env`; `env` replaces all three)."""
     env = process_env() if env is None else env
-    for var, name in (("KVMIGRATE_CONNECT_RETRIES", "connect_retries"), ("KVMIGRATE_DAILY_QUOTA", "daily_quota")):
+    for var, name in (("KVMIGRATE_CONNECT_RETRIES", "connect_retries"), ("KVMIGRATE_DAILY_QUOTA", "daily_quota"),
+                      ("KVMIGRATE_PG_SCHEMA", "pg_schema")):
         value = first_env((var,), env)
         if value is not None and options.get(name) is None:
             options[name] = value
+    if isinstance(options.get("pg_schema"), str):
+        check_schema_name(str(options["pg_schema"]))
     try:
         return Config(
             kv_url=kv_url or first_env(KV_URL_VARS, env),

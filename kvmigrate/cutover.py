@@ -23,9 +23,10 @@ from kvmigrate.cleanup import CleanupResult, run_cleanup
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import Entity, select_entities
-from kvmigrate.errors import ConfigError, GateRefused
+from kvmigrate.errors import ConfigError, GateRefused, WrongStore
 from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.verify import VerifyResult, run_verify
+from kvmigrate.wrong_store import HINT, QUESTION, before_cleanup, ledger_keys
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Gate:
     entity: str
     ok: bool
     reason: str
+    wrong_store: bool = False  # refused because the verify checked nothing: likely another store
 
 
 @dataclass
@@ -78,7 +80,7 @@ def _kv_only(names: Sequence[str]) -> tuple[Entity, ...]:
 def gate(conn: psycopg.Connection, entity: str, *, max_age: dt.timedelta) -> Gate:
     """Check the cutover gate for one entity against its latest verify. Read-only."""
     row = conn.execute(
-        "SELECT clean, sampled, verified_at, missing + extra + different, now() - verified_at FROM"
+        "SELECT clean, sampled, verified_at, missing + extra + different, now() - verified_at, checked FROM"
         " kvmigrate.verify_results WHERE entity = %s ORDER BY verified_at DESC, id DESC LIMIT 1", (entity,)).fetchone()
     since = conn.execute(
         "SELECT max(changed_at) FROM kvmigrate.phase_history WHERE entity = %s AND to_writes = 'dual'"
@@ -86,7 +88,9 @@ def gate(conn: psycopg.Connection, entity: str, *, max_age: dt.timedelta) -> Gat
     conn.commit()
     if row is None:
         return Gate(entity, False, "never verified")
-    clean, sampled, at, diffs, age = row
+    clean, sampled, at, diffs, age, checked = row
+    if not checked:
+        return empty_verify_gate(conn, entity, at)
     if sampled:
         return Gate(entity, False, f"the latest verify ({at:%Y-%m-%d %H:%M} UTC) was a sample, not every key")
     if not clean:
@@ -96,6 +100,15 @@ def gate(conn: psycopg.Connection, entity: str, *, max_age: dt.timedelta) -> Gat
     if since and since[0] and at < since[0]:
         return Gate(entity, False, "the latest verify ran before dual writes started, so it does not cover them")
     return Gate(entity, True, f"clean full verify {_ago(age)} ago")
+
+
+def empty_verify_gate(conn: psycopg.Connection, entity: str, at: dt.datetime) -> Gate:
+    """The refusal for a latest verify that checked 0 rows: no gate passes on it. Read-only."""
+    keys = ledger_keys(conn, [entity]).get(entity, 0)
+    found = (f"though the ledger holds {keys} keys of {entity} from an earlier backfill" if keys
+             else f"no key of the KV store matched {entity}")
+    return Gate(entity, False, f"the latest verify ({at:%Y-%m-%d %H:%M} UTC) checked 0 rows, {found}: {QUESTION}",
+                wrong_store=True)
 
 
 def _ago(delta: dt.timedelta) -> str:
@@ -120,6 +133,9 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
             refused = [g for g in result.gates if not g.ok]
             if refused and not force:
                 names = " ".join(f"--entity {g.entity}" for g in refused)
+                if any(g.wrong_store for g in refused):
+                    raise WrongStore("cutover refused: " + "; ".join(f"{g.entity}: {g.reason}" for g in refused),
+                                     hint=HINT + "; --force skips the gate (only for an entity that truly has no data)")
                 raise GateRefused(
                     "cutover refused: " + "; ".join(f"{g.entity}: {g.reason}" for g in refused),
                     hint=f"run `kvmigrate verify {names}` (a full verify, not --sample), then cutover again;"
@@ -161,13 +177,13 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
     names = [e.name for e in chosen]
     remaining = None if config.max_requests is None else max(config.max_requests - budget.spent, 1)
     sub = config.model_copy(update={"max_requests": remaining})
-    backfill = run_backfill(sub, entities=names, progress=progress)
+    backfill = run_backfill(sub, entities=names, progress=progress, explicit=bool(entities))
     if remaining is not None:
         sub = config.model_copy(update={"max_requests": max(remaining - backfill.budget.spent, 1)})
     # Repair what the re-check still finds: under dual writes the app writes KV first, so a row
     # that differs is a stale copy the backfill committed after the app's own write (backfill
     # does not read a page twice), or a write the app's Postgres side missed.
-    verify = run_verify(sub, entities=names, recheck_delay=recheck_delay, repair=True)
+    verify = run_verify(sub, entities=names, recheck_delay=recheck_delay, repair=True, explicit=bool(entities))
     spent = budget.spent + backfill.budget.spent + verify.budget.spent
     return DualWriteResult(changes, backfill, verify, settle, spent)
 
@@ -201,6 +217,7 @@ def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_d
         with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
             require_schema(conn)
             before = {e.name: phases.check_step(conn, e.name, "cleanup") for e in chosen}
+            before_cleanup(conn, [n for n, p in before.items() if p != phases.CLEANED])
             if not yes:
                 raise ConfigError("cleanup deletes KV keys (after archiving them)",
                                   hint="confirm with --yes, or see what it would delete with --dry-run")
@@ -212,7 +229,8 @@ def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_d
             _log_flags(conn, budget)
         if settle > 0 and any(c.changed for c in changes):
             time.sleep(settle)
-        verify = run_verify(_left(config, budget.spent), entities=names, recheck_delay=recheck_delay)
+        verify = run_verify(_left(config, budget.spent), entities=names, recheck_delay=recheck_delay,
+                            explicit=bool(entities))
         spent = budget.spent + verify.budget.spent
     cleaned = run_cleanup(_left(config, spent), entities=names, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
                           settle=0.0 if verify_first else settle)

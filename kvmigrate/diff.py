@@ -47,6 +47,7 @@ class Difference:
 @dataclass
 class EntityCheck:
     checked: int = 0
+    keys: int = 0  # KV keys (or registry fields) of the entity the verify's scan matched
     missing: list[Difference] = field(default_factory=list)
     extra: list[Difference] = field(default_factory=list)
     different: list[Difference] = field(default_factory=list)

@@ -11,7 +11,14 @@ from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg, is_pooled_url
 from kvmigrate.errors import ConnectError, KvmigrateError
-from kvmigrate.pg.migrations import schema_status
+from kvmigrate.pg.conflicts import (
+    conflict_error,
+    find_conflicts,
+    recorded_schema,
+    schema_mismatch,
+    target_schema,
+)
+from kvmigrate.pg.migrations import pending_files, schema_status
 
 
 @dataclass(frozen=True)
@@ -72,25 +79,37 @@ def check_pg(config: Config) -> list[Check]:
             ),
             Check("postgres version", major >= 14, f"PostgreSQL {major} (14 or newer needed)"),
         ]
-        checks.append(_schema_check(conn))
+        checks.append(_schema_check(conn, config.pg_schema))
         checks.append(_privilege_check(conn))
     return checks
 
 
-def _schema_check(conn: psycopg.Connection) -> Check:
+def _schema_check(conn: psycopg.Connection, app_schema: str | None) -> Check:
+    """Schema files applied, in the schema this run uses, and nothing in the way of the rest."""
     try:
         applied, known = schema_status(conn)
+        target = target_schema(conn, app_schema)
+        mismatch = schema_mismatch(recorded_schema(conn), target)
+        if mismatch is not None:
+            return Check("schema current", False, f"{mismatch.message}: {mismatch.hint}")
+        pending = pending_files(conn)
+        conflicts = find_conflicts(conn, [(m.filename, m.sql) for m in pending], app_schema)
     except KvmigrateError as exc:
         return Check("schema current", False, exc.message)
+    where = f" (app tables in schema {target})" if target else ""
+    if conflicts:
+        error = conflict_error(conflicts)
+        return Check("schema current", False, f"{applied} of {known} schema files applied, and `kvmigrate setup` "
+                     f"would refuse: {error.message}; {error.hint}")
     if applied == known:
-        return Check("schema current", True, f"{applied} of {known} schema files applied")
-    return Check("schema current", False, f"{applied} of {known} schema files applied: run `kvmigrate setup`")
+        return Check("schema current", True, f"{applied} of {known} schema files applied{where}")
+    return Check("schema current", False, f"{applied} of {known} schema files applied{where}: run `kvmigrate setup`")
 
 
 def _privilege_check(conn: psycopg.Connection) -> Check:
     row = conn.execute(
         "SELECT has_database_privilege(current_user, current_database(), 'CREATE'),"
-        " has_schema_privilege(current_user, 'public', 'CREATE'), current_user"
+        " coalesce(has_schema_privilege(current_user, current_schema(), 'CREATE'), true), current_user"
     ).fetchone()
     assert row is not None
     ok = bool(row[0]) and bool(row[1])

@@ -39,6 +39,20 @@ class StoreChanged(KvmigrateError):
     exit_code = 1
 
 
+class WrongStore(GateRefused):
+    """No key of the store matches an entity kvmigrate was asked to migrate, or a gate found
+    only a verify that checked 0 rows: most likely another app's store or database."""
+
+    exit_code = 1
+
+
+class SchemaConflict(KvmigrateError):
+    """Tables, indexes or types that the schema would create already exist and are not
+    kvmigrate's (another app's `users`): setup refuses before applying anything."""
+
+    exit_code = 2
+
+
 class ArchiveBusy(KvmigrateError):
     """Another cleanup or restore holds the archive folder's lock."""
 
@@ -88,8 +102,9 @@ class RejectsPresent(KvmigrateError):
 #: The documented exit codes; the README table is tested against this mapping.
 EXIT_CODES: dict[int, str] = {
     0: "ok",
-    1: "differences found, a gate refused the step, or restore cannot put back everything deleted",
-    2: "bad usage or configuration",
+    1: "differences found, a gate refused the step (no key of the KV store matching an entity included: "
+       "\"is this the right store and database?\"), or restore cannot put back everything deleted",
+    2: "bad usage or configuration (a schema conflict included: setup would create a table that exists)",
     3: "cannot connect to KV or Postgres",
     4: "stopped by the request budget (resumable: run the same command again)",
     5: "rejects present and --strict given",

@@ -148,7 +148,7 @@ def run_rehearse(
 def _rehearse(config: Config, *, memories_dir: Path | None, repair: bool,
               progress: Progress | None) -> RehearseResult:
     with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
-        setup = apply_migrations(conn)
+        setup = apply_migrations(conn, app_schema=config.pg_schema)
     inventory = run_inventory(config)
     backfill = run_backfill(config, restart=True, memories_dir=memories_dir, progress=progress)
     verify = run_verify(config, recheck_delay=0, repair=repair, memories_dir=memories_dir)

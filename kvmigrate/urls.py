@@ -111,3 +111,31 @@ def check_kv_url(url: str) -> str:
 REST_HINT = ("use the TCP URL instead: on Vercel it is KV_URL or REDIS_URL (Storage → your store → .env.local "
              "tab, or `vercel env pull`); on Upstash, the console's database page → Connect → the rediss:// "
              "URL (not the REST URL and token)")
+
+
+#: `--schema NAME`: a plain lower-case identifier, so it needs no quoting in SQL or in libpq's options
+SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+RESERVED_SCHEMAS = frozenset({"kvmigrate", "information_schema"})
+
+
+def check_schema_name(name: str) -> str:
+    """The app schema name, or ConfigError (exit 2) for one that needs quoting or is reserved. Pure."""
+    if not SCHEMA_RE.match(name) or name in RESERVED_SCHEMAS or name.startswith("pg_"):
+        raise ConfigError(f"bad schema name {name[:70]!r}: it must be a lower-case identifier (a-z, 0-9, _), "
+                          "not kvmigrate, information_schema or pg_*",
+                          hint="pass --schema NAME (or KVMIGRATE_PG_SCHEMA), e.g. --schema vibe")
+    return name
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """The Postgres URL with `-c search_path=SCHEMA` added to its libpq `options` parameter (an
+    `options` already there is kept, before it), so every connection resolves the app's tables
+    in SCHEMA. Other parameters stay byte for byte. Pure."""
+    from urllib.parse import quote
+
+    parts = urlsplit(url)
+    pairs = [p for p in parts.query.split("&") if p]
+    found = [unquote(p.split("=", 1)[1]) for p in pairs if unquote(p.split("=", 1)[0]) == "options" and "=" in p]
+    rest = [p for p in pairs if unquote(p.split("=", 1)[0]) != "options"]
+    options = " ".join([*found, f"-c search_path={check_schema_name(schema)}"])
+    return urlunsplit(parts._replace(query="&".join([*rest, "options=" + quote(options, safe="")])))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -43,6 +43,7 @@ from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
 from kvmigrate.records import RawRecord
 from kvmigrate.verified import record_verified, supersede
+from kvmigrate.wrong_store import verdict
 
 __all__ = ["Difference", "EntityCheck", "VerifyResult", "run_verify"]
 
@@ -57,6 +58,7 @@ class VerifyResult:
     extra_deleted: int = 0
     sources_forgotten: int = 0  # recorded sources repair found gone from KV (see Differ.repair)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # e.g. an entity no key matched
 
     @property
     def clean(self) -> bool:
@@ -84,6 +86,7 @@ def run_verify(
     repair_extra: bool = False,
     seed: int | None = None,
     memories_dir: Path | None = None,
+    explicit: bool | None = None,
 ) -> VerifyResult:
     """Diff KV against Postgres for the chosen entities and record the result per entity.
 
@@ -92,6 +95,10 @@ def run_verify(
     plus one read per difference re-checked. Writes only
     kvmigrate's records, unless `repair` (re-copies rows) or `repair_extra` (deletes rows).
     Memories are compared against their files when a memories folder is found (not in samples).
+
+    A full verify records its result, then refuses (WrongStore, exit 1) when no key matched any
+    chosen KV entity still written to KV, or one named in `entities` (`explicit`); other
+    unmatched entities are warnings in `result.warnings`.
     """
     if mode not in ("rows", "buckets"):
         raise ConfigError(f"unknown verify mode {mode!r}", hint="use --mode rows or --mode buckets")
@@ -124,6 +131,7 @@ def run_verify(
             else:
                 server = server_id(kv)
                 for page in source.pages():
+                    _count_keys(result, page.records, page.indexes)
                     differ.stage(page.records)
                 if server_id(kv) != server:
                     raise ConnectError("the KV server restarted during the verify, so its scan may have skipped "
@@ -142,8 +150,25 @@ def run_verify(
                      config.pg_url)
             raise
         result.seconds = time.perf_counter() - started
-        _record(conn, result, run_id)
+        refusal = None
+        if not sample:  # after cleanup, the keys of Postgres-written entities are gone on purpose
+            kv_side = [e for e in chosen if e.name not in differ.postgres_writes]
+            result.warnings, refusal = verdict({n: c.keys for n, c in result.entities.items()}, kv_side,
+                                               explicit=bool(entities) if explicit is None else explicit,
+                                               what="verify")
+        _record(conn, result, run_id)  # recorded even when refused: no gate passes on it
+        if refusal is not None:
+            raise refusal
         return result
+
+
+def _count_keys(result: VerifyResult, records: Sequence[tuple[RawRecord, Entity]],
+                indexes: Sequence[tuple[str, Entity, object]]) -> None:
+    """Count the keys the scan matched per entity (read records and derived indexes)."""
+    for _, entity in records:
+        result.entities[entity.name].keys += 1
+    for _, entity, _ in indexes:
+        result.entities[entity.name].keys += 1
 
 
 def _abandon(conn: psycopg.Connection, run_id: int, budget: RequestBudget, status: str,

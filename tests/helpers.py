@@ -16,7 +16,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> Result:
     base = {
         "KVMIGRATE_KV_URL": "", "KV_URL": "", "KVMIGRATE_PG_URL": "", "DATABASE_URL_UNPOOLED": "",
         "POSTGRES_URL_NON_POOLING": "", "DATABASE_URL": "", "POSTGRES_URL": "", "REDIS_URL": "",
-        "KV_REST_API_URL": "", "UPSTASH_REDIS_REST_URL": "",
+        "KV_REST_API_URL": "", "UPSTASH_REDIS_REST_URL": "", "KVMIGRATE_PG_SCHEMA": "",
     }
     return runner.invoke(app, list(args), env={**base, **(env or {})}, catch_exceptions=False)
 

@@ -394,7 +394,7 @@ def test_cli_exits_0_when_clean_1_on_differences_and_prints_the_json_contract(
     clean = cli_json(*verify, "--entity", "streaks", expect=0)["result"]
     assert clean["clean"] is True
     assert isinstance(clean["kv_requests"], int) and clean["kv_requests"] > 0
-    assert clean["entities"] == {"streaks": {"checked": 2, "clean": True, "missing": [], "extra": [],
+    assert clean["entities"] == {"streaks": {"checked": 2, "keys": 4, "clean": True, "missing": [], "extra": [],
                                              "different": [], "healed": 0, "repaired": 0, "superseded": 0,
                                              "verified_keys": 2}}
     pg.execute("UPDATE messages SET content = 'edited' WHERE id = 'm1'")

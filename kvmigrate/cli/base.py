@@ -34,7 +34,7 @@ from kvmigrate.printable import printable
 
 #: Global options a user may also write after the command (`kvmigrate status --json`).
 GLOBAL_FLAGS = frozenset({"--json", "--traceback", "-v", "-vv", "--verbose"})
-GLOBAL_VALUED = frozenset({"--kv-url", "--pg-url"})
+GLOBAL_VALUED = frozenset({"--kv-url", "--pg-url", "--schema"})
 
 
 def hoist_global_options(args: list[str], own: frozenset[str] = frozenset()) -> list[str]:
@@ -136,6 +136,7 @@ class Globals:
     kv_url: str | None = None
     pg_url: str | None = None
     json: bool = False
+    pg_schema: str | None = None
     verbose: int = 0
     traceback: bool = False
 
@@ -156,6 +157,12 @@ def _main(
         str | None,
         typer.Option("--pg-url", help=f"Postgres URL. Default: ${', $'.join(PG_URL_VARS)}."),
     ] = None,
+    pg_schema: Annotated[
+        str | None,
+        typer.Option("--schema", help="Postgres schema for the app's tables (setup creates it; every command "
+                     "uses it through search_path). Default: $KVMIGRATE_PG_SCHEMA, else the server's search_path "
+                     "(public). kvmigrate's own state stays in schema kvmigrate."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
     verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (repeat).")] = 0,
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full trace of an error.")] = False,
@@ -164,7 +171,7 @@ def _main(
 ) -> None:
     """Global options apply to every command: kvmigrate --json status (they may also follow the
     command: kvmigrate status --json)."""
-    ctx.obj = Globals(kv_url, pg_url, json_out, verbose, traceback)
+    ctx.obj = Globals(kv_url, pg_url, json_out, pg_schema, verbose, traceback)
     logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr, format="%(message)s")
 
 
@@ -178,7 +185,7 @@ def config_from(ctx: typer.Context, **options: Any) -> Config:
     """The command's Config; a bad setting exits 2 with the usual error and hint lines."""
     g = global_options(ctx)
     try:
-        return build_config(kv_url=g.kv_url, pg_url=g.pg_url, **options)
+        return build_config(kv_url=g.kv_url, pg_url=g.pg_url, **({"pg_schema": g.pg_schema} | options))
     except KvmigrateError as exc:
         started = dt.datetime.now(dt.timezone.utc)
         command = ctx.command_path.split(" ", 1)[-1]

@@ -1,14 +1,17 @@
 """Apply the versioned SQL files in `schema/` in order, each exactly once.
 
-Each file runs in one transaction together with its row in `kvmigrate.schema_migrations`
-(version, name, sha256). A transaction-scoped advisory lock serialises concurrent runs, so it
-works through a transaction-mode pooler too. An applied file whose checksum changed is refused.
+The pending files run in one transaction together with their rows in
+`kvmigrate.schema_migrations` (version, name, sha256), so a failure leaves none applied. A
+transaction-scoped advisory lock serialises concurrent runs, so it works through a
+transaction-mode pooler too. An applied file whose checksum changed is refused, and so is a
+file whose tables, indexes or types already exist (kvmigrate.pg.conflicts).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,7 +20,15 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from kvmigrate.errors import ConfigError, KvmigrateError
+from kvmigrate.errors import ConfigError, KvmigrateError, SchemaConflict
+from kvmigrate.pg.conflicts import (
+    ADVICE,
+    conflict_error,
+    find_conflicts,
+    recorded_schema,
+    schema_mismatch,
+    target_schema,
+)
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -57,6 +68,7 @@ class SetupResult:
     applied: tuple[Migration, ...]
     already: tuple[Migration, ...]
     dry_run: bool
+    app_schema: str | None = None  # --schema: where the app's tables go (None: the search_path's)
 
 
 def schema_dir() -> Traversable:
@@ -104,33 +116,60 @@ def check_unchanged(migrations: list[Migration], applied: dict[int, str]) -> Non
 
 
 def apply_migrations(
-    conn: psycopg.Connection, *, dry_run: bool = False, directory: Path | None = None
+    conn: psycopg.Connection, *, dry_run: bool = False, directory: Path | None = None,
+    app_schema: str | None = None,
 ) -> SetupResult:
-    """Apply pending schema files. One transaction per file; writes unless dry_run."""
+    """Apply pending schema files, all in one transaction under the advisory lock: every file
+    or none. The app's tables go to `app_schema` (created if missing; the connection's
+    search_path must name it, see Config.require_pg), else to the connection's current schema.
+    Refuses (SchemaConflict, exit 2) before applying anything when an object a pending file
+    creates exists already, or the app's tables were set up in another schema. Writes unless
+    dry_run (which checks the same and changes nothing)."""
     migrations = load_migrations(directory)
     if dry_run:
         applied = applied_checksums(conn)
-        conn.rollback()
         check_unchanged(migrations, applied)
         pending = tuple(m for m in migrations if m.version not in applied)
-        return SetupResult(pending, tuple(m for m in migrations if m.version in applied), True)
-    done: list[Migration] = []
-    for mig in migrations:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-            conn.execute(_BOOTSTRAP)
-            applied = applied_checksums(conn)
-            check_unchanged(migrations, applied)
-            if mig.version in applied:
-                continue
-            conn.execute(sql.SQL(mig.sql))  # trusted file from schema/
+        _refuse_conflicts(conn, pending, app_schema)
+        conn.rollback()
+        return SetupResult(pending, tuple(m for m in migrations if m.version in applied), True, app_schema)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+        conn.execute(_BOOTSTRAP)
+        applied = applied_checksums(conn)
+        check_unchanged(migrations, applied)
+        pending = tuple(m for m in migrations if m.version not in applied)
+        target = _refuse_conflicts(conn, pending, app_schema)
+        if app_schema and pending:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(app_schema)))
+        for mig in pending:
+            try:
+                conn.execute(sql.SQL(mig.sql))  # trusted file from schema/
+            except (psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject) as exc:  # created meanwhile
+                raise SchemaConflict(f"{mig.filename}: {exc.diag.message_primary or exc}; nothing was applied",
+                                     hint=ADVICE) from None
             conn.execute(
                 "INSERT INTO kvmigrate.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (mig.version, mig.name, mig.checksum),
             )
-            done.append(mig)
-    already = tuple(m for m in migrations if m not in done)
-    return SetupResult(tuple(done), already, False)
+        has_record = conn.execute("SELECT to_regclass('kvmigrate.app_schema') IS NOT NULL").fetchone()
+        if pending and target and has_record and has_record[0]:
+            conn.execute("INSERT INTO kvmigrate.app_schema (name) VALUES (%s) ON CONFLICT DO NOTHING", (target,))
+    already = tuple(m for m in migrations if m not in pending)
+    return SetupResult(pending, already, False, app_schema)
+
+
+def _refuse_conflicts(conn: psycopg.Connection, pending: Sequence[Migration], app_schema: str | None) -> str | None:
+    """Raise SchemaConflict for objects in the way or a schema other than the recorded one;
+    return the app schema the files go to. Read-only."""
+    target = target_schema(conn, app_schema)
+    mismatch = schema_mismatch(recorded_schema(conn), target)
+    if mismatch is not None:
+        raise mismatch
+    conflicts = find_conflicts(conn, [(m.filename, m.sql) for m in pending], app_schema)
+    if conflicts:
+        raise conflict_error(conflicts)
+    return target
 
 
 def schema_status(conn: psycopg.Connection, directory: Path | None = None) -> tuple[int, int]:
@@ -140,3 +179,9 @@ def schema_status(conn: psycopg.Connection, directory: Path | None = None) -> tu
     applied = applied_checksums(conn)
     check_unchanged(migrations, applied)
     return sum(1 for m in migrations if m.version in applied), len(migrations)
+
+
+def pending_files(conn: psycopg.Connection, directory: Path | None = None) -> list[Migration]:
+    """The schema files not applied yet. Read-only."""
+    applied = applied_checksums(conn)
+    return [m for m in load_migrations(directory) if m.version not in applied]

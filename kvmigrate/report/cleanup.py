@@ -28,6 +28,7 @@ def _(r: CleanupResult) -> dict[str, Any]:
         "verified_now": r.verified_now,
         "kv_requests": r.kv_requests,
         "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "warnings": r.warnings,
         "seconds": round(r.seconds, 3),
     }
 

@@ -43,6 +43,7 @@ def _(r: BackfillResult) -> dict[str, Any]:
         "dangling_refs": r.dangling_refs,
         "skipped_entities": r.skipped,
         "kv_server_restarts": r.server_restarts,
+        "warnings": r.warnings,
         "seconds": round(r.seconds, 3),
     }
 
@@ -95,7 +96,7 @@ def _(r: VerifyResult) -> dict[str, Any]:
         "kv_requests": r.budget.spent,
         "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
         "entities": {
-            name: {"checked": c.checked, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
+            name: {"checked": c.checked, "keys": c.keys, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
                    "extra": [_diff(d) for d in c.extra], "different": [_diff(d) for d in c.different],
                    "healed": c.healed, "repaired": c.repaired, "superseded": c.superseded,
                    "verified_keys": c.verified_keys}
@@ -103,6 +104,7 @@ def _(r: VerifyResult) -> dict[str, Any]:
         },
         "extra_deleted": r.extra_deleted,
         "sources_forgotten": r.sources_forgotten,
+        "warnings": r.warnings,
         "seconds": round(r.seconds, 3),
     }
 

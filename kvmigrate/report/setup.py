@@ -17,6 +17,7 @@ def _(result: SetupResult) -> dict[str, Any]:
         "dry_run": result.dry_run,
         "applied": [m.filename for m in result.applied],
         "already_applied": [m.filename for m in result.already],
+        "app_schema": result.app_schema,
     }
 
 
@@ -34,6 +35,9 @@ def _(result: SetupResult, console: Console) -> None:
     if result.dry_run:
         if not result.applied:
             console.print("schema is up to date: nothing would be applied")
+        if result.app_schema and result.applied:  # what setup runs first; the connection's search_path names it
+            console.print(f"CREATE SCHEMA IF NOT EXISTS {result.app_schema};\n"
+                          f"SET search_path = {result.app_schema};", markup=False, highlight=False)
         for mig in result.applied:
             console.print(f"-- would apply {mig.filename}", style="bold")
             console.print(mig.sql, markup=False, highlight=False)
