@@ -146,13 +146,16 @@ def cutover(
     force: bool = False,
     rollback: bool = False,
     max_verify_age: dt.timedelta = dt.timedelta(hours=1),
+    require_shadow: bool = False,
 ) -> CutoverResult:
     """Switch reads to Postgres (phase 3) if each entity's latest verify is clean, full and recent.
 
-    Refuses (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
+    With `require_shadow`, the latest shadow run must be clean too (every view compared, all
+    matching). Refuses (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
     Writes Postgres state and the KV flags hash (1 HSET per change).
     """
-    return run_cutover(config, entities=entities, force=force, rollback=rollback, max_verify_age=max_verify_age)
+    return run_cutover(config, entities=entities, force=force, rollback=rollback, max_verify_age=max_verify_age,
+                       require_shadow=require_shadow)
 
 
 def status(config: Config) -> StatusResult:

@@ -73,30 +73,30 @@ def _desc(rows: list[Mapping[str, Any]], pk: str) -> list[Mapping[str, Any]]:
 
 # --- KV side: the views from combined rows --------------------------------------------------
 
-def kv_inbox(messages: list[Mapping[str, Any]], handle: str) -> View:
+def kv_inbox(messages: Sequence[Mapping[str, Any]], handle: str) -> View:
     mine = _desc([m for m in messages if m["to_handle"] == handle], "id")
     return {"items": [{"id": m["id"], "from": m["from_handle"], "read": bool(m["read"])} for m in mine[:INBOX_LIMIT]],
             "unread": sum(1 for m in mine if not m["read"]), "total": len(mine)}
 
 
-def kv_unread(messages: list[Mapping[str, Any]], handle: str) -> View:
+def kv_unread(messages: Sequence[Mapping[str, Any]], handle: str) -> View:
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for m in messages:
         if m["to_handle"] == handle:
             groups.setdefault(m["from_handle"], []).append(m)
-    items = [{"from": s, "count": len(ms), "unread": sum(1 for m in ms if not m["read"]),
-              "latest": max(_when(m.get("created_at")) for m in ms)} for s, ms in groups.items()]
-    items.sort(key=lambda i: (-i["unread"], -i["latest"].timestamp(), i["from"]))
+    items: list[Item] = [{"from": s, "count": len(ms), "unread": sum(1 for m in ms if not m["read"]),
+                          "latest": max(_when(m.get("created_at")) for m in ms)} for s, ms in groups.items()]
+    items.sort(key=lambda i: (-int(i["unread"]), -_when(i["latest"]).timestamp(), str(i["from"])))
     return {"items": items[:UNREAD_SENDERS]}
 
 
-def thread_partner(messages: list[Mapping[str, Any]], handle: str) -> str | None:
+def thread_partner(messages: Sequence[Mapping[str, Any]], handle: str) -> str | None:
     """The sender of the user's newest message (the thread a user opens first)."""
     mine = _desc([m for m in messages if m["to_handle"] == handle and m["from_handle"] != handle], "id")
     return str(mine[0]["from_handle"]) if mine else None
 
 
-def kv_thread(messages: list[Mapping[str, Any]], handle: str, other: str) -> View:
+def kv_thread(messages: Sequence[Mapping[str, Any]], handle: str, other: str) -> View:
     pair = {handle, other}
     both = [m for m in messages if {m["from_handle"], m["to_handle"]} == pair]
     both.sort(key=lambda m: (_when(m.get("created_at")), str(m["id"])))
@@ -104,7 +104,7 @@ def kv_thread(messages: list[Mapping[str, Any]], handle: str, other: str) -> Vie
                                      for m in both[:THREAD_LIMIT]]}
 
 
-def kv_board(posts: list[Mapping[str, Any]], category: str | None) -> View:
+def kv_board(posts: Sequence[Mapping[str, Any]], category: str | None) -> View:
     chosen = _desc([p for p in posts if category is None or p.get("category") == category], "id")
     return {"category": category or "all",
             "items": [{"id": p["id"], "author": p["author"], "category": p.get("category")}
@@ -117,19 +117,19 @@ def _streak_item(r: Mapping[str, Any]) -> Item:
             "last_active": last.isoformat() if isinstance(last, dt.date) else last}
 
 
-def kv_leaderboard(streaks: list[Mapping[str, Any]]) -> View:
+def kv_leaderboard(streaks: Sequence[Mapping[str, Any]]) -> View:
     ranked = sorted((r for r in streaks if not str(r["handle"]).endswith("_agent")),
                     key=lambda r: (-(r.get("current_streak") or 0), -(r.get("longest_streak") or 0), r["handle"]))
     return {"items": [_streak_item(r) for r in ranked[:LEADERBOARD_LIMIT]]}
 
 
-def kv_invites(invites: list[Mapping[str, Any]], codes: set[str]) -> View:
+def kv_invites(invites: Sequence[Mapping[str, Any]], codes: set[str]) -> View:
     mine = [i for i in invites if i["code"] in codes]
     mine.sort(key=lambda i: (i.get("status") != "available", -_when(i.get("created_at")).timestamp(), i["code"]))
     return {"items": [{"code": i["code"], "status": i.get("status"), "used_by": i.get("used_by")} for i in mine]}
 
 
-def kv_profile(users: list[Mapping[str, Any]], handle: str) -> View:
+def kv_profile(users: Sequence[Mapping[str, Any]], handle: str) -> View:
     row = next((u for u in users if u["handle"] == handle), None)
     return {"items": [] if row is None else [_profile_item(row)]}
 
@@ -139,7 +139,7 @@ def _profile_item(row: Mapping[str, Any]) -> Item:
             "created_at": row.get("created_at"), "invited_by": row.get("invited_by")}
 
 
-def kv_games(games: list[Mapping[str, Any]], handle: str) -> View:
+def kv_games(games: Sequence[Mapping[str, Any]], handle: str) -> View:
     mine = _desc([g for g in games if handle in (g.get("players") or ())], "id")
     return {"items": [{"id": g["id"], "game": g.get("game"), "players": sorted(g.get("players") or ()),
                        "winner": g.get("winner")} for g in mine]}
@@ -148,7 +148,7 @@ def kv_games(games: list[Mapping[str, Any]], handle: str) -> View:
 # --- Postgres side: the SQL the migrated app serves ------------------------------------------
 
 def _all(conn: psycopg.Connection, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+    return conn.execute(query, params).fetchall()
 
 
 def pg_inbox(conn: psycopg.Connection, handle: str) -> View:

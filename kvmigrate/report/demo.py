@@ -31,6 +31,7 @@ def _(r: DemoResult) -> dict[str, Any]:
         "cleanup_deleted": r.deleted,
         "cleanup_kept": r.kept_after_cleanup,
         "kv_left": r.kv_left,
+        "shadow": None if r.shadow is None else to_dict(r.shadow),
         "seed": None if r.seed is None else {"keys": r.seed.keys_written, "by_family": r.seed.by_family},
         "app": None if r.app is None else {**to_dict(r.app), "ok": r.app.ok},
         "app_writes_by_phase": r.app_writes_by_phase,
@@ -55,6 +56,10 @@ def _(r: DemoResult, console: Console) -> None:
     for entity, c in sorted(r.counts.items()):
         counts.add_row(entity, *(str(c.get(k, 0)) for k in ("migrated", "rejected", "kept", "unknown")))
     console.print(counts)
+    if r.shadow is not None:
+        views = ", ".join(f"{n} {100 * v.share:.0f}%" for n, v in r.shadow.views.items())
+        console.print(f"shadow before cutover ({len(r.shadow.handles)} users, {r.shadow.kv_requests} KV commands): "
+                      f"views matching {views}", markup=False)
     if r.rejects_by_reason:
         console.print("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in r.rejects_by_reason.items())
                       + " (see `kvmigrate rejects`)")
