@@ -69,7 +69,8 @@ def _(r: DemoResult, console: Console) -> None:
         + ", ".join(f"{k} {v}" for k, v in r.kv_left.items()))
     naive = r.naive_requests * NAIVE_PASSES
     console.print(f"KV commands billed to kvmigrate: {r.kv_requests:,} (the floor for one inventory, backfill, verify "
-                  f"and cleanup of this store: {r.floor_requests:,}; this demo also runs a second verify) — a naive "
+                  f"and cleanup of this store: {r.floor_requests:,}; this demo also runs a second verify"
+                  + (f" and a shadow run ({r.shadow.kv_requests:,})" if r.shadow is not None else "") + f") — a naive "
                   f"per-key migration would spend about {naive:,} ({r.naive_requests:,} for its backfill alone); that is "
                   f"{r.kv_requests / HOBBY_DAILY_QUOTA:.1%} of one day's {HOBBY_DAILY_QUOTA:,}-command Hobby quota")
     console.print("counted as Upstash bills: every command the server runs, each one in a pipeline or MULTI/EXEC "
