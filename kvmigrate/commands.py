@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvmigrate import state
@@ -35,6 +35,7 @@ from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
 from kvmigrate.restore import RestoreCost, RestoreResult, archive_restore_cost, run_restore
 from kvmigrate.seed import SeedRun
+from kvmigrate.shadow import ShadowResult, run_shadow
 from kvmigrate.status import StatusResult, run_status
 from kvmigrate.verify import VerifyResult, run_verify
 
@@ -154,13 +155,16 @@ def cutover(
     force: bool = False,
     rollback: bool = False,
     max_verify_age: dt.timedelta = dt.timedelta(hours=1),
+    require_shadow: bool = False,
 ) -> CutoverResult:
     """Switch reads to Postgres (phase 3) if each entity's latest verify is clean, full and recent.
 
-    Refuses (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
+    With `require_shadow`, the latest shadow run must be clean too (every view compared, all
+    matching). Refuses (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
     Writes Postgres state and the KV flags hash (1 HSET per change).
     """
-    return run_cutover(config, entities=entities, force=force, rollback=rollback, max_verify_age=max_verify_age)
+    return run_cutover(config, entities=entities, force=force, rollback=rollback, max_verify_age=max_verify_age,
+                       require_shadow=require_shadow)
 
 
 def status(config: Config) -> StatusResult:
@@ -253,3 +257,16 @@ def restore_forecast(config: Config, archive_dir: Path, *, entities: Sequence[st
     """The billed KV commands a restore of this archive would send into a store where none of
     its keys exist. Reads the archive only (no KV, no Postgres)."""
     return archive_restore_cost(config, archive_dir, entities=entities)
+
+
+def shadow(config: Config, *, users: int = 20, handles: Sequence[str] = (), views: Sequence[str] = (),
+           on_forecast: Callable[[int, int], None] | None = None) -> ShadowResult:
+    """Compute the app's read views from KV and from Postgres for a sample of users (or the named
+    ones) and compare them field by field; record the result for `cutover --require-shadow`.
+
+    KV strictly read-only: one SCAN pass, then each key the views need read once (MGET for
+    strings, one pipelined typed read per other key); the cost is forecast before reading
+    (`on_forecast(exact, at_most)`) and capped by `config.max_requests`. Writes only
+    kvmigrate's records in Postgres.
+    """
+    return run_shadow(config, users=users, handles=handles, views=views, on_forecast=on_forecast)

@@ -25,6 +25,7 @@ from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import Entity, select_entities
 from kvmigrate.errors import ConfigError, GateRefused, WrongStore
 from kvmigrate.phases import DEFAULT_SETTLE
+from kvmigrate.shadow import shadow_gate
 from kvmigrate.verify import VerifyResult, run_verify
 from kvmigrate.wrong_store import HINT, QUESTION, before_cleanup, ledger_keys
 
@@ -119,8 +120,10 @@ def _ago(delta: dt.timedelta) -> str:
 
 
 def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = False, rollback: bool = False,
-                max_verify_age: dt.timedelta = dt.timedelta(hours=1)) -> CutoverResult:
-    """Switch reads to Postgres (or back, with rollback). Writes Postgres state + 1 HSET per change."""
+                max_verify_age: dt.timedelta = dt.timedelta(hours=1), require_shadow: bool = False) -> CutoverResult:
+    """Switch reads to Postgres (or back, with rollback). Writes Postgres state + 1 HSET per change.
+    With `require_shadow`, the latest `kvmigrate shadow` run must also have compared every view
+    and found them all matching (its gate is reported as the entity `shadow`)."""
     chosen = _kv_only(entities)
     result = CutoverResult(rollback, force)
     step = "cutover-rollback" if rollback else "cutover"
@@ -130,16 +133,20 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
         before = {e.name: phases.check_step(conn, e.name, step) for e in chosen}
         if not rollback:
             result.gates = [gate(conn, e.name, max_age=max_verify_age) for e in chosen]
+            if require_shadow:
+                ok, why = shadow_gate(conn)
+                result.gates.append(Gate("shadow", ok, why))
             refused = [g for g in result.gates if not g.ok]
             if refused and not force:
-                names = " ".join(f"--entity {g.entity}" for g in refused)
                 if any(g.wrong_store for g in refused):
                     raise WrongStore("cutover refused: " + "; ".join(f"{g.entity}: {g.reason}" for g in refused),
                                      hint=HINT + "; --force skips the gate (only for an entity that truly has no data)")
+                names = " ".join(f"--entity {g.entity}" for g in refused if g.entity != "shadow")
+                todo = ([f"`kvmigrate verify {names}` (a full verify, not --sample)"] if names else []) + (
+                    ["`kvmigrate shadow` until every view matches"] if any(g.entity == "shadow" for g in refused) else [])
                 raise GateRefused(
                     "cutover refused: " + "; ".join(f"{g.entity}: {g.reason}" for g in refused),
-                    hint=f"run `kvmigrate verify {names}` (a full verify, not --sample), then cutover again;"
-                    " --force skips the gate")
+                    hint=f"run {' and '.join(todo)}, then cutover again; --force skips the gate")
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
         target = phases.DUAL if rollback else phases.CUTOVER
         reason = "cutover rollback" if rollback else ("cutover (forced past the gate)" if force else "cutover")

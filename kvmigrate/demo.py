@@ -28,6 +28,7 @@ from kvmigrate.embedded import embedded_servers
 from kvmigrate.entities.common import Bad, handle
 from kvmigrate.errors import ConfigError
 from kvmigrate.seed import SeedResult, seed_keyspace, write_memory_files
+from kvmigrate.shadow import ShadowResult
 
 HOBBY_DAILY_QUOTA = 3000
 FLAG_TTL = 0.5  # how long the simulated app caches the flags; every flag change waits longer
@@ -58,6 +59,7 @@ class DemoResult:
     deleted: int = 0
     kept_after_cleanup: dict[str, int] = field(default_factory=dict)
     kv_left: dict[str, int] = field(default_factory=dict)
+    shadow: ShadowResult | None = None
 
     @property
     def kv_requests(self) -> int:
@@ -152,6 +154,12 @@ class _Demo:
         with self.step("verify --repair") as st:
             ver = commands.verify(cfg, repair=True, recheck_delay=1.0, memories_dir=self.workdir / "memories")
             st.result, st.kv_requests = ver, ver.budget.spent
+        with self.step("shadow: the app's read views, KV vs Postgres") as st:
+            # shown, not gating: the simulated app keeps writing, and a view read between its KV
+            # write and its Postgres write differs for that moment (shadow does not re-check)
+            shadow = commands.shadow(cfg, users=20)
+            st.result, st.kv_requests = shadow, shadow.kv_requests
+            self.result.shadow = shadow
         with self.step("cutover") as st:
             cut = commands.cutover(cfg)
             st.result, st.kv_requests = cut, cut.kv_requests

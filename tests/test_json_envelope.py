@@ -37,8 +37,9 @@ OPTIONS: dict[str, list[tuple[str, ...]]] = {
 
 #: Commands that cannot succeed here, and why: cutover and cleanup --dry-run before any dual
 #: write (gate refused), verify before any backfill (rows missing), restore of a folder with no
-#: manifest (1); seed and demo into a KV db that is not empty (2).
-EXPECTED_EXIT = {"cutover": 1, "cleanup": 1, "verify": 1, "restore": 1, "seed": 2, "demo": 2}
+#: manifest (1), shadow before any backfill (views differ, 1); seed and demo into a KV db that is
+#: not empty (2).
+EXPECTED_EXIT = {"cutover": 1, "cleanup": 1, "verify": 1, "restore": 1, "shadow": 1, "seed": 2, "demo": 2}
 
 
 def validate(body: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Commands that prepare and inspect: setup, doctor, inventory, plan, rejects, status, prisma."""
+"""Commands that prepare and inspect: setup, doctor, inventory, plan, rejects, status, prisma, shadow."""
 
 from __future__ import annotations
 
@@ -92,3 +92,26 @@ def prisma(
         Console(stderr=True).print("schema.prisma follows on stdout; --out prisma also writes the baseline "
                                    "migration 0_init", markup=False, highlight=False, soft_wrap=True)
     run(ctx, lambda: commands.prisma(config, out=out, schema=schema))
+
+
+@app.command()
+def shadow(
+    ctx: typer.Context,
+    *,
+    users: Annotated[int, typer.Option("--users", min=1, help="How many users to sample (the same ones for the "
+                                       "same store).")] = 20,
+    handle: Annotated[list[str] | None, typer.Option("--handle", help="Compare these users instead (repeat).")] = None,
+    views: Annotated[str, typer.Option("--views", help="Comma-separated views: inbox,thread,unread,board,"
+                                       "leaderboard,invites,profile,games. Default: all.")] = "",
+    max_requests: MaxRequestsOpt = None,
+) -> None:
+    """Compute the app's read views from KV and from Postgres and compare them field by field;
+    exit 1 when any differs. KV read-only; each key read once; the cost is forecast first."""
+    config = config_from(ctx, max_requests=max_requests)
+    chosen = [v.strip() for v in views.split(",") if v.strip()]
+
+    def forecast(exact: int, at_most: int) -> None:
+        typer.echo(f"shadow: forecast at most {at_most} billed KV commands ({exact} known exactly)", err=True)
+
+    run(ctx, lambda: commands.shadow(config, users=users, handles=handle or (), views=chosen, on_forecast=forecast),
+        exit_code_of=lambda r: 0 if r.clean else 1)

@@ -108,12 +108,15 @@ def cutover(
     rollback: Annotated[bool, typer.Option("--rollback", help="Switch reads back to KV.")] = False,
     max_verify_age: Annotated[int, typer.Option("--max-verify-age", min=1, help="Minutes a clean verify stays "
                                                 "valid for the gate.")] = 60,
+    require_shadow: Annotated[bool, typer.Option("--require-shadow", help="Also require the latest `kvmigrate "
+                                                 "shadow` run to be clean (every view compared, all matching).")]
+    = False,
 ) -> None:
     """Switch reads to Postgres (phase 3) once each entity's latest full verify is clean and recent."""
     config = config_from(ctx)
     age = dt.timedelta(minutes=max_verify_age)
     run(ctx, lambda: commands.cutover(config, entities=entity or (), force=force, rollback=rollback,
-                                      max_verify_age=age))
+                                      max_verify_age=age, require_shadow=require_shadow))
 
 
 @app.command()

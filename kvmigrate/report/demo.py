@@ -31,6 +31,7 @@ def _(r: DemoResult) -> dict[str, Any]:
         "cleanup_deleted": r.deleted,
         "cleanup_kept": r.kept_after_cleanup,
         "kv_left": r.kv_left,
+        "shadow": None if r.shadow is None else to_dict(r.shadow),
         "seed": None if r.seed is None else {"keys": r.seed.keys_written, "by_family": r.seed.by_family},
         "app": None if r.app is None else {**to_dict(r.app), "ok": r.app.ok},
         "app_writes_by_phase": r.app_writes_by_phase,
@@ -55,6 +56,10 @@ def _(r: DemoResult, console: Console) -> None:
     for entity, c in sorted(r.counts.items()):
         counts.add_row(entity, *(str(c.get(k, 0)) for k in ("migrated", "rejected", "kept", "unknown")))
     console.print(counts)
+    if r.shadow is not None:
+        views = ", ".join(f"{n} {100 * v.share:.0f}%" for n, v in r.shadow.views.items())
+        console.print(f"shadow before cutover ({len(r.shadow.handles)} users, {r.shadow.kv_requests} KV commands): "
+                      f"views matching {views}", markup=False)
     if r.rejects_by_reason:
         console.print("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in r.rejects_by_reason.items())
                       + " (see `kvmigrate rejects`)")
@@ -64,7 +69,8 @@ def _(r: DemoResult, console: Console) -> None:
         + ", ".join(f"{k} {v}" for k, v in r.kv_left.items()))
     naive = r.naive_requests * NAIVE_PASSES
     console.print(f"KV commands billed to kvmigrate: {r.kv_requests:,} (the floor for one inventory, backfill, verify "
-                  f"and cleanup of this store: {r.floor_requests:,}; this demo also runs a second verify) — a naive "
+                  f"and cleanup of this store: {r.floor_requests:,}; this demo also runs a second verify"
+                  + (f" and a shadow run ({r.shadow.kv_requests:,})" if r.shadow is not None else "") + f") — a naive "
                   f"per-key migration would spend about {naive:,} ({r.naive_requests:,} for its backfill alone); that is "
                   f"{r.kv_requests / HOBBY_DAILY_QUOTA:.1%} of one day's {HOBBY_DAILY_QUOTA:,}-command Hobby quota")
     console.print("counted as Upstash bills: every command the server runs, each one in a pipeline or MULTI/EXEC "
