@@ -11,6 +11,7 @@ writes 0 rows. The KV connection is read-only: backfill never writes to KV.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -36,9 +37,11 @@ from kvmigrate.pg.conflicts import recorded_schema, schema_mismatch, target_sche
 from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.pg.migrations import applied_checksums, load_migrations
 from kvmigrate.pg.stats import STATE_TABLES, analyze
+from kvmigrate.progress import left_to_do
 from kvmigrate.records import ContainerJson, RawRecord
 from kvmigrate.wrong_store import check_matched, ledger_keys, unmatched
 
+log = logging.getLogger("kvmigrate")
 MAX_PASSES = 3  # scans started over after KV restarts before giving up
 
 #: Called after each committed page with (keys scanned so far, keys in the store, tallies).
@@ -264,10 +267,11 @@ def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | Non
                 size += len(page.records) + len(page.policy) + len(page.indexes)
                 if size >= limit:
                     flush()
-        except BudgetExhausted:
+        except BudgetExhausted as exc:
             flush()  # what was read whole is not read (and paid for) again
             writes.wait()
-            raise
+            raise BudgetExhausted(exc.message + "; " + left_to_do(writes.keys_seen, total, run.result.budget.spent),
+                                  hint=exc.hint) from None
         flush()
         writes.wait()
     finally:
@@ -290,6 +294,8 @@ class _Overlap:
         self.keys_seen = 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmigrate-writer")
         self.pending: tuple[Future[dict[str, LoadStats]], int] | None = None
+        if progress:
+            progress(0, total, run.result.tallies)  # the task starts: its rate counts from here
 
     def submit(self, batch: Batch, checkpoint: tuple[str, int], keys: int) -> None:
         """Wait for the page in flight, then start writing this one (dry run: count it only)."""
@@ -313,6 +319,8 @@ class _Overlap:
 
     def _done(self, keys: int) -> None:
         self.keys_seen += keys
+        log.info("backfill: committed %d keys, %d of %d scanned, %d billed KV commands", keys, self.keys_seen,
+                 self.total, self.run.result.budget.spent)
         if self.progress:
             self.progress(self.keys_seen, self.total, self.run.result.tallies)
 

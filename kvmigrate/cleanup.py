@@ -26,6 +26,7 @@ Rules (README, "Data rules"):
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,9 +51,11 @@ from kvmigrate.kv.client import KvClient, KvSession
 from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id, storable_name
 from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.kv.source import KvSource, storable
+from kvmigrate.progress import Reporter, Tick, countdown, left_to_do, silent
 from kvmigrate.records import RawRecord
 from kvmigrate.wrong_store import before_cleanup
 
+log = logging.getLogger("kvmigrate")
 EXAMPLES = 5
 
 _VERIFY_AGAIN = "run `kvmigrate verify --entity {e}`, then cleanup again"
@@ -165,10 +168,12 @@ class _Run:
     writer: KvClient | None = None
     archive: ArchiveWriter | None = None
     classifier: Classifier = field(default_factory=lambda: Classifier(ENTITIES))
+    report: Reporter = silent
+    total: int | None = None  # keys in the store when the pass started (DBSIZE), for progress
 
 
 def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Path, dry_run: bool = False,
-                yes: bool = False, settle: float = 0.0) -> CleanupResult:
+                yes: bool = False, settle: float = 0.0, report: Reporter = silent) -> CleanupResult:
     """Archive and delete the verified KV keys of the chosen entities (default: every KV entity).
 
     Refuses (GateRefused, exit 1) unless every chosen entity has cut over; needs `yes` unless
@@ -193,7 +198,7 @@ def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Pa
         result = CleanupResult(None, dry_run, str(archive_dir), budget, {e.name: EntityCleanup() for e in chosen})
         result.warnings = warnings
         reader = SnapshotReader(connect_kv(url, budget, retries=config.connect_retries, read_only=True))
-        run = _Run(config, conn, chosen, result, reader)
+        run = _Run(config, conn, chosen, result, reader, report=report)
         if dry_run:
             _scan(run)
         else:
@@ -215,7 +220,8 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
         run.writer = writer
         _flags(run, writer, settle)
         # after the settle: a store wiped (or restarted empty) meanwhile is not cleaned up
-        refuse_a_shrunk_store(run.conn, int(writer.call("DBSIZE")), allow=run.config.allow_shrunk_store)
+        run.total = int(writer.call("DBSIZE"))
+        refuse_a_shrunk_store(run.conn, run.total, allow=run.config.allow_shrunk_store)
         _reconcile(run)
         _scan(run)
         status = "ok"
@@ -246,7 +252,7 @@ def _flags(run: _Run, writer: KvClient, settle: float) -> None:
         " WHERE entity = ANY(%s) AND to_writes = 'postgres'", ([e.name for e in run.chosen],)).fetchone()
     wait = settle - float(row[0]) if row and row[0] is not None else 0.0
     if wait > 0:
-        time.sleep(wait)
+        countdown(wait, run.report, note="until every app instance sees writes=postgres")
         run.result.settled_seconds = wait
 
 
@@ -260,10 +266,21 @@ def _scan(run: _Run) -> None:
     cursor = 0 if dry else (state.get_checkpoint(run.conn, name, server=server) or 0)
     run.result.resumed_from = cursor or None
     pages = () if cursor == state.SCAN_DONE else scan_pages(run.reader.kv, cursor=cursor, count=run.config.scan_count)
+    scanned = 0
+    run.report(Tick("cleanup", 0, run.total))
     for next_cursor, keys in pages:
         items = _candidates(run, keys)
-        if items:
-            _page(run, items)
+        try:
+            if items:
+                _page(run, items)
+        except BudgetExhausted as exc:
+            raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, run.total, run.result.budget.spent)
+                                  + " (cleanup resumes at its last page)", hint=exc.hint) from None
+        scanned += len(keys)
+        deleted = run.result.deleted
+        run.report(Tick("cleanup", scanned, max(run.total or 0, scanned) or None, note=f"{deleted:,} deleted"))
+        log.info("cleanup: page of %d keys, %d candidates, %d deleted so far, %d billed KV commands", len(keys),
+                 len(items), deleted, run.result.budget.spent)
         if server_id(run.reader.kv) != server:
             raise StoreChanged(
                 "the KV server restarted during cleanup (its run id changed): it may have come back without keys "

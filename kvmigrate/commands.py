@@ -31,6 +31,7 @@ from kvmigrate.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.plan import PlanResult, run_plan
 from kvmigrate.prisma import PrismaHandoff, generate
+from kvmigrate.progress import Reporter, silent
 from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
 from kvmigrate.restore import RestoreCost, RestoreResult, archive_restore_cost, run_restore
@@ -118,6 +119,7 @@ def verify(
     repair_extra: bool = False,
     yes: bool = False,
     memories_dir: Path | None = None,
+    report: Reporter = silent,
 ) -> VerifyResult:
     """Diff KV against Postgres (phase 2) and record the result for the cutover gate.
 
@@ -127,7 +129,7 @@ def verify(
     if repair_extra and not yes:
         raise ConfigError("--repair-extra deletes rows from Postgres", hint="add --yes to confirm")
     return run_verify(config, entities=entities, mode=mode, sample=sample, recheck_delay=recheck_delay,
-                      repair=repair, repair_extra=repair_extra, memories_dir=memories_dir)
+                      repair=repair, repair_extra=repair_extra, memories_dir=memories_dir, report=report)
 
 
 def dual_write(
@@ -138,6 +140,7 @@ def dual_write(
     rollback: bool = False,
     recheck_delay: float = 3.0,
     progress: Progress | None = None,
+    report: Reporter = silent,
 ) -> DualWriteResult:
     """Mark entities dual-written (phase 2), wait for apps to see the flag, backfill and verify.
 
@@ -145,7 +148,7 @@ def dual_write(
     backfill plus a verify. With `rollback`, writes return to KV only (only while reads are on KV).
     """
     return run_dual_write(config, entities=entities, settle=settle, rollback=rollback,
-                          recheck_delay=recheck_delay, progress=progress)
+                          recheck_delay=recheck_delay, progress=progress, report=report)
 
 
 def cutover(
@@ -227,6 +230,7 @@ def cleanup(
     settle: float = DEFAULT_SETTLE,
     verify_first: bool = False,
     recheck_delay: float = 3.0,
+    report: Reporter = silent,
 ) -> CleanupPhaseResult:
     """Phase 4: writes to Postgres only, then archive and delete the verified KV keys (one read pass).
 
@@ -237,11 +241,11 @@ def cleanup(
     other key), a SCAN per page, and WATCH, MULTI, DEL, EXEC per page with keys to delete.
     """
     return run_cleanup_phase(config, entities=entities, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
-                             settle=settle, verify_first=verify_first, recheck_delay=recheck_delay)
+                             settle=settle, verify_first=verify_first, recheck_delay=recheck_delay, report=report)
 
 
 def restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (), force: bool = False,
-            yes: bool = False, dry_run: bool = False) -> RestoreResult:
+            yes: bool = False, dry_run: bool = False, report: Reporter = silent) -> RestoreResult:
     """Put archived keys back (the undo of cleanup) with their types and archived expiry.
 
     Locks the archive folder and checks every file and total against the manifest first (exit 1
@@ -250,7 +254,7 @@ def restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (), 
     exists with another value is refused unless `force`. Exits 1 when anything the ledger marks
     deleted is not in the archive. KV cost: `kvmigrate.restore.restore_cost`.
     """
-    return run_restore(config, archive_dir, entities=entities, force=force, yes=yes, dry_run=dry_run)
+    return run_restore(config, archive_dir, entities=entities, force=force, yes=yes, dry_run=dry_run, report=report)
 
 
 def restore_forecast(config: Config, archive_dir: Path, *, entities: Sequence[str] = ()) -> RestoreCost:

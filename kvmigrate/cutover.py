@@ -9,7 +9,6 @@ several entities is all or nothing: every gate is checked before any flag moves.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import Entity, select_entities
 from kvmigrate.errors import ConfigError, GateRefused, WrongStore
 from kvmigrate.phases import DEFAULT_SETTLE
+from kvmigrate.progress import Reporter, countdown, silent
 from kvmigrate.shadow import shadow_gate
 from kvmigrate.verify import VerifyResult, run_verify
 from kvmigrate.wrong_store import HINT, QUESTION, before_cleanup, ledger_keys
@@ -160,7 +160,8 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
 
 
 def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: float = DEFAULT_SETTLE, rollback: bool = False,
-                   recheck_delay: float = 3.0, progress: Progress | None = None) -> DualWriteResult:
+                   recheck_delay: float = 3.0, progress: Progress | None = None,
+                   report: Reporter = silent) -> DualWriteResult:
     """Mark entities dual-written, wait `settle` seconds for apps to see the flag, then backfill
     and verify them. With rollback: writes go back to KV only (reads must still be on KV)."""
     chosen = _kv_only(entities)
@@ -180,7 +181,7 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
     if rollback:
         return DualWriteResult(changes, None, None, 0.0, budget.spent)
     if settle > 0 and any(c.changed for c in changes):
-        time.sleep(settle)
+        countdown(settle, report, note="until every app instance sees the new flags")
     names = [e.name for e in chosen]
     remaining = None if config.max_requests is None else max(config.max_requests - budget.spent, 1)
     sub = config.model_copy(update={"max_requests": remaining})
@@ -190,7 +191,8 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
     # Repair what the re-check still finds: under dual writes the app writes KV first, so a row
     # that differs is a stale copy the backfill committed after the app's own write (backfill
     # does not read a page twice), or a write the app's Postgres side missed.
-    verify = run_verify(sub, entities=names, recheck_delay=recheck_delay, repair=True, explicit=bool(entities))
+    verify = run_verify(sub, entities=names, recheck_delay=recheck_delay, repair=True, explicit=bool(entities),
+                        report=report)
     spent = budget.spent + backfill.budget.spent + verify.budget.spent
     return DualWriteResult(changes, backfill, verify, settle, spent)
 
@@ -208,7 +210,7 @@ class CleanupPhaseResult:
 
 def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_dir: Path, dry_run: bool = False,
                       yes: bool = False, settle: float = DEFAULT_SETTLE, verify_first: bool = False,
-                      recheck_delay: float = 3.0) -> CleanupPhaseResult:
+                      recheck_delay: float = 3.0, report: Reporter = silent) -> CleanupPhaseResult:
     """Phase 4. Move writes to Postgres, wait `settle` seconds for every app instance to see it,
     then archive and delete the verified keys in one read pass (see kvmigrate.cleanup: keys the
     app changed since the last verify are verified as that pass reads them). `verify_first` runs
@@ -235,12 +237,12 @@ def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_d
             phases.publish(conn, kv)
             _log_flags(conn, budget)
         if settle > 0 and any(c.changed for c in changes):
-            time.sleep(settle)
+            countdown(settle, report, note="until every app instance sees the new flags")
         verify = run_verify(_left(config, budget.spent), entities=names, recheck_delay=recheck_delay,
-                            explicit=bool(entities))
+                            explicit=bool(entities), report=report)
         spent = budget.spent + verify.budget.spent
     cleaned = run_cleanup(_left(config, spent), entities=names, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
-                          settle=0.0 if verify_first else settle)
+                          settle=0.0 if verify_first else settle, report=report)
     return CleanupPhaseResult(changes, verify, cleaned, spent + cleaned.kv_requests)
 
 

@@ -63,6 +63,7 @@ from kvmigrate.kv.rebuild import (
     value_bytes,
 )
 from kvmigrate.kv.scanner import encode_key, storable_name
+from kvmigrate.progress import Reporter, Tick, silent
 
 FLAGS_UNCHANGED = ("phase flags are unchanged: restore writes KV only, and the app keeps reading and "
                    "writing what its flags say (see `kvmigrate status`)")
@@ -166,7 +167,7 @@ def archive_restore_cost(config: Config, archive_dir: Path, *, entities: Sequenc
 
 
 def run_restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (), force: bool = False,
-                yes: bool = False, dry_run: bool = False) -> RestoreResult:
+                yes: bool = False, dry_run: bool = False, report: Reporter = silent) -> RestoreResult:
     """Put archived keys back with their type and archived expiry. Writes KV only (no flag, no
     Postgres; with a Postgres URL it reads the ledger). Locks the folder and checks the archive
     first (ArchiveBusy / ArchiveCorrupt, exit 1); needs `yes` unless `dry_run` (ConfigError,
@@ -180,13 +181,13 @@ def run_restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = 
         raise ConfigError(f"no KV entity named {', '.join(unknown)}", hint="entities are: " + ", ".join(names))
     lock = FolderLock(archive_dir, "restore")
     try:
-        return _run(config, archive_dir, entities or names, force=force, yes=yes, dry_run=dry_run)
+        return _run(config, archive_dir, entities or names, force=force, yes=yes, dry_run=dry_run, report=report)
     finally:
         lock.release()
 
 
 def _run(config: Config, archive_dir: Path, entities: Sequence[str], *, force: bool, yes: bool,
-         dry_run: bool) -> RestoreResult:
+         dry_run: bool, report: Reporter = silent) -> RestoreResult:
     manifest = read_manifest(archive_dir)
     check_counts(manifest)
     blobs = verified_blobs(archive_dir, manifest)
@@ -205,8 +206,11 @@ def _run(config: Config, archive_dir: Path, entities: Sequence[str], *, force: b
     kv.retries = 0
     run = _Restore(kv, result, config.connect_retries)
     try:
+        report(Tick("restore", 0, len(items)))
         for start in range(0, len(items), config.batch_size):
             run.batch(items[start:start + config.batch_size])
+            done = min(start + config.batch_size, len(items))
+            report(Tick("restore", done, len(items), note=f"{budget.spent:,} billed KV commands"))
         if dry_run:
             result.forecast = restore_cost(items, batch_size=config.batch_size, in_place=run.in_place,
                                            replaced=frozenset(run.replaced), setup=_setup(config.require_kv()))

@@ -21,6 +21,7 @@ Rules (README, "Data rules"):
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -41,9 +42,12 @@ from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError
 from kvmigrate.guards import refuse_a_shrunk_store, take_writer_lock
 from kvmigrate.kv.scanner import server_id
 from kvmigrate.kv.source import KvSource
+from kvmigrate.progress import Reporter, Tick, left_to_do, silent
 from kvmigrate.records import RawRecord
 from kvmigrate.verified import record_verified, supersede
 from kvmigrate.wrong_store import verdict
+
+log = logging.getLogger("kvmigrate")
 
 __all__ = ["Difference", "EntityCheck", "VerifyResult", "run_verify"]
 
@@ -87,6 +91,7 @@ def run_verify(
     seed: int | None = None,
     memories_dir: Path | None = None,
     explicit: bool | None = None,
+    report: Reporter = silent,
 ) -> VerifyResult:
     """Diff KV against Postgres for the chosen entities and record the result per entity.
 
@@ -119,7 +124,8 @@ def run_verify(
         if repair or repair_extra:  # writes rows: one writer at a time (see kvmigrate.guards)
             take_writer_lock(conn, "verify --repair")
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
-        refuse_a_shrunk_store(conn, int(kv.call("DBSIZE")), allow=config.allow_shrunk_store)
+        total = int(kv.call("DBSIZE"))  # for the check below and the progress's total
+        refuse_a_shrunk_store(conn, total, allow=config.allow_shrunk_store)
         source = KvSource(kv, chosen, count=config.scan_count)
         run_id = state.start_run(conn, "verify", dry_run=False, options={"mode": mode, "sample": sample})
         result = VerifyResult(mode, sample, budget, {e.name: EntityCheck() for e in chosen}, run_id)
@@ -130,9 +136,19 @@ def run_verify(
                     differ.stage(records)
             else:
                 server = server_id(kv)
-                for page in source.pages():
-                    _count_keys(result, page.records, page.indexes)
-                    differ.stage(page.records)
+                scanned, started = 0, time.perf_counter()
+                report(Tick("verify", 0, total))
+                try:
+                    for page in source.pages():
+                        _count_keys(result, page.records, page.indexes)
+                        differ.stage(page.records)
+                        scanned += page.keys
+                        report(Tick("verify", scanned, max(total, scanned), note=f"{budget.spent:,} billed KV commands"))
+                        log.info("verify: page of %d keys (%d records), %d scanned, %d billed KV commands, %.1f s",
+                                 page.keys, len(page.records), scanned, budget.spent, time.perf_counter() - started)
+                except BudgetExhausted as exc:
+                    raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, total, budget.spent)
+                                          + " (a verify starts over)", hint=exc.hint) from None
                 if server_id(kv) != server:
                     raise ConnectError("the KV server restarted during the verify, so its scan may have skipped "
                                        "keys; nothing was recorded", hint="run the same verify again")

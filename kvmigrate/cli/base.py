@@ -31,6 +31,7 @@ from kvmigrate.connections import connection_errors
 from kvmigrate.errors import EXIT_CODES, KvmigrateError, StorageError
 from kvmigrate.masking import mask_text
 from kvmigrate.printable import printable
+from kvmigrate.progress import Rate, Tick, clock
 
 #: Global options a user may also write after the command (`kvmigrate status --json`).
 GLOBAL_FLAGS = frozenset({"--json", "--traceback", "-v", "-vv", "--verbose"})
@@ -164,7 +165,8 @@ def _main(
                      "(public). kvmigrate's own state stays in schema kvmigrate."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="More log output (repeat).")] = 0,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v: each page and its timing; -vv: "
+                                         "each KV round trip too (commands, never values). On stderr.")] = 0,
     traceback: Annotated[bool, typer.Option("--traceback", help="Show the full trace of an error.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
                                           callback=lambda v: _print_version(v))] = False,
@@ -172,7 +174,9 @@ def _main(
     """Global options apply to every command: kvmigrate --json status (they may also follow the
     command: kvmigrate status --json)."""
     ctx.obj = Globals(kv_url, pg_url, json_out, pg_schema, verbose, traceback)
-    logging.basicConfig(level=logging.WARNING - 10 * min(verbose, 2), stream=sys.stderr, format="%(message)s")
+    # -v: pages and timings; -vv: every KV round trip too (command names and counts, never values)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    logging.getLogger("kvmigrate").setLevel(logging.WARNING - 10 * min(verbose, 2))
 
 
 def _print_version(asked: bool) -> None:
@@ -309,33 +313,91 @@ SettleOpt = Annotated[
 ]
 
 
-@contextlib.contextmanager
-def progress_bar(ctx: typer.Context, label: str) -> Iterator[Callable[[int, int, Any], None]]:
-    """Rich progress bars on stderr: one for the whole scan (keys of the store, keys/s, rejects so
-    far), and one line per entity (records read, rejects); silent when stderr is no terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class Bars:
+    """Progress on stderr. On a terminal: rich bars with rate and ETA, one for the whole task and
+    one line per entity (backfill), left on screen when the run ends or stops. Elsewhere (a CI
+    log): one plain line per task every `every` seconds, and the last one when it ends."""
 
-    console = Console(stderr=True)
-    bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]}"), TextColumn("rejects {task.fields[rejects]}"),
-                   TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
-    task = bar.add_task(label, total=None, rate="- keys/s", rejects=0)
-    per_entity: dict[str, Any] = {}
-    started = time.perf_counter()
+    def __init__(self, console: Console, *, every: float = 10.0) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-    def on_page(done: int, total: int, tallies: Any) -> None:
-        rate = done / max(time.perf_counter() - started, 1e-6)
+        self.console = console
+        self.tty = console.is_terminal
+        self.every = every
+        self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[note]}"), console=console, transient=False,
+                            disable=not self.tty)
+        self.tasks: dict[str, Any] = {}
+        self.rates: dict[str, Rate] = {}
+        self.last: dict[str, Tick] = {}
+        self.printed: dict[str, float] = {}
+
+    def tick(self, t: Tick) -> None:
+        """Show one progress report (see kvmigrate.progress)."""
+        rate = self.rates.setdefault(t.task, Rate())
+        self.last[t.task] = t
+        per_s = f"{rate.per_second(t.done):,.0f} {t.unit}/s" if t.unit != "s" else ""
+        if self.tty:
+            if t.task not in self.tasks:
+                self.tasks[t.task] = self.bar.add_task(t.task, total=t.total, rate="", note="")
+            self.bar.update(self.tasks[t.task], completed=t.done, total=t.total, rate=per_s, note=t.note)
+            return
+        now = time.monotonic()
+        finished = t.total is not None and t.done >= t.total
+        if finished or now - self.printed.get(t.task, 0.0) >= self.every:
+            self.printed[t.task] = now
+            self.console.print(self.line(t), markup=False, highlight=False, soft_wrap=True)
+
+    def line(self, t: Tick) -> str:
+        rate = self.rates.get(t.task) or Rate()
+        of = f" of {t.total:,}" if t.total is not None else ""
+        if t.unit == "s":
+            return f"{t.task}: {t.done}{of} s, {max((t.total or 0) - t.done, 0)} s left" + (f"; {t.note}" if t.note else "")
+        share = f" ({t.done / t.total:.0%})" if t.total else ""
+        finished = t.total is not None and t.done >= t.total
+        speed = f", {rate.per_second(t.done):,.0f} {t.unit}/s" + ("" if finished else f", ETA {clock(rate.eta(t.done, t.total))}")
+        return f"{t.task}: {t.done:,}{of} {t.unit}{share}{speed}" + (f"; {t.note}" if t.note else "")
+
+    def page(self, done: int, total: int, tallies: Any) -> None:
+        """Backfill's report: the scan, and one line per entity on a terminal."""
         rejected = sum(t.rejected + t.item_rejects for t in tallies.values())
-        bar.update(task, completed=done, total=max(total, done), rate=f"{rate:,.0f} keys/s", rejects=rejected)
+        self.tick(Tick("backfill", done, max(total, done), note=f"rejects {rejected}"))
+        if not self.tty:
+            return
         for name, t in tallies.items():
-            if name not in per_entity:
-                per_entity[name] = bar.add_task(f"  {name}", total=None, rate="", rejects=0)
+            key = f"  {name}"
+            if key not in self.tasks:
+                self.tasks[key] = self.bar.add_task(key, total=None, rate="", note="")
             left = t.kept + t.unknown  # kept/unknown keys stay in KV, never read
-            bar.update(per_entity[name], completed=t.scanned, rejects=t.rejected + t.item_rejects,
-                       rate=f"{left:,} left in KV" if left else f"{t.migrated:,} migrated")
+            self.bar.update(self.tasks[key], completed=t.scanned, rate="",
+                            note=(f"{left:,} left in KV" if left else f"{t.migrated:,} migrated")
+                            + f", rejects {t.rejected + t.item_rejects}")
 
-    with bar:
-        yield on_page
+    def stopped(self) -> None:
+        """When the run stopped early (budget, Ctrl-C, error): say how far each task got."""
+        for t in self.last.values():
+            if t.unit != "s" and not (t.total is not None and t.done >= t.total):
+                self.console.print("stopped at: " + self.line(t), markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress_bar(ctx: typer.Context, label: str = "") -> Iterator[Bars]:
+    """Progress on stderr for the command's long work (see Bars); `label` is kept for callers."""
+    bars = Bars(Console(stderr=True))
+    try:
+        with bars.bar:
+            yield bars
+    except BaseException as exc:
+        if not (isinstance(exc, typer.Exit) and exc.exit_code == 0):
+            bars.stopped()
+        raise
 
 
 def main() -> None:

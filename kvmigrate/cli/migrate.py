@@ -47,9 +47,9 @@ def backfill(
     """Copy KV history into Postgres (phase 2): idempotent, resumable, never writes to KV."""
     config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store,
                          **batch_options(batch_size))
-    with progress_bar(ctx, "backfill") as on_page:
+    with progress_bar(ctx) as bars:
         run(ctx, lambda: commands.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
-                                           strict=strict, memories_dir=memories_dir, progress=on_page))
+                                           strict=strict, memories_dir=memories_dir, progress=bars.page))
 
 
 @app.command()
@@ -73,10 +73,11 @@ def verify(
 ) -> None:
     """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
     config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
-    run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
-                                     recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra, yes=yes,
-                                     memories_dir=memories_dir),
-        exit_code_of=lambda r: 0 if r.clean else 1)
+    with progress_bar(ctx) as bars:
+        run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
+                                         recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra,
+                                         yes=yes, memories_dir=memories_dir, report=bars.tick),
+            exit_code_of=lambda r: 0 if r.clean else 1)
 
 
 @app.command("dual-write")
@@ -93,9 +94,9 @@ def dual_write(
 ) -> None:
     """Mark entities dual-written (phase 2), then backfill and verify them; exit 1 if verify differs."""
     config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
-    with progress_bar(ctx, "backfill") as on_page:
+    with progress_bar(ctx) as bars:
         run(ctx, lambda: commands.dual_write(config, entities=entity or (), settle=settle, rollback=rollback,
-                                             recheck_delay=recheck_delay, progress=on_page),
+                                             recheck_delay=recheck_delay, progress=bars.page, report=bars.tick),
             exit_code_of=lambda r: 0 if r.clean else 1)
 
 
@@ -141,8 +142,9 @@ def cleanup(
     config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
     if not (yes or dry_run or global_options(ctx).json) and sys.stdin.isatty():
         yes = typer.confirm("cleanup archives and then DELETES the migrated KV keys; continue?", err=True)
-    run(ctx, lambda: commands.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,
-                                      yes=yes, settle=settle, verify_first=verify_first))
+    with progress_bar(ctx) as bars:
+        run(ctx, lambda: commands.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,
+                                          yes=yes, settle=settle, verify_first=verify_first, report=bars.tick))
 
 
 @app.command()
@@ -169,6 +171,7 @@ def restore(
             typer.echo(f"restore writes {cost.keys} archived keys back into KV: about {cost.commands} billed KV "
                        "commands", err=True)
             yes = typer.confirm("continue?", err=True)
-    run(ctx, lambda: commands.restore(config, archive_dir, entities=entity or (), force=force, yes=yes,
-                                      dry_run=dry_run),
-        exit_code_of=lambda r: 0 if r.clean else 1)
+    with progress_bar(ctx) as bars:
+        run(ctx, lambda: commands.restore(config, archive_dir, entities=entity or (), force=force, yes=yes,
+                                          dry_run=dry_run, report=bars.tick),
+            exit_code_of=lambda r: 0 if r.clean else 1)

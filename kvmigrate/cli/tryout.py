@@ -100,9 +100,9 @@ def rehearse(
                               hint="pass the branch database: kvmigrate rehearse --pg-url URL")
         return commands.rehearse(config, report=report_path, markdown=markdown, max_rejects=max_rejects,
                                  max_requests_real=max_requests, memories_dir=memories_dir, repair=not no_repair,
-                                 progress=on_page)
+                                 progress=bars.page)
 
-    with progress_bar(ctx, "backfill") as on_page:
+    with progress_bar(ctx) as bars:
         run(ctx, call, exit_code_of=lambda r: r.exit_code)
 
 

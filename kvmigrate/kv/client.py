@@ -5,6 +5,7 @@ script holds its global lock, so plain commands, pipelines and MULTI/EXEC do all
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ READ_COMMANDS = frozenset(
 IDEMPOTENT_WRITES = frozenset("SET HSET DEL UNLINK EXPIRE PEXPIRE PEXPIREAT PERSIST SADD SREM ZADD ZREM HDEL".split())
 
 T = TypeVar("T")
+log = logging.getLogger("kvmigrate.kv")
 
 
 class ReadOnlyViolation(ConfigError):
@@ -86,11 +88,17 @@ class KvClient:
         name = str(args[0])
         self._guard(name)
         self.budget.charge(name)
+        log.debug("KV round trip: %s x1", name.upper())
         return self._resending([args], lambda: self.redis.execute_command(*args))
 
     def _charge_all(self, commands: Sequence[Sequence[Any]]) -> None:
         for cmd in commands:
             self._guard(str(cmd[0]))
+        if log.isEnabledFor(logging.DEBUG):  # -vv: every round trip, by command (never values)
+            names: dict[str, int] = {}
+            for cmd in commands:
+                names[str(cmd[0]).upper()] = names.get(str(cmd[0]).upper(), 0) + 1
+            log.debug("KV round trip: %s", ", ".join(f"{n} x{c}" for n, c in names.items()))
         self.budget.check(len(commands))
         for cmd in commands:
             self.budget.charge(str(cmd[0]))
