@@ -6,11 +6,13 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
+from tests.fixtures.faults import Launcher, launcher
 from tests.fixtures.servers import Servers, kv_url_for, pg_url_for, start_servers
 
 _SERVERS = pytest.StashKey[Servers]()
@@ -97,3 +99,13 @@ def kv(kv_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(kv_url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[Launcher]:
+    """Runs `kvmigrate` as child processes (real exit codes, stderr not a terminal, SIGKILL-able),
+    with a HOME of this test's own."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with launcher({"HOME": str(home)}) as run:
+        yield run

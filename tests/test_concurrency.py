@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -31,21 +29,12 @@ from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import (
     Finished,
     Launcher,
-    launcher,
     note,
     seed_world,
     strike_inside_transaction,
 )
 
 BATCH = "20"
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Launcher]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with launcher({"HOME": str(home)}) as run:
-        yield run
 
 
 def argv(pg_url: str, kv_url: str) -> list[str]:

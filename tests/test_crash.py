@@ -42,7 +42,6 @@ from tests.fixtures.faults import (
     kill_inside_transaction,
     kill_when,
     kv_state,
-    launcher,
     ledger_rows,
     note,
     seed_world,
@@ -112,14 +111,6 @@ def databases(servers: Servers) -> Iterator[Databases]:
     dbs = Databases(servers.pg_admin_url)
     yield dbs
     dbs.close()
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Launcher]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with launcher({"HOME": str(home)}) as run:
-        yield run
 
 
 # --------------------------------------------------------------------------- backfill

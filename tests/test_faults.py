@@ -40,7 +40,6 @@ from tests.fixtures.faults import (
     PrivateValkey,
     free_port,
     kill_kv_clients,
-    launcher,
     ledger_rows,
     note,
     seed_world,
@@ -88,14 +87,6 @@ def make_world(dbs: Databases, kv_url: str, tmp_path: Path) -> World:
     world.reference = world.state(url)
     dbs.drop(url)
     return world
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Launcher]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with launcher({"HOME": str(home)}) as run:
-        yield run
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 import redis
 
 from kvmigrate import commands, phases
@@ -22,17 +20,9 @@ from kvmigrate.config import build_config
 from kvmigrate.guards import LOCK_WRITERS
 from kvmigrate.seed import seed_keyspace
 from tests.fixtures.data import dump_tables
-from tests.fixtures.faults import Launcher, launcher
+from tests.fixtures.faults import Launcher
 from tests.helpers import cli
 from tests.test_cleanup import move
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Launcher]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with launcher({"HOME": str(home)}) as run:
-        yield run
 
 
 def _migrated(pg_url: str, kv_url: str, kv: redis.Redis) -> None:

@@ -5,10 +5,8 @@ and what finishing would cost, and -v / -vv log lines. All on stderr; stdout kee
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 from rich.console import Console
 
@@ -17,16 +15,8 @@ from kvmigrate.cli.base import Bars
 from kvmigrate.config import build_config
 from kvmigrate.progress import Tick
 from kvmigrate.seed import seed_keyspace
-from tests.fixtures.faults import Launcher, launcher
+from tests.fixtures.faults import Launcher
 from tests.test_cleanup import move
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Launcher]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with launcher({"HOME": str(home)}) as run:
-        yield run
 
 
 def _seeded(pg_url: str, kv_url: str, kv: redis.Redis) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,7 +27,6 @@ from tests.fixtures.faults import (
     Launcher,
     kill_after,
     kill_when,
-    launcher,
     note,
     seed_world,
     wait_backends_gone,
@@ -73,14 +72,6 @@ def server_calls(kv: redis.Redis) -> dict[str, int]:
     """The billed commands the server ran, by name (free ones, this call's INFO among them, left out)."""
     return {name.removeprefix("cmdstat_").upper(): int(s["calls"]) for name, s in kv.info("commandstats").items()
             if name.removeprefix("cmdstat_").split("|")[0].upper() not in FREE_COMMANDS}
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[Launcher]:
-    home = tmp_path / "home"
-    home.mkdir()
-    with launcher({"HOME": str(home)}) as run:
-        yield run
 
 
 def test_restore_after_a_lost_reply_never_doubles_a_list_and_counts_the_resend(
