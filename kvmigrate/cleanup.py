@@ -364,7 +364,7 @@ def _decide(run: _Run, items: Sequence[tuple[str, Entity, Family]], snaps: Seque
         why = verdict(snap, family, ledger.get(snap.key, {}))
         if why is None:
             out.deletable.append((snap, entity.name))
-        elif why[0] in ("changed_since_verify", "not_verified") and not dry:
+        elif why[0] in ("changed_since_verify", "not_verified", "not_migrated") and not dry:
             recheck.append((snap, entity, family))
         else:
             out.kept.append((entity.name, why))

@@ -309,3 +309,18 @@ def test_archive_line_round_trips_binary_values_and_scores() -> None:
     assert (data["ttl_ms"], data["expires_at_ms"]) == (1200, 2200)
     item = decode_line(line)
     assert (item.key, item.rtype, item.parts, item.expires_at_ms) == (snap.key, "zset", snap.parts, 2200)
+
+
+def test_a_key_the_app_wrote_after_backfill_and_dual_wrote_to_postgres_is_verified_and_deleted_by_the_one_pass(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection, tmp_path: Path) -> None:
+    """Never backfilled, so not in the ledger: cleanup's read verifies it against Postgres and takes it."""
+    seed(kv)
+    config = prepare(pg_url, kv_url)
+    kv.set("streak:dana", orjson.dumps({"current": 1, "longest": 1, "lastActive": "2025-06-04"}))
+    pg.execute("INSERT INTO users (handle) VALUES ('dana') ON CONFLICT DO NOTHING")
+    pg.execute("INSERT INTO streaks (handle, current_streak, longest_streak, total_days, last_active)"
+               " VALUES ('dana', 1, 1, 0, '2025-06-04')")
+    assert pg.execute("SELECT count(*) FROM kvmigrate.ledger WHERE key = 'streak:dana'").fetchone() == (0,)
+    result = run_cleanup(config, entities=["streaks"], archive_dir=tmp_path, yes=True)
+    assert result.verified_now >= 1 and not kv.exists("streak:dana"), result.entities["streaks"].kept
+    assert "streak:dana" in archived_keys(tmp_path)
