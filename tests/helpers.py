@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import orjson
 from typer.testing import CliRunner, Result
@@ -30,3 +32,19 @@ def cli_json(*args: str, env: dict[str, str] | None = None, expect: int = 0) -> 
 
 def all_output(results: Sequence[Result]) -> str:
     return "\n".join(r.output for r in results)
+
+
+def cleanup_entity(config: Any, entity: str, archive_dir: Path) -> Any:
+    """Move one entity through dual-write and cutover, then clean it up; its EntityCleanup."""
+    import psycopg
+
+    from kvmigrate import phases
+    from kvmigrate.budget import RequestBudget
+    from kvmigrate.cleanup import run_cleanup
+    from kvmigrate.connections import connect_kv
+
+    with psycopg.connect(config.require_pg()) as conn:
+        kv = connect_kv(config.require_kv(), RequestBudget())
+        for phase in (phases.DUAL, phases.CUTOVER):
+            phases.set_phase(conn, kv, entity, phase, reason="test")
+    return run_cleanup(config, entities=[entity], archive_dir=archive_dir, yes=True).entities[entity]

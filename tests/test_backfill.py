@@ -43,7 +43,7 @@ def test_every_key_ends_in_exactly_one_bucket(pg_url: str, kv_url: str, kv: redi
     assert {statuses[k] for k in MIXED_UNKNOWN} == {"unknown"}
     scanned = sum(t["scanned"] for t in result["entities"].values())
     assert scanned == pg.execute("SELECT count(*) FROM kvmigrate.ledger").fetchone()[0]
-    assert result["unknown_patterns"]["friends:*"] == {"keys": 1, "example": "friends:alice"}
+    assert result["unknown_patterns"]["artifact:*"] == {"keys": 1, "example": "artifact:art_1"}
 
 
 def test_rerun_over_unchanged_data_writes_zero_rows(pg_url: str, kv_url: str, kv: redis.Redis) -> None:

@@ -38,7 +38,7 @@ STREAK_JSON = orjson.dumps({"current": 2, "longest": 4, "lastActive": "2025-06-0
                             "activeDays": ["2025-06-01", "2025-06-02"], "badges": ["first_dm"]})
 GOOD_STREAKS = ("streak:alice", "streak:bob", "streak:carol")
 POLICY_KEYS = ("presence:data:alice", "presence:index", "session:s1", "ratelimit:dm:alice",
-               "friends:alice", "consent:alice:bob", "kvmigrate:notes")
+               "invite:f00d", "waitlist", "kvmigrate:notes")
 
 
 def seed(kv: redis.Redis, *, extra_streaks: int = 0) -> None:
@@ -55,8 +55,8 @@ def seed(kv: redis.Redis, *, extra_streaks: int = 0) -> None:
     p.zadd("presence:index", {"alice": 1_748_736_000_000})
     p.set("session:s1", "token-abc", ex=3600)
     p.set("ratelimit:dm:alice", 4, ex=60)
-    p.sadd("friends:alice", "bob")
-    p.set("consent:alice:bob", orjson.dumps({"status": "accepted"}))
+    p.set("invite:f00d", orjson.dumps({"code": "f00d", "from": "alice"}), ex=7 * 86400)
+    p.rpush("waitlist", orjson.dumps({"email": "person@example.com"}))
     p.hset("kvmigrate:notes", mapping={"by": "ops"})
     p.execute()
 

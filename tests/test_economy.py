@@ -182,7 +182,7 @@ def test_inventory_counts_patterns_and_types_from_scans_alone(kv_url: str, kv: r
     assert result["total_keys"] == kv.dbsize() and result["sizes_measured"] is sizes
     assert result["by_status"] == {"entity": kv.dbsize() - 6, "kept": 4, "unknown": 2}
     assert patterns["streak:*"]["types"] == {"hash": 1, "string": 2, "list": 1}
-    assert patterns["friends:*"] == {**patterns["friends:*"], "status": "unknown", "keys": 1, "example": "friends:alice"}
+    assert patterns["artifact:*"] == {**patterns["artifact:*"], "status": "unknown", "keys": 1, "example": "artifact:art_1"}
     assert patterns["vibe:handles"]["types"] == {"hash": 1} and patterns["vibe:handles"]["items"] == 2
     pages = result["scan_pages"]
     if sizes:

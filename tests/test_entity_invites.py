@@ -125,9 +125,9 @@ def test_by_handle_index_with_a_non_text_member_is_rejected() -> None:
     assert INVITES.transform(wrong_type).reject is not None
 
 
-def test_friend_invite_keys_are_not_invites() -> None:
+def test_friend_invite_keys_are_not_invites_and_stay_in_kv() -> None:
     classifier = Classifier((INVITES,))
-    assert classifier.classify("invite:ABC123").status == "unknown"
+    assert classifier.classify("invite:ABC123").status == "kept"
     assert classifier.classify("vibe:invites").family == INVITES.family("invites")
     assert classifier.classify("vibe:invites:by:alice").family == INVITES.family("by_handle")
 
@@ -147,7 +147,7 @@ def test_backfill_keeps_expiry_and_makes_a_placeholder_for_an_unknown_used_by(
     commands.setup(config)
     result = commands.backfill(config)
     assert (result.tallies["invites"].migrated, result.tallies["invites"].rejected) == (3, 0)
-    assert result.unknown_patterns["invite:*"][0] == 1
+    assert result.kept_patterns["invite:*"] == 1 and "invite:*" not in result.unknown_patterns
     with psycopg.connect(pg_url) as conn:
         invites = conn.execute("SELECT code, created_by, used_by, created_at, used_at, expires_at, status,"
                                " details FROM invites ORDER BY code").fetchall()

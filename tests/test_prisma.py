@@ -20,7 +20,7 @@ from tests.helpers import cli, cli_json
 #: A table another engineer might add: composite key, cascades, a self-check, odd types, a
 #: partial unique index, an expression index, a descending and a hash index.
 EXTRA_TABLE = """
-CREATE TABLE user_connections (
+CREATE TABLE user_follows (
     owner       TEXT NOT NULL REFERENCES users(handle) ON DELETE CASCADE,
     peer        TEXT NOT NULL REFERENCES users(handle) ON DELETE CASCADE ON UPDATE CASCADE,
     seq         BIGSERIAL,
@@ -31,13 +31,13 @@ CREATE TABLE user_connections (
     labels      TEXT[] NOT NULL DEFAULT '{}',
     since       TIMESTAMP(3),
     note        TEXT DEFAULT 'it''s "new"',
-    CONSTRAINT user_connections_pk PRIMARY KEY (owner, peer),
+    CONSTRAINT user_follows_pk PRIMARY KEY (owner, peer),
     CONSTRAINT no_self_connection CHECK (owner <> peer)
 );
-CREATE UNIQUE INDEX uc_owner_nickname ON user_connections (owner, nickname) WHERE nickname IS NOT NULL;
-CREATE INDEX uc_lower_nickname ON user_connections (lower(nickname));
-CREATE INDEX uc_since ON user_connections (since DESC, owner);
-CREATE INDEX uc_token ON user_connections USING hash (token);
+CREATE UNIQUE INDEX uf_owner_nickname ON user_follows (owner, nickname) WHERE nickname IS NOT NULL;
+CREATE INDEX uf_lower_nickname ON user_follows (lower(nickname));
+CREATE INDEX uf_since ON user_follows (since DESC, owner);
+CREATE INDEX uf_token ON user_follows USING hash (token);
 """
 
 # udt_name -> (Prisma type, native type in the DMMF or None)
@@ -122,7 +122,7 @@ def test_prisma_models_match_the_migrated_tables_in_prismas_own_parser(
     tables = _columns(pg)
     models = {m["dbName"] or m["name"]: m for m in dm["models"]}
     assert set(models) == set(tables), "one model per app table, and none of kvmigrate's state tables"
-    assert "user_connections" in models and "ledger" not in models
+    assert "user_follows" in models and "ledger" not in models
     by_model = {m["name"]: table for table, m in models.items()}
     for table, columns in tables.items():
         scalars = {f.get("dbName") or f["name"]: f for f in models[table]["fields"] if f["kind"] in ("scalar", "enum")}
@@ -142,7 +142,7 @@ def test_prisma_models_match_the_migrated_tables_in_prismas_own_parser(
         if name != f"{table}_pkey":
             assert model["primaryKey"]["name"] is None and name in handoff["schema_prisma"]
     fks = _foreign_keys(pg)
-    assert len(fks) == 11
+    assert len(fks) == 17  # 9 in the app tables, 6 in user_connections, friendships and reports, 2 in the extra table
     relations = [(m, f) for m in models.values() for f in m["fields"] if f["kind"] == "object" and f["relationFromFields"]]
     assert len(relations) == len(fks)
     for name, (table, cols, ref_table, ref_cols, on_delete, on_update) in fks.items():

@@ -29,19 +29,22 @@ LAYOUT_FAMILIES = {
     # board, streaks, invites, games
     "board:entry:*", "board:entries", "board:category:*", "board:user:*", "streak:*",
     "vibe:invites", "vibe:invites:by:*", "vibe:games",
+    # consent, friends, moderation reports
+    "consent:*", "consent:pending:*", "consent:accepted:*", "consent:blocked:*", "friends:*",
+    "vibe:reports", "vibe:report_counts", "report:*", "reports:pending", "reports:count:*",
     # stays in KV
     "presence:data:*", "presence:index", "presence:*", "presence:active", "typing:*", "session:*",
     "session-key:*", "airc:nonce:*", "agent:rate:*", "agent:budget:*", "agent:greeted:*",
-    "tip:ratelimit:*", "ratelimit:*", "observations:count:*", "observations:ratelimit:*",
+    "tip:ratelimit:*", "ratelimit:*", "observations:count:*", "observations:ratelimit:*", "invite:*",
     # unknown to kvmigrate
-    "consent:*", "consent:pending:*", "consent:accepted:*", "consent:blocked:*", "friends:*",
-    "invite:*", "observation:*", "observations:list", "waitlist", "reports:*", "artifact:*",
-    "tips:*", "webhook:*",
+    "observation:*", "observations:list", "waitlist", "artifact:*", "tips:*", "webhook:*",
 }
 ENTITY_PATTERNS = (
     "vibe:handles", "vibe:agents", "vibe:users", "vibe:messages", "vibe:invites", "vibe:games",
     "board:entries", "vibe:invites:by:*", "user:*", "messages:*", "thread:*", "msg:*", "inbox:*",
     "outbox:*", "unread:*", "board:entry:*", "board:category:*", "board:user:*", "streak:*",
+    "consent:*", "friends:*", "vibe:reports", "vibe:report_counts", "report:*", "reports:pending",
+    "reports:count:*",
 )
 EXPIRING = ("presence:data:*", "typing:*", "session:*", "airc:nonce:*", "agent:rate:*",
             "agent:budget:*", "tip:ratelimit:*", "ratelimit:*", "observations:count:*",
@@ -224,7 +227,8 @@ def test_kept_and_unknown_counts_match_a_scan(kv: redis.Redis, seeded: SeedResul
             unknown[f"{head}:*" if sep else key] += 1
     assert kept == seeded.expected.kept
     assert unknown == seeded.expected.unknown
-    assert {"consent:*", "friends:*", "invite:*", "observation:*", "waitlist"} <= set(unknown)
+    assert {"observation:*", "waitlist", "artifact:*"} <= set(unknown) and "invite:*" in kept
+    assert not {"consent:*", "friends:*", "report:*", "reports:*"} & set(unknown)
 
 
 def test_only_expiring_families_have_a_ttl(kv: redis.Redis, seeded: SeedResult) -> None:
@@ -257,6 +261,10 @@ def test_bad_records_carry_the_defects_the_oracle_names(kv: redis.Redis, seeded:
             assert not isinstance(loads(value), dict), key
         elif reason == "huge_value":
             assert len(value or b"") >= 1_000_000 and loads(value) is None, key
+        elif reason == "bad_status":
+            assert loads(value)["status"] not in ("pending", "accepted", "blocked"), key
+        elif reason == "missing_field":
+            assert key.startswith("report:") and not {"reported", "target"} & set(loads(value)), key
         elif reason == "invalid_handle":
             assert " " in key or b"john doe" in (value or b""), key
         else:
@@ -331,3 +339,33 @@ def test_now_only_changes_expiring_and_presence_keys(kv: redis.Redis, other_kv: 
     changed |= {k.decode() for k in before.keys() & after.keys() if before[k] != after[k]}
     assert changed
     assert all(any(fnmatchcase(k, p) for p in (*EXPIRING, "presence:*")) for k in changed), changed
+
+
+def test_consent_friends_and_reports_match_the_oracle(kv: redis.Redis, seeded: SeedResult) -> None:
+    expected = seeded.expected
+    bad = {key for key, _ in expected.bad_keys}
+
+    def canon(h: str) -> str:
+        return h.lower().lstrip("@").replace("-", "_")
+
+    pairs = {":".join(canon(h) for h in k.decode().split(":")[1:]) for k in keys_matching(kv, "consent:*")
+             if kv.type(k) == b"string" and k.decode() not in bad}
+    for state in ("pending", "accepted", "blocked"):
+        for key in keys_matching(kv, f"consent:{state}:*"):
+            pairs |= {f"{canon(m.decode())}:{canon(key.decode().split(':', 2)[2])}" for m in kv.smembers(key)}
+    assert pairs == expected.connection_ids and len(pairs) > 40
+    records = [loads(kv.get(k)) for k in keys_matching(kv, "consent:*") if kv.type(k) == b"string"]
+    assert {r["status"] for r in records} == {"pending", "accepted", "blocked", "maybe"}
+    assert any(r.get("grandfathered") for r in records) and any("message" in r for r in records)
+    assert any(k.decode().split(":")[1][:1].isupper() for k in keys_matching(kv, "consent:*"))  # a colliding key
+    sides = {(k.decode()[8:], m.decode()) for k in keys_matching(kv, "friends:*") for m in kv.smembers(k)}
+    assert {":".join(sorted(p)) for p in sides} == expected.friendship_ids
+    assert any((b, a) not in sides for a, b in sides) and sum((b, a) in sides for a, b in sides) > 20
+    a_ids = {f.decode() for f in kv.hkeys("vibe:reports")}
+    b_ids = {k.decode()[7:] for k in keys_matching(kv, "report:*") if k.decode() not in bad}
+    assert a_ids | b_ids == expected.report_ids and a_ids and b_ids
+    counts = {h.decode(): int(n) for h, n in kv.hgetall("vibe:report_counts").items()}
+    reported = [orjson.loads(v)["reported"] for v in kv.hvals("vibe:reports")]
+    assert counts == {h: reported.count(h) for h in reported}  # the counter is derived from the reports
+    assert set(kv.lrange("reports:pending", 0, -1)) >= {f"report:{i}"[7:].encode() for i in b_ids
+                                                        if loads(kv.get(f"report:{i}"))["status"] == "pending"}

@@ -11,7 +11,8 @@ from kvmigrate.errors import KvmigrateError
 from kvmigrate.pg.migrations import load_migrations
 from tests.helpers import cli, cli_json
 
-APP_TABLES = {"users", "messages", "board_posts", "streaks", "memories", "game_results", "invites"}
+APP_TABLES = {"users", "messages", "board_posts", "streaks", "memories", "game_results", "invites",
+              "user_connections", "friendships", "reports"}
 
 
 def _tables(pg: psycopg.Connection, schema: str) -> set[str]:

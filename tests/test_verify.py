@@ -109,7 +109,8 @@ def test_verify_after_backfill_is_clean_and_marks_every_migrated_key_verified(
     assert _summary(result) == {}
     assert result.clean
     assert {n: c.checked for n, c in result.entities.items()} == {
-        "users": 4, "messages": 6, "board": 40, "streaks": 2, "invites": 1, "games": 1}
+        "users": 4, "messages": 6, "board": 40, "streaks": 2, "invites": 1, "games": 1, "consent": 0,
+        "friends": 0, "reports": 0}
     assert _unverified(pg) == set()
     classifier = Classifier(ENTITIES)
     for key, (status, _, verified) in _ledger(pg).items():

@@ -12,7 +12,8 @@ from kvmigrate.entities.base import Entity, EntityBase, Family, TableSpec
 from kvmigrate.errors import ConfigError
 
 _MODULES = (("users", "USERS"), ("messages", "MESSAGES"), ("board", "BOARD"), ("streaks", "STREAKS"),
-            ("invites", "INVITES"), ("games", "GAMES"), ("memories", "MEMORIES"))
+            ("invites", "INVITES"), ("games", "GAMES"), ("memories", "MEMORIES"), ("consent", "CONSENT"),
+            ("friends", "FRIENDS"), ("reports", "REPORTS"))
 
 
 def _load() -> tuple[Entity, ...]:

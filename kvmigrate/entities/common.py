@@ -348,6 +348,21 @@ def boolean(raw: Any, *, what: str = "flag") -> bool:
     raise Bad("wrong_type", f"{what} {raw!r} is not a boolean")
 
 
+def set_members(raw: Any, *, what: str = "member") -> list[tuple[str, str | Bad, bytes]]:
+    """A set's members as (label `[member]`, handle or the Bad that rejects it, raw bytes)."""
+    if not isinstance(raw, list):
+        raise Bad("wrong_type", f"value is {type(raw).__name__}, expected a set")
+    out: list[tuple[str, str | Bad, bytes]] = []
+    for member in raw:
+        data = member if isinstance(member, bytes) else str(member).encode()
+        label = f"[{data.decode('utf-8', 'replace')}]"
+        try:
+            out.append((label, handle(text(data, what=what), what=what), data))
+        except Bad as exc:
+            out.append((label, exc, data))
+    return out
+
+
 def hash_text(raw: dict[bytes, bytes], *, what: str = "hash") -> dict[str, str]:
     """Decode a Redis hash (bytes → bytes) to str → str with the `text` checks on each part."""
     return {text(k, what=f"{what} field"): text(v, what=f"{what} field {k!r}") for k, v in raw.items()}

@@ -10,7 +10,8 @@ from fnmatch import translate
 
 from kvmigrate.entities.base import Entity, Family
 
-#: Keys that stay in KV by policy: presence, sessions/tokens, rate limits, kvmigrate's own.
+#: Keys that stay in KV by policy: presence, sessions/tokens, rate limits, friend invites
+#: (`invite:{code}`, EX 7 days: ephemeral), kvmigrate's own.
 KEPT_PATTERNS: tuple[str, ...] = (
     "presence:*",
     "typing:*",
@@ -24,6 +25,7 @@ KEPT_PATTERNS: tuple[str, ...] = (
     "ratelimit:*",
     "observations:count:*",
     "observations:ratelimit:*",
+    "invite:*",
     "kvmigrate:*",
 )
 
@@ -46,7 +48,7 @@ def _literal_prefix(pattern: str) -> int:
 
 
 def unknown_pattern(key: str) -> str:
-    """A readable pattern for an unknown key: its first segment plus `:*` (`consent:*`)."""
+    """A readable pattern for an unknown key: its first segment plus `:*` (`waitlist:*`)."""
     head, sep, _ = key.partition(":")
     return f"{head}:*" if sep else key
 

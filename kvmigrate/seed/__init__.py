@@ -23,8 +23,8 @@ the board always has more entries (at least 130) than `board:entries` keeps (100
 Modules: `keyspace` (the entry point, the order of the steps and the result types), `writer` (the
 pipelined writer, the seeding state and the oracle it builds), `data` (fixed vocabularies and how
 values are spelled), `users`, `messages` (every message generation and the per-handle lists),
-`content` (board, streaks, invites, games), `policy` (families that stay in KV or that kvmigrate
-does not know) and `memories` (the thread-memory files).
+`content` (board, streaks, invites, games), `connections` (DM consent, friends, moderation
+reports), `policy` (families that stay in KV or that kvmigrate does not know) and `memories` (the thread-memory files).
 """
 
 from __future__ import annotations

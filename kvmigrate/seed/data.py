@@ -50,11 +50,12 @@ ENTITY_FAMILIES = frozenset({
     "vibe:handles", "user:*", "vibe:agents", "vibe:users", "messages:*", "thread:*", "msg:*",
     "inbox:*", "outbox:*", "vibe:messages", "unread:*", "board:entry:*", "board:entries",
     "board:category:*", "board:user:*", "streak:*", "vibe:invites", "vibe:invites:by:*",
-    "vibe:games"})
+    "vibe:games", "consent:*", "consent:pending:*", "consent:accepted:*", "consent:blocked:*",
+    "friends:*", "vibe:reports", "vibe:report_counts", "report:*", "reports:pending", "reports:count:*"})
 #: KV-LAYOUT's "stays in KV" patterns; `Expected.kept` counts keys by these.
 KEPT_PATTERNS = ("presence:*", "typing:*", "session:*", "session-key:*", "airc:nonce:*",
                  "agent:rate:*", "agent:budget:*", "agent:greeted:*", "tip:ratelimit:*",
-                 "ratelimit:*", "observations:count:*", "observations:ratelimit:*")
+                 "ratelimit:*", "observations:count:*", "observations:ratelimit:*", "invite:*")
 
 
 def is_agent(i: int) -> bool:

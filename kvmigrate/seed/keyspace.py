@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 import redis
 
 from kvmigrate.errors import ConfigError
+from kvmigrate.seed.connections import seed_connections
 from kvmigrate.seed.content import seed_board, seed_games, seed_invites, seed_streaks
 from kvmigrate.seed.data import BASE_TIME, MIN_USERS
 from kvmigrate.seed.memories import ExpectedMemories
@@ -78,5 +79,5 @@ def seed_keyspace(client: redis.Redis, *, users: int = 46, seed: int = 7, force:
 _STEPS: tuple[Callable[[Seed], None], ...] = (
     seed_users, seed_pairs, seed_oldest_generation, seed_inbox_generation,
     seed_msg_generation, seed_bad_messages, seed_board, order_lists, break_list_items,
-    emit_lists, seed_streaks, seed_invites, seed_games, seed_unknown, seed_auth,
+    emit_lists, seed_streaks, seed_invites, seed_games, seed_connections, seed_unknown, seed_auth,
     seed_limits, seed_presence, seed_typing)

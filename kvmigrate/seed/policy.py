@@ -1,6 +1,6 @@
-"""Families that stay in KV (presence, sessions, nonces, rate limits, typing) and families
-kvmigrate does not know (`consent:*`, `friends:*`, `invite:*`, ...): written so the migration
-can prove it leaves them alone. Keys that stay in KV are stamped from `now`, not BASE_TIME.
+"""Families that stay in KV (presence, sessions, nonces, rate limits, typing, friend invites
+`invite:*`) and families kvmigrate does not know (`observation:*`, `waitlist`, ...): written so
+the migration can prove it leaves them alone. Keys that stay in KV are stamped from `now`, not BASE_TIME.
 """
 
 from __future__ import annotations
@@ -79,15 +79,6 @@ def seed_typing(s: Seed) -> None:
 def seed_unknown(s: Seed) -> None:
     """Families kvmigrate does not know: reported by pattern, never touched."""
     r, hs = s.r, s.handles
-    for a, b in r.sample(s.pairs, min(len(s.pairs), len(hs) * 2)):
-        s.w.string("consent:*", f"consent:{a}:{b}", dumps(
-            {"from": a, "to": b, "status": r.choice(("pending", "accepted", "blocked")),
-             "requestedAt": iso(s.ms(90, 0))}))
-    for state in ("pending", "accepted", "blocked"):
-        for h in r.sample(hs, max(2, len(hs) // 4)):
-            s.w.sadd(f"consent:{state}:*", f"consent:{state}:{h}", r.sample(hs, r.randint(1, 4)))
-    for h in hs[::2]:
-        s.w.sadd("friends:*", f"friends:{h}", r.sample(hs, r.randint(1, 6)))
     for _ in range(max(2, len(hs) // 3)):
         code = s.unique(lambda: f"{r.getrandbits(40):010x}")
         s.w.string("invite:*", f"invite:{code}", dumps(
@@ -105,10 +96,6 @@ def seed_unknown(s: Seed) -> None:
 
 def _seed_misc_unknown(s: Seed) -> None:
     r, hs = s.r, s.handles
-    for k in range(5):
-        s.w.string("reports:*", f"reports:{k + 1}", dumps(
-            {"reporter": r.choice(hs), "target": r.choice(hs), "reason": "spam",
-             "at": iso(s.ms(90, 0))}))
     for k in range(4):
         s.w.string("artifact:*", f"artifact:art_{k}", dumps({"owner": r.choice(hs), "kind": "snippet",
                                                              "body": sentence(r)}))

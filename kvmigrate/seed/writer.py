@@ -38,6 +38,8 @@ class Expected:
     that are stored nowhere else. `kept` / `unknown`: key counts by pattern (`unknown` uses the
     key's first segment, `consent:*`). `bad_keys`: (key, why) for every deliberately bad whole
     key; `bad_items`: (key, index, why) for broken items inside otherwise good lists/arrays.
+    `connection_ids` (`from:to`), `friendship_ids` (`a:b`, sorted) and `report_ids`: the
+    consent pairs, friendships and reports of good records, handles normalised.
     `why` names the defect: common.py's reject code where one names it, `huge_value` for the
     ≥1 MB value (also truncated JSON, so it is bad whatever the size limit).
     """
@@ -52,6 +54,9 @@ class Expected:
     unknown: Mapping[str, int]
     bad_keys: tuple[tuple[str, str], ...]
     bad_items: tuple[tuple[str, int, str], ...]
+    connection_ids: frozenset[str] = frozenset()
+    friendship_ids: frozenset[str] = frozenset()
+    report_ids: frozenset[str] = frozenset()
 
 
 class Writer:
@@ -112,6 +117,9 @@ class Seed:
         self.streaks: set[str] = set()
         self.codes: set[str] = set()
         self.games: set[str] = set()
+        self.consent: set[str] = set()
+        self.friends: set[str] = set()
+        self.reports: set[str] = set()
         self.board_keys = 0
         self.bad_keys: list[tuple[str, str]] = []
         self.bad_items: list[tuple[str, int, str]] = []
@@ -155,4 +163,5 @@ class Seed:
             frozenset(self.message_ids), self.board_keys, frozenset(self.streaks),
             frozenset(self.codes), frozenset(self.games), frozenset(self.dangling),
             dict(sorted(kept.items())), dict(sorted(unknown.items())),
-            tuple(self.bad_keys), tuple(self.bad_items))
+            tuple(self.bad_keys), tuple(self.bad_items), frozenset(self.consent),
+            frozenset(self.friends), frozenset(self.reports))
