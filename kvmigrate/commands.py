@@ -264,7 +264,7 @@ def restore_forecast(config: Config, archive_dir: Path, *, entities: Sequence[st
 
 
 def shadow(config: Config, *, users: int = 20, handles: Sequence[str] = (), views: Sequence[str] = (),
-           on_forecast: Callable[[int, int], None] | None = None) -> ShadowResult:
+           on_forecast: Callable[[int, int], None] | None = None, recheck_delay: float = 3.0) -> ShadowResult:
     """Compute the app's read views from KV and from Postgres for a sample of users (or the named
     ones) and compare them field by field; record the result for `cutover --require-shadow`.
 
@@ -273,4 +273,5 @@ def shadow(config: Config, *, users: int = 20, handles: Sequence[str] = (), view
     (`on_forecast(exact, at_most)`) and capped by `config.max_requests`. Writes only
     kvmigrate's records in Postgres.
     """
-    return run_shadow(config, users=users, handles=handles, views=views, on_forecast=on_forecast)
+    return run_shadow(config, users=users, handles=handles, views=views, on_forecast=on_forecast,
+                      recheck_delay=recheck_delay)

@@ -16,7 +16,6 @@ Cost of a rehearse: an inventory plus a backfill plus a verify, about 6 KV comma
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from kvmigrate.errors import BudgetExhausted, DifferencesFound, KvmigrateError, 
 from kvmigrate.inventory import InventoryResult, run_inventory
 from kvmigrate.masking import mask_text
 from kvmigrate.pg.migrations import SetupResult, apply_migrations
+from kvmigrate.shadow import ShadowResult, run_shadow
 from kvmigrate.verify import VerifyResult, run_verify
 
 COMMAND = "rehearse"
@@ -89,6 +89,7 @@ class RehearseResult:
     rejects: list[RejectGroup]
     deletable_keys: int
     cost: CostForecast
+    shadow: ShadowResult | None = None  # the app's read views, KV vs the branch database
     checks: list[Check] = field(default_factory=list)
     report_path: str | None = None
     markdown_path: str | None = None
@@ -152,11 +153,12 @@ def _rehearse(config: Config, *, memories_dir: Path | None, repair: bool,
     inventory = run_inventory(config)
     backfill = run_backfill(config, restart=True, memories_dir=memories_dir, progress=progress)
     verify = run_verify(config, recheck_delay=0, repair=repair, memories_dir=memories_dir)
+    shadow = run_shadow(config, recheck_delay=0)  # KV read-only; as cutover --require-shadow would ask
     with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
         rejects = reject_groups(conn)
         deletable = deletable_keys(conn)
     cost = forecast(inventory, backfill, verify, deletable, batch_size=config.batch_size)
-    return RehearseResult(setup, inventory, backfill, verify, rejects, deletable, cost)
+    return RehearseResult(setup, inventory, backfill, verify, rejects, deletable, cost, shadow)
 
 
 def reject_groups(conn: psycopg.Connection) -> list[RejectGroup]:
@@ -182,8 +184,10 @@ def forecast(inventory: InventoryResult, backfill: BackfillResult, verify: Verif
         backfill_predicted=inventory.predicted_backfill,
         backfill=backfill.budget.spent,
         verify=verify.budget.spent,
-        archive=1 + 2 * inventory.pages,  # PING, then per SCAN page one SCAN and one read script
-        delete=math.ceil(deletable / max(batch_size, 1)),
+        # cleanup's one pass as plan models it (kvmigrate.plan): DBSIZE, then per page SCAN, WATCH,
+        # the reads; MULTI, DEL, EXEC per page with candidates
+        archive=1 + inventory.cleanup.commands - 3 * inventory.candidate_pages,
+        delete=3 * inventory.candidate_pages if deletable else 0,
         rehearse=inventory.budget.spent + backfill.budget.spent + verify.budget.spent,
     )
 
@@ -191,11 +195,16 @@ def forecast(inventory: InventoryResult, backfill: BackfillResult, verify: Verif
 def checks(result: RehearseResult, *, max_rejects: int | None, max_requests_real: int | None) -> list[Check]:
     """The three conditions a rehearse passes or fails on, in the order their exit codes win."""
     diffs = sum(len(c.missing) + len(c.extra) + len(c.different) for c in result.verify.entities.values())
+    shadow = result.shadow
+    views_off = 0 if shadow is None else sum(s.checked - s.matched for s in shadow.views.values())
     rejected = result.backfill.rejected
     cost = result.cost.real_run
     return [
         Check("differences", diffs == 0, DifferencesFound.exit_code,
               f"{diffs} differences after verify" + ("" if diffs == 0 else " (see verify in the report)")),
+        Check("shadow", views_off == 0, DifferencesFound.exit_code,
+              f"{views_off} of the app's read views differ between KV and Postgres"
+              + ("" if views_off == 0 else " (see shadow in the report)")),
         Check("rejects", max_rejects is None or rejected <= max_rejects, RejectsPresent.exit_code,
               f"{rejected} rejects" + (" (no limit set: --max-rejects)" if max_rejects is None
                                        else f", limit {max_rejects}")),

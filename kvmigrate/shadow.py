@@ -35,6 +35,7 @@ from kvmigrate.budget import RequestBudget
 from kvmigrate.config import Config
 from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.errors import ConfigError
+from kvmigrate.kv.client import KvClient
 from kvmigrate.shadow_keys import MGET_KEYS, KeyCache, KeyIndex, canonical, scan_index
 
 EXAMPLES = 5
@@ -79,6 +80,7 @@ class ShadowResult:
     budget: RequestBudget
     keys_read: int = 0
     merged_keys: dict[str, list[str]] = field(default_factory=dict)  # handle -> keys that collapse into it
+    healed: int = 0  # differences gone on the second look (writes in flight)
     run_id: int | None = None
     seconds: float = 0.0
 
@@ -182,9 +184,14 @@ def _forecast_bound(kv: _Kv, handles: Sequence[str], views: Sequence[str]) -> in
 
 
 def run_shadow(config: Config, *, users: int = 20, handles: Sequence[str] = (), views: Sequence[str] = (),
-               on_forecast: Callable[[int, int], None] | None = None) -> ShadowResult:
+               on_forecast: Callable[[int, int], None] | None = None, recheck_delay: float = 3.0) -> ShadowResult:
     """Compare the chosen views for the chosen users. KV read-only (cost: see module docstring);
-    writes kvmigrate.runs and kvmigrate.shadow_results."""
+    writes kvmigrate.runs and kvmigrate.shadow_results.
+
+    A view that differs is looked at once more after `recheck_delay` seconds, from a fresh read
+    of the keys its users' views need (KV and Postgres are read at different moments, and a
+    dual-writing app's write can be in flight between them): a difference that is gone then is
+    counted as `healed`, not reported. That second look costs one more read of those keys."""
     started = time.perf_counter()
     chosen = choose_views(views)
     budget = RequestBudget(cap=config.max_requests, phase="shadow")
@@ -202,11 +209,36 @@ def run_shadow(config: Config, *, users: int = 20, handles: Sequence[str] = (), 
         budget.check(exact)
         kv.cache.ensure(first)
         checks = _check_all(conn, kv, picked, chosen)
+        healed = 0
+        if recheck_delay > 0 and not all(c.matched for c in checks):
+            time.sleep(recheck_delay)
+            checks, healed = _second_look(conn, kvc, index, checks)
         result = ShadowResult(picked, _summarise(chosen, checks), forecast, budget,
-                              keys_read=len(kv.cache.records), merged_keys=_merged(index, picked))
+                              keys_read=len(kv.cache.records), merged_keys=_merged(index, picked), healed=healed)
         result.seconds = time.perf_counter() - started
         result.run_id = record(conn, result, checks)
     return result
+
+
+def _second_look(conn: psycopg.Connection, kvc: KvClient, index: KeyIndex,
+                 checks: Sequence[ViewCheck]) -> tuple[list[ViewCheck], int]:
+    """Compute the views that differed again, for the users they differed for, from a fresh read
+    (a new cache); a check that matches now replaces the first. Returns (checks, healed)."""
+    bad = [c for c in checks if not c.matched]
+    views = sorted({c.view for c in bad})
+    users = sorted({c.subject for c in bad if c.view not in v.GLOBAL_VIEWS})
+    fresh = _Kv(KeyCache(kvc, index))
+    fresh.cache.ensure(fresh.first_keys(users, views))
+    again = {(c.view, c.subject): c for c in _check_all(conn, fresh, users, views)}
+    out, healed = [], 0
+    for c in checks:
+        second = again.get((c.view, c.subject)) if not c.matched else None
+        if second is not None and second.matched:
+            healed += 1
+            out.append(second)
+        else:
+            out.append(c)
+    return out, healed
 
 
 def _pick(conn: psycopg.Connection, index: KeyIndex, users: int, handles: Sequence[str]) -> list[str]:

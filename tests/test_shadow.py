@@ -245,3 +245,27 @@ def test_cutover_require_shadow_refuses_without_a_clean_shadow_run(pg_url: str, 
     assert commands.shadow(config, users=8).clean
     result = commands.cutover(config, require_shadow=True)
     assert any(g.entity == "shadow" and g.ok for g in result.gates)
+
+
+def test_a_difference_whose_postgres_write_lands_during_the_wait_heals_on_the_second_look(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app writes KV first, then Postgres: a shadow run reading in between sees a difference
+    that is gone a moment later. It is looked at again and counted as healed, not reported."""
+    import kvmigrate.shadow as shadow_module
+
+    _users(kv, "fred")
+    kv.hset("streak:fred", mapping={"current": "5", "longest": "9", "totalDays": "20", "lastActive": "2025-06-02"})
+    config = _backfilled(pg_url, kv_url)
+    kv.hset("streak:fred", "current", "6")  # the app's KV write; its Postgres write is in flight
+    waits: list[float] = []
+
+    def the_postgres_write_lands(seconds: float) -> None:
+        waits.append(seconds)
+        pg.execute("UPDATE streaks SET current_streak = 6 WHERE handle = 'fred'")
+        pg.commit()
+
+    monkeypatch.setattr(shadow_module.time, "sleep", the_postgres_write_lands)
+    result = commands.shadow(config, handles=["fred"], views=["leaderboard"], recheck_delay=2.0)
+    assert waits == [2.0] and result.clean and result.healed == 1
+    stale = commands.shadow(config, handles=["fred"], views=["leaderboard"], recheck_delay=0)
+    assert stale.clean and stale.healed == 0  # nothing to look at again

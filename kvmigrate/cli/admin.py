@@ -104,6 +104,8 @@ def shadow(
     views: Annotated[str, typer.Option("--views", help="Comma-separated views: inbox,thread,unread,board,"
                                        "leaderboard,invites,profile,games. Default: all.")] = "",
     max_requests: MaxRequestsOpt = None,
+    recheck_delay: Annotated[float, typer.Option("--recheck-delay", min=0, help="Seconds before views that differ "
+                                                 "are looked at again (writes in flight heal); 0: no second look.")] = 3.0,
 ) -> None:
     """Compute the app's read views from KV and from Postgres and compare them field by field;
     exit 1 when any differs. KV read-only; each key read once; the cost is forecast first."""
@@ -113,5 +115,6 @@ def shadow(
     def forecast(exact: int, at_most: int) -> None:
         typer.echo(f"shadow: forecast at most {at_most} billed KV commands ({exact} known exactly)", err=True)
 
-    run(ctx, lambda: commands.shadow(config, users=users, handles=handle or (), views=chosen, on_forecast=forecast),
+    run(ctx, lambda: commands.shadow(config, users=users, handles=handle or (), views=chosen, on_forecast=forecast,
+                                     recheck_delay=recheck_delay),
         exit_code_of=lambda r: 0 if r.clean else 1)

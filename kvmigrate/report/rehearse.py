@@ -25,7 +25,7 @@ COST_ROWS = (
     ("delete", "delete (estimate)"),
     ("real_run", "real run (estimate)"),
     ("backfill_predicted", "backfill as predicted by inventory"),
-    ("rehearse", "this rehearse (inventory + backfill + verify)"),
+    ("rehearse", "this rehearse (inventory + backfill + verify; shadow's own count is in its section)"),
 )
 
 
@@ -51,6 +51,7 @@ def _(r: RehearseResult) -> dict[str, Any]:
         "inventory": to_dict(r.inventory),
         "backfill": backfill,
         "verify": verify,
+        "shadow": None if r.shadow is None else to_dict(r.shadow),
         "report_path": r.report_path,
         "markdown_path": r.markdown_path,
         "seconds": round(r.seconds, 3),
@@ -61,6 +62,8 @@ def _(r: RehearseResult) -> dict[str, Any]:
 def _(r: RehearseResult, console: Console) -> None:
     render(r.backfill, console)
     render(r.verify, console)
+    if r.shadow is not None:
+        render(r.shadow, console)
     for g in r.rejects:
         console.print(f"rejects: {g.entity} {g.reason}: {g.count} (e.g. {g.example_key})", markup=False)
     data = to_dict(r)

@@ -26,6 +26,7 @@ def _(r: ShadowResult) -> dict[str, Any]:
                       "first_differences": [_check(c) for c in s.first]} for n, s in r.views.items()},
         "merged_keys": r.merged_keys,
         "keys_read": r.keys_read,
+        "healed": r.healed,
         "kv_requests_forecast": r.forecast,
         "kv_requests": r.budget.spent,
         "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
@@ -48,8 +49,12 @@ def _(r: ShadowResult, console: Console) -> None:
                 console.print(f"  {d.path}: KV {_show(d.kv)} | Postgres {_show(d.pg)}", markup=False)
     for h, keys in sorted(r.merged_keys.items()):
         console.print(f"keys collapsing into {h}: {', '.join(keys)} (shown combined by the data rules)", markup=False)
-    console.print(f"KV: {r.budget.spent} billed commands (forecast at most {r.forecast}), {r.keys_read} keys read "
-                  "once each, read-only", markup=False)
+    if r.healed:
+        console.print(f"healed: {r.healed} view(s) differed at first and matched when looked at again (writes in "
+                      "flight)", markup=False)
+    again = ", plus the second look at what differed" if r.healed or not r.clean else ""
+    console.print(f"KV: {r.budget.spent} billed commands (forecast at most {r.forecast}{again}), {r.keys_read} keys "
+                  "read once each, read-only", markup=False)
     console.print("all views match" if r.clean else "views differ: exit 1", markup=False)
 
 
