@@ -80,6 +80,9 @@ def measure(users: int, shape: str) -> dict[str, Any]:
         else:
             seed_keyspace(client, users=users)
         keys = client.dbsize()
+        # the list-heavy store holds these entities only; cutover and cleanup refuse an entity of which
+        # no key matched (another store?), so the migration names them
+        only = ("users", "messages", "streaks") if shape == "lists" else ()
         config = build_config(pg_url=new_database(s.pg_url, "economy"), kv_url=s.kv_url, env={})
         commands.setup(config)
         plan = commands.plan(config)
@@ -88,15 +91,17 @@ def measure(users: int, shape: str) -> dict[str, Any]:
         inv, n = billed(client, lambda: commands.inventory(config))
         rows["inventory"] = (n, inv.budget.spent, predicted["inventory"].commands, predicted["inventory"].floor,
                              predicted["inventory"].naive)
-        dual, n = billed(client, lambda: commands.dual_write(config, settle=0, recheck_delay=0))
+        dual, n = billed(client, lambda: commands.dual_write(config, entities=only, settle=0, recheck_delay=0))
         pb, pv = predicted["backfill"], predicted["verify"]
         rows["dual-write"] = (n, dual.kv_requests, pb.commands + pv.commands + 1, (pb.floor or 0) + (pv.floor or 0) + 1,
                               (pb.naive or 0) + (pv.naive or 0) + 1)
         rows["  backfill"] = (dual.backfill.budget.spent, dual.backfill.budget.spent, pb.commands, pb.floor, pb.naive)
-        cut, n = billed(client, lambda: commands.cutover(config, force=not dual.clean))
+        # forced where the gate refuses (an entity with no key in a store shaped for one family): the
+        # gate reads Postgres only, and its KV cost (one HSET) is the same
+        cut, n = billed(client, lambda: commands.cutover(config, entities=only, force=True))
         rows["cutover"] = (n, cut.kv_requests, 1, 1, 1)
         with tempfile.TemporaryDirectory() as tmp:
-            clean, n = billed(client, lambda: commands.cleanup(config, archive_dir=Path(tmp) / "a", yes=True, settle=0,
+            clean, n = billed(client, lambda: commands.cleanup(config, entities=only, archive_dir=Path(tmp) / "a", yes=True, settle=0,
                                                                recheck_delay=0))
         pa, pd = predicted["archive"], predicted["delete"]
         rows["cleanup"] = (n, clean.kv_requests, pa.commands + pd.commands + 1, (pa.floor or 0) + (pd.floor or 0) + 1,
@@ -123,7 +128,8 @@ def table(res: dict[str, Any]) -> str:
     if res["shape"] == "seed":
         lines.append(f"target ≤ {TARGET:,}: {'met' if whole[0] <= TARGET else 'NOT met'}")
     if not res["clean"]:
-        lines.append("(dual-write's verify was not clean: cutover was forced to measure cleanup)")
+        lines.append("(dual-write's verify was not clean)")
+    lines.append("(cutover is forced: its gate reads Postgres only, and its KV cost is the same one HSET)")
     lines.append(f"(cleanup deleted {res['deleted']:,} keys)")
     return "\n".join(lines)
 
