@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 
 
 def measure_backfill(*, pg_url: str, kv_url: str, keys: int, scan_count: int = 1000, setup: bool = True,

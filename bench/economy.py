@@ -27,8 +27,8 @@ import redis
 from harness import new_database, servers
 
 from kvmigrate import commands
-from kvmigrate.budget import FREE_COMMANDS
-from kvmigrate.config import build_config
+from kvmigrate.model.budget import FREE_COMMANDS
+from kvmigrate.model.config import build_config
 from kvmigrate.seed import seed_keyspace
 
 HOBBY_DAILY_QUOTA = 3000

@@ -24,12 +24,12 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from kvmigrate import commands
+from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.batch import table_specs
-from kvmigrate.config import build_config
 from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.base import TableSpec
-from kvmigrate.kv.classify import Classifier
-from kvmigrate.records import RawRecord
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import RawRecord
 
 _READ = {"string": ("GET",), "hash": ("HGETALL",), "list": ("LRANGE", 0, -1),
          "set": ("SMEMBERS",), "zset": ("ZRANGE", 0, -1, "WITHSCORES")}

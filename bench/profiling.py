@@ -17,7 +17,7 @@ from harness import RESULTS_DIR, new_database, seed_shape, servers
 from pyinstrument import Profiler
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 from kvmigrate.seed import seed_keyspace
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import redis
 from harness import RESULTS_DIR, kv_db_url, machine, new_database, run_worker, seed_shape, servers
 
+from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.entities import ENTITIES
-from kvmigrate.kv.classify import Classifier
 from kvmigrate.seed import seed_keyspace
 
 #: Keys copied per Redis type for the per-type command counts (one backfill each, both read modes).

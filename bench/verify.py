@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 
 
 def measure_verify(*, pg_url: str, kv_url: str, keys: int, mode: str = "rows") -> dict[str, Any]:

@@ -29,10 +29,10 @@ import redis
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from kvmigrate.adapters.pg.loader import json_dumps
 from kvmigrate.entities import ENTITIES, Entity
-from kvmigrate.pg.loader import json_dumps
+from kvmigrate.model.records import RawRecord, Row
 from kvmigrate.phases import FLAGS_KEY
-from kvmigrate.records import RawRecord, Row
 
 
 @dataclass(frozen=True)

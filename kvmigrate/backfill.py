@@ -22,23 +22,30 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from kvmigrate import state
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.files.memories import iter_memory_records, memories_folder
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.kv.scanner import server_id
+from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg.conflicts import recorded_schema, schema_mismatch, target_schema
+from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader
+from kvmigrate.adapters.pg.migrations import applied_checksums, load_migrations
+from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.batch import Batch, RequiredCheck, Tally, table_specs
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
-from kvmigrate.errors import BudgetExhausted, BudgetTooSmall, ConfigError, ConnectError, GateRefused
 from kvmigrate.guards import refuse_a_shrunk_store, release_writer_lock, take_writer_lock
-from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import server_id
-from kvmigrate.kv.source import KvSource
-from kvmigrate.pg.conflicts import recorded_schema, schema_mismatch, target_schema
-from kvmigrate.pg.loader import LoadStats, SourcedRow, TableLoader
-from kvmigrate.pg.migrations import applied_checksums, load_migrations
-from kvmigrate.pg.stats import STATE_TABLES, analyze
-from kvmigrate.progress import left_to_do
-from kvmigrate.records import ContainerJson, RawRecord
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import (
+    BudgetExhausted,
+    BudgetTooSmall,
+    ConfigError,
+    ConnectError,
+    GateRefused,
+)
+from kvmigrate.model.progress import left_to_do
+from kvmigrate.model.records import ContainerJson, RawRecord
 from kvmigrate.wrong_store import check_matched, ledger_keys, unmatched
 
 log = logging.getLogger("kvmigrate")
@@ -516,28 +523,10 @@ def rules_fingerprint() -> str:
     return h.hexdigest()
 
 
-DEFAULT_MEMORIES_DIR = Path("~/.vibe/memory")
-
-
-def memories_folder(directory: Path | None, *, explicit: bool) -> Path | None:
-    """The memories folder to read: `directory`, else the client's default when it exists.
-
-    None when there is nothing to read; a folder that was asked for but is missing is an error.
-    """
-    folder = (directory or DEFAULT_MEMORIES_DIR).expanduser()
-    if folder.is_dir():
-        return folder
-    if explicit or directory is not None:
-        raise ConfigError(f"memories folder {folder} does not exist", hint="pass --memories-dir DIR")
-    return None
-
-
 def _memories(run: _Run, directory: Path | None, *, explicit: bool) -> None:
     entity = next((e for e in run.entities if e.name == "memories"), None)
     if entity is None:
         return
-    from kvmigrate.entities.memories import iter_memory_records
-
     folder = memories_folder(directory, explicit=explicit)
     if folder is None:
         run.result.tallies.setdefault("memories", Tally()).stats["no_memories_dir"] += 1

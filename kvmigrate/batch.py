@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmigrate.adapters.pg.state import LedgerEntry, RejectEntry
 from kvmigrate.entities.base import Entity, Family, TableSpec
-from kvmigrate.records import ContainerJson, Outcome, RawRecord, RawValue, Reject, SourcedRow
-from kvmigrate.state import LedgerEntry, RejectEntry
+from kvmigrate.model.records import ContainerJson, Outcome, RawRecord, RawValue, Reject, SourcedRow
 
 #: Given a row's values, the name of a required column it leaves empty (or None).
 RequiredCheck = Callable[[Mapping[str, Any]], "str | None"]

@@ -35,24 +35,31 @@ from pathlib import Path
 import psycopg
 import redis
 
-from kvmigrate import phases, state
-from kvmigrate.archive import ArchiveWriter, encode_line
+from kvmigrate import phases
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.files.archive import ArchiveWriter, encode_line
+from kvmigrate.adapters.kv.classify import Classifier
+from kvmigrate.adapters.kv.client import KvClient, KvSession
+from kvmigrate.adapters.kv.scanner import (
+    decode_key,
+    encode_key,
+    scan_pages,
+    server_id,
+    storable_name,
+)
+from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
+from kvmigrate.adapters.kv.source import KvSource, storable
+from kvmigrate.adapters.pg import state
 from kvmigrate.backfill import require_schema
 from kvmigrate.batch import value_digest
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.entities.base import Family
-from kvmigrate.errors import BudgetExhausted, ConfigError, StorageError, StoreChanged
 from kvmigrate.guards import refuse_a_shrunk_store, take_writer_lock
-from kvmigrate.kv.classify import Classifier
-from kvmigrate.kv.client import KvClient, KvSession
-from kvmigrate.kv.scanner import decode_key, encode_key, scan_pages, server_id, storable_name
-from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
-from kvmigrate.kv.source import KvSource, storable
-from kvmigrate.progress import Reporter, Tick, countdown, left_to_do, silent
-from kvmigrate.records import RawRecord
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import BudgetExhausted, ConfigError, StorageError, StoreChanged
+from kvmigrate.model.progress import Reporter, Tick, countdown, left_to_do, silent
+from kvmigrate.model.records import RawRecord
 from kvmigrate.wrong_store import before_cleanup
 
 log = logging.getLogger("kvmigrate")

@@ -1,7 +1,7 @@
 """The library API: one function per command. Each returns a result object and prints nothing.
 
     from kvmigrate import commands
-    from kvmigrate.config import build_config
+    from kvmigrate.model.config import build_config
     result = commands.setup(build_config(pg_url="postgresql://..."), dry_run=True)
 """
 
@@ -11,11 +11,10 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kvmigrate import state
+from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.backfill import BackfillResult, Progress, run_backfill
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_pg
 from kvmigrate.cutover import (
     CleanupPhaseResult,
     CutoverResult,
@@ -25,13 +24,14 @@ from kvmigrate.cutover import (
     run_dual_write,
 )
 from kvmigrate.doctor import DoctorResult, run_doctor
-from kvmigrate.errors import ConfigError, RejectsPresent
 from kvmigrate.inventory import InventoryResult, run_inventory
-from kvmigrate.pg.migrations import SetupResult, apply_migrations
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import ConfigError, RejectsPresent
+from kvmigrate.model.progress import Reporter, silent
 from kvmigrate.phases import DEFAULT_SETTLE
 from kvmigrate.plan import PlanResult, run_plan
 from kvmigrate.prisma import PrismaHandoff, generate
-from kvmigrate.progress import Reporter, silent
 from kvmigrate.rehearse import RehearseResult, run_rehearse
 from kvmigrate.rejects import RejectsResult, list_rejects
 from kvmigrate.restore import RestoreCost, RestoreResult, archive_restore_cost, run_restore

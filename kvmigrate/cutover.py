@@ -15,16 +15,17 @@ from pathlib import Path
 
 import psycopg
 
-from kvmigrate import phases, state
+from kvmigrate import phases
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.pg import state
 from kvmigrate.backfill import BackfillResult, Progress, require_schema, run_backfill
-from kvmigrate.budget import RequestBudget
 from kvmigrate.cleanup import CleanupResult, run_cleanup
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv, connect_pg
 from kvmigrate.entities import Entity, select_entities
-from kvmigrate.errors import ConfigError, GateRefused, WrongStore
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import ConfigError, GateRefused, WrongStore
+from kvmigrate.model.progress import Reporter, countdown, silent
 from kvmigrate.phases import DEFAULT_SETTLE
-from kvmigrate.progress import Reporter, countdown, silent
 from kvmigrate.shadow import shadow_gate
 from kvmigrate.verify import VerifyResult, run_verify
 from kvmigrate.wrong_store import HINT, QUESTION, before_cleanup, ledger_keys

@@ -23,10 +23,10 @@ import redis
 
 from kvmigrate import commands
 from kvmigrate.app_sim import AppCheck, SimApp, check_writes
-from kvmigrate.config import Config
 from kvmigrate.embedded import embedded_servers
 from kvmigrate.entities.common import Bad, handle
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import ConfigError
 from kvmigrate.seed import SeedResult, seed_keyspace, write_memory_files
 from kvmigrate.shadow import ShadowResult
 
@@ -206,8 +206,8 @@ def _app_handles(raw: list[Any]) -> list[str]:
 def _kv_left(url: str) -> dict[str, int]:
     """What is still in KV after the demo, by how kvmigrate classifies it (a demo report, not
     part of the migration, so these reads are not counted)."""
+    from kvmigrate.adapters.kv.classify import Classifier
     from kvmigrate.entities import ENTITIES
-    from kvmigrate.kv.classify import Classifier
 
     classifier = Classifier(ENTITIES)
     client = redis.Redis.from_url(url)

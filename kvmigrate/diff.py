@@ -24,14 +24,16 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from kvmigrate.adapters.files.memories import iter_memory_records
+from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe
+from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.backfill import BatchWriter
 from kvmigrate.batch import Batch, table_specs
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import TableSpec
-from kvmigrate.kv.source import KvSource
-from kvmigrate.pg.loader import SourcedRow, TableLoader, dedupe
-from kvmigrate.pg.stats import STATE_TABLES, analyze
-from kvmigrate.records import RawRecord
+from kvmigrate.entities.memories import MEMORIES
+from kvmigrate.model.records import RawRecord
 
 
 @dataclass(frozen=True)
@@ -347,8 +349,6 @@ class Differ:
         files = {k for k in keys if k.startswith(FILE_PREFIX)}
         out = self.source.read_keys(sorted(keys - files))
         if files and self.memories is not None:
-            from kvmigrate.entities.memories import MEMORIES, iter_memory_records
-
             out.extend((r, MEMORIES) for r in iter_memory_records(self.memories) if r.key in files)
         return out
 

@@ -7,18 +7,18 @@ from dataclasses import dataclass
 
 import psycopg
 
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv, connect_pg, is_pooled_url
-from kvmigrate.errors import ConnectError, KvmigrateError
-from kvmigrate.pg.conflicts import (
+from kvmigrate.adapters.connections import connect_kv, connect_pg, is_pooled_url
+from kvmigrate.adapters.pg.conflicts import (
     conflict_error,
     find_conflicts,
     recorded_schema,
     schema_mismatch,
     target_schema,
 )
-from kvmigrate.pg.migrations import pending_files, schema_status
+from kvmigrate.adapters.pg.migrations import pending_files, schema_status
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import ConnectError, KvmigrateError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.errors import ConfigError
 
 
 @dataclass(frozen=True)

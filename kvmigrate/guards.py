@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-from kvmigrate.errors import GateRefused, StoreChanged
+from kvmigrate.model.errors import GateRefused, StoreChanged
 
 LOCK_WRITERS = 0x6B766D77  # "kvmw": backfill, verify --repair and cleanup exclude each other
 #: A store holding fewer than this share of the keys the ledger saw is refused...

@@ -14,14 +14,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv
-from kvmigrate.entities import ENTITIES
-from kvmigrate.entities.base import Family
-from kvmigrate.kv.classify import Classification, Classifier
-from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import (
+from kvmigrate.adapters.connections import connect_kv
+from kvmigrate.adapters.kv.classify import Classification, Classifier
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.kv.scanner import (
     LIST_CHUNK,
     TYPED_READS,
     ValueSizes,
@@ -29,6 +25,10 @@ from kvmigrate.kv.scanner import (
     encode_key,
     scan_pages,
 )
+from kvmigrate.entities import ENTITIES
+from kvmigrate.entities.base import Family
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
 
 TYPES = ("string", "hash", "list", "set", "zset")
 _SIZE = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD"}

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import psycopg
 
+from kvmigrate.adapters.kv.client import KvClient
 from kvmigrate.entities import ENTITIES, Entity
-from kvmigrate.errors import GateRefused
-from kvmigrate.kv.client import KvClient
+from kvmigrate.model.errors import GateRefused
 
 FLAGS_KEY = "kvmigrate:flags"
 #: Apps cache the flags for at most APP_FLAG_CACHE seconds (README, "For the app"); every flag

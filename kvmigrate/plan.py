@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from kvmigrate.config import Config
 from kvmigrate.inventory import InventoryResult, run_inventory
+from kvmigrate.model.config import Config
 
 FLAG_WRITES = 3  # one HSET of kvmigrate:flags each for dual-write, cutover and cleanup
 

@@ -24,14 +24,14 @@ from typing import Any
 
 import psycopg
 
+from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.backfill import BackfillResult, Progress, run_backfill
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_pg
 from kvmigrate.diff import FILE_PREFIX
-from kvmigrate.errors import BudgetExhausted, DifferencesFound, KvmigrateError, RejectsPresent
 from kvmigrate.inventory import InventoryResult, run_inventory
-from kvmigrate.masking import mask_text
-from kvmigrate.pg.migrations import SetupResult, apply_migrations
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import BudgetExhausted, DifferencesFound, KvmigrateError, RejectsPresent
+from kvmigrate.model.masking import mask_text
 from kvmigrate.shadow import ShadowResult, run_shadow
 from kvmigrate.verify import VerifyResult, run_verify
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_pg
+from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.model.config import Config
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Rules (README, "restore"):
   ArchiveBusy, exit 1). Every listed file is checked against the manifest (length, sha256, line
   count) and the manifest's totals must add up; any mismatch refuses the run before anything is
   written (ArchiveCorrupt, exit 1). When a key was archived more than once, its last line wins.
-* Each key is written whole and only while absent (`kvmigrate.kv.rebuild`): a killed run leaves
+* Each key is written whole and only while absent (`kvmigrate.adapters.kv.rebuild`): a killed run leaves
   whole keys, absent keys and at most temporary `kvmigrate:restore:*` keys that the next run
   deletes; no round trip is resent blindly (redis-py's own retries are off for this client), and
   every resend goes through the request budget.
@@ -34,7 +34,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kvmigrate.archive import (
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.files.archive import (
     MANIFEST,
     ArchivedKey,
     FolderLock,
@@ -44,13 +45,8 @@ from kvmigrate.archive import (
     unlisted_files,
     verified_blobs,
 )
-from kvmigrate.budget import FREE_COMMANDS, RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv, connect_pg
-from kvmigrate.entities import ENTITIES
-from kvmigrate.errors import ConfigError
-from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.rebuild import (
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.kv.rebuild import (
     REQUEST_BYTES,
     Command,
     archived_length,
@@ -62,8 +58,12 @@ from kvmigrate.kv.rebuild import (
     temp_key,
     value_bytes,
 )
-from kvmigrate.kv.scanner import encode_key, storable_name
-from kvmigrate.progress import Reporter, Tick, silent
+from kvmigrate.adapters.kv.scanner import encode_key, storable_name
+from kvmigrate.entities import ENTITIES
+from kvmigrate.model.budget import FREE_COMMANDS, RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import ConfigError
+from kvmigrate.model.progress import Reporter, Tick, silent
 
 FLAGS_UNCHANGED = ("phase flags are unchanged: restore writes KV only, and the app keeps reading and "
                    "writing what its flags say (see `kvmigrate status`)")

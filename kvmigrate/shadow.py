@@ -29,13 +29,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kvmigrate import shadow_views as v
-from kvmigrate import state
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.pg import state
 from kvmigrate.backfill import require_schema
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv, connect_pg
-from kvmigrate.errors import ConfigError
-from kvmigrate.kv.client import KvClient
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import ConfigError
 from kvmigrate.shadow_keys import MGET_KEYS, KeyCache, KeyIndex, canonical, scan_index
 
 EXAMPLES = 5

@@ -16,14 +16,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from kvmigrate.adapters.kv.classify import Classifier
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.kv.scanner import FIRST_MGET, LIST_CHUNK, ValueSizes, scan_pages
+from kvmigrate.adapters.kv.source import KvSource, _companion
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import Family
-from kvmigrate.kv.classify import Classifier
-from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import FIRST_MGET, LIST_CHUNK, ValueSizes, scan_pages
-from kvmigrate.kv.source import KvSource, _companion
-from kvmigrate.records import RawRecord, SourcedRow
+from kvmigrate.model.records import RawRecord, SourcedRow
 
 #: Keys per MGET: fixed, so the forecast is exact (values of these families are small).
 MGET_KEYS = FIRST_MGET

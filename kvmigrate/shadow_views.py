@@ -32,9 +32,9 @@ from typing import Any
 
 import psycopg
 
+from kvmigrate.adapters.pg.loader import dedupe
 from kvmigrate.entities import select_entities
-from kvmigrate.pg.loader import dedupe
-from kvmigrate.records import SourcedRow
+from kvmigrate.model.records import SourcedRow
 
 INBOX_LIMIT = 50
 THREAD_LIMIT = 100

@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 
 from kvmigrate import phases
+from kvmigrate.adapters.connections import connect_pg
 from kvmigrate.backfill import require_schema
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_pg
 from kvmigrate.entities import ENTITIES
+from kvmigrate.model.config import Config
 
 
 @dataclass

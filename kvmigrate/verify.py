@@ -31,19 +31,21 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from kvmigrate import state
-from kvmigrate.backfill import memories_folder, require_schema
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.connections import connect_kv, connect_pg
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.files.memories import iter_memory_records, memories_folder
+from kvmigrate.adapters.kv.scanner import server_id
+from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.pg import state
+from kvmigrate.backfill import require_schema
 from kvmigrate.diff import Differ, Difference, EntityCheck
 from kvmigrate.entities import Entity, select_entities
-from kvmigrate.errors import BudgetExhausted, ConfigError, ConnectError
+from kvmigrate.entities.memories import MEMORIES
 from kvmigrate.guards import refuse_a_shrunk_store, take_writer_lock
-from kvmigrate.kv.scanner import server_id
-from kvmigrate.kv.source import KvSource
-from kvmigrate.progress import Reporter, Tick, left_to_do, silent
-from kvmigrate.records import RawRecord
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import BudgetExhausted, ConfigError, ConnectError
+from kvmigrate.model.progress import Reporter, Tick, left_to_do, silent
+from kvmigrate.model.records import RawRecord
 from kvmigrate.verified import record_verified, supersede
 from kvmigrate.wrong_store import verdict
 
@@ -227,7 +229,6 @@ def _delete_extra(conn: psycopg.Connection, differ: Differ) -> int:
 
 
 def _stage_memories(differ: Differ, folder: Path, batch_size: int) -> None:
-    from kvmigrate.entities.memories import MEMORIES, iter_memory_records
 
     chunk: list[tuple[RawRecord, Entity]] = []
     for record in iter_memory_records(folder):

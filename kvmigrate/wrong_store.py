@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import psycopg
 
 from kvmigrate.entities import Entity
-from kvmigrate.errors import WrongStore
+from kvmigrate.model.errors import WrongStore
 
 log = logging.getLogger("kvmigrate")
 

@@ -39,9 +39,9 @@ def cleanup_entity(config: Any, entity: str, archive_dir: Path) -> Any:
     import psycopg
 
     from kvmigrate import phases
-    from kvmigrate.budget import RequestBudget
+    from kvmigrate.adapters.connections import connect_kv
     from kvmigrate.cleanup import run_cleanup
-    from kvmigrate.connections import connect_kv
+    from kvmigrate.model.budget import RequestBudget
 
     with psycopg.connect(config.require_pg()) as conn:
         kv = connect_kv(config.require_kv(), RequestBudget())

@@ -10,7 +10,7 @@ import psycopg
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 from tests.fixtures.data import (
     MIXED_KEPT,
     MIXED_REJECTS,
@@ -229,7 +229,7 @@ def test_restart_reapplies_every_record_where_a_rerun_skips_unchanged_ones(
 
 def test_pages_grouped_into_one_transaction_are_committed_when_the_budget_stops_the_run(
         pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
-    from kvmigrate.errors import BudgetExhausted
+    from kvmigrate.model.errors import BudgetExhausted
 
     mixed_keyspace(kv, board_posts=120)
     _setup(pg_url)

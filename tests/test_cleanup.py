@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.archive import (
+from kvmigrate.adapters.connections import connect_kv
+from kvmigrate.adapters.files.archive import (
     MANIFEST,
     decode_line,
     encode_line,
@@ -24,14 +25,13 @@ from kvmigrate.archive import (
     read_manifest,
     verified_blobs,
 )
+from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.batch import value_digest
-from kvmigrate.budget import RequestBudget
 from kvmigrate.cleanup import LedgerState, run_cleanup, verdict
-from kvmigrate.config import Config, build_config
-from kvmigrate.connections import connect_kv
 from kvmigrate.entities.base import Family
-from kvmigrate.errors import BudgetExhausted, ConfigError, GateRefused
-from kvmigrate.kv.snapshot import Snapshot, SnapshotReader
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config, build_config
+from kvmigrate.model.errors import BudgetExhausted, ConfigError, GateRefused
 
 STREAK_HASH = {"current": "3", "longest": "5", "totalDays": "12", "lastActive": "2025-06-01"}
 STREAK_JSON = orjson.dumps({"current": 2, "longest": 4, "lastActive": "2025-06-02",

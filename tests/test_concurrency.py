@@ -20,11 +20,11 @@ import pytest
 import redis
 
 from kvmigrate import commands, phases
+from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.app_sim import SimApp, check_writes
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import build_config
-from kvmigrate.connections import connect_kv
 from kvmigrate.entities.common import Bad, handle
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import build_config
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import (
     Finished,

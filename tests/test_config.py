@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmigrate.config import build_config
-from kvmigrate.connections import connect_pg, is_pooled_url
-from kvmigrate.masking import mask_text, mask_url
+from kvmigrate.adapters.connections import connect_pg, is_pooled_url
+from kvmigrate.model.config import build_config
+from kvmigrate.model.masking import mask_text, mask_url
 
 
 def test_pg_url_falls_back_through_vercel_variables_in_order() -> None:
@@ -56,7 +56,7 @@ def test_libpq_options_in_the_url_reach_the_server_with_prisma_parameters_droppe
         assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
     finally:
         conn.close()
-    from kvmigrate.connections import _clean_pg_url
+    from kvmigrate.adapters.connections import _clean_pg_url
 
     assert _clean_pg_url(url).endswith("?options=-c%20statement_timeout%3D4321&application_name=a+b%2Bc") or \
         _clean_pg_url(url).endswith("&options=-c%20statement_timeout%3D4321&application_name=a+b%2Bc")

@@ -28,12 +28,12 @@ import pytest
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.archive import latest_lines, read_manifest, verified_blobs
-from kvmigrate.budget import RequestBudget
+from kvmigrate.adapters.connections import connect_kv
+from kvmigrate.adapters.files.archive import latest_lines, read_manifest, verified_blobs
+from kvmigrate.adapters.kv.scanner import encode_key
 from kvmigrate.cleanup import run_cleanup
-from kvmigrate.config import build_config
-from kvmigrate.connections import connect_kv
-from kvmigrate.kv.scanner import encode_key
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import build_config
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import (
     Databases,

@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import redis
 
-from kvmigrate.config import build_config
 from kvmigrate.demo import run_demo
+from kvmigrate.model.config import build_config
 from tests.helpers import cli_json
 
 

@@ -9,7 +9,7 @@ import pytest
 import typer.main
 
 from kvmigrate.cli import app
-from kvmigrate.errors import EXIT_CODES
+from kvmigrate.model.errors import EXIT_CODES
 from tests.helpers import cli
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.budget import FREE_COMMANDS, RequestBudget
-from kvmigrate.config import build_config
+from kvmigrate.model.budget import FREE_COMMANDS, RequestBudget
+from kvmigrate.model.config import build_config
 from kvmigrate.seed import seed_keyspace
 from tests.helpers import cli, cli_json
 

@@ -11,10 +11,10 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
 from kvmigrate.entities.board import BOARD
 from kvmigrate.entities.common import MAX_VALUE_BYTES
-from kvmigrate.records import Outcome, RawRecord, Row
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord, Row
 
 T0_MS = 1750000000000
 T0 = datetime(2025, 6, 15, 15, 6, 40, tzinfo=timezone.utc)

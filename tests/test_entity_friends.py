@@ -10,9 +10,9 @@ import psycopg
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
 from kvmigrate.entities.friends import FRIENDS, combine
-from kvmigrate.records import Outcome, RawRecord, SourcedRow
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord, SourcedRow
 from tests.helpers import cleanup_entity
 
 

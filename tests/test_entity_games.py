@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from kvmigrate.entities.games import GAMES, game_from_message
-from kvmigrate.records import Outcome, RawRecord, Reject, Row
+from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -12,10 +12,10 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.entities.invites import INVITES
-from kvmigrate.kv.classify import Classifier
-from kvmigrate.records import Outcome, RawRecord
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord
 
 T_MS = 1717236000000  # 2024-06-01T10:00:00Z
 T0 = datetime(2024, 6, 1, 10, 0, tzinfo=timezone.utc)
@@ -164,7 +164,7 @@ def test_backfill_keeps_expiry_and_makes_a_placeholder_for_an_unknown_used_by(
 
 def test_invite_codes_are_never_normalised_so_no_two_codes_collapse_into_one_row() -> None:
     from kvmigrate.entities.invites import INVITES
-    from kvmigrate.records import RawRecord
+    from kvmigrate.model.records import RawRecord
 
     rows = [INVITES.transform(RawRecord("vibe:invites", "hash", b'{"created_by": "ann"}', code, "invites")).rows[0]
             for code in ("VIBE-ABCD-ANN", "vibe-abcd-ann", " VIBE-ABCD-ANN")]

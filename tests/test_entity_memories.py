@@ -11,9 +11,10 @@ import psycopg
 import pytest
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
-from kvmigrate.entities.memories import MEMORIES, iter_memory_records
-from kvmigrate.records import Outcome, RawRecord, Row
+from kvmigrate.adapters.files.memories import iter_memory_records
+from kvmigrate.entities.memories import MEMORIES
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord, Row
 
 T0 = datetime(2026, 1, 1, 8, 49, 48, 352000, tzinfo=timezone.utc)
 GOOD = {"id": "mjv7f41s", "timestamp": "2026-01-01T08:49:48.352Z",

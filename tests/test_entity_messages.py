@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
 from kvmigrate.entities.messages import MESSAGES
-from kvmigrate.records import Outcome, RawRecord, Reject, Row
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 T0_MS = 1748779200000
@@ -377,7 +377,7 @@ def test_inbox_read_state_comes_from_the_unread_counters_newest_first() -> None:
 
 def test_a_message_read_in_any_copy_is_read_with_the_earliest_read_time() -> None:
     from kvmigrate.entities.messages import combine
-    from kvmigrate.records import SourcedRow
+    from kvmigrate.model.records import SourcedRow
 
     def row(value: dict[str, Any], key: str, rank: int) -> SourcedRow:
         out = msg(value, key) if key.startswith("msg:") else archive([value])

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
 from kvmigrate.entities.reports import REPORTS
-from kvmigrate.records import Outcome, RawRecord
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord
 from tests.helpers import cleanup_entity
 
 T0 = datetime(2025, 6, 1, tzinfo=timezone.utc)

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
 from kvmigrate.entities.streaks import STREAKS
-from kvmigrate.records import Outcome, RawRecord, Row
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord, Row
 
 
 def _streak(handle: str, value: bytes | dict[bytes, bytes]) -> Outcome:
@@ -103,7 +103,7 @@ def test_a_hash_field_holding_json_with_a_nul_escape_is_rejected_not_loaded() ->
 
 def _merged(*sources: tuple[str, bytes | dict[bytes, bytes]]) -> dict[str, object]:
     from kvmigrate.entities.streaks import combine
-    from kvmigrate.records import SourcedRow
+    from kvmigrate.model.records import SourcedRow
 
     rows = []
     for key, value in sources:

@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.adapters.pg.loader import SourcedRow, dedupe
 from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.users import USERS
-from kvmigrate.pg.loader import SourcedRow, dedupe
-from kvmigrate.records import Outcome, RawRecord
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord
 
 T_MS = 1717236000000  # 2024-06-01T10:00:00Z
 T0 = datetime(2024, 6, 1, 10, 0, tzinfo=timezone.utc)

@@ -26,10 +26,10 @@ import pytest
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.budget import RequestBudget
+from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.cleanup import run_cleanup
-from kvmigrate.config import build_config
-from kvmigrate.connections import connect_kv
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import build_config
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import (
     Child,

@@ -30,15 +30,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kvmigrate import commands
+from kvmigrate.adapters.connections import connect_kv
+from kvmigrate.adapters.kv.scanner import encode_key
+from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.pg.loader import json_dumps
 from kvmigrate.batch import value_digest
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import build_config
-from kvmigrate.connections import connect_kv
 from kvmigrate.entities import ENTITIES, Entity
-from kvmigrate.kv.scanner import encode_key
-from kvmigrate.kv.source import KvSource
-from kvmigrate.pg.loader import json_dumps
-from kvmigrate.records import Outcome, RawRecord
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord
 from tests.fixtures.faults import note, seed_world
 
 #: Cases per run; `make stress` (or KVMIGRATE_FUZZ_CASES) runs more, KVMIGRATE_FUZZ_RANDOM=1 explores
@@ -479,7 +479,7 @@ _SOURCES = (  # three sources of one user, as the registries hold them (rank: ha
 
 
 def _user_rows(order: tuple[int, ...]) -> list[Any]:
-    from kvmigrate.pg.loader import SourcedRow
+    from kvmigrate.adapters.pg.loader import SourcedRow
 
     users = BY_NAME["users"]
     out = []
@@ -495,7 +495,7 @@ def _user_rows(order: tuple[int, ...]) -> list[Any]:
 @given(st.permutations((0, 1, 2)))
 @settings(deadline=None, derandomize=True, database=None)
 def test_merging_the_sources_of_one_user_does_not_depend_on_their_order(order: list[int]) -> None:
-    from kvmigrate.pg.loader import dedupe
+    from kvmigrate.adapters.pg.loader import dedupe
 
     spec = BY_NAME["users"].tables[0]
     [merged] = dedupe(spec, _user_rows(tuple(order)))
@@ -506,7 +506,7 @@ def test_merging_the_sources_of_one_user_does_not_depend_on_their_order(order: l
 
 def _load_in_batches(url: str, batches: list[tuple[int, ...]]) -> Any:
     """Load the sources in the given batches through the backfill's writer; the merged row."""
-    from kvmigrate import state
+    from kvmigrate.adapters.pg import state
     from kvmigrate.backfill import BatchWriter
     from kvmigrate.batch import Batch
 

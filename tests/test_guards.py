@@ -16,8 +16,8 @@ import psycopg
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.config import build_config
 from kvmigrate.guards import LOCK_WRITERS
+from kvmigrate.model.config import build_config
 from kvmigrate.seed import seed_keyspace
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import Launcher
@@ -107,7 +107,7 @@ def test_a_store_wiped_while_cleanup_settles_is_noticed_before_anything_is_delet
 def test_every_postgres_connection_has_keepalives_on_both_ends_and_the_urls_own_settings_win(pg_url: str) -> None:
     """A half-open connection then fails in about a minute instead of hanging cleanup for ever,
     and the server ends a dead kvmigrate session (and so its lock) as soon."""
-    from kvmigrate.connections import connect_pg
+    from kvmigrate.adapters.connections import connect_pg
 
     with connect_pg(pg_url) as conn:
         on_tcp = not conn.info.host.startswith("/")  # a Unix socket has no keepalives: the server shows 0

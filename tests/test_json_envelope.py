@@ -16,7 +16,7 @@ import typer.main
 
 from kvmigrate import commands
 from kvmigrate.cli import app
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 from tests.fixtures.data import mixed_keyspace
 from tests.helpers import cli
 

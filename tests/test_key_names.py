@@ -13,7 +13,7 @@ import redis
 
 from kvmigrate import commands
 from kvmigrate.cleanup import run_cleanup
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 from tests.helpers import cli
 from tests.test_cleanup import prepare
 

@@ -9,9 +9,9 @@ import psycopg
 import pytest
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe, fill_merge
 from kvmigrate.entities.base import TableSpec
-from kvmigrate.pg.loader import SourcedRow, TableLoader, dedupe, fill_merge
+from kvmigrate.model.config import build_config
 
 USERS = TableSpec("users", "handle", ("handle", "display_name", "one_liner", "created_at", "invited_by", "settings"),
                   user_refs=("invited_by",), merge="fill", json_columns=("settings",))

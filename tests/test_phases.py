@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.config import Config, build_config
 from kvmigrate.cutover import DualWriteResult
-from kvmigrate.errors import ConfigError, GateRefused
+from kvmigrate.model.config import Config, build_config
+from kvmigrate.model.errors import ConfigError, GateRefused
 from tests.fixtures.data import mixed_keyspace
 from tests.helpers import cli, cli_json
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 from tests.fixtures import prisma as parser
 from tests.helpers import cli, cli_json
 

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from kvmigrate import commands, phases
 from kvmigrate.cli.base import Bars
-from kvmigrate.config import build_config
-from kvmigrate.progress import Tick
+from kvmigrate.model.config import build_config
+from kvmigrate.model.progress import Tick
 from kvmigrate.seed import seed_keyspace
 from tests.fixtures.faults import Launcher
 from tests.test_cleanup import move

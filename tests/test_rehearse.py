@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import build_config
-from kvmigrate.connections import connect_kv
-from kvmigrate.kv.client import WRITE_COMMANDS, ReadOnlyViolation
+from kvmigrate.adapters.connections import connect_kv
+from kvmigrate.adapters.kv.client import WRITE_COMMANDS, ReadOnlyViolation
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import build_config
 from kvmigrate.report.rehearse import COST_ROWS, DATA_COLUMNS
 from tests.fixtures.data import MIXED_REJECTS, mixed_keyspace
 from tests.helpers import cli

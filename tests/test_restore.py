@@ -17,16 +17,16 @@ import pytest
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.archive import MANIFEST, ArchiveCorrupt, ArchiveWriter, read_manifest
+from kvmigrate.adapters.connections import connect_kv
+from kvmigrate.adapters.files.archive import MANIFEST, ArchiveCorrupt, ArchiveWriter, read_manifest
+from kvmigrate.adapters.kv.client import WRITE_COMMANDS
+from kvmigrate.adapters.kv.scanner import BatchReader
 from kvmigrate.batch import value_digest
-from kvmigrate.budget import FREE_COMMANDS, RequestBudget
 from kvmigrate.cleanup import run_cleanup
-from kvmigrate.config import Config, build_config
-from kvmigrate.connections import connect_kv
 from kvmigrate.entities.streaks import STREAKS
-from kvmigrate.errors import ArchiveBusy, GateRefused
-from kvmigrate.kv.client import WRITE_COMMANDS
-from kvmigrate.kv.scanner import BatchReader
+from kvmigrate.model.budget import FREE_COMMANDS, RequestBudget
+from kvmigrate.model.config import Config, build_config
+from kvmigrate.model.errors import ArchiveBusy, GateRefused
 from kvmigrate.restore import run_restore
 from tests.fixtures.faults import launcher
 from tests.helpers import cli

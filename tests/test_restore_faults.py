@@ -18,9 +18,9 @@ import orjson
 import pytest
 import redis
 
-from kvmigrate.budget import FREE_COMMANDS
 from kvmigrate.cleanup import run_cleanup
-from kvmigrate.config import Config, build_config
+from kvmigrate.model.budget import FREE_COMMANDS
+from kvmigrate.model.config import Config, build_config
 from kvmigrate.restore import run_restore
 from tests.fixtures.faults import (
     FaultyProxy,

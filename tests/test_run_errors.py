@@ -14,9 +14,9 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate.archive import latest_lines, read_manifest, verified_blobs
+from kvmigrate.adapters.files.archive import latest_lines, read_manifest, verified_blobs
 from kvmigrate.cleanup import run_cleanup
-from kvmigrate.errors import StorageError
+from kvmigrate.model.errors import StorageError
 from tests.helpers import cli
 from tests.test_cleanup import prepare
 

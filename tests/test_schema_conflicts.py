@@ -10,9 +10,9 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate.errors import SchemaConflict
-from kvmigrate.pg.migrations import apply_migrations
-from kvmigrate.urls import with_search_path
+from kvmigrate.adapters.pg.migrations import apply_migrations
+from kvmigrate.model.errors import SchemaConflict
+from kvmigrate.model.urls import with_search_path
 from tests.fixtures.data import mixed_keyspace
 from tests.helpers import cli, cli_json
 

@@ -34,7 +34,7 @@ from psycopg import sql
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kvmigrate.kv.client import WRITE_COMMANDS
+from kvmigrate.adapters.kv.client import WRITE_COMMANDS
 from tests.fixtures.faults import (
     Finished,
     Launcher,

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis
 
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.errors import ConfigError
 from kvmigrate.seed import SeedResult, seed_keyspace, write_memory_files
 from tests.fixtures.servers import kv_url_for
 

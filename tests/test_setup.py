@@ -6,9 +6,9 @@ import psycopg
 import pytest
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
-from kvmigrate.errors import KvmigrateError
-from kvmigrate.pg.migrations import load_migrations
+from kvmigrate.adapters.pg.migrations import load_migrations
+from kvmigrate.model.config import build_config
+from kvmigrate.model.errors import KvmigrateError
 from tests.helpers import cli, cli_json
 
 APP_TABLES = {"users", "messages", "board_posts", "streaks", "memories", "game_results", "invites",

@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import Config, build_config
-from kvmigrate.errors import BudgetExhausted, GateRefused
+from kvmigrate.model.config import Config, build_config
+from kvmigrate.model.errors import BudgetExhausted, GateRefused
 from kvmigrate.seed import seed_keyspace
 from kvmigrate.shadow import ShadowResult
 from kvmigrate.shadow_views import VIEWS

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from kvmigrate.masking import mask_text, mask_url, url_secrets
+from kvmigrate.model.masking import mask_text, mask_url, url_secrets
 from tests.fixtures.faults import Launcher, launcher, note
 
 S = "Sx7leakQ9z"  # the secret planted in every URL; no piece of it may show

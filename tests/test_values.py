@@ -13,14 +13,14 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.adapters.pg.loader import json_dumps
 from kvmigrate.entities import common as c
 from kvmigrate.entities.board import BOARD
 from kvmigrate.entities.messages import MESSAGES
 from kvmigrate.entities.streaks import STREAKS
 from kvmigrate.entities.users import USERS
-from kvmigrate.pg.loader import json_dumps
-from kvmigrate.records import Outcome, RawRecord
+from kvmigrate.model.config import build_config
+from kvmigrate.model.records import Outcome, RawRecord
 
 #: Number-looking text the app's client (@upstash/redis) hands back as text, so it stays text.
 KEPT_AS_TEXT = ["123456789012345678901234", "37.77492950000000000001", "-0", "1.50", "1.5", "1e3", "007",

@@ -14,10 +14,10 @@ import pytest
 import redis
 
 from kvmigrate import commands
-from kvmigrate.config import build_config
+from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.entities import ENTITIES
-from kvmigrate.errors import ConfigError
-from kvmigrate.kv.classify import Classifier
+from kvmigrate.model.config import build_config
+from kvmigrate.model.errors import ConfigError
 from kvmigrate.verify import VerifyResult, run_verify
 from tests.fixtures.data import T_MS, mixed_keyspace
 from tests.helpers import cli, cli_json

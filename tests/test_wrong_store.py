@@ -9,7 +9,7 @@ import psycopg
 import redis
 
 from kvmigrate import commands, phases
-from kvmigrate.config import build_config
+from kvmigrate.model.config import build_config
 from tests.fixtures.data import mixed_keyspace
 from tests.helpers import cli, cli_json
 

@@ -26,12 +26,12 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from kvmigrate import __version__, report
-from kvmigrate.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
-from kvmigrate.connections import connection_errors
-from kvmigrate.errors import EXIT_CODES, KvmigrateError, StorageError
-from kvmigrate.masking import mask_text
-from kvmigrate.printable import printable
-from kvmigrate.progress import Rate, Tick, clock
+from kvmigrate.adapters.connections import connection_errors
+from kvmigrate.model.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
+from kvmigrate.model.errors import EXIT_CODES, KvmigrateError, StorageError
+from kvmigrate.model.masking import mask_text
+from kvmigrate.model.printable import printable
+from kvmigrate.model.progress import Rate, Tick, clock
 
 #: Global options a user may also write after the command (`kvmigrate status --json`).
 GLOBAL_FLAGS = frozenset({"--json", "--traceback", "-v", "-vv", "--verbose"})

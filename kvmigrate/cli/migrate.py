@@ -22,7 +22,7 @@ from kvmigrate.cli.base import (
     progress_bar,
     run,
 )
-from kvmigrate.errors import KvmigrateError
+from kvmigrate.model.errors import KvmigrateError
 from kvmigrate.phases import DEFAULT_SETTLE
 
 ShrunkOpt = Annotated[bool, typer.Option("--allow-shrunk-store", help="Run even though KV holds fewer than half "

@@ -18,7 +18,7 @@ from kvmigrate.cli.base import (
     progress_bar,
     run,
 )
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.errors import ConfigError
 
 
 @app.command()

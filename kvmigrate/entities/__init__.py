@@ -9,7 +9,7 @@ import importlib
 from collections.abc import Sequence
 
 from kvmigrate.entities.base import Entity, EntityBase, Family, TableSpec
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.errors import ConfigError
 
 _MODULES = (("users", "USERS"), ("messages", "MESSAGES"), ("board", "BOARD"), ("streaks", "STREAKS"),
             ("invites", "INVITES"), ("games", "GAMES"), ("memories", "MEMORIES"), ("consent", "CONSENT"),

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from kvmigrate.entities.common import Bad
-from kvmigrate.records import Merged, Outcome, RawRecord, SourcedRow
+from kvmigrate.model.records import Merged, Outcome, RawRecord, SourcedRow
 
 #: Combines every source of one row of a `fill` table (see TableSpec.combine).
 Combine = Callable[[Sequence[SourcedRow]], Merged]

@@ -43,7 +43,7 @@ from typing import Any
 
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.records import Merged, Outcome, RawRecord, Reject, Row, SourcedRow
+from kvmigrate.model.records import Merged, Outcome, RawRecord, Reject, Row, SourcedRow
 
 STATUSES = ("pending", "accepted", "blocked")  # in the order a later status overrules an earlier
 A_RANK, B_RANK = 20, 10

@@ -30,7 +30,7 @@ from typing import Any
 
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.records import Outcome, RawRecord, Reject, Row
+from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
 
 TABLE = TableSpec("game_results", "id", ("id", "game", "players", "winner", "state", "created_at"),
                   json_columns=("state",))

@@ -23,7 +23,7 @@ from typing import Any
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
 from kvmigrate.entities.users import absent, pick
-from kvmigrate.records import Outcome, RawRecord, Row
+from kvmigrate.model.records import Outcome, RawRecord, Row
 
 TABLE = TableSpec(
     "invites",

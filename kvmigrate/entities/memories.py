@@ -2,7 +2,7 @@
 
 Memories are not in KV: the client appends one JSON object per line, `{id, timestamp (ISO),
 observation, from, about, …}`, to `~/.vibe/memory/thread_{handle}.jsonl`, where `{handle}` is
-the thread partner (the `about` handle, sanitised for a file name). `iter_memory_records` turns
+the thread partner (the `about` handle, sanitised for a file name). `kvmigrate.adapters.files.memories` turns
 every non-blank line into a RawRecord (`key = "file:<file name>"`, `field = "L<line number, 6 digits>"` (so line 10 sorts after line 9));
 the transformer is pure like every other.
 
@@ -16,15 +16,12 @@ one `unreadable_file` reject (key `file:<name>`, no field) whose raw value is th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
 from kvmigrate.entities.board import required_text
-from kvmigrate.errors import ConfigError
-from kvmigrate.records import Outcome, RawRecord, Row
+from kvmigrate.model.records import Outcome, RawRecord, Row
 
 TABLE = TableSpec(
     "memories",
@@ -34,7 +31,7 @@ TABLE = TableSpec(
     json_columns=("details",),
 )
 FILE_GLOB = "thread_*.jsonl"
-#: Record "families" stamped by `iter_memory_records`; never matched against KV keys.
+#: Record "families" stamped by `adapters.files.memories`; never matched against KV keys.
 FILE = Family("file", "file:" + FILE_GLOB, frozenset({"jsonl"}), rank=10)
 UNREADABLE = Family("unreadable", "file:" + FILE_GLOB, frozenset({"jsonl"}))
 _MAPPED = ("id", "timestamp", "observation", "from", "about")
@@ -42,7 +39,7 @@ _MAPPED = ("id", "timestamp", "observation", "from", "about")
 
 class Memories(EntityBase):
     """Memories have no KV family (`families` is empty, so no key ever matches); their records
-    come from files, and `family()` knows the two kinds `iter_memory_records` produces, so the
+    come from files, and `family()` knows the two kinds the memory-file reader produces, so the
     shared `transform` (type check, dispatch, Bad → reject, never raises) applies unchanged."""
 
     name = "memories"
@@ -89,33 +86,6 @@ def memory_row(fields: dict[str, Any]) -> tuple[dict[str, Any], int]:
         "created_at": c.optional_timestamp(fields.get("timestamp")),
     }
     return row, changed
-
-
-def iter_memory_records(folder: Path) -> Iterator[RawRecord]:
-    """Yield one record per non-blank line of every `thread_*.jsonl` file in `folder`, files by
-    name, lines in order. Reads files only; a file that cannot be read (or stops being readable)
-    yields one `unreadable` record instead of raising. A folder that cannot be listed raises
-    ConfigError."""
-    try:
-        paths = sorted(p for p in folder.iterdir() if p.match(FILE_GLOB))
-    except OSError as exc:
-        raise ConfigError(f"cannot list the memories folder {folder}: {exc.strerror or exc}",
-                          hint="check its permissions, or pass --memories-dir DIR") from None
-    for path in paths:
-        yield from _file_records(path)
-
-
-def _file_records(path: Path) -> Iterator[RawRecord]:
-    key = "file:" + path.name
-    try:
-        with path.open("rb") as fh:
-            for number, line in enumerate(fh, start=1):
-                value = line.rstrip(b"\n").rstrip(b"\r")
-                if value.strip():
-                    yield RawRecord(key, "jsonl", value, f"L{number:06d}", FILE.name)
-    except OSError as exc:
-        error = f"{type(exc).__name__}: {exc.strerror or exc}"
-        yield RawRecord(key, "jsonl", error.encode("utf-8", "replace"), "", UNREADABLE.name)
 
 
 MEMORIES = Memories()

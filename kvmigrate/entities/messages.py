@@ -48,7 +48,7 @@ import orjson
 from kvmigrate.entities import common as c
 from kvmigrate.entities import games
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.records import Merged, Outcome, RawRecord, Reject, Row, SourcedRow
+from kvmigrate.model.records import Merged, Outcome, RawRecord, Reject, Row, SourcedRow
 
 
 def combine(sources: Sequence[SourcedRow]) -> Merged:

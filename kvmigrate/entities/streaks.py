@@ -30,7 +30,7 @@ from typing import Any
 
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.records import Merged, Outcome, RawRecord, Row, SourcedRow
+from kvmigrate.model.records import Merged, Outcome, RawRecord, Row, SourcedRow
 
 MERGE_RULE = "the most recent lastActive decides the counters; activeDays and badges are unioned"
 

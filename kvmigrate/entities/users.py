@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.records import Merged, Outcome, RawRecord, Row, SourcedRow
+from kvmigrate.model.records import Merged, Outcome, RawRecord, Row, SourcedRow
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.errors import ConfigError
 from kvmigrate.prisma.baseline import LOCK_TOML, MIGRATION_NAME, render_baseline
 from kvmigrate.prisma.catalog import current_schema, read_catalog
 from kvmigrate.prisma.schema import render_schema

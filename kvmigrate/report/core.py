@@ -12,9 +12,9 @@ import orjson
 from rich.console import Console
 
 from kvmigrate import __version__
-from kvmigrate.budget import RequestBudget
-from kvmigrate.masking import mask_text
-from kvmigrate.printable import printable_tree
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.masking import mask_text
+from kvmigrate.model.printable import printable_tree
 
 
 @singledispatch

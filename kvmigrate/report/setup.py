@@ -6,8 +6,8 @@ from typing import Any
 
 from rich.console import Console
 
+from kvmigrate.adapters.pg.migrations import SetupResult
 from kvmigrate.doctor import DoctorResult
-from kvmigrate.pg.migrations import SetupResult
 from kvmigrate.report.core import render, to_dict
 
 

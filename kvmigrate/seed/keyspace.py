@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import redis
 
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.errors import ConfigError
 from kvmigrate.seed.connections import seed_connections
 from kvmigrate.seed.content import seed_board, seed_games, seed_invites, seed_streaks
 from kvmigrate.seed.data import BASE_TIME, MIN_USERS

@@ -22,9 +22,9 @@ from typing import Any
 
 import redis
 
+from kvmigrate.adapters.kv.client import KvClient
 from kvmigrate.entities.base import Family
-from kvmigrate.kv.client import KvClient
-from kvmigrate.records import RawRecord, RawValue
+from kvmigrate.model.records import RawRecord, RawValue
 
 log = logging.getLogger("kvmigrate")
 

@@ -17,12 +17,12 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from kvmigrate.budget import RequestBudget
-from kvmigrate.config import Config
-from kvmigrate.errors import KvmigrateError
-from kvmigrate.masking import mask_text
-from kvmigrate.printable import printable_tree
-from kvmigrate.records import ContainerJson
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import KvmigrateError
+from kvmigrate.model.masking import mask_text
+from kvmigrate.model.printable import printable_tree
+from kvmigrate.model.records import ContainerJson
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,18 +25,18 @@ from tenacity import (
     wait_exponential,
 )
 
-from kvmigrate.budget import RequestBudget
-from kvmigrate.errors import ConnectError
-from kvmigrate.failures import (
+from kvmigrate.adapters.failures import (
     KV_TLS_MISMATCH,
     Permanent,
     kv_permanent,
     kv_speaks_plain,
     pg_permanent,
 )
-from kvmigrate.kv.client import KvClient
-from kvmigrate.masking import mask_text, mask_url
-from kvmigrate.urls import check_kv_url, check_pg_url, clean_pg_url
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.errors import ConnectError
+from kvmigrate.model.masking import mask_text, mask_url
+from kvmigrate.model.urls import check_kv_url, check_pg_url, clean_pg_url
 
 log = logging.getLogger("kvmigrate")
 RetryHook = Callable[[str], None]

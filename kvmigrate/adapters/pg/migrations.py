@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
-from kvmigrate.errors import ConfigError, KvmigrateError, SchemaConflict
-from kvmigrate.pg.conflicts import (
+from kvmigrate.adapters.pg.conflicts import (
     ADVICE,
     conflict_error,
     find_conflicts,
@@ -29,6 +28,7 @@ from kvmigrate.pg.conflicts import (
     schema_mismatch,
     target_schema,
 )
+from kvmigrate.model.errors import ConfigError, KvmigrateError, SchemaConflict
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kvmigrate.errors import ConfigError
-from kvmigrate.masking import mask_text, mask_url, url_secrets
-from kvmigrate.urls import (
+from kvmigrate.model.errors import ConfigError
+from kvmigrate.model.masking import mask_text, mask_url, url_secrets
+from kvmigrate.model.urls import (
     REST_HINT,
     check_kv_url,
     check_pg_url,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kvmigrate.errors import BudgetExhausted
+from kvmigrate.model.errors import BudgetExhausted
 
 #: Commands Upstash (and so Vercel KV) does not bill. Counted apart, never against the cap.
 FREE_COMMANDS = frozenset("AUTH HELLO SELECT COMMAND CONFIG INFO PING RESET QUIT".split())

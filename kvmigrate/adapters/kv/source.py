@@ -11,12 +11,18 @@ from dataclasses import dataclass, field
 
 import redis
 
+from kvmigrate.adapters.kv.classify import Classifier
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.kv.scanner import (
+    BatchReader,
+    KeyValue,
+    hscan_records,
+    scan_pages,
+    storable_name,
+)
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import Family
-from kvmigrate.kv.classify import Classifier
-from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import BatchReader, KeyValue, hscan_records, scan_pages, storable_name
-from kvmigrate.records import RawRecord, RawValue
+from kvmigrate.model.records import RawRecord, RawValue
 
 
 @dataclass

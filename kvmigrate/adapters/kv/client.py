@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from kvmigrate.budget import RequestBudget
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.errors import ConfigError
 
 #: Commands that change the keyspace (tests watch the server's counts of these).
 WRITE_COMMANDS = frozenset(

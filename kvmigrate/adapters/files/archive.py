@@ -1,5 +1,5 @@
 """The cleanup archive: lossless JSONL.gz files and their manifest (keys are read for it by
-`kvmigrate.kv.snapshot`; `kvmigrate.restore` puts them back).
+`kvmigrate.adapters.kv.snapshot`; `kvmigrate.restore` puts them back).
 
 Archive rules (README, "Data rules"):
 * Layout: one file per entity and run, `<entity>.jsonl.gz` for the first cleanup run into a
@@ -46,9 +46,9 @@ from typing import Any
 import orjson
 
 from kvmigrate import __version__
-from kvmigrate.errors import ArchiveBusy, ConfigError, KvmigrateError, StorageError
-from kvmigrate.kv.scanner import decode_key, encode_key
-from kvmigrate.kv.snapshot import Snapshot
+from kvmigrate.adapters.kv.scanner import decode_key, encode_key
+from kvmigrate.adapters.kv.snapshot import Snapshot
+from kvmigrate.model.errors import ArchiveBusy, ConfigError, KvmigrateError, StorageError
 
 FORMAT = "kvmigrate-archive/1"
 MANIFEST = "manifest.json"

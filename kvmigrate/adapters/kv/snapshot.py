@@ -2,7 +2,7 @@
 expire, and a digest of exactly those bytes.
 
 No Lua (Upstash bills every command a script runs): strings come from MGET, other types from one
-pipelined typed read per key (see `kvmigrate.kv.scanner.read_values`), PTTL only for families
+pipelined typed read per key (see `kvmigrate.adapters.kv.scanner.read_values`), PTTL only for families
 that can carry a TTL. The digest is sha1 of `<type>\n` followed by `<length>:<bytes>` for each
 part. Cleanup reads its snapshots on a connection that WATCHes the keys first, so the keys it
 deletes in MULTI/EXEC are exactly the ones archived.
@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.kv.scanner import TYPED_READS as _READS
+from kvmigrate.adapters.kv.scanner import Send, ValueSizes, encode_key, read_values
 from kvmigrate.entities.base import Family
-from kvmigrate.kv.client import KvClient
-from kvmigrate.kv.scanner import TYPED_READS as _READS
-from kvmigrate.kv.scanner import Send, ValueSizes, encode_key, read_values
-from kvmigrate.records import RawValue
+from kvmigrate.model.records import RawValue
 
 #: For keys read without a family (restore looks at whatever is there): any type, any TTL.
 ANY_KEY = Family("any", "*", frozenset({"string", "hash", "list", "set", "zset"}), may_expire=True)

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.common import json_bytes
-from kvmigrate.records import Merged, SourcedRow
+from kvmigrate.model.records import Merged, SourcedRow
 
 PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
 _META = ("_rank", "_src", "_fld")

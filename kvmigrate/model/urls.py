@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from kvmigrate.errors import ConfigError
+from kvmigrate.model.errors import ConfigError
 
 PG_SCHEMES = ("postgresql", "postgres")
 KV_SCHEMES = ("redis", "rediss", "valkey", "valkeys", "unix")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from kvmigrate.errors import SchemaConflict
+from kvmigrate.model.errors import SchemaConflict
 
 _COMMENT = re.compile(r"--[^\n]*")
 _CREATE = re.compile(

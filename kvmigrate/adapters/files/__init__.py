@@ -1,0 +1,1 @@
+"""Files on disk: the cleanup archive and the client's memory files."""
