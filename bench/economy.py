@@ -26,10 +26,10 @@ import orjson
 import redis
 from harness import new_database, servers
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.model.budget import FREE_COMMANDS
 from kvmigrate.model.config import build_config
-from kvmigrate.seed import seed_keyspace
+from kvmigrate.tryout.seed import seed_keyspace
 
 HOBBY_DAILY_QUOTA = 3000
 TARGET = 1500  # billed commands for the whole migration of the seed store

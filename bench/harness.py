@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 
-from kvmigrate.embedded import EmbeddedServers, embedded_servers
+from kvmigrate.tryout.embedded import EmbeddedServers, embedded_servers
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -23,9 +23,9 @@ import redis
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.kv.classify import Classifier
-from kvmigrate.batch import table_specs
+from kvmigrate.engine.batch import table_specs
 from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.model.config import build_config

@@ -16,9 +16,9 @@ import redis
 from harness import RESULTS_DIR, new_database, seed_shape, servers
 from pyinstrument import Profiler
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.model.config import build_config
-from kvmigrate.seed import seed_keyspace
+from kvmigrate.tryout.seed import seed_keyspace
 
 
 def main(argv: list[str]) -> int:

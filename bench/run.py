@@ -24,7 +24,7 @@ from harness import RESULTS_DIR, kv_db_url, machine, new_database, run_worker, s
 
 from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.entities import ENTITIES
-from kvmigrate.seed import seed_keyspace
+from kvmigrate.tryout.seed import seed_keyspace
 
 #: Keys copied per Redis type for the per-type command counts (one backfill each, both read modes).
 TYPE_SAMPLE = 50_000

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.model.config import build_config
 
 

@@ -38,10 +38,10 @@ def cleanup_entity(config: Any, entity: str, archive_dir: Path) -> Any:
     """Move one entity through dual-write and cutover, then clean it up; its EntityCleanup."""
     import psycopg
 
-    from kvmigrate import phases
     from kvmigrate.adapters.connections import connect_kv
-    from kvmigrate.cleanup import run_cleanup
+    from kvmigrate.engine import phases
     from kvmigrate.model.budget import RequestBudget
+    from kvmigrate.phases.cleanup import run_cleanup
 
     with psycopg.connect(config.require_pg()) as conn:
         kv = connect_kv(config.require_kv(), RequestBudget())

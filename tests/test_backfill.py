@@ -9,7 +9,7 @@ from collections.abc import Callable
 import psycopg
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.model.config import build_config
 from tests.fixtures.data import (
     MIXED_KEPT,

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands, phases
+from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.files.archive import (
     MANIFEST,
@@ -26,12 +26,13 @@ from kvmigrate.adapters.files.archive import (
     verified_blobs,
 )
 from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
-from kvmigrate.batch import value_digest
-from kvmigrate.cleanup import LedgerState, run_cleanup, verdict
+from kvmigrate.engine import phases
+from kvmigrate.engine.batch import value_digest
 from kvmigrate.entities.base import Family
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config, build_config
 from kvmigrate.model.errors import BudgetExhausted, ConfigError, GateRefused
+from kvmigrate.phases.cleanup import LedgerState, run_cleanup, verdict
 
 STREAK_HASH = {"current": "3", "longest": "5", "totalDays": "12", "lastActive": "2025-06-01"}
 STREAK_JSON = orjson.dumps({"current": 2, "longest": 4, "lastActive": "2025-06-02",

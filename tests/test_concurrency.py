@@ -19,12 +19,13 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands, phases
+from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
-from kvmigrate.app_sim import SimApp, check_writes
+from kvmigrate.engine import phases
 from kvmigrate.entities.common import Bad, handle
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import build_config
+from kvmigrate.tryout.app_sim import SimApp, check_writes
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import (
     Finished,

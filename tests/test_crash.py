@@ -27,13 +27,14 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands, phases
+from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.files.archive import latest_lines, read_manifest, verified_blobs
 from kvmigrate.adapters.kv.scanner import encode_key
-from kvmigrate.cleanup import run_cleanup
+from kvmigrate.engine import phases
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import build_config
+from kvmigrate.phases.cleanup import run_cleanup
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import (
     Databases,
@@ -236,7 +237,7 @@ class CleanupWorld:
             return {"argv": ["--json", "--pg-url", url, "--kv-url", self.kv_url, "cleanup", "--archive-dir",
                              str(folder), "--yes", "--settle", "0"]}
         config = {"pg_url": url, "kv_url": self.kv_url, "batch_size": BATCH, "scan_count": BATCH}
-        return {"call": "kvmigrate.cleanup:run_cleanup",
+        return {"call": "kvmigrate.phases.cleanup:run_cleanup",
                 "kwargs": {"config": config, "archive_dir": str(folder), "yes": True}}
 
     def fresh(self, dbs: Databases) -> tuple[str, Path]:

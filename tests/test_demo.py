@@ -9,8 +9,8 @@ from pathlib import Path
 import psycopg
 import redis
 
-from kvmigrate.demo import run_demo
 from kvmigrate.model.config import build_config
+from kvmigrate.tryout.demo import run_demo
 from tests.helpers import cli_json
 
 
@@ -52,8 +52,8 @@ def test_demo_json_report_is_one_envelope_with_the_final_check(pg_url: str, kv_u
 
 
 def test_the_final_check_fails_on_a_lost_stale_or_duplicated_write(pg_url: str, pg: psycopg.Connection) -> None:
-    from kvmigrate import commands
-    from kvmigrate.app_sim import AppWrite, check_writes
+    from kvmigrate import api as commands
+    from kvmigrate.tryout.app_sim import AppWrite, check_writes
 
     commands.setup(build_config(pg_url=pg_url, env={}))
     pg.execute("INSERT INTO users (handle) VALUES ('ann'), ('bo')")

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.model.budget import FREE_COMMANDS, RequestBudget
 from kvmigrate.model.config import build_config
-from kvmigrate.seed import seed_keyspace
+from kvmigrate.tryout.seed import seed_keyspace
 from tests.helpers import cli, cli_json
 
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.entities.board import BOARD
 from kvmigrate.entities.common import MAX_VALUE_BYTES
 from kvmigrate.model.config import build_config

@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.entities.friends import FRIENDS, combine
 from kvmigrate.model.config import build_config
 from kvmigrate.model.records import Outcome, RawRecord, SourcedRow

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.entities.invites import INVITES
 from kvmigrate.model.config import build_config

@@ -10,7 +10,7 @@ import orjson
 import psycopg
 import pytest
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.files.memories import iter_memory_records
 from kvmigrate.entities.memories import MEMORIES
 from kvmigrate.model.config import build_config

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.entities.messages import MESSAGES
 from kvmigrate.model.config import build_config
 from kvmigrate.model.records import Outcome, RawRecord, Reject, Row

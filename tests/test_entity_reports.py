@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.entities.reports import REPORTS
 from kvmigrate.model.config import build_config
 from kvmigrate.model.records import Outcome, RawRecord

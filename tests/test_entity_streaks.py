@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.entities.streaks import STREAKS
 from kvmigrate.model.config import build_config
 from kvmigrate.model.records import Outcome, RawRecord, Row

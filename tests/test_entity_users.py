@@ -11,7 +11,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.pg.loader import SourcedRow, dedupe
 from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.users import USERS

@@ -25,11 +25,12 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands, phases
+from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
-from kvmigrate.cleanup import run_cleanup
+from kvmigrate.engine import phases
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import build_config
+from kvmigrate.phases.cleanup import run_cleanup
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import (
     Child,

@@ -29,12 +29,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.kv.scanner import encode_key
 from kvmigrate.adapters.kv.source import KvSource
 from kvmigrate.adapters.pg.loader import json_dumps
-from kvmigrate.batch import value_digest
+from kvmigrate.engine.batch import value_digest
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import build_config
@@ -507,8 +507,8 @@ def test_merging_the_sources_of_one_user_does_not_depend_on_their_order(order: l
 def _load_in_batches(url: str, batches: list[tuple[int, ...]]) -> Any:
     """Load the sources in the given batches through the backfill's writer; the merged row."""
     from kvmigrate.adapters.pg import state
-    from kvmigrate.backfill import BatchWriter
-    from kvmigrate.batch import Batch
+    from kvmigrate.engine.batch import Batch
+    from kvmigrate.engine.writer import BatchWriter
 
     users = BY_NAME["users"]
     families = {"vibe:handles": "handles", "vibe:agents": "agents", "vibe:users": "registry_users"}

@@ -15,10 +15,11 @@ from pathlib import Path
 import psycopg
 import redis
 
-from kvmigrate import commands, phases
-from kvmigrate.guards import LOCK_WRITERS
+from kvmigrate import api as commands
+from kvmigrate.engine import phases
+from kvmigrate.engine.guards import LOCK_WRITERS
 from kvmigrate.model.config import build_config
-from kvmigrate.seed import seed_keyspace
+from kvmigrate.tryout.seed import seed_keyspace
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import Launcher
 from tests.helpers import cli

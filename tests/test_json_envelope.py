@@ -14,7 +14,7 @@ import pytest
 import redis
 import typer.main
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.cli import app
 from kvmigrate.model.config import build_config
 from tests.fixtures.data import mixed_keyspace

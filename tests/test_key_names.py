@@ -11,9 +11,9 @@ import orjson
 import psycopg
 import redis
 
-from kvmigrate import commands
-from kvmigrate.cleanup import run_cleanup
+from kvmigrate import api as commands
 from kvmigrate.model.config import build_config
+from kvmigrate.phases.cleanup import run_cleanup
 from tests.helpers import cli
 from tests.test_cleanup import prepare
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import psycopg
 import pytest
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe, fill_merge
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.model.config import build_config

@@ -11,10 +11,11 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands, phases
-from kvmigrate.cutover import DualWriteResult
+from kvmigrate import api as commands
+from kvmigrate.engine import phases
 from kvmigrate.model.config import Config, build_config
 from kvmigrate.model.errors import ConfigError, GateRefused
+from kvmigrate.phases.cutover import DualWriteResult
 from tests.fixtures.data import mixed_keyspace
 from tests.helpers import cli, cli_json
 

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.model.config import build_config
 from tests.fixtures import prisma as parser
 from tests.helpers import cli, cli_json

@@ -10,11 +10,12 @@ from pathlib import Path
 import redis
 from rich.console import Console
 
-from kvmigrate import commands, phases
+from kvmigrate import api as commands
 from kvmigrate.cli.base import Bars
+from kvmigrate.engine import phases
 from kvmigrate.model.config import build_config
 from kvmigrate.model.progress import Tick
-from kvmigrate.seed import seed_keyspace
+from kvmigrate.tryout.seed import seed_keyspace
 from tests.fixtures.faults import Launcher
 from tests.test_cleanup import move
 

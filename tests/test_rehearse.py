@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.kv.client import WRITE_COMMANDS, ReadOnlyViolation
 from kvmigrate.model.budget import RequestBudget

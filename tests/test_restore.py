@@ -16,18 +16,19 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands, phases
+from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.files.archive import MANIFEST, ArchiveCorrupt, ArchiveWriter, read_manifest
 from kvmigrate.adapters.kv.client import WRITE_COMMANDS
 from kvmigrate.adapters.kv.scanner import BatchReader
-from kvmigrate.batch import value_digest
-from kvmigrate.cleanup import run_cleanup
+from kvmigrate.engine import phases
+from kvmigrate.engine.batch import value_digest
 from kvmigrate.entities.streaks import STREAKS
 from kvmigrate.model.budget import FREE_COMMANDS, RequestBudget
 from kvmigrate.model.config import Config, build_config
 from kvmigrate.model.errors import ArchiveBusy, GateRefused
-from kvmigrate.restore import run_restore
+from kvmigrate.phases.cleanup import run_cleanup
+from kvmigrate.phases.restore import run_restore
 from tests.fixtures.faults import launcher
 from tests.helpers import cli
 from tests.test_cleanup import keyspace, prepare, same_keyspace, seed

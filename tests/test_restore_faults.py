@@ -18,10 +18,10 @@ import orjson
 import pytest
 import redis
 
-from kvmigrate.cleanup import run_cleanup
 from kvmigrate.model.budget import FREE_COMMANDS
 from kvmigrate.model.config import Config, build_config
-from kvmigrate.restore import run_restore
+from kvmigrate.phases.cleanup import run_cleanup
+from kvmigrate.phases.restore import run_restore
 from tests.fixtures.faults import (
     FaultyProxy,
     Launcher,

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from kvmigrate.adapters.files.archive import latest_lines, read_manifest, verified_blobs
-from kvmigrate.cleanup import run_cleanup
 from kvmigrate.model.errors import StorageError
+from kvmigrate.phases.cleanup import run_cleanup
 from tests.helpers import cli
 from tests.test_cleanup import prepare
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from kvmigrate.model.errors import ConfigError
-from kvmigrate.seed import SeedResult, seed_keyspace, write_memory_files
+from kvmigrate.tryout.seed import SeedResult, seed_keyspace, write_memory_files
 from tests.fixtures.servers import kv_url_for
 
 #: Every family the layout document describes, as the seed labels them.

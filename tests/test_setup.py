@@ -5,7 +5,7 @@ import threading
 import psycopg
 import pytest
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.pg.migrations import load_migrations
 from kvmigrate.model.config import build_config
 from kvmigrate.model.errors import KvmigrateError

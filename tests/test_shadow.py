@@ -12,12 +12,12 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.model.config import Config, build_config
 from kvmigrate.model.errors import BudgetExhausted, GateRefused
-from kvmigrate.seed import seed_keyspace
-from kvmigrate.shadow import ShadowResult
-from kvmigrate.shadow_views import VIEWS
+from kvmigrate.phases.shadow import ShadowResult
+from kvmigrate.phases.shadow_views import VIEWS
+from kvmigrate.tryout.seed import seed_keyspace
 from tests.helpers import cli, cli_json
 from tests.test_economy import _billed_by_server, _ours
 
@@ -251,7 +251,7 @@ def test_a_difference_whose_postgres_write_lands_during_the_wait_heals_on_the_se
         pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection, monkeypatch: pytest.MonkeyPatch) -> None:
     """The app writes KV first, then Postgres: a shadow run reading in between sees a difference
     that is gone a moment later. It is looked at again and counted as healed, not reported."""
-    import kvmigrate.shadow as shadow_module
+    import kvmigrate.phases.shadow as shadow_module
 
     _users(kv, "fred")
     kv.hset("streak:fred", mapping={"current": "5", "longest": "9", "totalDays": "20", "lastActive": "2025-06-02"})

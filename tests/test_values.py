@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.pg.loader import json_dumps
 from kvmigrate.entities import common as c
 from kvmigrate.entities.board import BOARD

@@ -13,12 +13,12 @@ import psycopg
 import pytest
 import redis
 
-from kvmigrate import commands
+from kvmigrate import api as commands
 from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.entities import ENTITIES
 from kvmigrate.model.config import build_config
 from kvmigrate.model.errors import ConfigError
-from kvmigrate.verify import VerifyResult, run_verify
+from kvmigrate.phases.verify import VerifyResult, run_verify
 from tests.fixtures.data import T_MS, mixed_keyspace
 from tests.helpers import cli, cli_json
 
@@ -264,7 +264,7 @@ def test_writes_racing_the_verify_heal_on_recheck(pg_url: str, kv_url: str, kv: 
         kv.delete("board:entry:entry_7")
         real_sleep(seconds)
 
-    monkeypatch.setattr("kvmigrate.verify.time.sleep", app_writes_kv)
+    monkeypatch.setattr("kvmigrate.phases.verify.time.sleep", app_writes_kv)
     result = _verify(pg_url, kv_url, recheck_delay=0.2)
     assert waited == [0.2]
     assert _summary(result) == {"board": {"different": [("board_posts", "entry_8", "board:entry:entry_8")]}}

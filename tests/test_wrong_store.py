@@ -8,7 +8,8 @@ import orjson
 import psycopg
 import redis
 
-from kvmigrate import commands, phases
+from kvmigrate import api as commands
+from kvmigrate.engine import phases
 from kvmigrate.model.config import build_config
 from tests.fixtures.data import mixed_keyspace
 from tests.helpers import cli, cli_json

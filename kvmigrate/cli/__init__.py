@@ -1,4 +1,4 @@
-"""The command line: a thin Typer layer over `kvmigrate.commands`.
+"""The command line: a thin Typer layer over `kvmigrate.api`.
 
 Each command parses its options, builds a Config, calls one library function and renders the
 result: the report on stdout (or one JSON envelope with `--json`); progress, warnings and

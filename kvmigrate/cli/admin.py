@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from kvmigrate import commands
+from kvmigrate import api
 from kvmigrate.cli.base import (
     EntityOpt,
     MaxRequestsOpt,
@@ -27,14 +27,14 @@ def setup(
 ) -> None:
     """Apply the schema (phase 1): kvmigrate's state tables and the app's tables, each file once."""
     config = config_from(ctx)
-    run(ctx, lambda: commands.setup(config, dry_run=dry_run))
+    run(ctx, lambda: api.setup(config, dry_run=dry_run))
 
 
 @app.command()
 def doctor(ctx: typer.Context) -> None:
     """Check both connections (version, round trip, TLS, pooler), schema and privileges."""
     config = config_from(ctx)
-    run(ctx, lambda: commands.doctor(config), exit_code_of=lambda r: 0 if r.ok else (3 if r.unreachable else 1))
+    run(ctx, lambda: api.doctor(config), exit_code_of=lambda r: 0 if r.ok else (3 if r.unreachable else 1))
 
 
 SizesOpt = Annotated[bool, typer.Option("--sizes", help="Also measure each key's size and TTL: 2 billed KV "
@@ -46,7 +46,7 @@ def inventory(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, sizes:
     """Census of the keyspace from SCAN pages alone: keys per entity and pattern, types, unknown
     patterns, and the billed KV commands a backfill would cost. Read-only."""
     config = config_from(ctx, max_requests=max_requests)
-    run(ctx, lambda: commands.inventory(config, sizes=sizes))
+    run(ctx, lambda: api.inventory(config, sizes=sizes))
 
 
 @app.command()
@@ -54,7 +54,7 @@ def plan(ctx: typer.Context, *, max_requests: MaxRequestsOpt = None, sizes: Size
     """Predict the billed KV commands each phase of the migration will cost on this store, beside
     the floor, a naive per-key migration and the daily quota. Read-only (one inventory)."""
     config = config_from(ctx, max_requests=max_requests)
-    run(ctx, lambda: commands.plan(config, sizes=sizes))
+    run(ctx, lambda: api.plan(config, sizes=sizes))
 
 
 @app.command()
@@ -66,14 +66,14 @@ def rejects(
 ) -> None:
     """List rejected records with their reason and original value. Read-only."""
     config = config_from(ctx)
-    run(ctx, lambda: commands.rejects(config, entities=entity or (), export=export))
+    run(ctx, lambda: api.rejects(config, entities=entity or (), export=export))
 
 
 @app.command()
 def status(ctx: typer.Context) -> None:
     """Phase of each entity, ledger buckets, last backfill and verify, KV requests today. Read-only."""
     config = config_from(ctx)
-    run(ctx, lambda: commands.status(config))
+    run(ctx, lambda: api.status(config))
 
 
 @app.command()
@@ -91,7 +91,7 @@ def prisma(
     if out is None and not global_options(ctx).json:
         Console(stderr=True).print("schema.prisma follows on stdout; --out prisma also writes the baseline "
                                    "migration 0_init", markup=False, highlight=False, soft_wrap=True)
-    run(ctx, lambda: commands.prisma(config, out=out, schema=schema))
+    run(ctx, lambda: api.prisma(config, out=out, schema=schema))
 
 
 @app.command()
@@ -115,6 +115,6 @@ def shadow(
     def forecast(exact: int, at_most: int) -> None:
         typer.echo(f"shadow: forecast at most {at_most} billed KV commands ({exact} known exactly)", err=True)
 
-    run(ctx, lambda: commands.shadow(config, users=users, handles=handle or (), views=chosen, on_forecast=forecast,
-                                     recheck_delay=recheck_delay),
+    run(ctx, lambda: api.shadow(config, users=users, handles=handle or (), views=chosen, on_forecast=forecast,
+                                recheck_delay=recheck_delay),
         exit_code_of=lambda r: 0 if r.clean else 1)

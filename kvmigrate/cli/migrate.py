@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from kvmigrate import commands
+from kvmigrate import api
 from kvmigrate.cli.base import (
     EntityOpt,
     MaxRequestsOpt,
@@ -22,8 +22,8 @@ from kvmigrate.cli.base import (
     progress_bar,
     run,
 )
+from kvmigrate.engine.phases import DEFAULT_SETTLE
 from kvmigrate.model.errors import KvmigrateError
-from kvmigrate.phases import DEFAULT_SETTLE
 
 ShrunkOpt = Annotated[bool, typer.Option("--allow-shrunk-store", help="Run even though KV holds fewer than half "
                                          "the keys earlier runs saw (only when they were deleted on purpose).")]
@@ -48,7 +48,7 @@ def backfill(
     config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store,
                          **batch_options(batch_size))
     with progress_bar(ctx) as bars:
-        run(ctx, lambda: commands.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
+        run(ctx, lambda: api.backfill(config, entities=entity or (), dry_run=dry_run, restart=restart,
                                            strict=strict, memories_dir=memories_dir, progress=bars.page))
 
 
@@ -74,7 +74,7 @@ def verify(
     """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
     config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
     with progress_bar(ctx) as bars:
-        run(ctx, lambda: commands.verify(config, entities=entity or (), mode=mode, sample=sample,
+        run(ctx, lambda: api.verify(config, entities=entity or (), mode=mode, sample=sample,
                                          recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra,
                                          yes=yes, memories_dir=memories_dir, report=bars.tick),
             exit_code_of=lambda r: 0 if r.clean else 1)
@@ -95,7 +95,7 @@ def dual_write(
     """Mark entities dual-written (phase 2), then backfill and verify them; exit 1 if verify differs."""
     config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
     with progress_bar(ctx) as bars:
-        run(ctx, lambda: commands.dual_write(config, entities=entity or (), settle=settle, rollback=rollback,
+        run(ctx, lambda: api.dual_write(config, entities=entity or (), settle=settle, rollback=rollback,
                                              recheck_delay=recheck_delay, progress=bars.page, report=bars.tick),
             exit_code_of=lambda r: 0 if r.clean else 1)
 
@@ -116,7 +116,7 @@ def cutover(
     """Switch reads to Postgres (phase 3) once each entity's latest full verify is clean and recent."""
     config = config_from(ctx)
     age = dt.timedelta(minutes=max_verify_age)
-    run(ctx, lambda: commands.cutover(config, entities=entity or (), force=force, rollback=rollback,
+    run(ctx, lambda: api.cutover(config, entities=entity or (), force=force, rollback=rollback,
                                       max_verify_age=age, require_shadow=require_shadow))
 
 
@@ -143,7 +143,7 @@ def cleanup(
     if not (yes or dry_run or global_options(ctx).json) and sys.stdin.isatty():
         yes = typer.confirm("cleanup archives and then DELETES the migrated KV keys; continue?", err=True)
     with progress_bar(ctx) as bars:
-        run(ctx, lambda: commands.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,
+        run(ctx, lambda: api.cleanup(config, entities=entity or (), archive_dir=archive_dir, dry_run=dry_run,
                                           yes=yes, settle=settle, verify_first=verify_first, report=bars.tick))
 
 
@@ -164,7 +164,7 @@ def restore(
     config = config_from(ctx, max_requests=max_requests)
     if not (yes or dry_run or global_options(ctx).json) and sys.stdin.isatty():
         try:
-            cost = commands.restore_forecast(config, archive_dir, entities=entity or ())
+            cost = api.restore_forecast(config, archive_dir, entities=entity or ())
         except KvmigrateError:
             cost = None  # the run below reports the same error
         if cost is not None:
@@ -172,6 +172,6 @@ def restore(
                        "commands", err=True)
             yes = typer.confirm("continue?", err=True)
     with progress_bar(ctx) as bars:
-        run(ctx, lambda: commands.restore(config, archive_dir, entities=entity or (), force=force, yes=yes,
+        run(ctx, lambda: api.restore(config, archive_dir, entities=entity or (), force=force, yes=yes,
                                           dry_run=dry_run, report=bars.tick),
             exit_code_of=lambda r: 0 if r.clean else 1)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from kvmigrate import commands
+from kvmigrate import api
 from kvmigrate.cli.base import (
     MemoriesDirOpt,
     app,
@@ -19,6 +19,7 @@ from kvmigrate.cli.base import (
     run,
 )
 from kvmigrate.model.errors import ConfigError
+from kvmigrate.tryout.seed.run import run_seed
 
 
 @app.command()
@@ -34,8 +35,8 @@ def seed(
 ) -> None:
     """Write a realistic /vibe keyspace (every key shape, bad records included) into an empty KV db."""
     config = config_from(ctx)
-    run(ctx, lambda: commands.seed(config, users=users, seed=seed, scale=scale, force=force,
-                                   memories_dir=memories_dir))
+    run(ctx, lambda: run_seed(config, users=users, seed=seed, scale=scale, force=force,
+                             memories_dir=memories_dir))
 
 
 @app.command()
@@ -50,7 +51,7 @@ def demo(
     """The whole migration on embedded Postgres + Valkey, with a simulated app writing throughout;
     exit 0 only if every write the app made is in Postgres exactly once. With --pg-url and --kv-url
     (on the command line, never from the environment) it runs there instead; the KV db must be empty."""
-    from kvmigrate.demo import run_demo
+    from kvmigrate.tryout.demo import run_demo
 
     g = global_options(ctx)
     # Only URLs given on the command line: the environment (DATABASE_URL, KV_URL) usually names
@@ -98,7 +99,7 @@ def rehearse(
         if not g.pg_url:
             raise ConfigError("rehearse writes into the database at --pg-url, so it needs the URL given explicitly",
                               hint="pass the branch database: kvmigrate rehearse --pg-url URL")
-        return commands.rehearse(config, report=report_path, markdown=markdown, max_rejects=max_rejects,
+        return api.rehearse(config, report=report_path, markdown=markdown, max_rejects=max_rejects,
                                  max_requests_real=max_requests, memories_dir=memories_dir, repair=not no_repair,
                                  progress=bars.page)
 

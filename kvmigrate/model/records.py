@@ -115,4 +115,4 @@ class Outcome:
 
 class ContainerJson(str):
     """A hash, list, set or sorted set's value written as lossless JSON (the rejects table's
-    raw_encoding 'json'; see `kvmigrate.batch.raw_bytes`)."""
+    raw_encoding 'json'; see `kvmigrate.engine.batch.raw_bytes`)."""

@@ -7,10 +7,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.cleanup import CleanupResult
-from kvmigrate.cutover import CleanupPhaseResult
+from kvmigrate.phases.cleanup import CleanupResult
+from kvmigrate.phases.cutover import CleanupPhaseResult
+from kvmigrate.phases.restore import RestoreResult
 from kvmigrate.report.core import render, to_dict
-from kvmigrate.restore import RestoreResult
 
 
 @to_dict.register

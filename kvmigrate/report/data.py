@@ -8,14 +8,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.backfill import BackfillResult
-from kvmigrate.batch import Tally
+from kvmigrate.engine.batch import Tally
 from kvmigrate.entities import ENTITY_NAMES
-from kvmigrate.inventory import InventoryResult
-from kvmigrate.plan import PlanResult
-from kvmigrate.rejects import RejectsResult
+from kvmigrate.phases.backfill import BackfillResult
+from kvmigrate.phases.inventory import InventoryResult
+from kvmigrate.phases.plan import PlanResult
+from kvmigrate.phases.rejects import RejectsResult
+from kvmigrate.phases.verify import Difference, VerifyResult
 from kvmigrate.report.core import render, to_dict
-from kvmigrate.verify import Difference, VerifyResult
 
 
 @to_dict.register

@@ -7,9 +7,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.demo import HOBBY_DAILY_QUOTA, DemoResult
 from kvmigrate.report.core import render, to_dict
-from kvmigrate.seed import SeedRun
+from kvmigrate.tryout.demo import HOBBY_DAILY_QUOTA, DemoResult
+from kvmigrate.tryout.seed import SeedRun
 
 #: A naive per-key migration reads every entity key once per pass (backfill, verify, archive)
 #: and deletes each with its own command.

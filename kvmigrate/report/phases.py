@@ -7,9 +7,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.cutover import CutoverResult, DualWriteResult, PhaseChange
+from kvmigrate.phases.cutover import CutoverResult, DualWriteResult, PhaseChange
+from kvmigrate.phases.status import StatusResult
 from kvmigrate.report.core import render, to_dict
-from kvmigrate.status import StatusResult
 
 APP_DUAL = (
     "the app must now write every change of these entities to KV first, then to Postgres (upsert), "

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kvmigrate.prisma import PrismaHandoff
+from kvmigrate.phases.prisma import PrismaHandoff
 from kvmigrate.report.core import render, to_dict
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kvmigrate.rehearse import RehearseResult
+from kvmigrate.phases.rehearse import RehearseResult
 from kvmigrate.report.core import render, to_dict
 
 FORECAST_NOTE = ("an estimate: backfill and verify as measured here; archive = a SCAN and one read script "

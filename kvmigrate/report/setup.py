@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 
 from kvmigrate.adapters.pg.migrations import SetupResult
-from kvmigrate.doctor import DoctorResult
+from kvmigrate.phases.doctor import DoctorResult
 from kvmigrate.report.core import render, to_dict
 
 

@@ -7,8 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from kvmigrate.phases.shadow import ShadowResult, ViewCheck
 from kvmigrate.report.core import render, to_dict
-from kvmigrate.shadow import ShadowResult, ViewCheck
 
 
 def _check(c: ViewCheck) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The cleanup archive: lossless JSONL.gz files and their manifest (keys are read for it by
-`kvmigrate.adapters.kv.snapshot`; `kvmigrate.restore` puts them back).
+`kvmigrate.adapters.kv.snapshot`; `kvmigrate.phases.restore` puts them back).
 
 Archive rules (README, "Data rules"):
 * Layout: one file per entity and run, `<entity>.jsonl.gz` for the first cleanup run into a

@@ -1,5 +1,5 @@
 """The KV commands that write one archived key back whole, and read it back to compare. Pure:
-nothing here sends a command (`kvmigrate.restore` sends them and counts them).
+nothing here sends a command (`kvmigrate.phases.restore` sends them and counts them).
 
 * **Whole or not at all.** A string that fits in one request is one `SET key value NX [PXAT t]`.
   Anything else is built under a temporary key, `kvmigrate:restore:<sha1 of the key>`, with its

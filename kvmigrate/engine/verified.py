@@ -1,0 +1,81 @@
+"""What a verify vouches for, per key: the ledger's `verified_hash`, and the differences that
+only say Postgres moved on.
+
+Cleanup deletes a key only while its current value has its `verified_hash`. Once an entity
+writes to Postgres only (after `cleanup` moved its flags), KV is frozen and Postgres is the
+source of truth: a row that differs from a KV key whose value has not changed since that key
+verified is Postgres being newer (the app updated or deleted it there), not a lost write. Such a
+difference is counted as `superseded`, not reported, and the key stays verified.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from kvmigrate.engine.diff import Differ, Difference
+
+
+def supersede(differ: Differ) -> None:
+    """Move differences of Postgres-written entities whose KV source is unchanged since it
+    verified from the report to the `superseded` count. Read-only."""
+    candidates = [d for d in differ.diffs if d.kind != "extra" and d.key
+                  and differ.entity_of(d.key) in differ.postgres_writes]
+    if not candidates:
+        return
+    rows = differ.conn.execute(
+        "SELECT s.key, s.field FROM kvm_verify_seen s JOIN kvmigrate.ledger l ON l.key = s.key AND l.field = s.field"
+        " WHERE l.verified_hash = s.digest AND s.key = ANY(%s)", (sorted({d.key for d in candidates}),)).fetchall()
+    unchanged = {(k, f) for k, f in rows}
+    done: list[Difference] = [d for d in candidates if (d.key, d.source_field) in unchanged]
+    differ.superseded = done
+    differ.resolve(done, "superseded")
+    differ.conn.commit()
+
+
+def record_verified(differ: Differ, run_id: int) -> None:
+    """Record in the ledger which keys verified: read now, and every row they produce agrees
+    with Postgres. Their digest becomes `verified_hash` (and `verified_at` the time that
+    value first verified; `verified_keys` counts the keys this run newly vouched for); keys with a remaining difference,
+    a difference that healed (the value was changing) or a reject lose theirs. A key first
+    seen by verify (written by a dual-writing app) and found consistent enters the ledger as
+    migrated."""
+    conn = differ.conn
+    with conn.cursor().copy("COPY kvm_verify_diff FROM STDIN") as cp:
+        for d in differ.diffs + differ.healed:
+            cp.write_row((d.table, d.pk))
+    for name, spec in differ.specs.items():
+        conn.execute(sql.SQL(
+            "INSERT INTO kvm_verify_bad SELECT e._src, e._fld FROM {s} e"
+            " JOIN kvm_verify_diff d ON d.tbl = {t} AND d.pk = e.{pk}::text").format(
+            s=sql.Identifier(differ.loaders[name].stage), t=sql.Literal(name), pk=sql.Identifier(spec.pk)))
+    # A merged (fill) row is built from several records: a difference taints every one of them.
+    tainted = {(d.table, d.pk) for d in differ.diffs + differ.healed}
+    with conn.cursor().copy("COPY kvm_verify_bad FROM STDIN") as cp:
+        for table, rows in differ.fill_rows.items():
+            pk = differ.specs[table].pk
+            for row in rows:
+                if (table, str(row.values[pk])) in tainted:
+                    cp.write_row((row.source_key, row.source_field))
+    conn.execute("ANALYZE kvm_verify_bad")
+    conn.execute(
+        "UPDATE kvmigrate.ledger l SET verified_hash = NULL, verified_at = NULL FROM kvm_verify_seen s"
+        " WHERE l.key = s.key AND l.field = s.field AND l.verified_hash IS NOT NULL AND (s.status <> 'migrated'"
+        " OR EXISTS (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field))"
+        # Postgres is the source of truth for these entities: a key whose KV value has not changed
+        # since it verified stays verified, whatever Postgres became since.
+        " AND NOT (l.entity = ANY(%s) AND s.digest = l.verified_hash)", (sorted(differ.postgres_writes),))
+    cur = conn.execute(
+        "WITH vouched AS (INSERT INTO kvmigrate.ledger AS l (key, field, entity, family, redis_type, value_hash,"
+        " status, rows, run_id, verified_hash, verified_at)"
+        " SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, digest, 'migrated', rows, %s,"
+        " digest, now() FROM kvm_verify_seen s WHERE s.status = 'migrated' AND NOT EXISTS"
+        " (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field) ORDER BY key, field"
+        " ON CONFLICT (key, field) DO UPDATE SET verified_hash = EXCLUDED.verified_hash,"
+        " verified_at = EXCLUDED.verified_at"
+        " WHERE l.status = 'migrated' AND l.verified_hash IS DISTINCT FROM EXCLUDED.verified_hash"
+        " RETURNING l.entity)"
+        " SELECT entity, count(*) FROM vouched GROUP BY entity", (run_id,))  # counted in SQL: a million keys
+    for entity, n in cur.fetchall():
+        if entity in differ.checks:
+            differ.checks[entity].verified_keys += int(n)
+    conn.commit()

@@ -1,0 +1,163 @@
+"""The page writer: rows, ledger, rejects and checkpoint of one batch in one Postgres transaction.
+Shared by backfill and verify's repair. Writes to Postgres only; no KV request."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import orjson
+import psycopg
+
+import kvmigrate
+from kvmigrate import entities
+from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader
+from kvmigrate.engine.batch import Batch, RequiredCheck, table_specs
+from kvmigrate.entities import ENTITIES, Entity
+from kvmigrate.model.records import ContainerJson, RawRecord
+
+
+class BatchWriter:
+    """Writes batches to Postgres: rows (users first), ledger, rejects, checkpoint, one
+    transaction per batch. Shared by backfill and verify's repair.
+
+    With `rules` (a fingerprint of the transformation rules, see `rules_fingerprint`), a record
+    whose ledger row is identical to the one a run with the same rules committed (same value
+    digest, same outcome) is not staged again: its rows are already in Postgres, committed in
+    the same transaction as that ledger row. Its counts still come from the transformer.
+    """
+
+    def __init__(self, conn: psycopg.Connection, run_id: int, *, rules: str | None = None) -> None:
+        self.conn = conn
+        self.run_id = run_id
+        self.rules = rules
+        # Message ids that lists refer to, kept in Postgres rather than in memory (a million
+        # keys refer to about half a million ids): the run counts the dangling ones at its end.
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS kvm_refs (id TEXT)")
+        conn.execute("TRUNCATE kvm_refs")
+        specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
+        self.loaders = {name: TableLoader(conn, spec, per_transaction=True) for name, spec in specs.items()}
+        if rules is not None and not _earlier_run_with(conn, rules, run_id):
+            self.rules = None  # nothing committed under these rules yet: no unchanged record to skip
+        conn.commit()
+
+    def required(self) -> dict[str, RequiredCheck]:
+        return {name: loader.missing_required for name, loader in self.loaders.items()}
+
+    def write(self, batch: Batch, *, checkpoint: tuple[str, int] | None = None,
+              server: str | None = None) -> dict[str, LoadStats]:
+        """Load one batch in one transaction. Returns rows written per table."""
+        out: dict[str, LoadStats] = {}
+        with self.conn.transaction():
+            ledger, rows = batch.ledger, batch.rows
+            unchanged = self._unchanged(batch.ledger) - batch.restage if self.rules else set()
+            if unchanged:
+                ledger = [e for e in batch.ledger if (e.key, e.field) not in unchanged]
+                rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
+            for table, loader in self.loaders.items():
+                out[table] = loader.load(rows.get(table, []))
+            state.write_ledger(self.conn, self.run_id, ledger)
+            state.write_rejects(self.conn, self.run_id, [r for r in batch.records if r not in unchanged],
+                                [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged])
+            state.write_merged(self.conn, self.run_id, merged_entries(out))
+            if batch.refs:
+                with self.conn.cursor().copy("COPY kvm_refs (id) FROM STDIN") as cp:
+                    for ref in batch.refs:
+                        cp.write_row((ref,))
+            if checkpoint:
+                state.set_checkpoint(self.conn, checkpoint[0], checkpoint[1], self.run_id, server=server)
+        return out
+
+    def dangling_refs(self) -> int:
+        """How many distinct message ids referred to by the batches written have no message
+        row (a `msg:{id}` the weekly clean-up deleted). Read-only."""
+        row = self.conn.execute("SELECT count(*) FROM (SELECT DISTINCT id FROM kvm_refs) r"
+                                " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = r.id)").fetchone()
+        return int(row[0]) if row else 0
+
+    def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
+        """(key, field) of entries whose ledger row, written under the same rules, is identical."""
+        if not entries:
+            return set()
+        found = state.ledger_rows(self.conn, [(e.key, e.field) for e in entries], rules=self.rules)
+        # a source merged away into another's row carries reason `merged`, which its record
+        # itself does not say (the merge does)
+        return {(e.key, e.field) for e in entries
+                if found.get((e.key, e.field)) in (e, dataclasses.replace(e, reason="merged"))}
+
+    def load_records(self, records: Sequence[tuple[RawRecord, Entity]]) -> int:
+        """Transform and load specific records through the normal path. Returns rows written."""
+        batch = Batch()
+        for record, entity in records:
+            batch.add_outcome(entity, record, entity.transform(record), self.required())
+        return sum(s.written for s in self.write(batch).values())
+
+
+def merged_entries(loaded: Mapping[str, LoadStats]) -> list[state.MergedEntry]:
+    """The ledger/rejects marks of the merges a load made: every source merged away into a row
+    of several keys (with its original value), and the row's other sources (marks cleared)."""
+    out: list[state.MergedEntry] = []
+    specs = table_specs(ENTITIES)
+    for table, stats in loaded.items():
+        entity = next((e.name for e in ENTITIES if e.tables and e.tables[0].name == table), table)
+        for m in stats.merges:
+            if not m.reports:
+                continue
+            owner = m.row
+            into = owner.source_key + (f" field {owner.source_field!r}" if owner.source_field else "")
+            pk = owner.values.get(specs[table].pk) if table in specs else None
+            for src in m.merged_away:
+                where = src.source_key + (f" field {src.source_field!r}" if src.source_field else "")
+                message = f"{where}: merged into {table} row {pk!r} with {into} ({m.rule})"
+                out.append(state.MergedEntry(src.source_key, src.source_field, entity, message,
+                                             raw_value(src.meta.get("raw"))))
+            out.extend(state.MergedEntry(s.source_key, s.source_field, entity, None) for s in (owner, *m.kept))
+    return out
+
+
+def raw_value(raw: object) -> bytes | str | None:
+    """A source's original value as its meta keeps it (`{"text": …}` for a string or hash
+    field, `{"hash": [[field, value], …]}` for a hash), in the rejects table's form."""
+    if not isinstance(raw, dict):
+        return None
+    if "hash" in raw:
+        return ContainerJson(orjson.dumps(raw["hash"]).decode())
+    text = raw.get("text")
+    return text if isinstance(text, str) else None
+
+
+def _earlier_run_with(conn: psycopg.Connection, rules: str, run_id: int) -> bool:
+    """Whether a run other than `run_id` ran under the same rules (so ledger rows that let
+    unchanged records be skipped may exist). Read-only."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.runs WHERE id <> %s AND command = 'backfill'"
+                       " AND options->>'rules' = %s)", (run_id, rules)).fetchone()
+    return bool(row and row[0])
+
+
+def _without_unchanged(rows: dict[str, list[SourcedRow]], unchanged: set[tuple[str, str]],
+                       pks: dict[str, str]) -> dict[str, list[SourcedRow]]:
+    """Drop the rows of unchanged records, except where a changed record of the same batch
+    produces the same primary key (so the batch still merges those sources as a whole)."""
+    out: dict[str, list[SourcedRow]] = {}
+    for table, table_rows in rows.items():
+        pk = pks.get(table)
+        touched = {r.values[pk] for r in table_rows if (r.source_key, r.source_field) not in unchanged} if pk else set()
+        out[table] = [r for r in table_rows
+                      if (r.source_key, r.source_field) not in unchanged or (pk and r.values[pk] in touched)]
+    return out
+
+
+def rules_fingerprint() -> str:
+    """A digest of the transformation rules (the entity modules and kvmigrate's version).
+
+    Backfill skips re-staging a record only when its ledger row was written under the same
+    fingerprint, so a new version of the rules re-applies every row.
+    """
+    h = hashlib.blake2b(kvmigrate.__version__.encode(), digest_size=12)
+    for path in sorted(Path(entities.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

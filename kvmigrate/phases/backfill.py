@@ -1,0 +1,402 @@
+"""Backfill: stream every KV record through its entity's transformer into Postgres.
+
+One pass of `SCAN` over the whole keyspace; each page is classified by key name (kept and
+unknown keys are never read, nor are derived indexes), read in one batch (MGETs for strings, one
+pipelined read per other key), transformed,
+and loaded in ONE transaction together with its ledger rows, rejects and the scan checkpoint.
+Killed at any moment, the next run resumes from the last committed page; an unchanged rerun
+writes 0 rows. The KV connection is read-only: backfill never writes to KV.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.files.memories import iter_memory_records, memories_folder
+from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.kv.scanner import server_id
+from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg.loader import LoadStats
+from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
+from kvmigrate.engine.batch import Batch, RequiredCheck, Tally, table_specs
+from kvmigrate.engine.guards import refuse_a_shrunk_store, release_writer_lock, take_writer_lock
+from kvmigrate.engine.run import require_schema
+from kvmigrate.engine.writer import BatchWriter, rules_fingerprint
+from kvmigrate.engine.wrong_store import check_matched, ledger_keys, unmatched
+from kvmigrate.entities import ENTITIES, Entity, select_entities
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import (
+    BudgetExhausted,
+    BudgetTooSmall,
+    ConnectError,
+    GateRefused,
+)
+from kvmigrate.model.progress import left_to_do
+
+log = logging.getLogger("kvmigrate")
+MAX_PASSES = 3  # scans started over after KV restarts before giving up
+
+#: Called after each committed page with (keys scanned so far, keys in the store, tallies).
+Progress = Callable[[int, int, dict[str, Tally]], None]
+
+
+@dataclass
+class BackfillResult:
+    run_id: int | None
+    dry_run: bool
+    budget: RequestBudget
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    kept_patterns: Counter[str] = field(default_factory=Counter)
+    unknown_patterns: dict[str, list[object]] = field(default_factory=dict)
+    placeholders: int = 0
+    dangling_refs: int = 0
+    resumed_from: int | None = None
+    complete: bool = False
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # entities that write to Postgres only now
+    server_restarts: int = 0  # KV restarts seen during the run (each costs a rescan)
+    warnings: list[str] = field(default_factory=list)  # e.g. an entity no key matched
+
+    @property
+    def rejected(self) -> int:
+        return sum(t.rejected + t.item_rejects for t in self.tallies.values())
+
+
+@dataclass
+class _Run:
+    """The moving parts of one backfill run."""
+
+    config: Config
+    conn: psycopg.Connection
+    kv: KvClient
+    entities: tuple[Entity, ...]
+    result: BackfillResult
+    writer: BatchWriter | None = None
+    refs: set[str] = field(default_factory=set)
+    seen_messages: set[str] = field(default_factory=set)
+    pages_committed: int = 0  # by this run
+
+
+def run_backfill(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    dry_run: bool = False,
+    restart: bool = False,
+    memories_dir: Path | None = None,
+    progress: Progress | None = None,
+    explicit: bool | None = None,
+) -> BackfillResult:
+    """Copy KV history into Postgres. Writes Postgres (not with dry_run); never writes KV.
+
+    Costs 1 DBSIZE, 1 SCAN per `scan_count` keys, 1 MGET per batch of string keys, 1 read per
+    other key it needs (derived indexes are not read), and 1 HSCAN per 1,000 fields of a registry
+    hash. Under dual writes a page is not read twice: verify's re-check catches a write the app
+    made while the page was in flight.
+
+    Refuses (WrongStore, exit 1) once the scan is complete when no key matched any chosen KV
+    entity, or one named in `entities` (`explicit`, by default whether any was named); other
+    unmatched entities, and everything in a dry run, are warnings (see kvmigrate.wrong_store).
+    """
+    chosen = select_entities(entities)
+    budget = RequestBudget(cap=config.max_requests, phase="backfill")
+    started = time.perf_counter()
+    conn = connect_pg(config.require_pg(), retries=config.connect_retries)
+    try:
+        require_schema(conn)
+        chosen, skipped = _not_frozen(conn, chosen, explicit=bool(entities))
+        take_writer_lock(conn, "backfill")
+        kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
+        rules = rules_fingerprint()
+        run_id = None if dry_run else state.start_run(
+            conn, "backfill", dry_run=False,
+            options={"entities": [e.name for e in chosen], "restart": restart, "rules": rules})
+        run = _Run(config, conn, kv, chosen, BackfillResult(run_id, dry_run, budget, {e.name: Tally() for e in chosen}))
+        # --restart re-applies every row; otherwise records unchanged since a run with the same
+        # rules are not staged again (see BatchWriter).
+        run.result.skipped = skipped
+        run.writer = None if run_id is None else BatchWriter(conn, run_id, rules=None if restart else rules)
+        try:
+            if any(e.families for e in chosen):  # memories alone read files, not KV
+                _scan(run, restart=restart, progress=progress)
+                _check_matched(run, explicit=bool(entities) if explicit is None else explicit)
+            _memories(run, memories_dir, explicit="memories" in entities)
+            _finish(run)
+        except BudgetExhausted as exc:
+            _close(run, "stopped")
+            if run_id is not None and run.pages_committed == 0:
+                raise _too_small(budget, exc) from None
+            raise
+        except BaseException as exc:
+            _close(run, "failed", exc)
+            raise
+        run.result.seconds = time.perf_counter() - started
+        _close(run, "ok")
+        return run.result
+    finally:
+        release_writer_lock(conn)
+        conn.close()
+
+
+def _too_small(budget: RequestBudget, exc: BudgetExhausted) -> BudgetTooSmall:
+    """The cap let this run commit no page: the same cap would stop at the same place again."""
+    return BudgetTooSmall(
+        f"--max-requests {budget.cap} is too small to make progress: this run committed no page "
+        f"({exc.message}; spent {_spent(budget)})",
+        hint="raise --max-requests: connecting costs about 4 commands, and a page about 2 (SCAN and one batch "
+        "read) plus 1 HSCAN per 1,000 fields of each registry hash it holds; rerunning with the same cap "
+        "would stop at the same place")
+
+
+def _spent(budget: RequestBudget) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(budget.by_command.items()))
+
+
+def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
+                explicit: bool) -> tuple[tuple[Entity, ...], list[str]]:
+    """Leave out entities that write to Postgres only (after cleanup): Postgres is their source
+    of truth, and copying KV's older values over it would undo the app's writes. Asked for by
+    name, such an entity is refused instead."""
+    rows = conn.execute("SELECT entity FROM kvmigrate.phases WHERE writes = 'postgres'").fetchall()
+    conn.rollback()
+    frozen = sorted({r[0] for r in rows} & {e.name for e in chosen})
+    if frozen and explicit:
+        raise GateRefused(
+            f"{', '.join(frozen)} write to Postgres only (cleanup ran): a backfill from KV would copy older "
+            "values over the app's newer rows",
+            hint="Postgres is the source of truth now; `kvmigrate verify` still compares what is left in KV")
+    return tuple(e for e in chosen if e.name not in frozen), frozen
+
+
+def _check_matched(run: _Run, *, explicit: bool) -> None:
+    """After a complete scan: refuse (or warn) when no key matched an entity. Keys of a resumed
+    run's earlier pages are in the ledger; no KV command."""
+    matched = {name: t.scanned for name, t in run.result.tallies.items()}
+    if run.result.resumed_from:
+        for name, n in ledger_keys(run.conn, [e.name for e in unmatched(matched, run.entities)]).items():
+            matched[name] = matched.get(name, 0) + n
+    run.result.warnings += check_matched(matched, run.entities, explicit=explicit, what="backfill",
+                                         dry_run=run.result.dry_run)
+
+
+def _checkpoint_name(run: _Run) -> str:
+    names = sorted(e.name for e in run.entities)
+    return "backfill:" + ("all" if len(names) == len(ENTITIES) else ",".join(names))
+
+
+def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
+    """One full SCAN pass (resumed from the checkpoint); again from the start if the KV server
+    restarted meanwhile, since a cursor is only valid on the process that returned it. Costs 2
+    INFO commands beyond the pass itself."""
+    name = _checkpoint_name(run)
+    server = server_id(run.kv)
+    cursor = 0 if restart or run.result.dry_run else (state.get_checkpoint(run.conn, name, server=server) or 0)
+    run.conn.rollback()
+    run.result.resumed_from = cursor or None
+    source = KvSource(run.kv, run.entities, count=run.config.scan_count)
+    total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar and the check below
+    refuse_a_shrunk_store(run.conn, total, allow=run.config.allow_shrunk_store)
+    for _ in range(MAX_PASSES):
+        if cursor != state.SCAN_DONE:
+            _pass(run, source, name, cursor, server, progress, total)
+        now = server_id(run.kv)
+        if now == server:
+            break
+        run.result.server_restarts += 1  # the pass may have skipped keys: scan again (rereads only)
+        server, cursor = now, 0
+    else:
+        raise ConnectError("the KV server kept restarting during the backfill",
+                           hint="run the same command again once the KV store is stable")
+    run.result.complete = True
+    if not run.result.dry_run:
+        with run.conn.transaction():
+            state.clear_checkpoint(run.conn, name)
+
+
+def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | None,
+          progress: Progress | None, total: int) -> None:
+    """Read, transform and load every page from `cursor`. Consecutive pages are loaded in one
+    transaction until they hold `load_batch` records; the group commits with the last page's cursor. A
+    run stopped by the request budget first commits the pages it has read whole."""
+    writes = _Overlap(run, progress, total, server)
+    group, keys, size, last = Batch(), 0, 0, None
+    limit = run.config.load_batch
+
+    def flush() -> None:
+        nonlocal group, keys, size, last
+        if last is None:
+            return
+        batch, checkpoint, n = group, last, keys
+        group, keys, size, last = Batch(), 0, 0, None  # taken: a stop while writing does not resend it
+        _fold(run, batch)
+        writes.submit(batch, (name, checkpoint), n)
+
+    try:
+        try:
+            for page in source.pages(cursor):
+                for key, status, pattern in page.policy:
+                    group.note_policy(key, status, pattern)
+                for key, entity, family in page.indexes:
+                    group.note_index(key, entity.name, family)
+                required = _required(run)
+                for record, entity in page.records:
+                    group.add_outcome(entity, record, entity.transform(record), required)
+                keys, last = keys + page.keys, page.cursor or state.SCAN_DONE
+                size += len(page.records) + len(page.policy) + len(page.indexes)
+                if size >= limit:
+                    flush()
+        except BudgetExhausted as exc:
+            flush()  # what was read whole is not read (and paid for) again
+            writes.wait()
+            raise BudgetExhausted(exc.message + "; " + left_to_do(writes.keys_seen, total, run.result.budget.spent),
+                                  hint=exc.hint) from None
+        flush()
+        writes.wait()
+    finally:
+        writes.close()
+
+
+class _Overlap:
+    """Writes page N on a writer thread while the caller reads and transforms page N+1.
+
+    At most one page is in flight and pages commit in scan order, each in its own transaction
+    with its checkpoint, so a crash still resumes after the last committed page. Postgres
+    round trips release the GIL, so reading and transforming overlap the database's work.
+    """
+
+    def __init__(self, run: _Run, progress: Progress | None, total: int, server: str | None) -> None:
+        self.run = run
+        self.progress = progress
+        self.total = total
+        self.server = server
+        self.keys_seen = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmigrate-writer")
+        self.pending: tuple[Future[dict[str, LoadStats]], int] | None = None
+        if progress:
+            progress(0, total, run.result.tallies)  # the task starts: its rate counts from here
+
+    def submit(self, batch: Batch, checkpoint: tuple[str, int], keys: int) -> None:
+        """Wait for the page in flight, then start writing this one (dry run: count it only)."""
+        self.wait()
+        if self.run.writer is None:
+            self._done(keys)
+            return
+        self.pending = (self.pool.submit(self.run.writer.write, batch, checkpoint=checkpoint, server=self.server),
+                        keys)
+
+    def wait(self) -> None:
+        """Block until the page in flight is committed; re-raise its error, if any."""
+        if self.pending is None:
+            return
+        future, keys = self.pending
+        self.pending = None
+        for table, stats in future.result().items():
+            _credit(self.run, table, stats.written)
+        self.run.pages_committed += 1
+        self._done(keys)
+
+    def _done(self, keys: int) -> None:
+        self.keys_seen += keys
+        log.info("backfill: committed %d keys, %d of %d scanned, %d billed KV commands", keys, self.keys_seen,
+                 self.total, self.run.result.budget.spent)
+        if self.progress:
+            self.progress(self.keys_seen, self.total, self.run.result.tallies)
+
+    def close(self) -> None:
+        """Let a write in flight finish (or fail) before anything else uses the connection."""
+        if self.pending is not None and self.pending[0].exception() is None:
+            self.wait()  # it committed: count it
+        self.pending = None
+        self.pool.shutdown(wait=True)
+
+
+def _credit(run: _Run, table: str, written: int) -> None:
+    if not written:
+        return
+    owner = next((e.name for e in ENTITIES if e.tables and e.tables[0].name == table), table)
+    if owner not in run.result.tallies:  # e.g. game_results written by messages alone
+        owner = next((e.name for e in run.entities if any(t.name == table for t in e.tables)), owner)
+    run.result.tallies.setdefault(owner, Tally()).rows_written += written
+
+
+def _required(run: _Run) -> dict[str, RequiredCheck]:
+    return {} if run.writer is None else run.writer.required()
+
+
+def _fold(run: _Run, batch: Batch) -> None:
+    """Fold a batch's counts into the run's result (before it is written)."""
+    result = run.result
+    for name, tally in batch.tallies.items():
+        result.tallies.setdefault(name, Tally()).add(tally)
+    result.kept_patterns.update(batch.kept_patterns)
+    for pattern, (count, example) in batch.unknown_patterns.items():
+        slot = result.unknown_patterns.setdefault(pattern, [0, example])
+        slot[0] = int(slot[0]) + int(count)  # type: ignore[call-overload]
+    if run.writer is None:  # a dry run counts dangling references in memory; a real one in Postgres
+        run.refs.update(batch.refs)
+        run.seen_messages.update(str(r.values["id"]) for r in batch.rows.get("messages", ()))
+
+
+def _commit(run: _Run, batch: Batch, *, checkpoint: tuple[str, int] | None) -> None:
+    """Fold a batch into the result and, unless dry run, write it in one transaction."""
+    _fold(run, batch)
+    if run.writer is None:
+        return
+    for table, stats in run.writer.write(batch, checkpoint=checkpoint).items():
+        _credit(run, table, stats.written)
+
+
+def _memories(run: _Run, directory: Path | None, *, explicit: bool) -> None:
+    entity = next((e for e in run.entities if e.name == "memories"), None)
+    if entity is None:
+        return
+    folder = memories_folder(directory, explicit=explicit)
+    if folder is None:
+        run.result.tallies.setdefault("memories", Tally()).stats["no_memories_dir"] += 1
+        return
+    batch = Batch()
+    for record in iter_memory_records(folder):
+        batch.add_outcome(entity, record, entity.transform(record), _required(run))
+        if len(batch.records) >= run.config.batch_size:
+            _commit(run, batch, checkpoint=None)
+            batch = Batch()
+    _commit(run, batch, checkpoint=None)
+
+
+def _finish(run: _Run) -> None:
+    result = run.result
+    if result.dry_run:
+        result.dangling_refs = len(run.refs - run.seen_messages)
+        return
+    result.dangling_refs = run.writer.dangling_refs() if run.writer is not None else 0
+    row = run.conn.execute(
+        "SELECT count(*) FROM kvmigrate.row_origin WHERE tbl = 'users' AND rank < 0").fetchone()
+    result.placeholders = int(row[0]) if row else 0
+    merged = run.conn.execute("SELECT entity, count(*) FROM kvmigrate.ledger WHERE reason = 'merged'"
+                              " AND entity = ANY(%s) GROUP BY 1", ([e.name for e in run.entities],)).fetchall()
+    for entity, n in merged:  # keys merged away into another key's row (see the data rules)
+        result.tallies.setdefault(entity, Tally()).stats["merged_keys"] = int(n)
+    if any(t.rows_written for t in result.tallies.values()):  # fresh figures for verify and the app
+        analyze(run.conn, [*STATE_TABLES, *table_specs(run.entities)])
+    run.conn.commit()
+
+
+def _close(run: _Run, status: str, error: BaseException | None = None) -> None:
+    """Close the run row (on a fresh connection when the run's own one failed), with the error."""
+    if run.result.run_id is None:
+        return
+    from kvmigrate.report import to_dict
+
+    state.close_run(run.conn, run.result.run_id, status=status, budget=run.result.budget,
+                    result=to_dict(run.result), error=error, pg_url=run.config.pg_url)

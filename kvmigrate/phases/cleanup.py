@@ -1,0 +1,537 @@
+"""`kvmigrate cleanup` (phase 4): archive, then delete, the KV keys Postgres now owns.
+
+Rules (README, "Data rules"):
+* Only keys of the chosen entities' families are candidates, derived indexes (`inbox:*`,
+  `board:entries`, …) included; kept and unknown keys are never read, archived or deleted.
+* One read pass: each page's candidates are WATCHed, then read (MGET for strings, one read per
+  other key, PTTL only where the family can expire) on the same connection.
+* A key is deletable only when each of its ledger rows is `migrated` with a verified digest and
+  the value read now has that digest; for a registry hash (`vibe:handles`) every current field
+  needs its own verified row. A key whose value changed since the last verify (or that never
+  verified) is verified right there against Postgres from the value just read, unless its rows
+  merge several sources (users: run `verify`). A derived index (`inbox:*`, `board:entries`, …)
+  holds nothing of its own and is deletable once it is in the ledger. Anything else stays in
+  KV and is reported with a reason and the command to run next.
+* Only deletable keys are archived, so the archive is exactly what cleanup may delete and
+  `restore` is its undo. A batch's lines are fsynced (and the manifest updated) before its delete.
+* The delete is one multi-key DEL in MULTI/EXEC on the WATCHing connection: if the app changed
+  any of the page's keys after the read, the server runs nothing, and the page is read again.
+* Flags move first (writes=postgres) and cleanup waits `settle` seconds after the change, so
+  apps that cache their flags stop writing KV before anything is deleted.
+* A run stopped by the request budget (or killed) resumes at its last finished page
+  (checkpoint `cleanup:<entities>`); the pass after a completed one starts from the beginning.
+* The ledger records `archived_at` before the delete and `deleted_at` after it; the next run
+  records the deletion of archived keys that are gone but not recorded (a run killed between).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import redis
+
+from kvmigrate.adapters.connections import connect_kv, connect_pg
+from kvmigrate.adapters.files.archive import ArchiveWriter, encode_line
+from kvmigrate.adapters.kv.classify import Classifier
+from kvmigrate.adapters.kv.client import KvClient, KvSession
+from kvmigrate.adapters.kv.scanner import (
+    decode_key,
+    encode_key,
+    scan_pages,
+    server_id,
+    storable_name,
+)
+from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
+from kvmigrate.adapters.kv.source import KvSource, storable
+from kvmigrate.adapters.pg import state
+from kvmigrate.engine import phases
+from kvmigrate.engine.batch import value_digest
+from kvmigrate.engine.guards import refuse_a_shrunk_store, take_writer_lock
+from kvmigrate.engine.run import require_schema
+from kvmigrate.engine.wrong_store import before_cleanup
+from kvmigrate.entities import ENTITIES, Entity, select_entities
+from kvmigrate.entities.base import Family
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import BudgetExhausted, ConfigError, StorageError, StoreChanged
+from kvmigrate.model.progress import Reporter, Tick, countdown, left_to_do, silent
+from kvmigrate.model.records import RawRecord
+
+log = logging.getLogger("kvmigrate")
+EXAMPLES = 5
+
+_VERIFY_AGAIN = "run `kvmigrate verify --entity {e}`, then cleanup again"
+HINTS = {
+    "not_migrated": "never backfilled: run `kvmigrate backfill --entity {e}` and verify, then cleanup again",
+    "rejected": "rejected at backfill: see `kvmigrate rejects --entity {e}`; the key stays in KV",
+    "not_verified": _VERIFY_AGAIN,
+    "changed_since_verify": "the value changed since verify: " + _VERIFY_AGAIN,
+    "changed_during_cleanup": "the value changed while cleanup ran: " + _VERIFY_AGAIN,
+    "differs_from_postgres": "the value read now differs from Postgres: run `kvmigrate verify --entity {e}` "
+    "(and --repair if Postgres misses it), then cleanup again",
+    "unsupported_type": "a Redis type kvmigrate does not archive; the key stays in KV",
+}
+
+
+@dataclass
+class KeptReason:
+    count: int = 0
+    hint: str = ""
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EntityCleanup:
+    """Per entity: keys of its families seen, deletable, archived, deleted, gone before they
+    were read, and kept (by reason, with a few example keys)."""
+
+    candidates: int = 0
+    deletable: int = 0
+    archived: int = 0
+    deleted: int = 0
+    vanished: int = 0
+    kept: dict[str, KeptReason] = field(default_factory=dict)
+
+    def keep(self, entity: str, reason: str, example: str) -> None:
+        slot = self.kept.setdefault(reason, KeptReason(hint=HINTS[reason].format(e=entity)))
+        slot.count += 1
+        if len(slot.examples) < EXAMPLES:
+            slot.examples.append(example)
+
+
+@dataclass
+class CleanupResult:
+    run_id: int | None
+    dry_run: bool
+    archive_dir: str
+    budget: RequestBudget
+    entities: dict[str, EntityCleanup]
+    manifest: str | None = None
+    flags_changed: list[str] = field(default_factory=list)
+    settled_seconds: float = 0.0
+    resumed_from: int | None = None
+    complete: bool = False
+    verified_now: int = 0  # keys that changed since the last verify, verified as cleanup read them
+    kv_requests: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)  # a dry run's refusals, as warnings
+
+    @property
+    def deleted(self) -> int:
+        return sum(e.deleted for e in self.entities.values())
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    status: str
+    verified_hash: str | None
+
+
+def verdict(snap: Snapshot, family: Family, rows: Mapping[str, LedgerState]) -> tuple[str, str] | None:
+    """None when the key may be deleted, else (reason, example naming the key or field). Pure.
+
+    `rows` are the key's ledger rows by field, names as the ledger stores them (`storable_name`:
+    \\xNN for bytes that are not UTF-8 or NUL); the example names the key the same way. A key or
+    field whose name had to be escaped was rejected (`invalid_key`) and is never deleted."""
+    name, problem = storable_name(snap.key)
+    if snap.digest is None:
+        return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), name
+    if family.index and not family.decides:  # holds nothing of its own: in the ledger is enough
+        row = rows.get("")
+        ok = row is not None and row.status == "migrated" and not problem
+        return None if ok else ("rejected" if row is not None and row.status == "rejected" or problem
+                                else "not_migrated", name)
+    if family.split_fields and snap.rtype == "hash":
+        p = snap.parts
+        checks = [(storable_name(decode_key(f)), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
+    else:
+        checks = [(("", ""), value_digest(snap.rtype, snap.raw_value()))]
+    for (fld, fld_problem), digest in checks:
+        row = rows.get(fld)
+        reason = (
+            "not_migrated" if row is None or row.status not in ("migrated", "rejected")
+            else "rejected" if row.status == "rejected" or problem or fld_problem
+            else "not_verified" if row.verified_hash is None
+            else "changed_since_verify" if row.verified_hash != digest
+            else None
+        )
+        if reason:
+            return reason, name + (f" field {fld!r}" if fld else "")
+    return None
+
+
+@dataclass
+class _Run:
+    config: Config
+    conn: psycopg.Connection
+    chosen: tuple[Entity, ...]
+    result: CleanupResult
+    reader: SnapshotReader
+    writer: KvClient | None = None
+    archive: ArchiveWriter | None = None
+    classifier: Classifier = field(default_factory=lambda: Classifier(ENTITIES))
+    report: Reporter = silent
+    total: int | None = None  # keys in the store when the pass started (DBSIZE), for progress
+
+
+def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Path, dry_run: bool = False,
+                yes: bool = False, settle: float = 0.0, report: Reporter = silent) -> CleanupResult:
+    """Archive and delete the verified KV keys of the chosen entities (default: every KV entity).
+
+    Refuses (GateRefused, exit 1) unless every chosen entity has cut over; needs `yes` unless
+    `dry_run`. Writes the flags (Postgres + 1 HSET), the archive folder, the ledger, and deletes
+    KV keys; `dry_run` reads only. KV cost: 1 SCAN per `scan_count` keys; per page with
+    candidates 1 WATCH, 1 MGET per batch of strings, 1 read per other key (1 PTTL more where the
+    family can expire), then MULTI, DEL, EXEC (or 1 UNWATCH when nothing is deletable).
+    """
+    chosen = phases.kv_entities(select_entities(entities))
+    if not chosen:
+        raise ConfigError("none of the chosen entities lives in KV", hint="memories have no KV keys to clean up")
+    budget = RequestBudget(cap=config.max_requests, phase="archive")
+    started = time.perf_counter()
+    url = config.require_kv()
+    with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
+        require_schema(conn)
+        moving = [e.name for e in chosen if phases.check_step(conn, e.name, "cleanup") != phases.CLEANED]
+        warnings = before_cleanup(conn, moving, dry_run=dry_run)
+        if not (yes or dry_run):
+            raise ConfigError("cleanup deletes KV keys (after archiving them)",
+                              hint="confirm with --yes, or see what it would delete with --dry-run")
+        result = CleanupResult(None, dry_run, str(archive_dir), budget, {e.name: EntityCleanup() for e in chosen})
+        result.warnings = warnings
+        reader = SnapshotReader(connect_kv(url, budget, retries=config.connect_retries, read_only=True))
+        run = _Run(config, conn, chosen, result, reader, report=report)
+        if dry_run:
+            _scan(run)
+        else:
+            take_writer_lock(conn, "cleanup")
+            _run_for_real(run, connect_kv(url, budget, retries=config.connect_retries), settle)
+        result.seconds = time.perf_counter() - started
+        result.kv_requests = budget.spent
+        return result
+
+
+def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
+    result = run.result
+    result.run_id = state.start_run(run.conn, "cleanup", dry_run=False, options={
+        "entities": [e.name for e in run.chosen], "archive_dir": result.archive_dir, "settle": settle})
+    status, error = "failed", None
+    try:
+        run.archive = ArchiveWriter(Path(result.archive_dir), run_id=result.run_id, kv_url=run.config.masked_kv_url)
+        result.manifest = str(run.archive.manifest_path)
+        run.writer = writer
+        _flags(run, writer, settle)
+        # after the settle: a store wiped (or restarted empty) meanwhile is not cleaned up
+        run.total = int(writer.call("DBSIZE"))
+        refuse_a_shrunk_store(run.conn, run.total, allow=run.config.allow_shrunk_store)
+        _reconcile(run)
+        _scan(run)
+        status = "ok"
+    except BudgetExhausted:
+        status = "stopped"
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        _close(run, status, error)
+
+
+def _flags(run: _Run, writer: KvClient, settle: float) -> None:
+    """Move writes to Postgres and publish the flags (1 HSET), then wait until `settle` seconds
+    have passed since the newest change."""
+    writer.budget.check(1)
+    for entity in run.chosen:
+        if phases.set_phase(run.conn, None, entity.name, phases.CLEANED, reason="cleanup"):
+            run.result.flags_changed.append(entity.name)
+    writer.budget.phase = "flags"
+    try:
+        phases.publish(run.conn, writer)
+    finally:
+        writer.budget.phase = "archive"
+    row = run.conn.execute(
+        "SELECT extract(epoch FROM now() - max(changed_at)) FROM kvmigrate.phase_history"
+        " WHERE entity = ANY(%s) AND to_writes = 'postgres'", ([e.name for e in run.chosen],)).fetchone()
+    wait = settle - float(row[0]) if row and row[0] is not None else 0.0
+    if wait > 0:
+        countdown(wait, run.report, note="until every app instance sees writes=postgres")
+        run.result.settled_seconds = wait
+
+
+def _scan(run: _Run) -> None:
+    """One SCAN pass from the checkpoint. The KV server's run id (INFO, free) is checked after
+    every page: a server that restarted may have come back without the keys it had, and keys it
+    lost were never archived, so the run stops (StoreChanged) instead of going on."""
+    dry = run.result.dry_run
+    name = "cleanup:" + ",".join(sorted(e.name for e in run.chosen))
+    server = server_id(run.reader.kv)
+    cursor = 0 if dry else (state.get_checkpoint(run.conn, name, server=server) or 0)
+    run.result.resumed_from = cursor or None
+    pages = () if cursor == state.SCAN_DONE else scan_pages(run.reader.kv, cursor=cursor, count=run.config.scan_count)
+    scanned = 0
+    run.report(Tick("cleanup", 0, run.total))
+    for next_cursor, keys in pages:
+        items = _candidates(run, keys)
+        try:
+            if items:
+                _page(run, items)
+        except BudgetExhausted as exc:
+            raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, run.total, run.result.budget.spent)
+                                  + " (cleanup resumes at its last page)", hint=exc.hint) from None
+        scanned += len(keys)
+        deleted = run.result.deleted
+        run.report(Tick("cleanup", scanned, max(run.total or 0, scanned) or None, note=f"{deleted:,} deleted"))
+        log.info("cleanup: page of %d keys, %d candidates, %d deleted so far, %d billed KV commands", len(keys),
+                 len(items), deleted, run.result.budget.spent)
+        if server_id(run.reader.kv) != server:
+            raise StoreChanged(
+                "the KV server restarted during cleanup (its run id changed): it may have come back without keys "
+                "that were never archived, so cleanup stopped; nothing more was deleted",
+                hint="check the store (`kvmigrate inventory`; `kvmigrate status` counts what was deleted and "
+                "archived), then run cleanup again; keys already deleted are in the archive")
+        if not dry:
+            with run.conn.transaction():
+                state.set_checkpoint(run.conn, name, next_cursor or state.SCAN_DONE, run.result.run_id or 0,
+                                     server=server)
+    run.result.complete = True
+    if not dry:
+        state.clear_checkpoint(run.conn, name)
+
+
+def _candidates(run: _Run, keys: Sequence[str]) -> list[tuple[str, Entity, Family]]:
+    """Keys of the chosen entities' families (classified by name; nothing else is read)."""
+    wanted = {e.name for e in run.chosen}
+    out = []
+    for key in keys:
+        c = run.classifier.classify(key)
+        if c.status == "entity" and c.entity is not None and c.family is not None and c.entity.name in wanted:
+            out.append((key, c.entity, c.family))
+    return out
+
+
+@dataclass
+class _Verdicts:
+    """What one read of a page decided: deletable snapshots, kept keys with reasons, keys gone."""
+
+    deletable: list[tuple[Snapshot, str]] = field(default_factory=list)
+    kept: list[tuple[str, tuple[str, str]]] = field(default_factory=list)
+    candidates: list[tuple[str, bool]] = field(default_factory=list)  # (entity, vanished)
+    verified_now: int = 0
+
+
+def _page(run: _Run, items: Sequence[tuple[str, Entity, Family]], *, attempts: int = 3) -> None:
+    """WATCH one page's candidates, read them, decide, verify the changed ones, archive the
+    deletable ones, and delete them in MULTI/EXEC; when the app changed one of them meanwhile
+    the server deletes nothing, and the page is read again (up to `attempts` times)."""
+    keys, fams = [k for k, _, _ in items], [f for _, _, f in items]
+    if run.writer is None:  # dry run: read and decide only
+        _count(run, _decide(run, items, run.reader.read(keys, fams), dry=True))
+        return
+    for attempt in range(attempts):
+        with run.writer.session() as session:
+            session.pipeline([("WATCH", *[encode_key(k) for k in keys])])
+            decided = _decide(run, items, run.reader.read(keys, fams, send=session.pipeline), dry=False)
+            if not decided.deletable:
+                session.unwatch()
+                _count(run, decided)
+                return
+            if _archive_and_delete(run, session, decided, last=attempt == attempts - 1):
+                return
+
+
+def _count(run: _Run, decided: _Verdicts) -> None:
+    """Add one page's final verdicts to the result."""
+    run.result.verified_now += decided.verified_now
+    for name, vanished in decided.candidates:
+        tally = run.result.entities[name]
+        tally.candidates += 1
+        tally.vanished += vanished
+    for name, why in decided.kept:
+        run.result.entities[name].keep(name, *why)
+    for _, name in decided.deletable:
+        run.result.entities[name].deletable += 1
+
+
+def _decide(run: _Run, items: Sequence[tuple[str, Entity, Family]], snaps: Sequence[Snapshot], *,
+            dry: bool) -> _Verdicts:
+    """Decide each snapshot. Keys changed since the last verify are verified against Postgres
+    here, from the value just read (not in a dry run)."""
+    ledger = _ledger(run.conn, [k for k, _, _ in items])
+    out = _Verdicts()
+    recheck: list[tuple[Snapshot, Entity, Family]] = []
+    for snap, (_, entity, family) in zip(snaps, items, strict=True):
+        out.candidates.append((entity.name, snap.rtype == "none"))
+        if snap.rtype == "none":
+            continue
+        why = verdict(snap, family, ledger.get(snap.key, {}))
+        if why is None:
+            out.deletable.append((snap, entity.name))
+        elif why[0] in ("changed_since_verify", "not_verified", "not_migrated") and not dry:
+            recheck.append((snap, entity, family))
+        else:
+            out.kept.append((entity.name, why))
+    if recheck:
+        alone = _verifiable(run, recheck)
+        out.kept += [(e.name, verdict(s, f, ledger.get(s.key, {})) or ("not_verified", s.key))
+                     for s, e, f in recheck if s.key not in alone]
+        recheck = [(s, e, f) for s, e, f in recheck if s.key in alone]
+    if recheck:
+        vouched = _verify_now(run, recheck)
+        ledger = _ledger(run.conn, [s.key for s, _, _ in recheck])
+        for snap, entity, family in recheck:
+            why = verdict(snap, family, ledger.get(snap.key, {}))
+            if why is None:
+                out.deletable.append((snap, entity.name))
+            else:
+                out.kept.append((entity.name, ("differs_from_postgres", why[1]) if snap.key not in vouched else why))
+        out.verified_now = len(vouched)
+    return out
+
+
+def _verifiable(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> set[str]:
+    """The keys that can be verified from their own value: those whose rows have no other
+    source and whose family reads no companion key. A row merged from several keys (a user's
+    registry field, legacy hash and agent record; colliding streak keys; a message's copies)
+    needs every source read together: a full verify."""
+    merged = [s.key for s, e, _ in items if any(t.merge == "fill" for t in e.tables)]
+    shared: set[str] = set()
+    if merged:
+        rows = run.conn.execute(
+            "SELECT DISTINCT f.source_key FROM kvmigrate.fill_sources f WHERE f.source_key = ANY(%s) AND EXISTS"
+            " (SELECT 1 FROM kvmigrate.fill_sources o WHERE o.tbl = f.tbl AND o.pk = f.pk"
+            " AND (o.source_key, o.source_field) <> (f.source_key, f.source_field))",
+            ([storable_name(k)[0] for k in merged],)).fetchall()
+        found = {k for (k,) in rows}
+        shared = {k for k in merged if storable_name(k)[0] in found}
+    return {s.key for s, _, f in items if s.key not in shared and not f.companion}  # a companion is not in the snapshot
+
+
+def _verify_now(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> set[str]:
+    """Compare these keys' values, as just read, with Postgres and record the ones that agree as
+    verified (ledger). Returns the keys vouched for. Postgres only: no KV command."""
+    from kvmigrate.phases.verify import vouch
+
+    records: list[tuple[RawRecord, Entity]] = []
+    for snap, entity, family in items:
+        value = snap.raw_value()
+        if family.split_fields and isinstance(value, dict):
+            records += [(storable(RawRecord(snap.key, "hash", v, decode_key(f), family.name)), entity)
+                        for f, v in value.items()]
+        else:
+            records.append((storable(RawRecord(snap.key, snap.rtype, value, "", family.name)), entity))
+    source = KvSource(run.reader.kv, run.chosen, count=run.config.scan_count)
+    return vouch(run.conn, run.chosen, source, records, run.result.run_id or 0)
+
+
+def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, last: bool) -> bool:
+    """Archive (fsynced) and delete the page's deletable keys in MULTI/EXEC, then count the page.
+    False when a WATCHed key changed, so nothing was deleted (the caller reads the page again);
+    on the `last` try those keys are kept and reported instead."""
+    assert run.archive is not None
+    deletable = decided.deletable
+    now_ms = int(time.time() * 1000)
+    lines: dict[str, list[bytes]] = {}
+    for snap, entity in deletable:
+        lines.setdefault(entity, []).append(encode_line(snap, entity, run_id=run.result.run_id or 0, now_ms=now_ms))
+    run.archive.write_batch(lines)
+    keys = [s.key for s, _ in deletable]
+    _mark(run.conn, keys, set())  # before the delete: a crash after it is recoverable
+    run.result.budget.phase = "delete"
+    try:
+        reply: list[object] | None = session.transaction([("DEL", *[encode_key(k) for k in keys])])
+        deleted = set(keys) if reply is not None else set()
+    except (redis.ConnectionError, redis.TimeoutError):
+        # The reply was lost: the transaction ran whole or not at all. Keys now gone were deleted by
+        # it (writes are on Postgres, so nothing else deletes them); if none is, read the page again.
+        there = run.reader.kv.pipeline([("EXISTS", encode_key(k)) for k in keys])
+        deleted = {k for k, n in zip(keys, there, strict=True) if n == 0}
+        reply = [len(deleted)] if deleted else None
+    finally:
+        run.result.budget.phase = "archive"
+    if reply is None and not last:
+        return False
+    _mark(run.conn, keys, deleted)
+    _count(run, decided)
+    for snap, entity in deletable:
+        tally = run.result.entities[entity]
+        tally.archived += 1
+        if snap.key in deleted:
+            tally.deleted += 1
+            run.archive.count_deleted(entity, 1)
+        else:
+            tally.keep(entity, "changed_during_cleanup", storable_name(snap.key)[0])
+    return True
+
+
+def _ledger(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, dict[str, LedgerState]]:
+    """Ledger rows of these keys (looked up by the name the ledger stores, `storable_name`), by
+    key as read from KV, then field. Read-only."""
+    names: dict[str, list[str]] = {}
+    for k in keys:
+        names.setdefault(storable_name(k)[0], []).append(k)
+    out: dict[str, dict[str, LedgerState]] = {}
+    rows = conn.execute("SELECT key, field, status, verified_hash FROM kvmigrate.ledger WHERE key = ANY(%s)",
+                        (list(names),)).fetchall()
+    for key, fld, status, verified in rows:
+        for raw in names[key]:
+            out.setdefault(raw, {})[fld] = LedgerState(status, verified)
+    return out
+
+
+def _mark(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) -> None:
+    """Record in the ledger when keys were archived (called before the delete) and deleted
+    (called again after the KV delete returned). Keys are named as the ledger stores them."""
+    with conn.transaction():
+        conn.execute("UPDATE kvmigrate.ledger SET archived_at = now() WHERE key = ANY(%s)",
+                     ([storable_name(k)[0] for k in archived],))
+        if deleted:
+            conn.execute("UPDATE kvmigrate.ledger SET deleted_at = now() WHERE key = ANY(%s)",
+                         ([storable_name(k)[0] for k in deleted],))
+
+
+def _reconcile(run: _Run) -> None:
+    """Record the deletion of keys an earlier run archived and deleted but was killed before it
+    recorded the delete (archived_at set, deleted_at not, key gone). Costs 1 multi-key EXISTS
+    per `scan_count` such keys (usually none), and 1 EXISTS per key only where some are gone and
+    some are not."""
+    rows = run.conn.execute(
+        "SELECT DISTINCT key FROM kvmigrate.ledger WHERE archived_at IS NOT NULL AND deleted_at IS NULL"
+        " AND entity = ANY(%s) ORDER BY key", ([e.name for e in run.chosen],)).fetchall()
+    keys = [k for (k,) in rows]
+    for start in range(0, len(keys), run.config.scan_count):
+        chunk = keys[start:start + run.config.scan_count]
+        present = int(run.reader.kv.call("EXISTS", *[encode_key(k) for k in chunk]))
+        if present == len(chunk):
+            continue
+        if present == 0:
+            gone = chunk
+        else:
+            there = run.reader.kv.pipeline([("EXISTS", encode_key(k)) for k in chunk])
+            gone = [k for k, n in zip(chunk, there, strict=True) if n == 0]
+        if gone:
+            _mark(run.conn, [], set(gone))
+
+
+def _close(run: _Run, status: str, error: BaseException | None) -> None:
+    """Write the final manifest and close the run row, with its error (on a fresh connection
+    when the run's own one failed). A manifest that cannot be written fails the run."""
+    result = run.result
+    unwritten: StorageError | None = None
+    if run.archive is not None:
+        try:
+            result.manifest = str(run.archive.close(complete=status == "ok"))
+        except StorageError as exc:
+            unwritten, status, error = exc, "failed", error or exc
+    result.kv_requests = result.budget.spent
+    if result.run_id is not None:
+        from kvmigrate.report import to_dict
+
+        state.close_run(run.conn, result.run_id, status=status, budget=result.budget, result=to_dict(result),
+                        error=error, pg_url=run.config.pg_url)
+    if unwritten is not None and error is unwritten:
+        raise unwritten

@@ -1,0 +1,244 @@
+"""`kvmigrate rehearse`: the whole data path against a throwaway database, for CI.
+
+Runs setup, an inventory, a full backfill (restarted from the first key, so its cost is a whole
+backfill's) and a full verify into the database at `--pg-url`, which must be a branch or scratch
+copy: rehearse writes rows there. The KV store is only read: every KV connection is opened
+read-only, which refuses any write command before it is sent, and no phase flag is touched.
+
+Verify re-copies rows the live app changed between the backfill and the verify (the branch is
+scratch, so this is harmless) and counts them as `repaired`; differences that survive that re-copy
+fail the rehearse. The report (JSON envelope and Markdown) says what the real migration will meet:
+rejects by reason, differences, unknown key patterns, and its KV cost.
+
+Cost of a rehearse: an inventory plus a backfill plus a verify, about 6 KV commands per 1,000 keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.pg.migrations import SetupResult, apply_migrations
+from kvmigrate.engine.diff import FILE_PREFIX
+from kvmigrate.model.config import Config
+from kvmigrate.model.errors import BudgetExhausted, DifferencesFound, KvmigrateError, RejectsPresent
+from kvmigrate.model.masking import mask_text
+from kvmigrate.phases.backfill import BackfillResult, Progress, run_backfill
+from kvmigrate.phases.inventory import InventoryResult, run_inventory
+from kvmigrate.phases.shadow import ShadowResult, run_shadow
+from kvmigrate.phases.verify import VerifyResult, run_verify
+
+COMMAND = "rehearse"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One pass/fail condition of the rehearse; `exit_code` is the exit status when it fails."""
+
+    name: str
+    ok: bool
+    exit_code: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class CostForecast:
+    """KV commands of the real migration, forecast from this rehearse. An estimate.
+
+    The real run is one backfill, one verify, the archive (a SCAN per page plus one read script
+    per page) and the delete (one script per page of deletable keys). The backfill and verify
+    figures are what this rehearse spent doing the same work; `backfill_predicted` is the
+    inventory's model of the backfill, shown beside it as a cross-check.
+    """
+
+    backfill_predicted: int
+    backfill: int
+    verify: int
+    archive: int
+    delete: int
+    rehearse: int
+
+    @property
+    def real_run(self) -> int:
+        return self.backfill + self.verify + self.archive + self.delete
+
+
+@dataclass(frozen=True)
+class RejectGroup:
+    """Rejects of one entity for one reason, with one example key (never the value)."""
+
+    entity: str
+    reason: str
+    count: int
+    example_key: str
+
+
+@dataclass
+class RehearseResult:
+    setup: SetupResult
+    inventory: InventoryResult
+    backfill: BackfillResult
+    verify: VerifyResult
+    rejects: list[RejectGroup]
+    deletable_keys: int
+    cost: CostForecast
+    shadow: ShadowResult | None = None  # the app's read views, KV vs the branch database
+    checks: list[Check] = field(default_factory=list)
+    report_path: str | None = None
+    markdown_path: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        """The exit status of the first failing check (differences, rejects, cost), else 0."""
+        return next((c.exit_code for c in self.checks if not c.ok), 0)
+
+
+def run_rehearse(
+    config: Config,
+    *,
+    report: Path | None = None,
+    markdown: Path | None = None,
+    max_rejects: int | None = None,
+    max_requests_real: int | None = None,
+    memories_dir: Path | None = None,
+    repair: bool = True,
+    progress: Progress | None = None,
+) -> RehearseResult:
+    """Rehearse the migration into a scratch database; write the JSON and Markdown reports
+    (0600; the Markdown next to the JSON, as `.md`, unless `markdown` says where).
+
+    Writes Postgres at `config.pg_url` (schema, rows, kvmigrate's records); never writes KV.
+    Fails (see `RehearseResult.exit_code`) on differences (1), on more than `max_rejects` rejects
+    (5), and when the forecast KV cost of the real run exceeds `max_requests_real` (4). When an
+    error stops the rehearse, the reports are still written (with the error) and it is re-raised.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    clock = time.perf_counter()
+    if report is not None and markdown is None:  # beside the JSON, never over it
+        markdown = report.with_name(report.name + ".md") if report.suffix == ".md" else report.with_suffix(".md")
+    try:
+        result = _rehearse(config, memories_dir=memories_dir, repair=repair, progress=progress)
+    except KvmigrateError as exc:
+        _write_reports(config, started, report, markdown, error=exc)
+        raise
+    except Exception as exc:  # a bug: CI still gets a report that says what stopped the rehearse
+        _write_reports(config, started, report, markdown,
+                       error=KvmigrateError(f"unexpected {type(exc).__name__}: {exc}",
+                                            hint="rerun with --traceback and report it"))
+        raise
+    result.checks = checks(result, max_rejects=max_rejects, max_requests_real=max_requests_real)
+    result.report_path = str(report) if report else None
+    result.markdown_path = str(markdown) if markdown else None
+    result.seconds = time.perf_counter() - clock
+    _write_reports(config, started, report, markdown, result=result)
+    return result
+
+
+def _rehearse(config: Config, *, memories_dir: Path | None, repair: bool,
+              progress: Progress | None) -> RehearseResult:
+    with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
+        setup = apply_migrations(conn, app_schema=config.pg_schema)
+    inventory = run_inventory(config)
+    backfill = run_backfill(config, restart=True, memories_dir=memories_dir, progress=progress)
+    verify = run_verify(config, recheck_delay=0, repair=repair, memories_dir=memories_dir)
+    shadow = run_shadow(config, recheck_delay=0)  # KV read-only; as cutover --require-shadow would ask
+    with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
+        rejects = reject_groups(conn)
+        deletable = deletable_keys(conn)
+    cost = forecast(inventory, backfill, verify, deletable, batch_size=config.batch_size)
+    return RehearseResult(setup, inventory, backfill, verify, rejects, deletable, cost, shadow)
+
+
+def reject_groups(conn: psycopg.Connection) -> list[RejectGroup]:
+    """Rejects by entity and reason, with the first key of each. Read-only."""
+    rows = conn.execute(
+        "SELECT entity, reason_code, count(*), min(key) FROM kvmigrate.rejects GROUP BY 1, 2 ORDER BY 1, 2"
+    ).fetchall()
+    return [RejectGroup(e, r, int(n), k) for e, r, n, k in rows]
+
+
+def deletable_keys(conn: psycopg.Connection) -> int:
+    """KV keys a cleanup could delete now: every ledger row of the key is verified. Read-only."""
+    row = conn.execute(
+        "SELECT count(*) FROM (SELECT key FROM kvmigrate.ledger WHERE NOT starts_with(key, %s)"
+        " GROUP BY key HAVING bool_and(verified_hash IS NOT NULL)) k", (FILE_PREFIX,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def forecast(inventory: InventoryResult, backfill: BackfillResult, verify: VerifyResult,
+             deletable: int, *, batch_size: int) -> CostForecast:
+    """The real run's KV cost: measured backfill and verify, estimated archive and delete."""
+    return CostForecast(
+        backfill_predicted=inventory.predicted_backfill,
+        backfill=backfill.budget.spent,
+        verify=verify.budget.spent,
+        # cleanup's one pass as plan models it (kvmigrate.plan): DBSIZE, then per page SCAN, WATCH,
+        # the reads; MULTI, DEL, EXEC per page with candidates
+        archive=1 + inventory.cleanup.commands - 3 * inventory.candidate_pages,
+        delete=3 * inventory.candidate_pages if deletable else 0,
+        rehearse=inventory.budget.spent + backfill.budget.spent + verify.budget.spent,
+    )
+
+
+def checks(result: RehearseResult, *, max_rejects: int | None, max_requests_real: int | None) -> list[Check]:
+    """The three conditions a rehearse passes or fails on, in the order their exit codes win."""
+    diffs = sum(len(c.missing) + len(c.extra) + len(c.different) for c in result.verify.entities.values())
+    shadow = result.shadow
+    views_off = 0 if shadow is None else sum(s.checked - s.matched for s in shadow.views.values())
+    rejected = result.backfill.rejected
+    cost = result.cost.real_run
+    return [
+        Check("differences", diffs == 0, DifferencesFound.exit_code,
+              f"{diffs} differences after verify" + ("" if diffs == 0 else " (see verify in the report)")),
+        Check("shadow", views_off == 0, DifferencesFound.exit_code,
+              f"{views_off} of the app's read views differ between KV and Postgres"
+              + ("" if views_off == 0 else " (see shadow in the report)")),
+        Check("rejects", max_rejects is None or rejected <= max_rejects, RejectsPresent.exit_code,
+              f"{rejected} rejects" + (" (no limit set: --max-rejects)" if max_rejects is None
+                                       else f", limit {max_rejects}")),
+        Check("kv_cost", max_requests_real is None or cost <= max_requests_real, BudgetExhausted.exit_code,
+              f"real run forecast {cost} KV requests" + (" (no limit set: --max-requests)"
+                                                          if max_requests_real is None
+                                                          else f", limit {max_requests_real}")),
+    ]
+
+
+def _write_reports(config: Config, started: dt.datetime, report: Path | None, markdown: Path | None, *,
+                   result: RehearseResult | None = None, error: KvmigrateError | None = None) -> None:
+    """Write the JSON envelope and its Markdown summary (secrets masked)."""
+    if report is None and markdown is None:
+        return
+    from kvmigrate.report import dumps, envelope
+    from kvmigrate.report.rehearse import to_markdown
+
+    body: dict[str, Any]
+    if result is not None:
+        body = envelope(COMMAND, started=started, exit_code=result.exit_code, result=result)
+    else:
+        assert error is not None
+        body = envelope(COMMAND, started=started, exit_code=error.exit_code, error=error.message, hint=error.hint)
+    if report is not None:
+        _write(report, dumps(body, config.secrets) + "\n")
+    if markdown is not None:
+        _write(markdown, mask_text(to_markdown(body), config.secrets))
+
+
+def _write(path: Path, text: str) -> None:
+    """Write a report readable by its owner only (it holds values from the store)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)

@@ -1,0 +1,26 @@
+"""`kvmigrate seed`: the seed keyspace written to the configured KV store, and the memory files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from kvmigrate.model.config import Config
+from kvmigrate.tryout.seed.keyspace import SeedRun, seed_keyspace
+from kvmigrate.tryout.seed.memories import write_memory_files
+
+
+def run_seed(config: Config, *, users: int = 46, seed: int = 7, scale: int = 1, force: bool = False,
+             memories_dir: Path | None = None) -> SeedRun:
+    """Write a realistic, deterministic /vibe keyspace (and memory files) for trying kvmigrate.
+
+    Writes KV: one command per key; refuses a non-empty logical db unless `force`.
+    """
+    client = redis.Redis.from_url(config.require_kv())
+    try:
+        result = seed_keyspace(client, users=users, seed=seed, scale=scale, force=force)
+    finally:
+        client.close()
+    memories = None if memories_dir is None else write_memory_files(memories_dir, users=users, seed=seed)
+    return SeedRun(result, memories, str(memories_dir) if memories_dir else None)
