@@ -36,6 +36,7 @@ test-local: install
 lint: install
 	$(VENV)/bin/ruff check kvmigrate tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.connections import connection_errors as connection_errors  # for the CLI
 from kvmigrate.adapters.pg import state
 from kvmigrate.adapters.pg.migrations import SetupResult, apply_migrations
-from kvmigrate.engine.phases import DEFAULT_SETTLE
+from kvmigrate.engine.phases import DEFAULT_SETTLE as DEFAULT_SETTLE  # for the CLI's defaults
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError, RejectsPresent

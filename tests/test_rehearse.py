@@ -18,7 +18,7 @@ from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.kv.client import WRITE_COMMANDS, ReadOnlyViolation
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import build_config
-from kvmigrate.report.rehearse import COST_ROWS, DATA_COLUMNS
+from kvmigrate.model.rehearse_markdown import COST_ROWS, DATA_COLUMNS
 from tests.fixtures.data import MIXED_REJECTS, mixed_keyspace
 from tests.helpers import cli
 

@@ -26,7 +26,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from kvmigrate import __version__, report
-from kvmigrate.adapters.connections import connection_errors
+from kvmigrate.api import connection_errors
 from kvmigrate.model.config import KV_URL_VARS, PG_URL_VARS, Config, build_config
 from kvmigrate.model.errors import EXIT_CODES, KvmigrateError, StorageError
 from kvmigrate.model.masking import mask_text

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from kvmigrate import api
+from kvmigrate.api import DEFAULT_SETTLE
 from kvmigrate.cli.base import (
     EntityOpt,
     MaxRequestsOpt,
@@ -22,7 +23,6 @@ from kvmigrate.cli.base import (
     progress_bar,
     run,
 )
-from kvmigrate.engine.phases import DEFAULT_SETTLE
 from kvmigrate.model.errors import KvmigrateError
 
 ShrunkOpt = Annotated[bool, typer.Option("--allow-shrunk-store", help="Run even though KV holds fewer than half "

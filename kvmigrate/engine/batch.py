@@ -15,6 +15,7 @@ from typing import Any
 from kvmigrate.adapters.pg.state import LedgerEntry, RejectEntry
 from kvmigrate.entities.base import Entity, Family, TableSpec
 from kvmigrate.model.records import ContainerJson, Outcome, RawRecord, RawValue, Reject, SourcedRow
+from kvmigrate.model.serial import to_dict
 
 #: Given a row's values, the name of a required column it leaves empty (or None).
 RequiredCheck = Callable[[Mapping[str, Any]], "str | None"]
@@ -177,3 +178,10 @@ def table_specs(entities: Iterable[Entity]) -> dict[str, TableSpec]:
         for spec in entity.tables:
             specs.setdefault(spec.name, spec)
     return specs
+
+
+@to_dict.register
+def _(t: Tally) -> dict[str, Any]:
+    return {"scanned": t.scanned, "migrated": t.migrated, "rejected": t.rejected, "kept": t.kept,
+            "unknown": t.unknown, "rows_written": t.rows_written, "item_rejects": t.item_rejects,
+            "stats": dict(sorted(t.stats.items()))}

@@ -116,3 +116,15 @@ class Outcome:
 class ContainerJson(str):
     """A hash, list, set or sorted set's value written as lossless JSON (the rejects table's
     raw_encoding 'json'; see `kvmigrate.engine.batch.raw_bytes`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedKey:
+    """One key as the cleanup archive holds it: its type, its parts (as the write commands take
+    them) and its absolute expiry."""
+
+    key: str
+    entity: str
+    rtype: str
+    parts: tuple[bytes, ...]
+    expires_at_ms: int | None

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -33,7 +34,7 @@ from kvmigrate.engine.guards import refuse_a_shrunk_store, release_writer_lock, 
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.writer import BatchWriter, rules_fingerprint
 from kvmigrate.engine.wrong_store import check_matched, ledger_keys, unmatched
-from kvmigrate.entities import ENTITIES, Entity, select_entities
+from kvmigrate.entities import ENTITIES, ENTITY_NAMES, Entity, select_entities
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import (
@@ -43,6 +44,7 @@ from kvmigrate.model.errors import (
     GateRefused,
 )
 from kvmigrate.model.progress import left_to_do
+from kvmigrate.model.serial import to_dict
 
 log = logging.getLogger("kvmigrate")
 MAX_PASSES = 3  # scans started over after KV restarts before giving up
@@ -396,7 +398,28 @@ def _close(run: _Run, status: str, error: BaseException | None = None) -> None:
     """Close the run row (on a fresh connection when the run's own one failed), with the error."""
     if run.result.run_id is None:
         return
-    from kvmigrate.report import to_dict
-
     state.close_run(run.conn, run.result.run_id, status=status, budget=run.result.budget,
                     result=to_dict(run.result), error=error, pg_url=run.config.pg_url)
+
+
+@to_dict.register
+def _(r: BackfillResult) -> dict[str, Any]:
+    order: list[str] = [n for n in ENTITY_NAMES if n in r.tallies]
+    order += sorted(n for n in r.tallies if n not in order)
+    return {
+        "run_id": r.run_id,
+        "dry_run": r.dry_run,
+        "complete": r.complete,
+        "resumed_from_cursor": r.resumed_from,
+        "kv_requests": r.budget.spent,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "entities": {n: to_dict(r.tallies[n]) for n in order},
+        "kept_patterns": dict(sorted(r.kept_patterns.items())),
+        "unknown_patterns": {p: {"keys": c, "example": e} for p, (c, e) in sorted(r.unknown_patterns.items())},
+        "placeholder_users": r.placeholders,
+        "dangling_refs": r.dangling_refs,
+        "skipped_entities": r.skipped,
+        "kv_server_restarts": r.server_restarts,
+        "warnings": r.warnings,
+        "seconds": round(r.seconds, 3),
+    }

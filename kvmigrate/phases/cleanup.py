@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -61,6 +62,7 @@ from kvmigrate.model.config import Config
 from kvmigrate.model.errors import BudgetExhausted, ConfigError, StorageError, StoreChanged
 from kvmigrate.model.progress import Reporter, Tick, countdown, left_to_do, silent
 from kvmigrate.model.records import RawRecord
+from kvmigrate.model.serial import to_dict
 
 log = logging.getLogger("kvmigrate")
 EXAMPLES = 5
@@ -529,9 +531,27 @@ def _close(run: _Run, status: str, error: BaseException | None) -> None:
             unwritten, status, error = exc, "failed", error or exc
     result.kv_requests = result.budget.spent
     if result.run_id is not None:
-        from kvmigrate.report import to_dict
-
         state.close_run(run.conn, result.run_id, status=status, budget=result.budget, result=to_dict(result),
                         error=error, pg_url=run.config.pg_url)
     if unwritten is not None and error is unwritten:
         raise unwritten
+
+
+@to_dict.register
+def _(r: CleanupResult) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "dry_run": r.dry_run,
+        "complete": r.complete,
+        "archive_dir": r.archive_dir,
+        "manifest": r.manifest,
+        "deleted": r.deleted,
+        "entities": {name: to_dict(e) for name, e in r.entities.items()},
+        "flags_changed": r.flags_changed,
+        "resumed_from_cursor": r.resumed_from,
+        "verified_now": r.verified_now,
+        "kv_requests": r.kv_requests,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "warnings": r.warnings,
+        "seconds": round(r.seconds, 3),
+    }

@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -26,6 +27,7 @@ from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError, GateRefused, WrongStore
 from kvmigrate.model.progress import Reporter, countdown, silent
+from kvmigrate.model.serial import to_dict
 from kvmigrate.phases.backfill import BackfillResult, Progress, run_backfill
 from kvmigrate.phases.cleanup import CleanupResult, run_cleanup
 from kvmigrate.phases.shadow import shadow_gate
@@ -259,3 +261,27 @@ def _log_flags(conn: psycopg.Connection, budget: RequestBudget) -> None:
     """Add the flag changes' KV commands to today's tally (status sums it)."""
     with conn.transaction():
         state.record_kv_spend(conn, budget)
+
+
+@to_dict.register
+def _(r: DualWriteResult) -> dict[str, Any]:
+    return {
+        "changes": [to_dict(c) for c in r.changes],
+        "settle_seconds": r.settle_seconds,
+        "backfill": None if r.backfill is None else to_dict(r.backfill),
+        "verify": None if r.verify is None else to_dict(r.verify),
+        "clean": r.clean,
+        "kv_requests": r.kv_requests,
+    }
+
+
+@to_dict.register
+def _(r: CutoverResult) -> dict[str, Any]:
+    return {"rollback": r.rollback, "forced": r.forced, "gates": [to_dict(g) for g in r.gates],
+            "changes": [to_dict(c) for c in r.changes], "kv_requests": r.kv_requests}
+
+
+@to_dict.register
+def _(r: CleanupPhaseResult) -> dict[str, Any]:
+    return {"changes": [to_dict(c) for c in r.changes], "verify": None if r.verify is None else to_dict(r.verify),
+            "cleanup": to_dict(r.cleanup), "kv_requests": r.kv_requests}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -19,6 +20,7 @@ from kvmigrate.adapters.pg.migrations import pending_files, schema_status
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConnectError, KvmigrateError
+from kvmigrate.model.serial import to_dict
 
 
 @dataclass(frozen=True)
@@ -121,3 +123,12 @@ def run_doctor(config: Config, budget: RequestBudget) -> DoctorResult:
     checks = check_kv(config, budget) + check_pg(config)
     unreachable = any(c.name.endswith("reachable") and not c.ok for c in checks)
     return DoctorResult(tuple(checks), unreachable, budget.spent)
+
+
+@to_dict.register
+def _(result: DoctorResult) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "kv_requests": result.kv_requests,
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
+    }

@@ -13,6 +13,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.kv.classify import Classification, Classifier
@@ -29,6 +30,7 @@ from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.base import Family
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
+from kvmigrate.model.serial import to_dict
 
 TYPES = ("string", "hash", "list", "set", "zset")
 _SIZE = {"string": "STRLEN", "hash": "HLEN", "list": "LLEN", "set": "SCARD", "zset": "ZCARD"}
@@ -231,3 +233,25 @@ def _extra(types: frozenset[str], rtype: str) -> int:
 
 
 __all__ = ["InventoryResult", "PassCost", "PatternCensus", "run_inventory"]
+
+
+@to_dict.register
+def _(r: InventoryResult) -> dict[str, Any]:
+    measured = r.sizes_measured
+    return {
+        "total_keys": r.total_keys,
+        "by_status": dict(r.by_status()),
+        "patterns": {
+            p: {"status": c.status, "entity": c.entity, "keys": c.keys, "types": dict(c.types),
+                # sizes and TTLs only with --sizes (two billed commands per key); registry hash lengths always
+                "items": c.items if measured or c.items else None, "bytes": c.bytes if measured else None,
+                "with_ttl": c.with_ttl if measured else None, "example": c.example}
+            for p, c in sorted(r.patterns.items())
+        },
+        "sizes_measured": measured,
+        "scan_pages": r.pages,
+        "predicted_backfill_requests": r.predicted_backfill,
+        "backfill_floor": r.backfill.floor + 1,
+        "naive_requests": r.naive_requests,
+        "kv_requests": r.budget.spent,
+    }

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvmigrate.model.config import Config
+from kvmigrate.model.serial import to_dict
 from kvmigrate.phases.inventory import InventoryResult, run_inventory
 
 FLAG_WRITES = 3  # one HSET of kvmigrate:flags each for dual-write, cutover and cleanup
@@ -80,3 +82,19 @@ def run_plan(config: Config, *, sizes: bool = False) -> PlanResult:
                   "only if cleanup is undone: SET NX per string, build + RENAMENX per other key", optional=True),
     ]
     return PlanResult(inv, phases, config.daily_quota)
+
+
+@to_dict.register
+def _(r: PlanResult) -> dict[str, Any]:
+    return {
+        "phases": {p.phase: {"commands": p.commands, "floor": p.floor, "naive": p.naive, "how": p.how,
+                             "in_total": not p.optional} for p in r.phases},
+        "total": r.total,
+        "floor_total": r.floor_total,
+        "naive_total": r.naive_total,
+        "daily_quota": r.daily_quota,
+        "share_of_daily_quota": round(r.total / r.daily_quota, 4) if r.daily_quota else None,
+        "keys": r.inventory.total_keys,
+        "entity_keys": r.inventory.entity_keys,
+        "kv_requests": r.inventory.budget.spent,
+    }

@@ -30,6 +30,8 @@ from kvmigrate.engine.diff import FILE_PREFIX
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import BudgetExhausted, DifferencesFound, KvmigrateError, RejectsPresent
 from kvmigrate.model.masking import mask_text
+from kvmigrate.model.rehearse_markdown import COST_ROWS, FORECAST_NOTE, to_markdown
+from kvmigrate.model.serial import dumps, envelope, to_dict
 from kvmigrate.phases.backfill import BackfillResult, Progress, run_backfill
 from kvmigrate.phases.inventory import InventoryResult, run_inventory
 from kvmigrate.phases.shadow import ShadowResult, run_shadow
@@ -220,9 +222,6 @@ def _write_reports(config: Config, started: dt.datetime, report: Path | None, ma
     """Write the JSON envelope and its Markdown summary (secrets masked)."""
     if report is None and markdown is None:
         return
-    from kvmigrate.report import dumps, envelope
-    from kvmigrate.report.rehearse import to_markdown
-
     body: dict[str, Any]
     if result is not None:
         body = envelope(COMMAND, started=started, exit_code=result.exit_code, result=result)
@@ -242,3 +241,32 @@ def _write(path: Path, text: str) -> None:
     os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
+
+
+@to_dict.register
+def _(r: RehearseResult) -> dict[str, Any]:
+    backfill, verify = to_dict(r.backfill), to_dict(r.verify)
+    return {
+        "ok": r.ok,
+        "exit_code": r.exit_code,
+        "checks": [to_dict(c) for c in r.checks],
+        "summary": {
+            "records_scanned": sum(t["scanned"] for t in backfill["entities"].values()),
+            "migrated": sum(t["migrated"] for t in backfill["entities"].values()),
+            "rejects": r.backfill.rejected,
+            "differences": sum(len(e[k]) for e in verify["entities"].values() for k in ("missing", "extra", "different")),
+            "repaired": sum(e["repaired"] for e in verify["entities"].values()),
+            "unknown_keys": sum(info["keys"] for info in backfill["unknown_patterns"].values()),
+            "deletable_keys": r.deletable_keys,
+        },
+        "rejects": [to_dict(g) for g in r.rejects],
+        "kv_requests": {**{k: getattr(r.cost, k) for k, _ in COST_ROWS}, "estimate": True, "note": FORECAST_NOTE},
+        "setup": to_dict(r.setup),
+        "inventory": to_dict(r.inventory),
+        "backfill": backfill,
+        "verify": verify,
+        "shadow": None if r.shadow is None else to_dict(r.shadow),
+        "report_path": r.report_path,
+        "markdown_path": r.markdown_path,
+        "seconds": round(r.seconds, 3),
+    }

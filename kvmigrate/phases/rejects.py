@@ -6,11 +6,13 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from kvmigrate.adapters.connections import connect_pg
 from kvmigrate.model.config import Config
+from kvmigrate.model.serial import to_dict
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,8 @@ def list_rejects(config: Config, *, entities: tuple[str, ...] = (), export: Path
                 fh.write(orjson.dumps(dataclasses.asdict(r)) + b"\n")
     return RejectsResult(result, by_reason, str(export) if export else None)
 
+
+@to_dict.register
+def _(r: RejectsResult) -> dict[str, Any]:
+    return {"count": len(r.rows), "by_reason": r.by_reason, "exported_to": r.exported_to,
+            "rejects": [dataclasses.asdict(x) for x in r.rows]}

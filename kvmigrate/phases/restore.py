@@ -64,6 +64,7 @@ from kvmigrate.model.budget import FREE_COMMANDS, RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError
 from kvmigrate.model.progress import Reporter, Tick, silent
+from kvmigrate.model.serial import to_dict
 
 FLAGS_UNCHANGED = ("phase flags are unchanged: restore writes KV only, and the app keeps reading and "
                    "writing what its flags say (see `kvmigrate status`)")
@@ -486,3 +487,14 @@ def _groups(pages: Sequence[tuple[ArchivedKey, Any]]) -> list[list[tuple[Archive
         used += n
     return [g for g in groups if g]
 
+
+@to_dict.register
+def _(r: RestoreResult) -> dict[str, Any]:
+    return {"archive_dir": r.archive_dir, "manifest": r.manifest, "files_verified": r.files_verified,
+            "dry_run": r.dry_run, "force": r.force, "clean": r.clean,
+            "forecast": None if r.forecast is None else r.forecast.to_dict(),
+            "entities": {n: to_dict(c) for n, c in r.entities.items()},
+            "refused": r.refused, "failed": [list(f) for f in r.failed], "unlisted_files": r.unlisted_files,
+            "ledger_checked": r.ledger_checked, "missing": r.missing, "missing_examples": r.missing_examples,
+            "resends": r.resends, "kv_requests": r.kv_requests,
+            "kv_requests_by_command": dict(sorted(r.budget.by_command.items())), "flags": r.flags}

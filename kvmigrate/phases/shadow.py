@@ -35,6 +35,7 @@ from kvmigrate.engine.run import require_schema
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError
+from kvmigrate.model.serial import to_dict
 from kvmigrate.phases import shadow_views as v
 from kvmigrate.phases.shadow_keys import MGET_KEYS, KeyCache, KeyIndex, canonical, scan_index
 
@@ -367,3 +368,26 @@ def shadow_gate(conn: psycopg.Connection) -> tuple[bool, str]:
     if views < len(v.VIEWS) or not checked:
         return False, "the latest shadow run did not compare every view"
     return True, f"clean shadow run of {views} views ({checked} comparisons)"
+
+
+def _check(c: ViewCheck) -> dict[str, Any]:
+    return {"subject": c.subject, "differences": [{"field": d.path, "kv": to_dict(d.kv), "postgres": to_dict(d.pg)}
+                                                  for d in c.differences]}
+
+
+@to_dict.register
+def _(r: ShadowResult) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "clean": r.clean,
+        "handles": r.handles,
+        "views": {n: {"checked": s.checked, "matched": s.matched, "share": round(s.share, 4),
+                      "first_differences": [_check(c) for c in s.first]} for n, s in r.views.items()},
+        "merged_keys": r.merged_keys,
+        "keys_read": r.keys_read,
+        "healed": r.healed,
+        "kv_requests_forecast": r.forecast,
+        "kv_requests": r.budget.spent,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "seconds": round(r.seconds, 3),
+    }

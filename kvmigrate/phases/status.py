@@ -18,6 +18,7 @@ from kvmigrate.engine import phases
 from kvmigrate.engine.run import require_schema
 from kvmigrate.entities import ENTITIES
 from kvmigrate.model.config import Config
+from kvmigrate.model.serial import to_dict
 
 
 @dataclass
@@ -116,3 +117,16 @@ def _last_verify(conn: psycopg.Connection, entity: str) -> dict[str, Any] | None
     out = dict(zip(keys, row, strict=True))
     out["age_seconds"] = int((dt.datetime.now(dt.timezone.utc) - row[-1]).total_seconds())
     return out
+
+
+@to_dict.register
+def _(r: StatusResult) -> dict[str, Any]:
+    return {
+        "entities": {e.name: {k: to_dict(v) for k, v in vars(e).items() if k != "name"} for e in r.entities},
+        "policy": r.policy,
+        "kv_requests_today": r.kv_requests_today,
+        "kv_requests_today_by_phase": r.kv_requests_today_by_phase,
+        "daily_quota": r.daily_quota,
+        "running": to_dict(r.running),
+        "history": to_dict(r.history),
+    }

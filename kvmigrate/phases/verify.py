@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -48,6 +49,7 @@ from kvmigrate.model.config import Config
 from kvmigrate.model.errors import BudgetExhausted, ConfigError, ConnectError
 from kvmigrate.model.progress import Reporter, Tick, left_to_do, silent
 from kvmigrate.model.records import RawRecord
+from kvmigrate.model.serial import to_dict
 
 log = logging.getLogger("kvmigrate")
 
@@ -258,8 +260,6 @@ def _sample_records(conn: psycopg.Connection, source: KvSource, chosen: Sequence
 
 
 def _record(conn: psycopg.Connection, result: VerifyResult, run_id: int) -> None:
-    from kvmigrate.report import to_dict
-
     conn.rollback()
     with conn.transaction():
         for name, check in result.entities.items():
@@ -285,3 +285,36 @@ def vouch(conn: psycopg.Connection, chosen: Sequence[Entity], source: KvSource,
     tables = {d.table for d in differ.diffs if not d.key}
     record_verified(differ, run_id)
     return {r.key for r, e in records if r.key not in bad and not tables & {t.name for t in e.tables}}
+
+
+def _diff(d: Difference) -> dict[str, Any]:
+    out: dict[str, Any] = {"table": d.table, "pk": d.pk, "key": d.key}
+    if d.source_field:
+        out["field"] = d.source_field
+    if d.kind == "different":
+        out["fields"] = d.fields
+    return out
+
+
+@to_dict.register
+def _(r: VerifyResult) -> dict[str, Any]:
+    return {
+        "clean": r.clean,
+        "mode": r.mode,
+        "sampled": r.sampled,
+        "confidence": r.confidence(),
+        "run_id": r.run_id,
+        "kv_requests": r.budget.spent,
+        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
+        "entities": {
+            name: {"checked": c.checked, "keys": c.keys, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
+                   "extra": [_diff(d) for d in c.extra], "different": [_diff(d) for d in c.different],
+                   "healed": c.healed, "repaired": c.repaired, "superseded": c.superseded,
+                   "verified_keys": c.verified_keys}
+            for name, c in r.entities.items()
+        },
+        "extra_deleted": r.extra_deleted,
+        "sources_forgotten": r.sources_forgotten,
+        "warnings": r.warnings,
+        "seconds": round(r.seconds, 3),
+    }

@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.phases.cleanup import CleanupResult
-from kvmigrate.phases.cutover import CleanupPhaseResult
-from kvmigrate.phases.restore import RestoreResult
-from kvmigrate.report.core import render, to_dict
+from kvmigrate.report.core import render
 
-
-@to_dict.register
-def _(r: CleanupResult) -> dict[str, Any]:
-    return {
-        "run_id": r.run_id,
-        "dry_run": r.dry_run,
-        "complete": r.complete,
-        "archive_dir": r.archive_dir,
-        "manifest": r.manifest,
-        "deleted": r.deleted,
-        "entities": {name: to_dict(e) for name, e in r.entities.items()},
-        "flags_changed": r.flags_changed,
-        "resumed_from_cursor": r.resumed_from,
-        "verified_now": r.verified_now,
-        "kv_requests": r.kv_requests,
-        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
-        "warnings": r.warnings,
-        "seconds": round(r.seconds, 3),
-    }
+if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
+    from kvmigrate.phases.cleanup import CleanupResult
+    from kvmigrate.phases.cutover import CleanupPhaseResult
+    from kvmigrate.phases.restore import RestoreResult
 
 
 @render.register
@@ -55,12 +37,6 @@ def _(r: CleanupResult, console: Console) -> None:
                   "keys were not touched")
 
 
-@to_dict.register
-def _(r: CleanupPhaseResult) -> dict[str, Any]:
-    return {"changes": [to_dict(c) for c in r.changes], "verify": None if r.verify is None else to_dict(r.verify),
-            "cleanup": to_dict(r.cleanup), "kv_requests": r.kv_requests}
-
-
 @render.register
 def _(r: CleanupPhaseResult, console: Console) -> None:
     for c in r.changes:
@@ -72,18 +48,6 @@ def _(r: CleanupPhaseResult, console: Console) -> None:
     render(r.cleanup, console)
     if r.verify is not None:
         console.print(f"KV requests in all: {r.kv_requests}")
-
-
-@to_dict.register
-def _(r: RestoreResult) -> dict[str, Any]:
-    return {"archive_dir": r.archive_dir, "manifest": r.manifest, "files_verified": r.files_verified,
-            "dry_run": r.dry_run, "force": r.force, "clean": r.clean,
-            "forecast": None if r.forecast is None else r.forecast.to_dict(),
-            "entities": {n: to_dict(c) for n, c in r.entities.items()},
-            "refused": r.refused, "failed": [list(f) for f in r.failed], "unlisted_files": r.unlisted_files,
-            "ledger_checked": r.ledger_checked, "missing": r.missing, "missing_examples": r.missing_examples,
-            "resends": r.resends, "kv_requests": r.kv_requests,
-            "kv_requests_by_command": dict(sorted(r.budget.by_command.items())), "flags": r.flags}
 
 
 @render.register

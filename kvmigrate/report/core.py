@@ -1,75 +1,40 @@
 """The two forms of every result: a human rendering (rich, on stdout) and a JSON form (`--json`,
-on stdout instead, inside one envelope). Renderers for each result type register in the sibling modules."""
+on stdout instead, inside one envelope; see kvmigrate.model.serial). Renderers for each result type
+register in the sibling modules, by the name of the type they render (report/ imports model/ only:
+the result types are named in annotations, imported for type checking)."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-from functools import singledispatch
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-import orjson
 from rich.console import Console
 
-from kvmigrate import __version__
-from kvmigrate.model.budget import RequestBudget
-from kvmigrate.model.masking import mask_text
-from kvmigrate.model.printable import printable_tree
+from kvmigrate.model.serial import dumps, envelope, to_dict
+
+__all__ = ["dumps", "envelope", "render", "to_dict"]
+
+Renderer = TypeVar("Renderer", bound=Callable[..., None])
+_RENDERERS: dict[str, Callable[[Any, Console], None]] = {}
 
 
-@singledispatch
-def to_dict(result: Any) -> Any:
-    """The JSON form of a result (dataclasses by default)."""
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
-        return {f.name: to_dict(getattr(result, f.name)) for f in dataclasses.fields(result)}
-    if isinstance(result, (list, tuple)):
-        return [to_dict(x) for x in result]
-    if isinstance(result, dict):
-        return {str(k): to_dict(v) for k, v in result.items()}
-    if isinstance(result, (dt.datetime, dt.date)):
-        return result.isoformat()
-    return result
+class _Render:
+    """`render(result, console)` prints the human form of a result; `@render.register` adds the
+    renderer of the type its first parameter is annotated with (the type's name)."""
+
+    def __call__(self, result: Any, console: Console) -> None:
+        for cls in type(result).__mro__:
+            fn = _RENDERERS.get(cls.__name__)
+            if fn is not None:
+                fn(result, console)
+                return
+        console.print(result)
+
+    def register(self, fn: Renderer) -> Renderer:
+        annotation = next(iter(fn.__annotations__.values()))
+        name = annotation if isinstance(annotation, str) else annotation.__name__
+        _RENDERERS[name.rpartition(".")[2]] = fn
+        return fn
 
 
-@to_dict.register
-def _(budget: RequestBudget) -> dict[str, Any]:
-    return budget.to_dict()
-
-
-@singledispatch
-def render(result: Any, console: Console) -> None:
-    """Print the human form of a result."""
-    console.print(result)
-
-
-def envelope(
-    command: str,
-    *,
-    started: dt.datetime,
-    exit_code: int,
-    result: Any = None,
-    error: str | None = None,
-    hint: str | None = None,
-    warnings: list[str] | None = None,
-) -> dict[str, Any]:
-    """The one JSON envelope every `--json` output uses (see docs/report.schema.json)."""
-    body: dict[str, Any] = {
-        "command": command,
-        "version": __version__,
-        "started_at": started.isoformat(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "ok": exit_code == 0,
-        "exit_code": exit_code,
-        "result": None if result is None else to_dict(result),
-        "warnings": warnings or [],
-    }
-    if error is not None:
-        body["error"] = {"message": error, "hint": hint}
-    return body
-
-
-def dumps(obj: Any, secrets: tuple[str, ...] = ()) -> str:
-    """Serialise for stdout, masking every secret on the way out; a KV name that is not text
-    is shown escaped (`\\xNN`, as the ledger stores it)."""
-    text = orjson.dumps(printable_tree(obj), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str).decode()
-    return mask_text(text, secrets)
+render = _Render()

@@ -2,111 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.engine.batch import Tally
-from kvmigrate.entities import ENTITY_NAMES
-from kvmigrate.phases.backfill import BackfillResult
-from kvmigrate.phases.inventory import InventoryResult
-from kvmigrate.phases.plan import PlanResult
-from kvmigrate.phases.rejects import RejectsResult
-from kvmigrate.phases.verify import Difference, VerifyResult
 from kvmigrate.report.core import render, to_dict
 
-
-@to_dict.register
-def _(t: Tally) -> dict[str, Any]:
-    return {"scanned": t.scanned, "migrated": t.migrated, "rejected": t.rejected, "kept": t.kept,
-            "unknown": t.unknown, "rows_written": t.rows_written, "item_rejects": t.item_rejects,
-            "stats": dict(sorted(t.stats.items()))}
-
-
-@to_dict.register
-def _(r: BackfillResult) -> dict[str, Any]:
-    order: list[str] = [n for n in ENTITY_NAMES if n in r.tallies]
-    order += sorted(n for n in r.tallies if n not in order)
-    return {
-        "run_id": r.run_id,
-        "dry_run": r.dry_run,
-        "complete": r.complete,
-        "resumed_from_cursor": r.resumed_from,
-        "kv_requests": r.budget.spent,
-        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
-        "entities": {n: to_dict(r.tallies[n]) for n in order},
-        "kept_patterns": dict(sorted(r.kept_patterns.items())),
-        "unknown_patterns": {p: {"keys": c, "example": e} for p, (c, e) in sorted(r.unknown_patterns.items())},
-        "placeholder_users": r.placeholders,
-        "dangling_refs": r.dangling_refs,
-        "skipped_entities": r.skipped,
-        "kv_server_restarts": r.server_restarts,
-        "warnings": r.warnings,
-        "seconds": round(r.seconds, 3),
-    }
-
-
-@to_dict.register
-def _(r: InventoryResult) -> dict[str, Any]:
-    measured = r.sizes_measured
-    return {
-        "total_keys": r.total_keys,
-        "by_status": dict(r.by_status()),
-        "patterns": {
-            p: {"status": c.status, "entity": c.entity, "keys": c.keys, "types": dict(c.types),
-                # sizes and TTLs only with --sizes (two billed commands per key); registry hash lengths always
-                "items": c.items if measured or c.items else None, "bytes": c.bytes if measured else None,
-                "with_ttl": c.with_ttl if measured else None, "example": c.example}
-            for p, c in sorted(r.patterns.items())
-        },
-        "sizes_measured": measured,
-        "scan_pages": r.pages,
-        "predicted_backfill_requests": r.predicted_backfill,
-        "backfill_floor": r.backfill.floor + 1,
-        "naive_requests": r.naive_requests,
-        "kv_requests": r.budget.spent,
-    }
-
-
-@to_dict.register
-def _(r: RejectsResult) -> dict[str, Any]:
-    return {"count": len(r.rows), "by_reason": r.by_reason, "exported_to": r.exported_to,
-            "rejects": [dataclasses.asdict(x) for x in r.rows]}
-
-
-def _diff(d: Difference) -> dict[str, Any]:
-    out: dict[str, Any] = {"table": d.table, "pk": d.pk, "key": d.key}
-    if d.source_field:
-        out["field"] = d.source_field
-    if d.kind == "different":
-        out["fields"] = d.fields
-    return out
-
-
-@to_dict.register
-def _(r: VerifyResult) -> dict[str, Any]:
-    return {
-        "clean": r.clean,
-        "mode": r.mode,
-        "sampled": r.sampled,
-        "confidence": r.confidence(),
-        "run_id": r.run_id,
-        "kv_requests": r.budget.spent,
-        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
-        "entities": {
-            name: {"checked": c.checked, "keys": c.keys, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
-                   "extra": [_diff(d) for d in c.extra], "different": [_diff(d) for d in c.different],
-                   "healed": c.healed, "repaired": c.repaired, "superseded": c.superseded,
-                   "verified_keys": c.verified_keys}
-            for name, c in r.entities.items()
-        },
-        "extra_deleted": r.extra_deleted,
-        "sources_forgotten": r.sources_forgotten,
-        "warnings": r.warnings,
-        "seconds": round(r.seconds, 3),
-    }
+if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
+    from kvmigrate.phases.backfill import BackfillResult
+    from kvmigrate.phases.inventory import InventoryResult
+    from kvmigrate.phases.plan import PlanResult
+    from kvmigrate.phases.rejects import RejectsResult
+    from kvmigrate.phases.verify import VerifyResult
 
 
 @render.register
@@ -205,24 +113,6 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
     console.print(f"KV requests: {r.budget.spent} in {r.seconds:.1f}s")
     if not r.clean:
         console.print("fix with `kvmigrate verify --repair` (re-copies from KV), then verify again")
-
-
-
-
-@to_dict.register
-def _(r: PlanResult) -> dict[str, Any]:
-    return {
-        "phases": {p.phase: {"commands": p.commands, "floor": p.floor, "naive": p.naive, "how": p.how,
-                             "in_total": not p.optional} for p in r.phases},
-        "total": r.total,
-        "floor_total": r.floor_total,
-        "naive_total": r.naive_total,
-        "daily_quota": r.daily_quota,
-        "share_of_daily_quota": round(r.total / r.daily_quota, 4) if r.daily_quota else None,
-        "keys": r.inventory.total_keys,
-        "entity_keys": r.inventory.entity_keys,
-        "kv_requests": r.inventory.budget.spent,
-    }
 
 
 @render.register

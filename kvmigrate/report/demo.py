@@ -2,44 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from kvmigrate.report.core import render, to_dict
-from kvmigrate.tryout.demo import HOBBY_DAILY_QUOTA, DemoResult
-from kvmigrate.tryout.seed import SeedRun
 
-#: A naive per-key migration reads every entity key once per pass (backfill, verify, archive)
-#: and deletes each with its own command.
-NAIVE_PASSES = 4
-
-
-@to_dict.register
-def _(r: DemoResult) -> dict[str, Any]:
-    return {
-        "ok": r.ok,
-        "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "kv_requests": s.kv_requests} for s in r.steps],
-        "kv_requests": r.kv_requests,
-        "naive_backfill_requests": r.naive_requests,
-        "naive_migration_requests": r.naive_requests * NAIVE_PASSES,
-        "floor_migration_requests": r.floor_requests,
-        "hobby_daily_quota": HOBBY_DAILY_QUOTA,
-        "counts": r.counts,
-        "rejects_by_reason": r.rejects_by_reason,
-        "cleanup_deleted": r.deleted,
-        "cleanup_kept": r.kept_after_cleanup,
-        "kv_left": r.kv_left,
-        "shadow": None if r.shadow is None else to_dict(r.shadow),
-        "seed": None if r.seed is None else {"keys": r.seed.keys_written, "by_family": r.seed.by_family},
-        "app": None if r.app is None else {**to_dict(r.app), "ok": r.app.ok},
-        "app_writes_by_phase": r.app_writes_by_phase,
-        "app_kv_commands": r.app_kv_commands,
-        "app_errors": r.app_errors,
-        "urls": r.urls,
-        "files": r.files,
-    }
+if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
+    from kvmigrate.tryout.demo import DemoResult
+    from kvmigrate.tryout.seed import SeedRun
 
 
 @render.register
@@ -67,12 +39,13 @@ def _(r: DemoResult, console: Console) -> None:
         " and kept " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.kept_after_cleanup.items())
         if r.kept_after_cleanup else "") + "; left in KV: "
         + ", ".join(f"{k} {v}" for k, v in r.kv_left.items()))
-    naive = r.naive_requests * NAIVE_PASSES
+    data = to_dict(r)
+    naive, quota = data["naive_migration_requests"], data["hobby_daily_quota"]
     console.print(f"KV commands billed to kvmigrate: {r.kv_requests:,} (the floor for one inventory, backfill, verify "
                   f"and cleanup of this store: {r.floor_requests:,}; this demo also runs a second verify"
                   + (f" and a shadow run ({r.shadow.kv_requests:,})" if r.shadow is not None else "") + f") — a naive "
                   f"per-key migration would spend about {naive:,} ({r.naive_requests:,} for its backfill alone); that is "
-                  f"{r.kv_requests / HOBBY_DAILY_QUOTA:.1%} of one day's {HOBBY_DAILY_QUOTA:,}-command Hobby quota")
+                  f"{r.kv_requests / quota:.1%} of one day's {quota:,}-command Hobby quota")
     console.print("counted as Upstash bills: every command the server runs, each one in a pipeline or MULTI/EXEC "
                   "included (kvmigrate sends no Lua scripts, whose inner commands would be billed too); AUTH, "
                   "SELECT and PING are free")
@@ -94,18 +67,6 @@ def _(r: DemoResult, console: Console) -> None:
         console.print("servers kept running: " + ", ".join(f"{k}={v}" for k, v in r.urls.items()), markup=False)
     if r.files:
         console.print(f"cleanup's archive and the memory files: {r.files}", markup=False)
-
-
-@to_dict.register
-def _(r: SeedRun) -> dict[str, Any]:
-    k = r.keyspace
-    out: dict[str, Any] = {"keys": k.keys_written, "commands": k.commands, "by_family": k.by_family,
-                           "bad_keys": [list(b) for b in k.expected.bad_keys],
-                           "bad_items": [list(b) for b in k.expected.bad_items]}
-    if r.memories is not None:
-        out["memories"] = {"dir": r.memories_dir, "files": list(r.memories.files), "memories": len(r.memories.ids),
-                           "bad_lines": [list(b) for b in r.memories.bad_lines]}
-    return out
 
 
 @render.register

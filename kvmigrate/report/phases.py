@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.phases.cutover import CutoverResult, DualWriteResult, PhaseChange
-from kvmigrate.phases.status import StatusResult
-from kvmigrate.report.core import render, to_dict
+from kvmigrate.report.core import render
+
+if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
+    from kvmigrate.phases.cutover import CutoverResult, DualWriteResult, PhaseChange
+    from kvmigrate.phases.status import StatusResult
 
 APP_DUAL = (
     "the app must now write every change of these entities to KV first, then to Postgres (upsert), "
@@ -22,18 +24,6 @@ APP_ROLLBACK = "the app must read these entities from KV again (writes stay dual
 def _changes(changes: list[PhaseChange], console: Console) -> None:
     for c in changes:
         console.print(f"{c.entity}: {c.before} -> {c.after}" if c.changed else f"{c.entity}: already {c.after}")
-
-
-@to_dict.register
-def _(r: DualWriteResult) -> dict[str, Any]:
-    return {
-        "changes": [to_dict(c) for c in r.changes],
-        "settle_seconds": r.settle_seconds,
-        "backfill": None if r.backfill is None else to_dict(r.backfill),
-        "verify": None if r.verify is None else to_dict(r.verify),
-        "clean": r.clean,
-        "kv_requests": r.kv_requests,
-    }
 
 
 @render.register
@@ -51,12 +41,6 @@ def _(r: DualWriteResult, console: Console) -> None:
         console.print("next: `kvmigrate cutover` once the app has dual-written for a while and a verify is clean")
 
 
-@to_dict.register
-def _(r: CutoverResult) -> dict[str, Any]:
-    return {"rollback": r.rollback, "forced": r.forced, "gates": [to_dict(g) for g in r.gates],
-            "changes": [to_dict(c) for c in r.changes], "kv_requests": r.kv_requests}
-
-
 @render.register
 def _(r: CutoverResult, console: Console) -> None:
     for g in r.gates:
@@ -65,19 +49,6 @@ def _(r: CutoverResult, console: Console) -> None:
     if r.forced and any(not g.ok for g in r.gates):
         console.print("forced past the gate: recorded in the phase history")
     console.print(APP_ROLLBACK if r.rollback else APP_CUTOVER)
-
-
-@to_dict.register
-def _(r: StatusResult) -> dict[str, Any]:
-    return {
-        "entities": {e.name: {k: to_dict(v) for k, v in vars(e).items() if k != "name"} for e in r.entities},
-        "policy": r.policy,
-        "kv_requests_today": r.kv_requests_today,
-        "kv_requests_today_by_phase": r.kv_requests_today_by_phase,
-        "daily_quota": r.daily_quota,
-        "running": to_dict(r.running),
-        "history": to_dict(r.history),
-    }
 
 
 @render.register

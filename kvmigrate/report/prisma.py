@@ -3,26 +3,14 @@ with --out the files written and the steps that put the app under Prisma Migrate
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from kvmigrate.phases.prisma import PrismaHandoff
-from kvmigrate.report.core import render, to_dict
+from kvmigrate.report.core import render
 
-
-@to_dict.register
-def _(result: PrismaHandoff) -> dict[str, Any]:
-    return {
-        "schema": result.schema,
-        "models": result.models,
-        "out": result.out,
-        "written": list(result.written),
-        "notes": list(result.notes),
-        "next_steps": list(result.next_steps),
-        "schema_prisma": result.schema_prisma,
-        "migration_sql": result.migration_sql,
-    }
+if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
+    from kvmigrate.phases.prisma import PrismaHandoff
 
 
 @render.register

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from kvmigrate.adapters.pg.migrations import SetupResult
-from kvmigrate.phases.doctor import DoctorResult
-from kvmigrate.report.core import render, to_dict
+from kvmigrate.report.core import render
 
-
-@to_dict.register
-def _(result: SetupResult) -> dict[str, Any]:
-    return {
-        "dry_run": result.dry_run,
-        "applied": [m.filename for m in result.applied],
-        "already_applied": [m.filename for m in result.already],
-        "app_schema": result.app_schema,
-    }
-
-
-@to_dict.register
-def _(result: DoctorResult) -> dict[str, Any]:
-    return {
-        "ok": result.ok,
-        "kv_requests": result.kv_requests,
-        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
-    }
+if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
+    from kvmigrate.adapters.pg.migrations import SetupResult
+    from kvmigrate.phases.doctor import DoctorResult
 
 
 @render.register

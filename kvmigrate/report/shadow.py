@@ -2,36 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from kvmigrate.phases.shadow import ShadowResult, ViewCheck
 from kvmigrate.report.core import render, to_dict
 
-
-def _check(c: ViewCheck) -> dict[str, Any]:
-    return {"subject": c.subject, "differences": [{"field": d.path, "kv": to_dict(d.kv), "postgres": to_dict(d.pg)}
-                                                  for d in c.differences]}
-
-
-@to_dict.register
-def _(r: ShadowResult) -> dict[str, Any]:
-    return {
-        "run_id": r.run_id,
-        "clean": r.clean,
-        "handles": r.handles,
-        "views": {n: {"checked": s.checked, "matched": s.matched, "share": round(s.share, 4),
-                      "first_differences": [_check(c) for c in s.first]} for n, s in r.views.items()},
-        "merged_keys": r.merged_keys,
-        "keys_read": r.keys_read,
-        "healed": r.healed,
-        "kv_requests_forecast": r.forecast,
-        "kv_requests": r.budget.spent,
-        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
-        "seconds": round(r.seconds, 3),
-    }
+if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
+    from kvmigrate.phases.shadow import ShadowResult
 
 
 @render.register

@@ -25,6 +25,7 @@ from kvmigrate import api
 from kvmigrate.entities.common import Bad, handle
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError
+from kvmigrate.model.serial import to_dict
 from kvmigrate.phases.shadow import ShadowResult
 from kvmigrate.tryout.app_sim import AppCheck, SimApp, check_writes
 from kvmigrate.tryout.embedded import embedded_servers
@@ -218,3 +219,33 @@ def _kv_left(url: str) -> dict[str, int]:
         left[name] = left.get(name, 0) + 1
     client.close()
     return dict(sorted(left.items()))
+
+#: A naive per-key migration reads every entity key once per pass (backfill, verify, archive)
+#: and deletes each with its own command.
+NAIVE_PASSES = 4
+
+
+@to_dict.register
+def _(r: DemoResult) -> dict[str, Any]:
+    return {
+        "ok": r.ok,
+        "steps": [{"name": s.name, "seconds": round(s.seconds, 3), "kv_requests": s.kv_requests} for s in r.steps],
+        "kv_requests": r.kv_requests,
+        "naive_backfill_requests": r.naive_requests,
+        "naive_migration_requests": r.naive_requests * NAIVE_PASSES,
+        "floor_migration_requests": r.floor_requests,
+        "hobby_daily_quota": HOBBY_DAILY_QUOTA,
+        "counts": r.counts,
+        "rejects_by_reason": r.rejects_by_reason,
+        "cleanup_deleted": r.deleted,
+        "cleanup_kept": r.kept_after_cleanup,
+        "kv_left": r.kv_left,
+        "shadow": None if r.shadow is None else to_dict(r.shadow),
+        "seed": None if r.seed is None else {"keys": r.seed.keys_written, "by_family": r.seed.by_family},
+        "app": None if r.app is None else {**to_dict(r.app), "ok": r.app.ok},
+        "app_writes_by_phase": r.app_writes_by_phase,
+        "app_kv_commands": r.app_kv_commands,
+        "app_errors": r.app_errors,
+        "urls": r.urls,
+        "files": r.files,
+    }

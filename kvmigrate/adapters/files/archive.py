@@ -49,6 +49,7 @@ from kvmigrate import __version__
 from kvmigrate.adapters.kv.scanner import decode_key, encode_key
 from kvmigrate.adapters.kv.snapshot import Snapshot
 from kvmigrate.model.errors import ArchiveBusy, ConfigError, KvmigrateError, StorageError
+from kvmigrate.model.records import ArchivedKey
 
 FORMAT = "kvmigrate-archive/1"
 MANIFEST = "manifest.json"
@@ -119,13 +120,6 @@ def encode_line(snap: Snapshot, entity: str, *, run_id: int, now_ms: int) -> byt
     }) + b"\n"
 
 
-@dataclass(frozen=True, slots=True)
-class ArchivedKey:
-    key: str
-    entity: str
-    rtype: str
-    parts: tuple[bytes, ...]
-    expires_at_ms: int | None
 
 
 def decode_line(line: bytes) -> ArchivedKey:

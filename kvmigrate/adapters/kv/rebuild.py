@@ -24,8 +24,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvmigrate.adapters.files.archive import ArchivedKey
 from kvmigrate.adapters.kv.scanner import encode_key
+from kvmigrate.model.records import ArchivedKey
 
 Command = tuple[Any, ...]
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -29,6 +29,7 @@ from kvmigrate.adapters.pg.conflicts import (
     target_schema,
 )
 from kvmigrate.model.errors import ConfigError, KvmigrateError, SchemaConflict
+from kvmigrate.model.serial import to_dict
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -185,3 +186,13 @@ def pending_files(conn: psycopg.Connection, directory: Path | None = None) -> li
     """The schema files not applied yet. Read-only."""
     applied = applied_checksums(conn)
     return [m for m in load_migrations(directory) if m.version not in applied]
+
+
+@to_dict.register
+def _(result: SetupResult) -> dict[str, Any]:
+    return {
+        "dry_run": result.dry_run,
+        "applied": [m.filename for m in result.applied],
+        "already_applied": [m.filename for m in result.already],
+        "app_schema": result.app_schema,
+    }

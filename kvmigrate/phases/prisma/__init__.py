@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
 from kvmigrate.model.errors import ConfigError
+from kvmigrate.model.serial import to_dict
 from kvmigrate.phases.prisma.baseline import LOCK_TOML, MIGRATION_NAME, render_baseline
 from kvmigrate.phases.prisma.catalog import current_schema, read_catalog
 from kvmigrate.phases.prisma.schema import render_schema
@@ -85,3 +87,17 @@ def _write(out: Path, schema_text: str, migration: str) -> tuple[str, ...]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return tuple(str(p) for p in files)
+
+
+@to_dict.register
+def _(result: PrismaHandoff) -> dict[str, Any]:
+    return {
+        "schema": result.schema,
+        "models": result.models,
+        "out": result.out,
+        "written": list(result.written),
+        "notes": list(result.notes),
+        "next_steps": list(result.next_steps),
+        "schema_prisma": result.schema_prisma,
+        "migration_sql": result.migration_sql,
+    }

@@ -6,10 +6,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 import redis
 
 from kvmigrate.model.errors import ConfigError
+from kvmigrate.model.serial import to_dict
 from kvmigrate.tryout.seed.connections import seed_connections
 from kvmigrate.tryout.seed.content import seed_board, seed_games, seed_invites, seed_streaks
 from kvmigrate.tryout.seed.data import BASE_TIME, MIN_USERS
@@ -87,3 +89,15 @@ _STEPS: tuple[Callable[[Seed], None], ...] = (
     seed_msg_generation, seed_bad_messages, seed_board, order_lists, break_list_items,
     emit_lists, seed_streaks, seed_invites, seed_games, seed_connections, seed_unknown, seed_auth,
     seed_limits, seed_presence, seed_typing)
+
+
+@to_dict.register
+def _(r: SeedRun) -> dict[str, Any]:
+    k = r.keyspace
+    out: dict[str, Any] = {"keys": k.keys_written, "commands": k.commands, "by_family": k.by_family,
+                           "bad_keys": [list(b) for b in k.expected.bad_keys],
+                           "bad_items": [list(b) for b in k.expected.bad_items]}
+    if r.memories is not None:
+        out["memories"] = {"dir": r.memories_dir, "files": list(r.memories.files), "memories": len(r.memories.ids),
+                           "bad_lines": [list(b) for b in r.memories.bad_lines]}
+    return out
