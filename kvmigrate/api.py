@@ -20,7 +20,8 @@ from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError, RejectsPresent
 from kvmigrate.model.progress import Reporter, silent
-from kvmigrate.phases.backfill import BackfillResult, Progress, run_backfill
+from kvmigrate.phases.backfill import run_backfill
+from kvmigrate.phases.backfill_result import BackfillResult, Progress
 from kvmigrate.phases.cutover import (
     CleanupPhaseResult,
     CutoverResult,
@@ -35,7 +36,8 @@ from kvmigrate.phases.plan import PlanResult, run_plan
 from kvmigrate.phases.prisma import PrismaHandoff, generate
 from kvmigrate.phases.rehearse import RehearseResult, run_rehearse
 from kvmigrate.phases.rejects import RejectsResult, list_rejects
-from kvmigrate.phases.restore import RestoreCost, RestoreResult, archive_restore_cost, run_restore
+from kvmigrate.phases.restore import archive_restore_cost, run_restore
+from kvmigrate.phases.restore_cost import RestoreCost, RestoreResult
 from kvmigrate.phases.shadow import ShadowResult, run_shadow
 from kvmigrate.phases.status import StatusResult, run_status
 from kvmigrate.phases.verify import VerifyResult, run_verify

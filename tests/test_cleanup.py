@@ -26,13 +26,15 @@ from kvmigrate.adapters.files.archive import (
     verified_blobs,
 )
 from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
+from kvmigrate.adapters.pg.state import LedgerState
 from kvmigrate.engine import phases
 from kvmigrate.engine.batch import value_digest
 from kvmigrate.entities.base import Family
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config, build_config
 from kvmigrate.model.errors import BudgetExhausted, ConfigError, GateRefused
-from kvmigrate.phases.cleanup import LedgerState, run_cleanup, verdict
+from kvmigrate.phases.cleanup import run_cleanup
+from kvmigrate.phases.cleanup_rules import verdict
 
 STREAK_HASH = {"current": "3", "longest": "5", "totalDays": "12", "lastActive": "2025-06-01"}
 STREAK_JSON = orjson.dumps({"current": 2, "longest": 4, "lastActive": "2025-06-02",

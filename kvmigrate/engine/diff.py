@@ -17,9 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -33,35 +31,8 @@ from kvmigrate.engine.writer import BatchWriter
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.memories import MEMORIES
+from kvmigrate.model.differences import Difference, EntityCheck
 from kvmigrate.model.records import RawRecord
-
-
-@dataclass(frozen=True)
-class Difference:
-    kind: str  # missing | extra | different
-    table: str
-    pk: str
-    key: str
-    source_field: str = ""
-    fields: dict[str, list[Any]] = field(default_factory=dict)
-
-
-@dataclass
-class EntityCheck:
-    checked: int = 0
-    keys: int = 0  # KV keys (or registry fields) of the entity the verify's scan matched
-    missing: list[Difference] = field(default_factory=list)
-    extra: list[Difference] = field(default_factory=list)
-    different: list[Difference] = field(default_factory=list)
-    healed: int = 0
-    repaired: int = 0
-    superseded: int = 0
-    verified_keys: int = 0
-
-    @property
-    def clean(self) -> bool:
-        return not (self.missing or self.extra or self.different)
-
 
 FILE_PREFIX = "file:"
 _GLOB = re.compile(r"[*?\[]")

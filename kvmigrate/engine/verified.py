@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from kvmigrate.engine.diff import Differ, Difference
+from kvmigrate.engine.diff import Differ
+from kvmigrate.model.differences import Difference
 
 
 def supersede(differ: Differ) -> None:

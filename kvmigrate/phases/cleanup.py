@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import redis
@@ -51,7 +50,6 @@ from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.adapters.kv.source import KvSource, storable
 from kvmigrate.adapters.pg import state
 from kvmigrate.engine import phases
-from kvmigrate.engine.batch import value_digest
 from kvmigrate.engine.guards import refuse_a_shrunk_store, take_writer_lock
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.wrong_store import before_cleanup
@@ -63,110 +61,10 @@ from kvmigrate.model.errors import BudgetExhausted, ConfigError, StorageError, S
 from kvmigrate.model.progress import Reporter, Tick, countdown, left_to_do, silent
 from kvmigrate.model.records import RawRecord
 from kvmigrate.model.serial import to_dict
+from kvmigrate.phases.cleanup_rules import CleanupResult, EntityCleanup, verdict
+from kvmigrate.phases.verify import vouch
 
 log = logging.getLogger("kvmigrate")
-EXAMPLES = 5
-
-_VERIFY_AGAIN = "run `kvmigrate verify --entity {e}`, then cleanup again"
-HINTS = {
-    "not_migrated": "never backfilled: run `kvmigrate backfill --entity {e}` and verify, then cleanup again",
-    "rejected": "rejected at backfill: see `kvmigrate rejects --entity {e}`; the key stays in KV",
-    "not_verified": _VERIFY_AGAIN,
-    "changed_since_verify": "the value changed since verify: " + _VERIFY_AGAIN,
-    "changed_during_cleanup": "the value changed while cleanup ran: " + _VERIFY_AGAIN,
-    "differs_from_postgres": "the value read now differs from Postgres: run `kvmigrate verify --entity {e}` "
-    "(and --repair if Postgres misses it), then cleanup again",
-    "unsupported_type": "a Redis type kvmigrate does not archive; the key stays in KV",
-}
-
-
-@dataclass
-class KeptReason:
-    count: int = 0
-    hint: str = ""
-    examples: list[str] = field(default_factory=list)
-
-
-@dataclass
-class EntityCleanup:
-    """Per entity: keys of its families seen, deletable, archived, deleted, gone before they
-    were read, and kept (by reason, with a few example keys)."""
-
-    candidates: int = 0
-    deletable: int = 0
-    archived: int = 0
-    deleted: int = 0
-    vanished: int = 0
-    kept: dict[str, KeptReason] = field(default_factory=dict)
-
-    def keep(self, entity: str, reason: str, example: str) -> None:
-        slot = self.kept.setdefault(reason, KeptReason(hint=HINTS[reason].format(e=entity)))
-        slot.count += 1
-        if len(slot.examples) < EXAMPLES:
-            slot.examples.append(example)
-
-
-@dataclass
-class CleanupResult:
-    run_id: int | None
-    dry_run: bool
-    archive_dir: str
-    budget: RequestBudget
-    entities: dict[str, EntityCleanup]
-    manifest: str | None = None
-    flags_changed: list[str] = field(default_factory=list)
-    settled_seconds: float = 0.0
-    resumed_from: int | None = None
-    complete: bool = False
-    verified_now: int = 0  # keys that changed since the last verify, verified as cleanup read them
-    kv_requests: int = 0
-    seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)  # a dry run's refusals, as warnings
-
-    @property
-    def deleted(self) -> int:
-        return sum(e.deleted for e in self.entities.values())
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerState:
-    status: str
-    verified_hash: str | None
-
-
-def verdict(snap: Snapshot, family: Family, rows: Mapping[str, LedgerState]) -> tuple[str, str] | None:
-    """None when the key may be deleted, else (reason, example naming the key or field). Pure.
-
-    `rows` are the key's ledger rows by field, names as the ledger stores them (`storable_name`:
-    \\xNN for bytes that are not UTF-8 or NUL); the example names the key the same way. A key or
-    field whose name had to be escaped was rejected (`invalid_key`) and is never deleted."""
-    name, problem = storable_name(snap.key)
-    if snap.digest is None:
-        return ("changed_during_cleanup" if snap.rtype == "?" else "unsupported_type"), name
-    if family.index and not family.decides:  # holds nothing of its own: in the ledger is enough
-        row = rows.get("")
-        ok = row is not None and row.status == "migrated" and not problem
-        return None if ok else ("rejected" if row is not None and row.status == "rejected" or problem
-                                else "not_migrated", name)
-    if family.split_fields and snap.rtype == "hash":
-        p = snap.parts
-        checks = [(storable_name(decode_key(f)), value_digest("hash", v)) for f, v in zip(p[0::2], p[1::2], strict=True)]
-    else:
-        checks = [(("", ""), value_digest(snap.rtype, snap.raw_value()))]
-    for (fld, fld_problem), digest in checks:
-        row = rows.get(fld)
-        reason = (
-            "not_migrated" if row is None or row.status not in ("migrated", "rejected")
-            else "rejected" if row.status == "rejected" or problem or fld_problem
-            else "not_verified" if row.verified_hash is None
-            else "changed_since_verify" if row.verified_hash != digest
-            else None
-        )
-        if reason:
-            return reason, name + (f" field {fld!r}" if fld else "")
-    return None
-
-
 @dataclass
 class _Run:
     config: Config
@@ -363,7 +261,7 @@ def _decide(run: _Run, items: Sequence[tuple[str, Entity, Family]], snaps: Seque
             dry: bool) -> _Verdicts:
     """Decide each snapshot. Keys changed since the last verify are verified against Postgres
     here, from the value just read (not in a dry run)."""
-    ledger = _ledger(run.conn, [k for k, _, _ in items])
+    ledger = state.ledger_states(run.conn, [k for k, _, _ in items])
     out = _Verdicts()
     recheck: list[tuple[Snapshot, Entity, Family]] = []
     for snap, (_, entity, family) in zip(snaps, items, strict=True):
@@ -384,7 +282,7 @@ def _decide(run: _Run, items: Sequence[tuple[str, Entity, Family]], snaps: Seque
         recheck = [(s, e, f) for s, e, f in recheck if s.key in alone]
     if recheck:
         vouched = _verify_now(run, recheck)
-        ledger = _ledger(run.conn, [s.key for s, _, _ in recheck])
+        ledger = state.ledger_states(run.conn, [s.key for s, _, _ in recheck])
         for snap, entity, family in recheck:
             why = verdict(snap, family, ledger.get(snap.key, {}))
             if why is None:
@@ -416,8 +314,6 @@ def _verifiable(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> 
 def _verify_now(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> set[str]:
     """Compare these keys' values, as just read, with Postgres and record the ones that agree as
     verified (ledger). Returns the keys vouched for. Postgres only: no KV command."""
-    from kvmigrate.phases.verify import vouch
-
     records: list[tuple[RawRecord, Entity]] = []
     for snap, entity, family in items:
         value = snap.raw_value()
@@ -442,7 +338,7 @@ def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, la
         lines.setdefault(entity, []).append(encode_line(snap, entity, run_id=run.result.run_id or 0, now_ms=now_ms))
     run.archive.write_batch(lines)
     keys = [s.key for s, _ in deletable]
-    _mark(run.conn, keys, set())  # before the delete: a crash after it is recoverable
+    state.mark_cleaned(run.conn, keys, set())  # before the delete: a crash after it is recoverable
     run.result.budget.phase = "delete"
     try:
         reply: list[object] | None = session.transaction([("DEL", *[encode_key(k) for k in keys])])
@@ -457,7 +353,7 @@ def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, la
         run.result.budget.phase = "archive"
     if reply is None and not last:
         return False
-    _mark(run.conn, keys, deleted)
+    state.mark_cleaned(run.conn, keys, deleted)
     _count(run, decided)
     for snap, entity in deletable:
         tally = run.result.entities[entity]
@@ -470,41 +366,12 @@ def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, la
     return True
 
 
-def _ledger(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, dict[str, LedgerState]]:
-    """Ledger rows of these keys (looked up by the name the ledger stores, `storable_name`), by
-    key as read from KV, then field. Read-only."""
-    names: dict[str, list[str]] = {}
-    for k in keys:
-        names.setdefault(storable_name(k)[0], []).append(k)
-    out: dict[str, dict[str, LedgerState]] = {}
-    rows = conn.execute("SELECT key, field, status, verified_hash FROM kvmigrate.ledger WHERE key = ANY(%s)",
-                        (list(names),)).fetchall()
-    for key, fld, status, verified in rows:
-        for raw in names[key]:
-            out.setdefault(raw, {})[fld] = LedgerState(status, verified)
-    return out
-
-
-def _mark(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) -> None:
-    """Record in the ledger when keys were archived (called before the delete) and deleted
-    (called again after the KV delete returned). Keys are named as the ledger stores them."""
-    with conn.transaction():
-        conn.execute("UPDATE kvmigrate.ledger SET archived_at = now() WHERE key = ANY(%s)",
-                     ([storable_name(k)[0] for k in archived],))
-        if deleted:
-            conn.execute("UPDATE kvmigrate.ledger SET deleted_at = now() WHERE key = ANY(%s)",
-                         ([storable_name(k)[0] for k in deleted],))
-
-
 def _reconcile(run: _Run) -> None:
     """Record the deletion of keys an earlier run archived and deleted but was killed before it
     recorded the delete (archived_at set, deleted_at not, key gone). Costs 1 multi-key EXISTS
     per `scan_count` such keys (usually none), and 1 EXISTS per key only where some are gone and
     some are not."""
-    rows = run.conn.execute(
-        "SELECT DISTINCT key FROM kvmigrate.ledger WHERE archived_at IS NOT NULL AND deleted_at IS NULL"
-        " AND entity = ANY(%s) ORDER BY key", ([e.name for e in run.chosen],)).fetchall()
-    keys = [k for (k,) in rows]
+    keys = state.archived_not_deleted(run.conn, [e.name for e in run.chosen])
     for start in range(0, len(keys), run.config.scan_count):
         chunk = keys[start:start + run.config.scan_count]
         present = int(run.reader.kv.call("EXISTS", *[encode_key(k) for k in chunk]))
@@ -516,7 +383,7 @@ def _reconcile(run: _Run) -> None:
             there = run.reader.kv.pipeline([("EXISTS", encode_key(k)) for k in chunk])
             gone = [k for k, n in zip(chunk, there, strict=True) if n == 0]
         if gone:
-            _mark(run.conn, [], set(gone))
+            state.mark_cleaned(run.conn, [], set(gone))
 
 
 def _close(run: _Run, status: str, error: BaseException | None) -> None:
@@ -535,23 +402,3 @@ def _close(run: _Run, status: str, error: BaseException | None) -> None:
                         error=error, pg_url=run.config.pg_url)
     if unwritten is not None and error is unwritten:
         raise unwritten
-
-
-@to_dict.register
-def _(r: CleanupResult) -> dict[str, Any]:
-    return {
-        "run_id": r.run_id,
-        "dry_run": r.dry_run,
-        "complete": r.complete,
-        "archive_dir": r.archive_dir,
-        "manifest": r.manifest,
-        "deleted": r.deleted,
-        "entities": {name: to_dict(e) for name, e in r.entities.items()},
-        "flags_changed": r.flags_changed,
-        "resumed_from_cursor": r.resumed_from,
-        "verified_now": r.verified_now,
-        "kv_requests": r.kv_requests,
-        "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
-        "warnings": r.warnings,
-        "seconds": round(r.seconds, 3),
-    }

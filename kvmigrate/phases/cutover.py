@@ -28,7 +28,8 @@ from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError, GateRefused, WrongStore
 from kvmigrate.model.progress import Reporter, countdown, silent
 from kvmigrate.model.serial import to_dict
-from kvmigrate.phases.backfill import BackfillResult, Progress, run_backfill
+from kvmigrate.phases.backfill import run_backfill
+from kvmigrate.phases.backfill_result import BackfillResult, Progress
 from kvmigrate.phases.cleanup import CleanupResult, run_cleanup
 from kvmigrate.phases.shadow import shadow_gate
 from kvmigrate.phases.verify import VerifyResult, run_verify

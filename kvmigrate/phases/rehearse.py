@@ -32,7 +32,8 @@ from kvmigrate.model.errors import BudgetExhausted, DifferencesFound, KvmigrateE
 from kvmigrate.model.masking import mask_text
 from kvmigrate.model.rehearse_markdown import COST_ROWS, FORECAST_NOTE, to_markdown
 from kvmigrate.model.serial import dumps, envelope, to_dict
-from kvmigrate.phases.backfill import BackfillResult, Progress, run_backfill
+from kvmigrate.phases.backfill import run_backfill
+from kvmigrate.phases.backfill_result import BackfillResult, Progress
 from kvmigrate.phases.inventory import InventoryResult, run_inventory
 from kvmigrate.phases.shadow import ShadowResult, run_shadow
 from kvmigrate.phases.verify import VerifyResult, run_verify

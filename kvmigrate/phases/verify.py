@@ -37,7 +37,7 @@ from kvmigrate.adapters.files.memories import iter_memory_records, memories_fold
 from kvmigrate.adapters.kv.scanner import server_id
 from kvmigrate.adapters.kv.source import KvSource
 from kvmigrate.adapters.pg import state
-from kvmigrate.engine.diff import Differ, Difference, EntityCheck
+from kvmigrate.engine.diff import Differ
 from kvmigrate.engine.guards import refuse_a_shrunk_store, take_writer_lock
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.verified import record_verified, supersede
@@ -46,6 +46,7 @@ from kvmigrate.entities import Entity, select_entities
 from kvmigrate.entities.memories import MEMORIES
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
+from kvmigrate.model.differences import Difference, EntityCheck
 from kvmigrate.model.errors import BudgetExhausted, ConfigError, ConnectError
 from kvmigrate.model.progress import Reporter, Tick, left_to_do, silent
 from kvmigrate.model.records import RawRecord

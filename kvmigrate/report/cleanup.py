@@ -12,7 +12,7 @@ from kvmigrate.report.core import render
 if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
     from kvmigrate.phases.cleanup import CleanupResult
     from kvmigrate.phases.cutover import CleanupPhaseResult
-    from kvmigrate.phases.restore import RestoreResult
+    from kvmigrate.phases.restore_cost import RestoreResult
 
 
 @render.register

@@ -10,7 +10,7 @@ from rich.table import Table
 from kvmigrate.report.core import render, to_dict
 
 if TYPE_CHECKING:  # the result types, for annotations only (report/ imports model/ only)
-    from kvmigrate.phases.backfill import BackfillResult
+    from kvmigrate.phases.backfill_result import BackfillResult
     from kvmigrate.phases.inventory import InventoryResult
     from kvmigrate.phases.plan import PlanResult
     from kvmigrate.phases.rejects import RejectsResult

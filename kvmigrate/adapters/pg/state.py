@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from kvmigrate.adapters.kv.scanner import storable_name
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import KvmigrateError
@@ -328,3 +329,48 @@ def log_spend(config: Config, command: str, budget: RequestBudget) -> None:
             finish_run(conn, run_id, status="ok", budget=budget, result={"kv_requests": budget.spent})
     except psycopg.Error:
         return
+
+# ---- cleanup's marks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """What cleanup needs of one ledger row: its status and verified digest."""
+
+    status: str
+    verified_hash: str | None
+
+
+def ledger_states(conn: psycopg.Connection, keys: Sequence[str]) -> dict[str, dict[str, LedgerState]]:
+    """Ledger rows of these keys (looked up by the name the ledger stores, `storable_name`), by
+    key as read from KV, then field. Read-only."""
+    names: dict[str, list[str]] = {}
+    for k in keys:
+        names.setdefault(storable_name(k)[0], []).append(k)
+    out: dict[str, dict[str, LedgerState]] = {}
+    rows = conn.execute("SELECT key, field, status, verified_hash FROM kvmigrate.ledger WHERE key = ANY(%s)",
+                        (list(names),)).fetchall()
+    for key, fld, status, verified in rows:
+        for raw in names[key]:
+            out.setdefault(raw, {})[fld] = LedgerState(status, verified)
+    return out
+
+
+def mark_cleaned(conn: psycopg.Connection, archived: Sequence[str], deleted: set[str]) -> None:
+    """Record in the ledger when keys were archived (called before the delete) and deleted
+    (called again after the KV delete returned). Keys are named as the ledger stores them."""
+    with conn.transaction():
+        conn.execute("UPDATE kvmigrate.ledger SET archived_at = now() WHERE key = ANY(%s)",
+                     ([storable_name(k)[0] for k in archived],))
+        if deleted:
+            conn.execute("UPDATE kvmigrate.ledger SET deleted_at = now() WHERE key = ANY(%s)",
+                         ([storable_name(k)[0] for k in deleted],))
+
+
+def archived_not_deleted(conn: psycopg.Connection, entities: Sequence[str]) -> list[str]:
+    """Keys of these entities an earlier cleanup archived but did not record as deleted (a run
+    killed between the delete and its record), as the ledger names them. Read-only."""
+    rows = conn.execute(
+        "SELECT DISTINCT key FROM kvmigrate.ledger WHERE archived_at IS NOT NULL AND deleted_at IS NULL"
+        " AND entity = ANY(%s) ORDER BY key", (list(entities),)).fetchall()
+    return [k for (k,) in rows]
