@@ -10,45 +10,41 @@ import psycopg
 import redis
 
 from kvmigrate.model.config import build_config
-from kvmigrate.tryout.demo import run_demo
 from tests.helpers import cli_json
 
 
 def test_demo_runs_the_four_phases_and_every_app_write_is_in_postgres_once(
         pg_url: str, kv_url: str, kv: redis.Redis) -> None:
-    result = run_demo(build_config(pg_url=pg_url, kv_url=kv_url, env={}), users=10, seed=3)
-    assert result.files is not None and (Path(result.files) / "archive" / "manifest.json").exists()
-    shutil.rmtree(result.files)
-    assert result.ok, (result.app, result.app_errors)
-    assert result.app is not None and result.app.rows_checked > 20
-    assert [s.name for s in result.steps] == [
+    # one run through the CLI's JSON form covers the library's result and its envelope
+    env = cli_json("--pg-url", pg_url, "--kv-url", kv_url, "demo", "--users", "8", "--seed", "5")
+    result = env["result"]
+    assert result["files"] and (Path(result["files"]) / "archive" / "manifest.json").exists()
+    shutil.rmtree(result["files"])
+    assert env["ok"] is True and result["ok"] is True, (result["app"], result["app_errors"])
+    app = result["app"]
+    assert app["ok"] is True and app["rows_checked"] > 20
+    assert app["missing"] == [] and app["wrong"] == [] and app["duplicated"] == []
+    assert [s["name"] for s in result["steps"]] == [
         "seed", "setup", "inventory", "dual-write: backfill + verify", "backfill memories (files)",
         "verify --repair", "shadow: the app's read views, KV vs Postgres", "cutover", "cleanup: archive + delete"]
+    assert sum(s["kv_requests"] for s in result["steps"]) == result["kv_requests"]
+    assert result["hobby_daily_quota"] == 3000
     # shadow ran before cutover and compared every view (shown; the app writing meanwhile may
     # make a view differ for a moment, so the demo does not gate on it)
-    assert result.shadow is not None and all(v.checked > 0 for v in result.shadow.views.values())
+    shadow = result["shadow"]
+    assert shadow is not None and all(v["checked"] > 0 for v in shadow["views"].values())
     # the app wrote in every phase, KV-only first and Postgres-only last
-    assert {"kv/kv", "dual/kv", "postgres/postgres"} <= set(result.app_writes_by_phase)
-    assert result.deleted > 100
+    assert {"kv/kv", "dual/kv", "postgres/postgres"} <= set(result["app_writes_by_phase"])
+    assert result["cleanup_deleted"] > 100
     # the migration's passes (shadow is an extra check) cost less than a naive per-key backfill and
     # verify; set keys (consent, friends) cost one SMEMBERS per pass, so at this tiny size they are
     # not below one naive pass
-    assert result.kv_requests - result.shadow.kv_requests < 2 * result.naive_requests
+    assert result["kv_requests"] - shadow["kv_requests"] < 2 * result["naive_backfill_requests"]
     with psycopg.connect(pg_url) as conn:
         phases = conn.execute("SELECT DISTINCT writes, reads FROM kvmigrate.phases").fetchall()
     assert phases == [("postgres", "postgres")]
-    assert result.kv_left.get("kept", 0) > 0  # presence, sessions and rate limits stay
+    assert result["kv_left"].get("kept", 0) > 0  # presence, sessions and rate limits stay
     assert kv.exists("kvmigrate:flags")
-
-
-def test_demo_json_report_is_one_envelope_with_the_final_check(pg_url: str, kv_url: str) -> None:
-    env = cli_json("--pg-url", pg_url, "--kv-url", kv_url, "demo", "--users", "8", "--seed", "5")
-    result = env["result"]
-    shutil.rmtree(result["files"])
-    assert env["ok"] is True and result["ok"] is True and result["app"]["ok"] is True
-    assert result["app"]["missing"] == [] and result["app"]["wrong"] == [] and result["app"]["duplicated"] == []
-    assert sum(s["kv_requests"] for s in result["steps"]) == result["kv_requests"]
-    assert result["hobby_daily_quota"] == 3000
 
 
 def test_the_final_check_fails_on_a_lost_stale_or_duplicated_write(pg_url: str, pg: psycopg.Connection) -> None:
