@@ -3,7 +3,7 @@
 Every malformed shape we could think of (no scheme, a typo in the scheme, an unencoded '/',
 '@', '#', '?' or space in the password, a bad %XX escape, a broken IPv6 bracket, a port that is
 not a number, an HTTP REST URL, keyword/value strings), for both URLs, through every command
-that connects, in human and `--json` form: the secret is in neither stdout nor stderr. Shapes
+that connects, in human and `--json` form by turns (each shape and each command meets both): the secret is in neither stdout nor stderr. Shapes
 the drivers' own parsers reject exit 2 naming at most the scheme; shapes they accept ('#' or
 '?' in a Postgres password, which libpq reads as part of it) connect and fail on the server,
 masked.
