@@ -311,9 +311,15 @@ def test_a_source_deleted_from_kv_no_longer_decides_its_row_and_repair_converges
     assert _summary(found) == {"messages": {"different": [("messages", "m1", "messages:bob")]},
                                "users": {"different": [("users", "alice", "vibe:handles")]}}
     assert _summary(_backfill_and_verify(pg_url, kv_url)) == _summary(found)  # backfill alone keeps them
-    repaired = _verify(pg_url, kv_url, repair=True)
-    assert repaired.clean and repaired.sources_forgotten == 2
-    assert {n: c.repaired for n, c in repaired.entities.items() if c.repaired} == {"messages": 1, "users": 1}
+    # alice's row would lose her display name and agent fields: refused unless allowed; m1 only changes
+    partly = _verify(pg_url, kv_url, repair=True)
+    assert _summary(partly) == {"users": {"different": [("users", "alice", "vibe:handles")]}}
+    assert [(r.key, r.pk) for r in partly.refused] == [("vibe:handles", "alice")]
+    assert any(p.startswith("display_name") for p in partly.refused[0].lost), partly.refused
+    assert pg.execute("SELECT display_name FROM users WHERE handle = 'alice'").fetchone() == ("Alice",)
+    repaired = run_verify(_config(pg_url, kv_url, allow_lossy_repair=True), recheck_delay=0, repair=True)
+    assert repaired.clean and partly.sources_forgotten + repaired.sources_forgotten == 2
+    assert {n: c.repaired for n, c in repaired.entities.items() if c.repaired} == {"users": 1}
     assert pg.execute("SELECT display_name, settings ? 'model' FROM users WHERE handle = 'alice'").fetchone() == (
         None, False)
     assert pg.execute("SELECT content FROM messages WHERE id = 'm1'").fetchone() == ("hello",)  # as KV reads now
@@ -397,7 +403,7 @@ def test_cli_exits_0_when_clean_1_on_differences_and_prints_the_json_contract(
     assert isinstance(clean["kv_requests"], int) and clean["kv_requests"] > 0
     assert clean["entities"] == {"streaks": {"checked": 2, "keys": 4, "clean": True, "missing": [], "extra": [],
                                              "different": [], "healed": 0, "repaired": 0, "superseded": 0,
-                                             "verified_keys": 2}}
+                                             "verified_keys": 2, "repair_refused": []}}
     pg.execute("UPDATE messages SET content = 'edited' WHERE id = 'm1'")
     pg.execute("DELETE FROM streaks WHERE handle = 'alice'")
     dirty = cli_json(*verify, expect=1)["result"]

@@ -70,9 +70,13 @@ def verify(
     memories_dir: MemoriesDirOpt = None,
     max_requests: MaxRequestsOpt = None,
     allow_shrunk_store: ShrunkOpt = False,
+    allow_lossy_repair: Annotated[bool, typer.Option("--allow-lossy-repair", help="Let --repair replace a row even "
+                                                     "when the new one holds less (a value emptied, list members "
+                                                     "or JSON keys gone).")] = False,
 ) -> None:
     """Diff KV against Postgres field by field (phase 2); exit 1 when differences remain."""
-    config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store)
+    config = config_from(ctx, max_requests=max_requests, allow_shrunk_store=allow_shrunk_store,
+                         allow_lossy_repair=allow_lossy_repair)
     with progress_bar(ctx) as bars:
         run(ctx, lambda: api.verify(config, entities=entity or (), mode=mode, sample=sample,
                                          recheck_delay=recheck_delay, repair=repair, repair_extra=repair_extra,

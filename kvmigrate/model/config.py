@@ -55,6 +55,8 @@ class Config(BaseModel):
     connect_retries: int = Field(default=5, ge=0, le=50)
     #: run even though KV holds fewer than half the keys earlier runs saw (see kvmigrate.guards)
     allow_shrunk_store: bool = False
+    #: `verify --repair` replaces a row even when the new one holds less (see kvmigrate.engine.loss)
+    allow_lossy_repair: bool = False
     #: the Postgres schema of the app's tables (`--schema`, KVMIGRATE_PG_SCHEMA); None: the
     #: server's search_path (normally `public`). kvmigrate's own state is always in `kvmigrate`.
     pg_schema: str | None = None

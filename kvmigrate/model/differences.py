@@ -17,6 +17,22 @@ class Difference:
     fields: dict[str, list[Any]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RefusedRepair:
+    """A row `verify --repair` left as it was: its KV sources now give a row that holds less
+    (`lost`: what would go, one phrase per column or field; see kvmigrate.engine.loss)."""
+
+    table: str
+    pk: str
+    key: str
+    lost: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return (f"{self.key or 'no KV key'}: repair refused: it would replace {self.table} row {self.pk!r} with "
+                f"less than it holds: {'; '.join(self.lost)}")
+
+
 @dataclass
 class EntityCheck:
     checked: int = 0
@@ -28,6 +44,8 @@ class EntityCheck:
     repaired: int = 0
     superseded: int = 0
     verified_keys: int = 0
+    #: rows a repair refused to replace with less (they stay reported as different)
+    refused: list[RefusedRepair] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:

@@ -46,7 +46,7 @@ from kvmigrate.entities import Entity, select_entities
 from kvmigrate.entities.memories import MEMORIES
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
-from kvmigrate.model.differences import Difference, EntityCheck
+from kvmigrate.model.differences import Difference, EntityCheck, RefusedRepair
 from kvmigrate.model.errors import BudgetExhausted, ConfigError, ConnectError
 from kvmigrate.model.progress import Reporter, Tick, left_to_do, silent
 from kvmigrate.model.records import RawRecord
@@ -72,6 +72,11 @@ class VerifyResult:
     @property
     def clean(self) -> bool:
         return all(e.clean for e in self.entities.values())
+
+    @property
+    def refused(self) -> list[RefusedRepair]:
+        """Rows repair left as they were because their replacement holds less."""
+        return [r for e in self.entities.values() for r in e.refused]
 
     def confidence(self) -> str | None:
         """For a sample with no difference: the rule of three (95% upper bound on the rate)."""
@@ -160,7 +165,8 @@ def run_verify(
                 if folder is not None:
                     _stage_memories(differ, folder, config.batch_size)
             differ.compare(extras=not sample)
-            _second_look(differ, run_id, recheck_delay=recheck_delay, repair=repair)
+            _second_look(differ, run_id, recheck_delay=recheck_delay, repair=repair,
+                         allow_lossy=config.allow_lossy_repair)
             result.sources_forgotten = differ.forgotten
             if repair_extra:
                 result.extra_deleted = _delete_extra(conn, differ)
@@ -200,8 +206,9 @@ def _abandon(conn: psycopg.Connection, run_id: int, budget: RequestBudget, statu
                     error=error, pg_url=pg_url)
 
 
-def _second_look(differ: Differ, run_id: int, *, recheck_delay: float, repair: bool) -> None:
-    """Re-check the differences once after the delay; then, with `repair`, re-copy the rest."""
+def _second_look(differ: Differ, run_id: int, *, recheck_delay: float, repair: bool, allow_lossy: bool) -> None:
+    """Re-check the differences once after the delay; then, with `repair`, re-copy the rest
+    (a row that would be replaced with less is refused unless `allow_lossy`)."""
     if not differ.diffs:
         return
     if recheck_delay > 0:
@@ -209,7 +216,7 @@ def _second_look(differ: Differ, run_id: int, *, recheck_delay: float, repair: b
     differ.recheck()
     supersede(differ)  # before repair: never copy a stale KV value over Postgres's newer row
     if repair and differ.diffs:
-        differ.repair(run_id)
+        differ.repair(run_id, allow_lossy=allow_lossy)
 
 
 def _delete_extra(conn: psycopg.Connection, differ: Differ) -> int:
@@ -311,9 +318,12 @@ def _(r: VerifyResult) -> dict[str, Any]:
             name: {"checked": c.checked, "keys": c.keys, "clean": c.clean, "missing": [_diff(d) for d in c.missing],
                    "extra": [_diff(d) for d in c.extra], "different": [_diff(d) for d in c.different],
                    "healed": c.healed, "repaired": c.repaired, "superseded": c.superseded,
-                   "verified_keys": c.verified_keys}
+                   "verified_keys": c.verified_keys,
+                   "repair_refused": [{"table": x.table, "pk": x.pk, "key": x.key, "lost": list(x.lost)}
+                                      for x in c.refused]}
             for name, c in r.entities.items()
         },
+        "repair_refused": len(r.refused),
         "extra_deleted": r.extra_deleted,
         "sources_forgotten": r.sources_forgotten,
         "warnings": r.warnings,

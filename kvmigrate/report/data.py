@@ -104,6 +104,12 @@ def _(r: VerifyResult, console: Console, examples: int = 5) -> None:
         console.print(r.confidence())
     if r.extra_deleted:
         console.print(f"deleted {r.extra_deleted} extra rows")
+    for refused in r.refused:
+        console.print(refused.message, markup=False)
+    if r.refused:
+        console.print(f"repair refused {len(r.refused)} rows: Postgres may hold the only copy of what they would "
+                      "lose. Check those keys in KV; to replace the rows anyway, run `kvmigrate verify --repair "
+                      "--allow-lossy-repair`", markup=False)
     if r.sources_forgotten:
         console.print(f"repair: {r.sources_forgotten} recorded sources are no longer in KV; the rows now follow "
                       "the sources that remain")
