@@ -33,6 +33,13 @@ from kvmigrate.adapters.failures import (
     pg_permanent,
 )
 from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.pg.deadline import (
+    IDLE_IN_TRANSACTION_TIMEOUT,
+    STATEMENT_TIMEOUT,
+    DeadlineConnection,
+    grace,
+    statement_timeout_of,
+)
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.errors import ConnectError
 from kvmigrate.model.masking import mask_text, mask_url
@@ -194,7 +201,9 @@ def keepalives(url: str) -> dict[str, object]:
     out = {k: v for k, v in ours.items() if k not in given}
     if "options" not in given and not is_pooled_url(url):
         out["options"] = (f"-c tcp_keepalives_idle={KEEPALIVE_IDLE} -c tcp_keepalives_interval={KEEPALIVE_INTERVAL}"
-                          f" -c tcp_keepalives_count={KEEPALIVE_COUNT}")
+                          f" -c tcp_keepalives_count={KEEPALIVE_COUNT}"
+                          f" -c statement_timeout={int(STATEMENT_TIMEOUT * 1000)}"
+                          f" -c idle_in_transaction_session_timeout={int(IDLE_IN_TRANSACTION_TIMEOUT * 1000)}")
     return out
 
 
@@ -228,7 +237,10 @@ def connect_pg(
     try:
         for attempt in _retrying(retries, f"Postgres {mask_url(url)}", on_retry, transient):
             with attempt:
-                return psycopg.connect(_clean_pg_url(url), **kwargs)  # type: ignore[arg-type]
+                conn = DeadlineConnection.connect(_clean_pg_url(url), **kwargs)  # type: ignore[arg-type]
+                limit = statement_timeout_of(conn.info.get_parameters().get("options"))
+                conn.deadline, conn.url, conn.companions = limit + grace(limit), url, []
+                return conn
     except psycopg.Error as exc:
         permanent = pg_permanent(exc)
         if permanent:

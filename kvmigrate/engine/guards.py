@@ -2,8 +2,10 @@
 
 * One writer at a time per database: backfill, `verify --repair` and cleanup take the same
   session advisory lock, so a backfill can never copy KV's older values over rows the app
-  writes to Postgres once cleanup moved writes there. A refusal names the holder (its backend
-  pid, what it runs, since when), so a dead session holding the lock can be told from a live one.
+  writes to Postgres once cleanup moved writes there. The lock lives in a heartbeating session
+  of its own (kvmigrate.adapters.pg.session_lock), so the server ends it soon after its run
+  vanished, and a rerun waits that out. A refusal names the holder (its backend pid, what it
+  runs, since when), so a dead session holding the lock can be told from a live one.
 * A store that lost most of its keys since the last run (a KV wiped or restarted without
   persistence) is refused: backfill, verify and repair would otherwise report Postgres rows as
   `extra` and a repair would replace rows with less than they hold.
@@ -12,9 +14,13 @@
 from __future__ import annotations
 
 import time
+from typing import NoReturn
 
 import psycopg
 
+from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.pg.deadline import DeadlineConnection
+from kvmigrate.adapters.pg.session_lock import Holder, LockSession, holder_of, lock_session
 from kvmigrate.model.errors import GateRefused, StoreChanged
 
 LOCK_WRITERS = 0x6B766D77  # "kvmw": backfill, verify --repair and cleanup exclude each other
@@ -25,45 +31,65 @@ SHRUNK_MIN_KEYS = 50
 
 
 def take_writer_lock(conn: psycopg.Connection, command: str, *, wait: float = 3.0) -> None:
-    """Take the one-writer lock for the session, waiting up to `wait` seconds (a run that just
-    ended may still be releasing it); refuse, naming the holder, when another run holds it."""
+    """Take the one-writer lock for the run, waiting up to `wait` seconds (a run that just
+    ended may still be releasing it), or, while the holder is a run that vanished (its heartbeat
+    silent, see kvmigrate.adapters.pg.session_lock), until the server has ended its session;
+    refuse, naming the holder, when another run holds it. The lock lives in a session of its own,
+    closed with `conn`."""
+    if not isinstance(conn, DeadlineConnection) or conn.url is None:
+        return _take_on(conn, command, wait=wait)  # a bare connection: the lock lives in it
+    lock = lock_session(conn, connect_pg(conn.url, retries=2, autocommit=True), LOCK_WRITERS)
+    deadline = time.monotonic() + wait
+    while not lock.try_lock():
+        holder = holder_of(lock.conn, LOCK_WRITERS)
+        if holder is not None and holder.stale(lock.timeout):
+            deadline = max(deadline, time.monotonic() + lock.timeout - holder.idle_for + 2)
+        if time.monotonic() >= deadline:
+            lock.close()
+            conn.companions.remove(lock)
+            _refuse(conn, holder, lock.timeout)
+        time.sleep(0.1)
+
+
+def _take_on(conn: psycopg.Connection, command: str, *, wait: float) -> None:
     deadline = time.monotonic() + wait
     while True:
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_WRITERS,)).fetchone()
         if not conn.autocommit:
             conn.commit()
-        if (row and row[0]) or time.monotonic() >= deadline:
-            break
+        if row and row[0]:
+            return
+        if time.monotonic() >= deadline:
+            _refuse(conn, holder_of(conn, LOCK_WRITERS), None)
         time.sleep(0.1)
-    if row and row[0]:
-        return
-    holder, running = _holder(conn)
-    what = running or "kvmigrate run"
+
+
+def _refuse(conn: psycopg.Connection, holder: Holder | None, timeout: float | None) -> NoReturn:
+    run = conn.execute("SELECT command FROM kvmigrate.runs WHERE status = 'running' AND command IN"
+                       " ('backfill', 'verify', 'cleanup') ORDER BY id DESC LIMIT 1").fetchone()
+    if not conn.autocommit:
+        conn.commit()
+    what = "kvmigrate run" if run is None else ("verify --repair" if run[0] == "verify" else str(run[0]))
+    backend = "" if holder is None else f" ({holder.describe()})"
+    if holder is not None and timeout is not None and holder.stale(timeout):
+        raise GateRefused(
+            f"the writer lock is held by a {what} that vanished{backend}: its heartbeat stopped and the server "
+            "did not end its session", hint=f"end it with SELECT pg_terminate_backend({holder.pid}), then run this "
+            "again (a server older than PostgreSQL 14 keeps such a session until its TCP connection dies)")
     raise GateRefused(
-        f"another {what} is running against this database" + (f" ({holder})" if holder else ""),
+        f"another {what} is running against this database{backend}",
         hint=f"backfill, verify --repair and cleanup run one at a time: wait for the {what} to finish "
         "(see `kvmigrate status`); a holder idle for long is a dead session: end it with "
         "SELECT pg_terminate_backend(<pid>), then run this again")
 
 
-def _holder(conn: psycopg.Connection) -> tuple[str, str]:
-    """(the lock holder's backend as text, the command of the newest running kvmigrate run)."""
-    row = conn.execute(
-        "SELECT a.pid, a.application_name, a.state, extract(epoch FROM now() - a.state_change)::int"
-        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-        " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %s AND l.objsubid = 1",
-        (LOCK_WRITERS,)).fetchone()
-    run = conn.execute("SELECT command FROM kvmigrate.runs WHERE status = 'running' AND command IN"
-                       " ('backfill', 'verify', 'cleanup') ORDER BY id DESC LIMIT 1").fetchone()
-    if not conn.autocommit:
-        conn.commit()
-    backend = "" if row is None else f"backend pid {row[0]}, {row[1] or 'no application name'}, {row[2]} for {row[3]} s"
-    command = "" if run is None else ("verify --repair" if run[0] == "verify" else str(run[0]))
-    return backend, command
-
-
 def release_writer_lock(conn: psycopg.Connection) -> None:
-    """Release the lock now rather than when the server notices the session ended."""
+    """Release the lock now rather than when the run's connection closes."""
+    for lock in list(getattr(conn, "companions", ())):
+        if isinstance(lock, LockSession) and lock.key == LOCK_WRITERS:
+            lock.close()
+            conn.companions.remove(lock)  # type: ignore[attr-defined]
+            return
     try:
         if not conn.autocommit:
             conn.rollback()

@@ -9,10 +9,9 @@ current count is reset), names and texts are edited. Pure: no I/O.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
-
-import json
 
 _PREVIEW = 3
 
