@@ -24,8 +24,8 @@ from kvmigrate.adapters.connections import connect_pg
 from kvmigrate.adapters.pg.session_lock import HEARTBEAT
 from kvmigrate.engine import phases
 from kvmigrate.engine.guards import LOCK_WRITERS, take_writer_lock
-from kvmigrate.model.errors import GateRefused
 from kvmigrate.model.config import build_config
+from kvmigrate.model.errors import GateRefused
 from kvmigrate.tryout.seed import seed_keyspace
 from tests.fixtures.faults import FaultyProxy, Launcher
 from tests.test_cleanup import move
