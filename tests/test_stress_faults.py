@@ -9,7 +9,8 @@
   The run goes on (a resend that is safe) or stops (exit 3); the same command is run again until
   it succeeds, and the end state must equal a clean run's: 0 keys lost, 0 doubled.
 * A store wiped (FLUSHDB) at a random moment of backfill, verify, repair, cutover, cleanup and
-  restore: the run ends with exit 0, 1 or 3 and a one-line error (never a traceback); no
+  restore: the run ends with exit 0, 1 or 3 and a one-line error (never a traceback); the
+  `verify --repair` run after it (the runbook's next step) takes nothing from Postgres either: no
   Postgres row loses anything it held (kvmigrate.engine.loss); every key cleanup recorded as
   deleted is in the archive with its value, and restore puts it back byte for byte.
 
@@ -296,6 +297,7 @@ class Wiped:
     rounds: int = 0
     by_phase: dict[str, dict[int, int]] = field(default_factory=dict)  # phase → exit code → runs
     rows_lost: int = 0
+    repairs_refused: int = 0  # the `verify --repair` after the wipe refused the shrunk store
     deleted: int = 0
     restored: int = 0
     unrestorable: int = 0
@@ -303,7 +305,8 @@ class Wiped:
     def line(self) -> str:
         ends = "; ".join(f"{p}: " + ", ".join(f"exit {c} ×{n}" for c, n in sorted(codes.items()))
                          for p, codes in sorted(self.by_phase.items()))
-        return (f"store wiped: {self.rounds} ({ends}); Postgres rows that lost something {self.rows_lost}; "
+        return (f"store wiped: {self.rounds} ({ends}); the repair after it refused {self.repairs_refused}; "
+                f"Postgres rows that lost something {self.rows_lost}; "
                 f"keys deleted by cleanup {self.deleted}, restored {self.restored}, not restorable {self.unrestorable}")
 
 
@@ -319,11 +322,14 @@ def app_rows(url: str) -> dict[tuple[str, str], dict[str, Any]]:
     return out
 
 
-def wipe_during(child: Any, kv: redis.Redis, seconds: float) -> None:
-    """FLUSHDB `seconds` after the child started (or once it ended, if sooner)."""
+def wipe_during(child: Any, kv: redis.Redis, seconds: float) -> bool:
+    """FLUSHDB `seconds` after the child started (or once it ended, if sooner). True when the
+    child was still running."""
     while child.running() and child.elapsed() < seconds:
         time.sleep(0.003)
+    running = child.running()
     kv.flushdb()
+    return running
 
 
 def wiped_round(world: World, run: Launcher, durations: dict[str, float], phase: str, rng: random.Random,
@@ -338,14 +344,18 @@ def wiped_round(world: World, run: Launcher, durations: dict[str, float], phase:
         url, folder = world.fresh(phase)
     before = app_rows(url)
     child = run.cli(*world.argv(phase, url, world.kv_url, folder))
-    wipe_during(child, world.kv, rng.uniform(0.0, durations[phase]))
+    mid_run = wipe_during(child, world.kv, rng.uniform(0.0, durations[phase]))
     done = child.finish()
     wait_backends_gone(url)
     assert done.code in (0, 1, 3), done.output
     assert "Traceback" not in done.output and "unexpected" not in done.output, done.output
     tally.rounds += 1
-    codes = tally.by_phase.setdefault(phase, {})
+    codes = tally.by_phase.setdefault(phase + (" mid-run" if mid_run else " just after"), {})
     codes[done.code] = codes.get(done.code, 0) + 1
+    # the runbook's next step on a store that lost its keys must not take anything from Postgres
+    follow = run.run(*world.argv("repair", url, world.kv_url, folder))
+    assert follow.code in (0, 1), follow.output
+    tally.repairs_refused += "KV holds" in follow.output
     after = app_rows(url)
     lost = [(k, row_losses(v, after.get(k) or {})) for k, v in before.items() if row_losses(v, after.get(k) or {})]
     tally.rows_lost += len(lost)
