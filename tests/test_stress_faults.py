@@ -238,7 +238,7 @@ def lost_reply_round(world: World, run: Launcher, references: dict[str, dict[str
         done = run.run(*world.argv(phase, proxied if side == "pg" else url,
                                    proxied if side == "kv" else world.kv_url, folder))
         assert done.code in (0, 3), done.output
-        assert "Traceback" not in done.output and "unexpected" not in done.output, done.output
+        assert "Traceback" not in done.output and "error: unexpected" not in done.output, done.output
     finally:
         proxy.close()
     wait_backends_gone(url)
@@ -348,7 +348,7 @@ def wiped_round(world: World, run: Launcher, durations: dict[str, float], phase:
     done = child.finish()
     wait_backends_gone(url)
     assert done.code in (0, 1, 3), done.output
-    assert "Traceback" not in done.output and "unexpected" not in done.output, done.output
+    assert "Traceback" not in done.output and "error: unexpected" not in done.output, done.output
     tally.rounds += 1
     codes = tally.by_phase.setdefault(phase + (" mid-run" if mid_run else " just after"), {})
     codes[done.code] = codes.get(done.code, 0) + 1

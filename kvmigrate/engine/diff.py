@@ -27,12 +27,12 @@ from kvmigrate.adapters.kv.source import KvSource
 from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.engine.batch import Batch, table_specs
-from kvmigrate.engine.repair_guard import Losses, LossGuard
+from kvmigrate.engine.repair_guard import LossGuard, load_lossless
 from kvmigrate.engine.writer import BatchWriter
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.memories import MEMORIES
-from kvmigrate.model.differences import Difference, EntityCheck, RefusedRepair
+from kvmigrate.model.differences import Difference, EntityCheck
 from kvmigrate.model.records import RawRecord
 
 FILE_PREFIX = "file:"
@@ -242,7 +242,7 @@ class Differ:
         now agree count as repaired. For entities that write to Postgres only, Postgres is the
         source of truth: only a missing row whose key never verified (a write Postgres never got)
         is re-copied; their other differences stay reported. Unless `allow_lossy`, a row the
-        load would replace with less than it holds is left as it was (see `_load_lossless`)."""
+        load would replace with less than it holds is left as it was (see `load_lossless`)."""
         writer = BatchWriter(self.conn, run_id)
         guard = LossGuard(self.conn, self.specs, {n: f.types[list(f.spec.columns).index(f.spec.pk)]
                                                   for n, f in self.fresh.items()})
@@ -251,50 +251,10 @@ class Differ:
         for chunk in _chunks(todo, self.source.count):
             stored = {table: self._stored_sources(self.specs[table], pks) for table, pks in _pks_by_table(chunk).items()}
             records = self._reread(chunk, also={key for rows in stored.values() for _, key, _ in rows})
-            records = self._load_lossless(writer, guard, chunk, stored, records, allow_lossy=allow_lossy)
+            records = load_lossless(self, writer, guard, chunk, stored, records, allow_lossy=allow_lossy)
             repaired.extend(self._agreeing(chunk, records))
         self.resolve(repaired, "repaired")
         self.conn.commit()
-
-    def _load_lossless(self, writer: BatchWriter, guard: LossGuard, chunk: Sequence[Difference],
-                       stored: dict[str, list[tuple[str, str, str]]], records: list[tuple[RawRecord, Entity]],
-                       *, allow_lossy: bool) -> list[tuple[RawRecord, Entity]]:
-        """Forget the gone sources and load `records` in one transaction. When a row would lose
-        something, roll back, record the refusal, and load again without every record that
-        produces a refused row (their other rows stay as they are too). Returns the records loaded."""
-        refused: Losses = {}
-        while True:
-            self.conn.commit()
-            rows = self._batch(records).rows
-            touched = _pks_by_table(chunk)
-            for table, table_rows in rows.items():
-                pk = self.specs[table].pk
-                touched.setdefault(table, set()).update(str(r.values[pk]) for r in table_rows)
-            with self.conn.transaction() as tx:
-                guard.snapshot(touched)
-                keep = {t: [s for s in srcs if (t, s[0]) not in refused] for t, srcs in stored.items()}
-                forgotten = self._forget_gone_sources(keep, records)
-                writer.load_records(records)
-                lost = {} if allow_lossy else guard.losses()
-                if lost:
-                    raise psycopg.Rollback(tx)
-            if not lost:
-                self.forgotten += forgotten
-                return records
-            refused.update(lost)
-            self._refuse(lost, chunk, rows)
-            producing = {(r.source_key, r.source_field) for table, table_rows in rows.items() for r in table_rows
-                         if (table, str(r.values[self.specs[table].pk])) in lost}
-            records = [(r, e) for r, e in records if (r.key, r.field) not in producing]
-
-    def _refuse(self, lost: Losses, chunk: Sequence[Difference], rows: dict[str, list[SourcedRow]]) -> None:
-        """Count each refused row under its entity, named by its differing key (else a source)."""
-        keys = {(d.table, d.pk): d.key for d in chunk}
-        for (table, pk), what in sorted(lost.items()):
-            spec = self.specs[table]
-            key = keys.get((table, pk)) or next(
-                (r.source_key for r in rows.get(table, []) if str(r.values[spec.pk]) == pk), "")
-            self._check_for(key, spec).refused.append(RefusedRepair(table, pk, key, tuple(what)))
 
     def _repairable(self, d: Difference) -> bool:
         if self.entity_of(d.key) not in self.postgres_writes:
