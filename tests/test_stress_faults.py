@@ -14,8 +14,10 @@
   Postgres row loses anything it held (kvmigrate.engine.loss); every key cleanup recorded as
   deleted is in the archive with its value, and restore puts it back byte for byte.
 
-`KVMIGRATE_STRESS_FAULTS` (else `KVMIGRATE_STRESS_KILLS`) iterations of each loop, 12 by default;
-both are `slow`. Iterations are planned by a seeded RNG (`KVMIGRATE_CRASH_SEED`).
+`KVMIGRATE_STRESS_FAULTS` (else `KVMIGRATE_STRESS_KILLS`, which `make stress` sets to 100)
+iterations of each loop; both are `slow` and run only when one of the two is set (the normal
+suite has a quick representative of each path: tests/test_faults.py, test_restore_faults.py,
+test_guards.py, test_lossy_repair.py). Iterations are planned by a seeded RNG (`KVMIGRATE_CRASH_SEED`).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ from tests.test_crash import FLAGS, archive_root, archived, cleanup_state, cut_o
 
 SEED = int(os.environ.get("KVMIGRATE_CRASH_SEED", "20250601"))
 ITERATIONS = int(os.environ.get("KVMIGRATE_STRESS_FAULTS") or os.environ.get("KVMIGRATE_STRESS_KILLS") or 12)
+stress = pytest.mark.skipif(not {"KVMIGRATE_STRESS_FAULTS", "KVMIGRATE_STRESS_KILLS"} & set(os.environ),
+                            reason="the long fault loops run with `make stress`")
 BATCH = "20"
 KV_WRITES = (b"SET", b"DEL", b"EXEC", b"MULTI", b"RENAME", b"RPUSH", b"HSET", b"SADD", b"ZADD", b"PEXPIRE",
              b"EXPIRE", b"UNLINK")
@@ -271,6 +275,7 @@ def _delta(want: Any, got: Any) -> Any:
 
 
 @pytest.mark.slow
+@stress
 def test_stress_a_lost_reply_on_every_write_path_reruns_to_a_clean_runs_state(
         kv_url: str, kv: redis.Redis, databases: Databases, runner: Launcher, tmp_path: Path,
         request: pytest.FixtureRequest) -> None:
@@ -387,6 +392,7 @@ def restorable(world: World, run: Launcher, url: str, folder: Path, tally: Wiped
 
 
 @pytest.mark.slow
+@stress
 def test_stress_a_store_wiped_in_each_phase_loses_nothing_and_every_deleted_key_is_restorable(
         kv_url: str, kv: redis.Redis, databases: Databases, runner: Launcher, tmp_path: Path,
         request: pytest.FixtureRequest) -> None:
