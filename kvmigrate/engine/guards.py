@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import NoReturn
 
 import psycopg
@@ -81,6 +83,16 @@ def _refuse(conn: psycopg.Connection, holder: Holder | None, timeout: float | No
         hint=f"backfill, verify --repair and cleanup run one at a time: wait for the {what} to finish "
         "(see `kvmigrate status`); a holder idle for long is a dead session: end it with "
         "SELECT pg_terminate_backend(<pid>), then run this again")
+
+
+@contextlib.contextmanager
+def writer_lock(conn: psycopg.Connection, command: str, *, wait: float = 3.0) -> Iterator[None]:
+    """Hold the one-writer lock (see take_writer_lock) for the block, and release it after."""
+    take_writer_lock(conn, command, wait=wait)
+    try:
+        yield
+    finally:
+        release_writer_lock(conn)
 
 
 def release_writer_lock(conn: psycopg.Connection) -> None:

@@ -148,6 +148,34 @@ def publish(conn: psycopg.Connection, kv: KvClient) -> dict[str, str]:
     return flags
 
 
+@dataclass
+class PhaseChange:
+    """One entity's flag move: its phase before and after, and whether anything changed."""
+
+    entity: str
+    before: str
+    after: str
+    changed: bool
+
+
+def move_flags(conn: psycopg.Connection, kv: KvClient, entities: Sequence[str], to: Phase, *,
+               reason: str) -> list[PhaseChange]:
+    """Move every entity to `to` (one Postgres transaction and a history row each), then publish
+    the flags hash once. Costs 1 KV command (HSET), charged to the budget's `flags` phase; the
+    budget is checked before any flag moves, so a spent budget changes nothing."""
+    kv.budget.check(1)
+    changes = []
+    for name in entities:
+        before = current(conn, name)
+        changes.append(PhaseChange(name, before.name, to.name, set_phase(conn, None, name, to, reason=reason)))
+    spending, kv.budget.phase = kv.budget.phase, "flags"
+    try:
+        publish(conn, kv)
+    finally:
+        kv.budget.phase = spending
+    return changes
+
+
 @dataclass(frozen=True)
 class HistoryRow:
     entity: str

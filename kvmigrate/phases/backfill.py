@@ -10,6 +10,7 @@ writes 0 rows. The KV connection is read-only: backfill never writes to KV.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -22,14 +23,14 @@ import psycopg
 from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.files.memories import iter_memory_records, memories_folder
 from kvmigrate.adapters.kv.client import KvClient
-from kvmigrate.adapters.kv.scanner import server_id
-from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.kv.source import KvSource, Page
 from kvmigrate.adapters.pg import state
 from kvmigrate.adapters.pg.loader import LoadStats
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.engine.batch import Batch, RequiredCheck, Tally, table_specs
-from kvmigrate.engine.guards import refuse_a_shrunk_store, release_writer_lock, take_writer_lock
+from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
 from kvmigrate.engine.run import require_schema
+from kvmigrate.engine.scan import KeyspaceScan, ScanPass, resume_point
 from kvmigrate.engine.writer import BatchWriter, rules_fingerprint
 from kvmigrate.engine.wrong_store import check_matched, ledger_keys, unmatched
 from kvmigrate.entities import ENTITIES, Entity, select_entities
@@ -88,10 +89,10 @@ def run_backfill(
     budget = RequestBudget(cap=config.max_requests, phase="backfill")
     started = time.perf_counter()
     conn = connect_pg(config.require_pg(), retries=config.connect_retries)
-    try:
+    with contextlib.closing(conn), contextlib.ExitStack() as held:
         require_schema(conn)
         chosen, skipped = _not_frozen(conn, chosen, explicit=bool(entities))
-        take_writer_lock(conn, "backfill")
+        held.enter_context(writer_lock(conn, "backfill"))
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
         rules = rules_fingerprint()
         run_id = None if dry_run else state.start_run(
@@ -119,9 +120,6 @@ def run_backfill(
         run.result.seconds = time.perf_counter() - started
         _close(run, "ok")
         return run.result
-    finally:
-        release_writer_lock(conn)
-        conn.close()
 
 
 def _too_small(budget: RequestBudget, exc: BudgetExhausted) -> BudgetTooSmall:
@@ -175,36 +173,33 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
     restarted meanwhile, since a cursor is only valid on the process that returned it. Costs 2
     INFO commands beyond the pass itself."""
     name = _checkpoint_name(run)
-    server = server_id(run.kv)
-    cursor = 0 if restart or run.result.dry_run else (state.get_checkpoint(run.conn, name, server=server) or 0)
+    cursor, server = resume_point(run.kv, run.conn, name, fresh=restart or run.result.dry_run)
     run.conn.rollback()
     run.result.resumed_from = cursor or None
     source = KvSource(run.kv, run.entities, count=run.config.scan_count)
     total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar and the check below
     refuse_a_shrunk_store(run.conn, total, allow=run.config.allow_shrunk_store)
-    for _ in range(MAX_PASSES):
-        if cursor != state.SCAN_DONE:
-            _pass(run, source, name, cursor, server, progress, total)
-        now = server_id(run.kv)
-        if now == server:
-            break
-        run.result.server_restarts += 1  # the pass may have skipped keys: scan again (rereads only)
-        server, cursor = now, 0
-    else:
-        raise ConnectError("the KV server kept restarting during the backfill",
-                           hint="run the same command again once the KV store is stable")
+    scan: KeyspaceScan[Page] = KeyspaceScan(
+        run.kv, source.pages, cursor=cursor, server=server, rescans=MAX_PASSES - 1,
+        restarted=ConnectError("the KV server kept restarting during the backfill",
+                               hint="run the same command again once the KV store is stable"))
+    try:
+        for scan_pass in scan.passes():  # a pass after a restart rereads, and writes only what changed
+            if scan_pass.cursor != state.SCAN_DONE:
+                _pass(run, scan_pass, name, progress, total)
+    finally:
+        run.result.server_restarts = scan.restarts
     run.result.complete = True
     if not run.result.dry_run:
         with run.conn.transaction():
             state.clear_checkpoint(run.conn, name)
 
 
-def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | None,
-          progress: Progress | None, total: int) -> None:
+def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | None, total: int) -> None:
     """Read, transform and load every page from `cursor`. Consecutive pages are loaded in one
     transaction until they hold `load_batch` records; the group commits with the last page's cursor. A
     run stopped by the request budget first commits the pages it has read whole."""
-    writes = _Overlap(run, progress, total, server)
+    writes = _Overlap(run, progress, total, scan_pass.server)
     group, keys, size, last = Batch(), 0, 0, None
     limit = run.config.load_batch
 
@@ -219,7 +214,7 @@ def _pass(run: _Run, source: KvSource, name: str, cursor: int, server: str | Non
 
     try:
         try:
-            for page in source.pages(cursor):
+            for page in scan_pass.pages:
                 for key, status, pattern in page.policy:
                     group.note_policy(key, status, pattern)
                 for key, entity, family in page.indexes:

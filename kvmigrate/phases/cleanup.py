@@ -39,19 +39,14 @@ from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.files.archive import ArchiveWriter, encode_line
 from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.adapters.kv.client import KvClient, KvSession
-from kvmigrate.adapters.kv.scanner import (
-    decode_key,
-    encode_key,
-    scan_pages,
-    server_id,
-    storable_name,
-)
+from kvmigrate.adapters.kv.scanner import decode_key, encode_key, scan_pages, storable_name
 from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.adapters.kv.source import KvSource, storable
 from kvmigrate.adapters.pg import state
 from kvmigrate.engine import phases
-from kvmigrate.engine.guards import refuse_a_shrunk_store, take_writer_lock
+from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
 from kvmigrate.engine.run import require_schema
+from kvmigrate.engine.scan import KeyspaceScan, resume_point
 from kvmigrate.engine.wrong_store import before_cleanup
 from kvmigrate.entities import ENTITIES, Entity, select_entities
 from kvmigrate.entities.base import Family
@@ -109,8 +104,8 @@ def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Pa
         if dry_run:
             _scan(run)
         else:
-            take_writer_lock(conn, "cleanup")
-            _run_for_real(run, connect_kv(url, budget, retries=config.connect_retries), settle)
+            with writer_lock(conn, "cleanup"):
+                _run_for_real(run, connect_kv(url, budget, retries=config.connect_retries), settle)
         result.seconds = time.perf_counter() - started
         result.kv_requests = budget.spent
         return result
@@ -145,15 +140,8 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
 def _flags(run: _Run, writer: KvClient, settle: float) -> None:
     """Move writes to Postgres and publish the flags (1 HSET), then wait until `settle` seconds
     have passed since the newest change."""
-    writer.budget.check(1)
-    for entity in run.chosen:
-        if phases.set_phase(run.conn, None, entity.name, phases.CLEANED, reason="cleanup"):
-            run.result.flags_changed.append(entity.name)
-    writer.budget.phase = "flags"
-    try:
-        phases.publish(run.conn, writer)
-    finally:
-        writer.budget.phase = "archive"
+    changes = phases.move_flags(run.conn, writer, [e.name for e in run.chosen], phases.CLEANED, reason="cleanup")
+    run.result.flags_changed += [c.entity for c in changes if c.changed]
     row = run.conn.execute(
         "SELECT extract(epoch FROM now() - max(changed_at)) FROM kvmigrate.phase_history"
         " WHERE entity = ANY(%s) AND to_writes = 'postgres'", ([e.name for e in run.chosen],)).fetchone()
@@ -169,35 +157,38 @@ def _scan(run: _Run) -> None:
     lost were never archived, so the run stops (StoreChanged) instead of going on."""
     dry = run.result.dry_run
     name = "cleanup:" + ",".join(sorted(e.name for e in run.chosen))
-    server = server_id(run.reader.kv)
-    cursor = 0 if dry else (state.get_checkpoint(run.conn, name, server=server) or 0)
+    cursor, server = resume_point(run.reader.kv, run.conn, name, fresh=dry)
     run.result.resumed_from = cursor or None
-    pages = () if cursor == state.SCAN_DONE else scan_pages(run.reader.kv, cursor=cursor, count=run.config.scan_count)
     scanned = 0
-    run.report(Tick("cleanup", 0, run.total))
-    for next_cursor, keys in pages:
-        items = _candidates(run, keys)
-        try:
-            if items:
-                _page(run, items)
-        except BudgetExhausted as exc:
-            raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, run.total, run.result.budget.spent)
-                                  + " (cleanup resumes at its last page)", hint=exc.hint) from None
-        scanned += len(keys)
-        deleted = run.result.deleted
-        run.report(Tick("cleanup", scanned, max(run.total or 0, scanned) or None, note=f"{deleted:,} deleted"))
-        log.info("cleanup: page of %d keys, %d candidates, %d deleted so far, %d billed KV commands", len(keys),
-                 len(items), deleted, run.result.budget.spent)
-        if server_id(run.reader.kv) != server:
-            raise StoreChanged(
-                "the KV server restarted during cleanup (its run id changed): it may have come back without keys "
-                "that were never archived, so cleanup stopped; nothing more was deleted",
-                hint="check the store (`kvmigrate inventory`; `kvmigrate status` counts what was deleted and "
-                "archived), then run cleanup again; keys already deleted are in the archive")
+
+    def checkpoint(page: tuple[int, list[str]]) -> None:
         if not dry:
             with run.conn.transaction():
-                state.set_checkpoint(run.conn, name, next_cursor or state.SCAN_DONE, run.result.run_id or 0,
+                state.set_checkpoint(run.conn, name, page[0] or state.SCAN_DONE, run.result.run_id or 0,
                                      server=server)
+
+    scan: KeyspaceScan[tuple[int, list[str]]] = KeyspaceScan(
+        run.reader.kv, lambda c: scan_pages(run.reader.kv, cursor=c, count=run.config.scan_count),
+        cursor=cursor, server=server, each_page=True, after_page=checkpoint, restarted=StoreChanged(
+            "the KV server restarted during cleanup (its run id changed): it may have come back without keys "
+            "that were never archived, so cleanup stopped; nothing more was deleted",
+            hint="check the store (`kvmigrate inventory`; `kvmigrate status` counts what was deleted and "
+            "archived), then run cleanup again; keys already deleted are in the archive"))
+    run.report(Tick("cleanup", 0, run.total))
+    for scan_pass in scan.passes():
+        for _, keys in scan_pass.pages:
+            items = _candidates(run, keys)
+            try:
+                if items:
+                    _page(run, items)
+            except BudgetExhausted as exc:
+                raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, run.total, run.result.budget.spent)
+                                      + " (cleanup resumes at its last page)", hint=exc.hint) from None
+            scanned += len(keys)
+            deleted = run.result.deleted
+            run.report(Tick("cleanup", scanned, max(run.total or 0, scanned) or None, note=f"{deleted:,} deleted"))
+            log.info("cleanup: page of %d keys, %d candidates, %d deleted so far, %d billed KV commands",
+                     len(keys), len(items), deleted, run.result.budget.spent)
     run.result.complete = True
     if not dry:
         state.clear_checkpoint(run.conn, name)

@@ -19,7 +19,7 @@ import psycopg
 from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.pg import state
 from kvmigrate.engine import phases
-from kvmigrate.engine.phases import DEFAULT_SETTLE
+from kvmigrate.engine.phases import DEFAULT_SETTLE, PhaseChange
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.wrong_store import HINT, QUESTION, before_cleanup, ledger_keys
 from kvmigrate.entities import Entity, select_entities
@@ -43,14 +43,6 @@ class Gate:
     ok: bool
     reason: str
     wrong_store: bool = False  # refused because the verify checked nothing: likely another store
-
-
-@dataclass
-class PhaseChange:
-    entity: str
-    before: str
-    after: str
-    changed: bool
 
 
 @dataclass
@@ -135,7 +127,8 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
     budget = RequestBudget(cap=config.max_requests, phase="flags")
     with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
         require_schema(conn)
-        before = {e.name: phases.check_step(conn, e.name, step) for e in chosen}
+        for e in chosen:
+            phases.check_step(conn, e.name, step)
         if not rollback:
             result.gates = [gate(conn, e.name, max_age=max_verify_age) for e in chosen]
             if require_shadow:
@@ -155,10 +148,7 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
         target = phases.DUAL if rollback else phases.CUTOVER
         reason = "cutover rollback" if rollback else ("cutover (forced past the gate)" if force else "cutover")
-        for e in chosen:
-            changed = phases.set_phase(conn, None, e.name, target, reason=reason)
-            result.changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
-        phases.publish(conn, kv)
+        result.changes = phases.move_flags(conn, kv, [e.name for e in chosen], target, reason=reason)
         _log_flags(conn, budget)
     result.kv_requests = budget.spent
     return result
@@ -173,15 +163,12 @@ def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: floa
     budget = RequestBudget(cap=config.max_requests, phase="flags")
     step = "dual-write-rollback" if rollback else "dual-write"
     target = phases.KV_ONLY if rollback else phases.DUAL
-    changes: list[PhaseChange] = []
     with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
         require_schema(conn)
-        before = {e.name: phases.check_step(conn, e.name, step) for e in chosen}
-        kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
         for e in chosen:
-            changed = phases.set_phase(conn, None, e.name, target, reason=step.replace("-", " "))
-            changes.append(PhaseChange(e.name, before[e.name].name, target.name, changed))
-        phases.publish(conn, kv)
+            phases.check_step(conn, e.name, step)
+        kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
+        changes = phases.move_flags(conn, kv, [e.name for e in chosen], target, reason=step.replace("-", " "))
         _log_flags(conn, budget)
     if rollback:
         return DualWriteResult(changes, None, None, 0.0, budget.spent)
@@ -236,10 +223,7 @@ def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_d
                 raise ConfigError("cleanup deletes KV keys (after archiving them)",
                                   hint="confirm with --yes, or see what it would delete with --dry-run")
             kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries)
-            for e in chosen:
-                changed = phases.set_phase(conn, None, e.name, phases.CLEANED, reason="cleanup")
-                changes.append(PhaseChange(e.name, before[e.name].name, phases.CLEANED.name, changed))
-            phases.publish(conn, kv)
+            changes = phases.move_flags(conn, kv, names, phases.CLEANED, reason="cleanup")
             _log_flags(conn, budget)
         if settle > 0 and any(c.changed for c in changes):
             countdown(settle, report, note="until every app instance sees the new flags")

@@ -21,6 +21,7 @@ Rules (README, "Data rules"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -34,12 +35,12 @@ from psycopg import sql
 
 from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.files.memories import iter_memory_records, memories_folder
-from kvmigrate.adapters.kv.scanner import server_id
-from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.kv.source import KvSource, Page
 from kvmigrate.adapters.pg import state
 from kvmigrate.engine.diff import Differ
-from kvmigrate.engine.guards import refuse_a_shrunk_store, take_writer_lock
+from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
 from kvmigrate.engine.run import require_schema
+from kvmigrate.engine.scan import KeyspaceScan, server_id
 from kvmigrate.engine.verified import record_verified, supersede
 from kvmigrate.engine.wrong_store import verdict
 from kvmigrate.entities import Entity, select_entities
@@ -127,12 +128,12 @@ def run_verify(
         raise ConfigError("nothing to verify", hint="memories are verified against --memories-dir DIR")
     budget = RequestBudget(cap=config.max_requests, phase="verify")
     started = time.perf_counter()
-    with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
+    with connect_pg(config.require_pg(), retries=config.connect_retries) as conn, contextlib.ExitStack() as held:
         require_schema(conn)
         conn.execute("SET TIME ZONE 'UTC'")
         conn.commit()
-        if repair or repair_extra:  # writes rows: one writer at a time (see kvmigrate.guards)
-            take_writer_lock(conn, "verify --repair")
+        if repair or repair_extra:  # writes rows: one writer at a time (see kvmigrate.engine.guards)
+            held.enter_context(writer_lock(conn, "verify --repair"))
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
         total = int(kv.call("DBSIZE"))  # for the check below and the progress's total
         refuse_a_shrunk_store(conn, total, allow=config.allow_shrunk_store)
@@ -145,23 +146,26 @@ def run_verify(
                 for records in _sample_records(conn, source, chosen, sample, seed):
                     differ.stage(records)
             else:
-                server = server_id(kv)
+                scan: KeyspaceScan[Page] = KeyspaceScan(
+                    kv, source.pages, server=server_id(kv),
+                    restarted=ConnectError("the KV server restarted during the verify, so its scan may have skipped "
+                                           "keys; nothing was recorded", hint="run the same verify again"))
                 scanned, started = 0, time.perf_counter()
                 report(Tick("verify", 0, total))
-                try:
-                    for page in source.pages():
-                        _count_keys(result, page.records, page.indexes)
-                        differ.stage(page.records)
-                        scanned += page.keys
-                        report(Tick("verify", scanned, max(total, scanned), note=f"{budget.spent:,} billed KV commands"))
-                        log.info("verify: page of %d keys (%d records), %d scanned, %d billed KV commands, %.1f s",
-                                 page.keys, len(page.records), scanned, budget.spent, time.perf_counter() - started)
-                except BudgetExhausted as exc:
-                    raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, total, budget.spent)
-                                          + " (a verify starts over)", hint=exc.hint) from None
-                if server_id(kv) != server:
-                    raise ConnectError("the KV server restarted during the verify, so its scan may have skipped "
-                                       "keys; nothing was recorded", hint="run the same verify again")
+                for scan_pass in scan.passes():
+                    try:
+                        for page in scan_pass.pages:
+                            _count_keys(result, page.records, page.indexes)
+                            differ.stage(page.records)
+                            scanned += page.keys
+                            report(Tick("verify", scanned, max(total, scanned),
+                                        note=f"{budget.spent:,} billed KV commands"))
+                            log.info("verify: page of %d keys (%d records), %d scanned, %d billed KV commands, "
+                                     "%.1f s", page.keys, len(page.records), scanned, budget.spent,
+                                     time.perf_counter() - started)
+                    except BudgetExhausted as exc:
+                        raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, total, budget.spent)
+                                              + " (a verify starts over)", hint=exc.hint) from None
                 if folder is not None:
                     _stage_memories(differ, folder, config.batch_size)
             differ.compare(extras=not sample)
