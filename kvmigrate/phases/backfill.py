@@ -41,6 +41,7 @@ from kvmigrate.model.errors import (
     BudgetTooSmall,
     ConnectError,
     GateRefused,
+    RejectsPresent,
 )
 from kvmigrate.model.progress import left_to_do
 from kvmigrate.model.serial import to_dict
@@ -368,3 +369,28 @@ def _close(run: _Run, status: str, error: BaseException | None = None) -> None:
         return
     state.close_run(run.conn, run.result.run_id, status=status, budget=run.result.budget,
                     result=to_dict(run.result), error=error, pg_url=run.config.pg_url)
+
+
+def backfill(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    dry_run: bool = False,
+    restart: bool = False,
+    strict: bool = False,
+    memories_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> BackfillResult:
+    """Copy KV history into Postgres (phase 2), resuming from the last checkpoint.
+
+    Writes Postgres unless dry_run; never writes KV. With `strict`, rejects raise RejectsPresent
+    (exit 5) after the run completed and was recorded.
+    """
+    result = run_backfill(config, entities=entities, dry_run=dry_run, restart=restart,
+                          memories_dir=memories_dir, progress=progress)
+    if strict and result.rejected:
+        raise RejectsPresent(
+            f"{result.rejected} records were rejected (run {result.run_id})",
+            hint="inspect them with `kvmigrate rejects`; fix the data in KV and rerun backfill",
+        )
+    return result

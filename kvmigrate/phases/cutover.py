@@ -270,3 +270,68 @@ def _(r: CutoverResult) -> dict[str, Any]:
 def _(r: CleanupPhaseResult) -> dict[str, Any]:
     return {"changes": [to_dict(c) for c in r.changes], "verify": None if r.verify is None else to_dict(r.verify),
             "cleanup": to_dict(r.cleanup), "kv_requests": r.kv_requests}
+
+
+def dual_write(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    settle: float = DEFAULT_SETTLE,
+    rollback: bool = False,
+    recheck_delay: float = 3.0,
+    progress: Progress | None = None,
+    report: Reporter = silent,
+) -> DualWriteResult:
+    """Mark entities dual-written (phase 2), wait for apps to see the flag, backfill and verify.
+
+    Writes Postgres (state, rows) and the KV flags hash (1 HSET per change); then the KV cost of a
+    backfill plus a verify. With `rollback`, writes return to KV only (only while reads are on KV).
+    """
+    return run_dual_write(config, entities=entities, settle=settle, rollback=rollback,
+                          recheck_delay=recheck_delay, progress=progress, report=report)
+
+
+def cutover(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    force: bool = False,
+    rollback: bool = False,
+    max_verify_age: dt.timedelta = dt.timedelta(hours=1),
+    require_shadow: bool = False,
+) -> CutoverResult:
+    """Switch reads to Postgres (phase 3) if each entity's latest verify is clean, full and recent.
+
+    With `require_shadow`, the latest shadow run must be clean too (every view compared, all
+    matching). Refuses (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
+    Writes Postgres state and the KV flags hash (1 HSET per change).
+    """
+    return run_cutover(config, entities=entities, force=force, rollback=rollback, max_verify_age=max_verify_age,
+                       require_shadow=require_shadow)
+
+
+DEFAULT_ARCHIVE_DIR = Path("kvmigrate-archive")
+
+
+def cleanup(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    archive_dir: Path = DEFAULT_ARCHIVE_DIR,
+    dry_run: bool = False,
+    yes: bool = False,
+    settle: float = DEFAULT_SETTLE,
+    verify_first: bool = False,
+    recheck_delay: float = 3.0,
+    report: Reporter = silent,
+) -> CleanupPhaseResult:
+    """Phase 4: writes to Postgres only, then archive and delete the verified KV keys (one read pass).
+
+    Refuses before cutover (GateRefused, exit 1) and without `yes` (unless `dry_run`). Writes the
+    flags, the archive folder (files 0600, manifest last), the ledger; deletes only keys whose
+    value still has its verified digest. Never touches presence, sessions, rate limits, unknown
+    or `kvmigrate:*` keys. KV cost: one read of every candidate key (MGET for strings, one read per
+    other key), a SCAN per page, and WATCH, MULTI, DEL, EXEC per page with keys to delete.
+    """
+    return run_cleanup_phase(config, entities=entities, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
+                             settle=settle, verify_first=verify_first, recheck_delay=recheck_delay, report=report)

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from kvmigrate.adapters.connections import connect_kv, connect_pg, is_pooled_url
+from kvmigrate.adapters.pg import state
 from kvmigrate.adapters.pg.conflicts import (
     conflict_error,
     find_conflicts,
@@ -132,3 +133,10 @@ def _(result: DoctorResult) -> dict[str, Any]:
         "kv_requests": result.kv_requests,
         "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks],
     }
+
+
+def doctor(config: Config) -> DoctorResult:
+    """Check both connections, versions, schema and privileges. Read-only; ~3 KV requests."""
+    result = run_doctor(config, budget := RequestBudget(cap=config.max_requests, phase="doctor"))
+    state.log_spend(config, "doctor", budget)
+    return result

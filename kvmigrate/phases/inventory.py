@@ -26,6 +26,7 @@ from kvmigrate.adapters.kv.scanner import (
     encode_key,
     scan_pages,
 )
+from kvmigrate.adapters.pg import state
 from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.base import Family
 from kvmigrate.model.budget import RequestBudget
@@ -255,3 +256,24 @@ def _(r: InventoryResult) -> dict[str, Any]:
         "naive_requests": r.naive_requests,
         "kv_requests": r.budget.spent,
     }
+
+
+def inventory(config: Config, *, sizes: bool = False) -> InventoryResult:
+    """Census of the keyspace and the predicted cost of each pass. Read-only; 6 billed KV
+    commands per 1,000 keys (SCAN and SCAN … TYPE passes), 2 more per key with `sizes`."""
+    result = run_inventory(config, sizes=sizes)
+    state.log_spend(config, "inventory", result.budget)
+    return result
+
+
+def keys_by_owner(kv: KvClient, *, count: int = 1000) -> dict[str, int]:
+    """Every key, counted by what kvmigrate makes of it: the entity that owns it, or its
+    status (kept, unknown). Read-only; 1 SCAN per `count` keys."""
+    classifier = Classifier(ENTITIES)
+    left: dict[str, int] = {}
+    for _, keys in scan_pages(kv, count=count):
+        for key in keys:
+            c = classifier.classify(key)
+            name = c.entity.name if c.entity is not None else c.status
+            left[name] = left.get(name, 0) + 1
+    return dict(sorted(left.items()))

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvmigrate.adapters.pg import state
 from kvmigrate.model.config import Config
 from kvmigrate.model.serial import to_dict
 from kvmigrate.phases.inventory import InventoryResult, run_inventory
@@ -98,3 +99,11 @@ def _(r: PlanResult) -> dict[str, Any]:
         "entity_keys": r.inventory.entity_keys,
         "kv_requests": r.inventory.budget.spent,
     }
+
+
+def plan(config: Config, *, sizes: bool = False) -> PlanResult:
+    """Predict the billed KV commands of every phase of the migration on this store, beside the
+    floor. Read-only; costs one inventory."""
+    result = run_plan(config, sizes=sizes)
+    state.log_spend(config, "plan", result.inventory.budget)
+    return result

@@ -271,3 +271,26 @@ def _(r: RehearseResult) -> dict[str, Any]:
         "markdown_path": r.markdown_path,
         "seconds": round(r.seconds, 3),
     }
+
+
+def rehearse(
+    config: Config,
+    *,
+    report: Path | None = None,
+    markdown: Path | None = None,
+    max_rejects: int | None = None,
+    max_requests_real: int | None = None,
+    memories_dir: Path | None = None,
+    repair: bool = True,
+    progress: Progress | None = None,
+) -> RehearseResult:
+    """Rehearse the migration into a branch or scratch database (CI): setup, inventory, backfill,
+    verify, and a report (JSON and Markdown) with the real run's forecast KV cost.
+
+    Reads KV strictly read-only (about 6 commands per 1,000 keys); writes only the database at
+    `config.pg_url`. The result's `exit_code` is 1 on differences, 5 on more rejects than
+    `max_rejects`, 4 when the forecast exceeds `max_requests_real`.
+    """
+    return run_rehearse(config, report=report, markdown=markdown, max_rejects=max_rejects,
+                        max_requests_real=max_requests_real, memories_dir=memories_dir, repair=repair,
+                        progress=progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,3 +58,8 @@ def list_rejects(config: Config, *, entities: tuple[str, ...] = (), export: Path
 def _(r: RejectsResult) -> dict[str, Any]:
     return {"count": len(r.rows), "by_reason": r.by_reason, "exported_to": r.exported_to,
             "rejects": [dataclasses.asdict(x) for x in r.rows]}
+
+
+def rejects(config: Config, *, entities: Sequence[str] = (), export: Path | None = None) -> RejectsResult:
+    """List rejected records with reasons and original values; optionally export JSONL. Read-only."""
+    return list_rejects(config, entities=tuple(entities), export=export)

@@ -130,3 +130,8 @@ def _(r: StatusResult) -> dict[str, Any]:
         "running": to_dict(r.running),
         "history": to_dict(r.history),
     }
+
+
+def status(config: Config) -> StatusResult:
+    """Phase, flags, ledger buckets, last runs and today's KV spend per entity. Read-only; no KV request."""
+    return run_status(config)

@@ -333,3 +333,27 @@ def _(r: VerifyResult) -> dict[str, Any]:
         "warnings": r.warnings,
         "seconds": round(r.seconds, 3),
     }
+
+
+def verify(
+    config: Config,
+    *,
+    entities: Sequence[str] = (),
+    mode: str = "rows",
+    sample: int | None = None,
+    recheck_delay: float = 3.0,
+    repair: bool = False,
+    repair_extra: bool = False,
+    yes: bool = False,
+    memories_dir: Path | None = None,
+    report: Reporter = silent,
+) -> VerifyResult:
+    """Diff KV against Postgres (phase 2) and record the result for the cutover gate.
+
+    Reads KV (about 2 commands per 1,000 string keys; a sample costs far less); writes only
+    kvmigrate's records unless `repair` (re-copies rows) or `repair_extra` + `yes` (deletes rows).
+    """
+    if repair_extra and not yes:
+        raise ConfigError("--repair-extra deletes rows from Postgres", hint="add --yes to confirm")
+    return run_verify(config, entities=entities, mode=mode, sample=sample, recheck_delay=recheck_delay,
+                      repair=repair, repair_extra=repair_extra, memories_dir=memories_dir, report=report)

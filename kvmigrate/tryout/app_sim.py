@@ -29,9 +29,7 @@ import redis
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from kvmigrate.adapters.pg.loader import json_dumps
-from kvmigrate.engine.phases import FLAGS_KEY
-from kvmigrate.entities import ENTITIES, Entity
+from kvmigrate.api import ENTITIES, FLAGS_KEY, Entity, json_dumps
 from kvmigrate.model.records import RawRecord, Row
 
 

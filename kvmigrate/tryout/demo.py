@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 
 from kvmigrate import api
-from kvmigrate.entities.common import Bad, handle
+from kvmigrate.api import Bad, ShadowResult, handle
+from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError
 from kvmigrate.model.serial import to_dict
-from kvmigrate.phases.shadow import ShadowResult
 from kvmigrate.tryout.app_sim import AppCheck, SimApp, check_writes
 from kvmigrate.tryout.embedded import embedded_servers
 from kvmigrate.tryout.seed import SeedResult, seed_keyspace, write_memory_files
@@ -120,11 +119,11 @@ class _Demo:
     def run(self) -> DemoResult:
         cfg = self.config
         with self.step("seed") as st:
-            client = redis.Redis.from_url(cfg.require_kv())
+            client = _kv(cfg.require_kv(), "seed")
             self.result.seed = seed_keyspace(client, users=self.users, seed=self.seed)
             write_memory_files(self.workdir / "memories", users=self.users, seed=self.seed)
-            handles = _app_handles(client.hkeys("vibe:handles"))
-            client.close()
+            handles = _app_handles(client.call("HKEYS", "vibe:handles"))
+            client.redis.close()
             st.result = self.result.seed
         with self.step("setup") as st:
             st.result = api.setup(cfg)
@@ -204,21 +203,20 @@ def _app_handles(raw: list[Any]) -> list[str]:
     return sorted(out)
 
 
+def _kv(url: str, phase: str) -> api.KvClient:
+    """The library's KV client, on a budget of its own (the demo's own reads and writes are not
+    part of the migration's count)."""
+    return api.connect_kv(url, RequestBudget(cap=None, phase=phase))
+
+
 def _kv_left(url: str) -> dict[str, int]:
     """What is still in KV after the demo, by how kvmigrate classifies it (a demo report, not
     part of the migration, so these reads are not counted)."""
-    from kvmigrate.adapters.kv.classify import Classifier
-    from kvmigrate.entities import ENTITIES
-
-    classifier = Classifier(ENTITIES)
-    client = redis.Redis.from_url(url)
-    left: dict[str, int] = {}
-    for key in client.scan_iter(count=1000):
-        c = classifier.classify(key.decode("utf-8", "surrogateescape"))
-        name = c.entity.name if c.entity is not None else c.status
-        left[name] = left.get(name, 0) + 1
-    client.close()
-    return dict(sorted(left.items()))
+    client = _kv(url, "demo")
+    try:
+        return api.keys_by_owner(client)
+    finally:
+        client.redis.close()
 
 #: A naive per-key migration reads every entity key once per pass (backfill, verify, archive)
 #: and deletes each with its own command.

@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 
+from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.model.config import Config
 from kvmigrate.model.errors import ConfigError
 from kvmigrate.model.serial import to_dict
 from kvmigrate.phases.prisma.baseline import LOCK_TOML, MIGRATION_NAME, render_baseline
@@ -101,3 +103,11 @@ def _(result: PrismaHandoff) -> dict[str, Any]:
         "schema_prisma": result.schema_prisma,
         "migration_sql": result.migration_sql,
     }
+
+
+def prisma(config: Config, *, out: Path | None = None, schema: str | None = None) -> PrismaHandoff:
+    """Hand the app tables to Prisma: schema.prisma and the baseline migration 0_init, read from
+    the database's catalog (schema `schema`, default the current one). Reads Postgres only, no KV
+    request; writes files only under `out` (without it, nothing is written)."""
+    with connect_pg(config.require_pg(), retries=config.connect_retries) as conn:
+        return generate(conn, schema=schema, out=out)

@@ -10,6 +10,8 @@ from typing import Any
 
 import redis
 
+from kvmigrate.api import KvClient
+from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.errors import ConfigError
 from kvmigrate.model.serial import to_dict
 from kvmigrate.tryout.seed.connections import seed_connections
@@ -56,31 +58,33 @@ class SeedRun:
     memories_dir: str | None
 
 
-def seed_keyspace(client: redis.Redis, *, users: int = 46, seed: int = 7, force: bool = False,
+def seed_keyspace(client: KvClient | redis.Redis, *, users: int = 46, seed: int = 7, force: bool = False,
                   scale: int = 1, now: datetime | None = None) -> SeedResult:
     """Write a deterministic /vibe keyspace into the client's logical db and return its oracle.
 
     Writes; refuses a non-empty db unless `force` (then keys it writes are replaced, others
-    stay). Costs one command per key plus two DBSIZE.
+    stay). Costs one command per key plus two DBSIZE, sent through the library's KV client (a
+    plain redis-py client is wrapped in one, with an uncapped budget).
     """
+    kv = client if isinstance(client, KvClient) else KvClient(client, RequestBudget(cap=None, phase="seed"))
     if users < MIN_USERS or scale < 1:
         raise ConfigError(f"cannot seed {users} users at scale {scale}",
                           hint=f"use at least {MIN_USERS} users and a scale of 1 or more")
-    existing = int(client.dbsize())
+    existing = int(kv.call("DBSIZE"))
     if existing and not force:
-        db = client.connection_pool.connection_kwargs.get("db", 0)
+        db = kv.redis.connection_pool.connection_kwargs.get("db", 0)
         raise ConfigError(f"KV db {db} is not empty ({existing} key{'s' * (existing != 1)}); "
                           "seed writes only to an empty db",
                           hint="point --kv-url at an empty logical db, or pass --force to seed anyway")
     when = now or BASE_TIME
     when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    s = Seed(Writer(client, replace=force), random.Random(seed), users, scale,
+    s = Seed(Writer(kv, replace=force), random.Random(seed), users, scale,
              int(when.timestamp() * 1000))
     for step in _STEPS:
         step(s)
     s.w.flush()
     by_family = dict(sorted(s.w.by_family.items()))
-    return SeedResult(int(client.dbsize()), by_family, s.expected(by_family), s.w.commands + 2)
+    return SeedResult(int(kv.call("DBSIZE")), by_family, s.expected(by_family), s.w.commands + 2)
 
 
 #: The steps, in order: the random stream they share makes the order part of the output.

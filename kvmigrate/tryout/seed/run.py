@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import redis
-
+from kvmigrate.api import connect_kv
+from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.tryout.seed.keyspace import SeedRun, seed_keyspace
 from kvmigrate.tryout.seed.memories import write_memory_files
@@ -17,10 +17,10 @@ def run_seed(config: Config, *, users: int = 46, seed: int = 7, scale: int = 1, 
 
     Writes KV: one command per key; refuses a non-empty logical db unless `force`.
     """
-    client = redis.Redis.from_url(config.require_kv())
+    client = connect_kv(config.require_kv(), RequestBudget(cap=None, phase="seed"), retries=config.connect_retries)
     try:
         result = seed_keyspace(client, users=users, seed=seed, scale=scale, force=force)
     finally:
-        client.close()
+        client.redis.close()
     memories = None if memories_dir is None else write_memory_files(memories_dir, users=users, seed=seed)
     return SeedRun(result, memories, str(memories_dir) if memories_dir else None)

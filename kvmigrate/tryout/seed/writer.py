@@ -1,7 +1,8 @@
 """The pipelined writer, the seeding state every step shares, and the oracle it builds.
 
 Cost: one command per key (plus one DEL before each non-string key when replacing) on
-non-transactional pipelines of PIPELINE_SIZE commands.
+non-transactional pipelines of PIPELINE_SIZE commands, sent through the library's KV client
+(so they are charged to its budget like any other command kvmigrate sends).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-import redis
-
+from kvmigrate.api import KvClient
 from kvmigrate.tryout.seed.data import (
     BASE_MS,
     DAY,
@@ -62,8 +62,9 @@ class Expected:
 class Writer:
     """Queue one command per key on a non-transactional pipeline; send every PIPELINE_SIZE."""
 
-    def __init__(self, client: redis.Redis, *, replace: bool) -> None:
-        self._pipe = client.pipeline(transaction=False)
+    def __init__(self, client: KvClient, *, replace: bool) -> None:
+        self._kv = client
+        self._pipe: list[list[Any]] = []
         self._replace = replace
         self.by_family: Counter[str] = Counter()
         self.commands = 0
@@ -91,14 +92,17 @@ class Writer:
         self.by_family[family] += 1
 
     def _queue(self, args: list[Any]) -> None:
-        self._pipe.execute_command(*args)
+        self._pipe.append(args)
         self.commands += 1
         if len(self._pipe) >= PIPELINE_SIZE:
             self.flush()
 
     def flush(self) -> None:
-        if len(self._pipe):
-            self._pipe.execute()
+        """Send the queued commands in one round trip; raise the first error a command got."""
+        queued, self._pipe = self._pipe, []
+        for reply in self._kv.pipeline(queued):
+            if isinstance(reply, Exception):
+                raise reply
 
 
 class Seed:
