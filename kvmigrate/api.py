@@ -21,11 +21,11 @@ from kvmigrate.phases.plan import plan as plan
 from kvmigrate.phases.backfill import backfill as backfill
 from kvmigrate.phases.verify import verify as verify
 from kvmigrate.phases.cutover import dual_write as dual_write
-from kvmigrate.phases.shadow import shadow as shadow
+from kvmigrate.phases.shadow import run_shadow as shadow
 from kvmigrate.phases.cutover import cutover as cutover
 from kvmigrate.phases.cutover import cleanup as cleanup
-from kvmigrate.phases.restore import restore as restore
-from kvmigrate.phases.restore import restore_forecast as restore_forecast
+from kvmigrate.phases.restore import run_restore as restore
+from kvmigrate.phases.restore import archive_restore_cost as restore_forecast
 from kvmigrate.phases.status import status as status
 from kvmigrate.phases.rejects import rejects as rejects
 from kvmigrate.phases.rehearse import rehearse as rehearse
@@ -49,3 +49,35 @@ from kvmigrate.entities import ENTITIES as ENTITIES
 from kvmigrate.entities import Entity as Entity
 from kvmigrate.entities.common import Bad as Bad
 from kvmigrate.entities.common import handle as handle
+
+__all__ = [
+    "setup",
+    "doctor",
+    "inventory",
+    "keys_by_owner",
+    "plan",
+    "backfill",
+    "verify",
+    "dual_write",
+    "shadow",
+    "cutover",
+    "cleanup",
+    "restore",
+    "restore_forecast",
+    "status",
+    "rejects",
+    "rehearse",
+    "prisma",
+    "DEFAULT_SETTLE",
+    "FLAGS_KEY",
+    "DEFAULT_ARCHIVE_DIR",
+    "ShadowResult",
+    "connect_kv",
+    "connection_errors",
+    "KvClient",
+    "json_dumps",
+    "ENTITIES",
+    "Entity",
+    "Bad",
+    "handle",
+]

@@ -11,7 +11,7 @@ import redis
 from rich.console import Console
 
 from kvmigrate import api as commands
-from kvmigrate.cli.base import Bars
+from kvmigrate.cli.progress import Bars
 from kvmigrate.engine import phases
 from kvmigrate.model.config import build_config
 from kvmigrate.model.progress import Tick

@@ -20,9 +20,9 @@ from kvmigrate.cli.base import (
     batch_options,
     config_from,
     global_options,
-    progress_bar,
     run,
 )
+from kvmigrate.cli.progress import progress_bar
 from kvmigrate.model.errors import KvmigrateError
 
 ShrunkOpt = Annotated[bool, typer.Option("--allow-shrunk-store", help="Run even though KV holds fewer than half "

@@ -15,9 +15,9 @@ from kvmigrate.cli.base import (
     batch_options,
     config_from,
     global_options,
-    progress_bar,
     run,
 )
+from kvmigrate.cli.progress import progress_bar
 from kvmigrate.model.errors import ConfigError
 from kvmigrate.tryout.seed.run import run_seed
 

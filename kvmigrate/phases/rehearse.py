@@ -16,7 +16,6 @@ Cost of a rehearse: an inventory plus a backfill plus a verify, about 6 KV comma
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import psycopg
 
 from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.files.private import write_private
 from kvmigrate.adapters.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.engine.diff import FILE_PREFIX
 from kvmigrate.model.config import Config
@@ -237,11 +237,7 @@ def _write_reports(config: Config, started: dt.datetime, report: Path | None, ma
 
 def _write(path: Path, text: str) -> None:
     """Write a report readable by its owner only (it holds values from the store)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    write_private(path, text.encode("utf-8"))
 
 
 @to_dict.register

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import orjson
 
 from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.files.private import write_private
 from kvmigrate.model.config import Config
 from kvmigrate.model.serial import to_dict
 
@@ -47,10 +47,7 @@ def list_rejects(config: Config, *, entities: tuple[str, ...] = (), export: Path
     for r in result:
         by_reason[r.reason] = by_reason.get(r.reason, 0) + 1
     if export is not None:
-        fd = os.open(export, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            for r in result:
-                fh.write(orjson.dumps(dataclasses.asdict(r)) + b"\n")
+        write_private(export, b"".join(orjson.dumps(dataclasses.asdict(r)) + b"\n" for r in result))
     return RejectsResult(result, by_reason, str(export) if export else None)
 
 

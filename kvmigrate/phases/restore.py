@@ -393,22 +393,3 @@ def _groups(pages: Sequence[tuple[ArchivedKey, Any]]) -> list[list[tuple[Archive
         groups[-1].append((item, page))
         used += n
     return [g for g in groups if g]
-
-
-def restore(config: Config, archive_dir: Path, *, entities: Sequence[str] = (), force: bool = False,
-            yes: bool = False, dry_run: bool = False, report: Reporter = silent) -> RestoreResult:
-    """Put archived keys back (the undo of cleanup) with their types and archived expiry.
-
-    Locks the archive folder and checks every file and total against the manifest first (exit 1
-    on a mismatch, or when another run holds the folder). Writes KV only; phase flags are
-    unchanged. Needs `yes` unless `dry_run` (which reads only and forecasts the cost). A key that
-    exists with another value is refused unless `force`. Exits 1 when anything the ledger marks
-    deleted is not in the archive. KV cost: `kvmigrate.phases.restore.restore_cost`.
-    """
-    return run_restore(config, archive_dir, entities=entities, force=force, yes=yes, dry_run=dry_run, report=report)
-
-
-def restore_forecast(config: Config, archive_dir: Path, *, entities: Sequence[str] = ()) -> RestoreCost:
-    """The billed KV commands a restore of this archive would send into a store where none of
-    its keys exist. Reads the archive only (no KV, no Postgres)."""
-    return archive_restore_cost(config, archive_dir, entities=entities)

@@ -391,17 +391,3 @@ def _(r: ShadowResult) -> dict[str, Any]:
         "kv_requests_by_command": dict(sorted(r.budget.by_command.items())),
         "seconds": round(r.seconds, 3),
     }
-
-
-def shadow(config: Config, *, users: int = 20, handles: Sequence[str] = (), views: Sequence[str] = (),
-           on_forecast: Callable[[int, int], None] | None = None, recheck_delay: float = 3.0) -> ShadowResult:
-    """Compute the app's read views from KV and from Postgres for a sample of users (or the named
-    ones) and compare them field by field; record the result for `cutover --require-shadow`.
-
-    KV strictly read-only: one SCAN pass, then each key the views need read once (MGET for
-    strings, one pipelined typed read per other key); the cost is forecast before reading
-    (`on_forecast(exact, at_most)`) and capped by `config.max_requests`. Writes only
-    kvmigrate's records in Postgres.
-    """
-    return run_shadow(config, users=users, handles=handles, views=views, on_forecast=on_forecast,
-                      recheck_delay=recheck_delay)

@@ -46,6 +46,7 @@ from typing import Any
 import orjson
 
 from kvmigrate import __version__
+from kvmigrate.adapters.files.private import fsync_dir, open_private, write_all, write_private_json
 from kvmigrate.adapters.kv.scanner import decode_key, encode_key
 from kvmigrate.adapters.kv.snapshot import Snapshot
 from kvmigrate.model.errors import ArchiveBusy, ConfigError, KvmigrateError, StorageError
@@ -195,7 +196,7 @@ class ArchiveWriter:
             for entity, chunk in lines.items():
                 if chunk:
                     self._append(entity, chunk)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
             self._write_manifest()
         except OSError as exc:
             raise storage_error(exc, self.folder) from None
@@ -223,11 +224,11 @@ class ArchiveWriter:
         part = self.parts.get(entity)
         if part is None:
             name = f"{entity}.jsonl.gz" if self.part == 1 else f"{entity}.part{self.part}.jsonl.gz"
-            fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            fd = open_private(self.folder / name, new=True, append=True)
             part = self.parts[entity] = _Part(entity, name, fd)
             self._write_manifest()  # listed (0 bytes) before its first line: no part file is unknown
         data = gzip.compress(b"".join(chunk), mtime=0)
-        _write_all(part.fd, data)
+        write_all(part.fd, data)
         os.fsync(part.fd)
         part.sha.update(data)
         part.size += len(data)
@@ -263,34 +264,6 @@ def _part_number(name: str) -> int:
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_private_json(path: Path, obj: object) -> None:
-    """Replace `path` atomically with JSON (mode 0600): fsynced temp file, rename, fsync folder."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        _write_all(fd, orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 # --- reading -----------------------------------------------------------------------------
