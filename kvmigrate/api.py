@@ -27,6 +27,7 @@ from kvmigrate.phases.cutover import cleanup as cleanup
 from kvmigrate.phases.restore import run_restore as restore
 from kvmigrate.phases.restore import archive_restore_cost as restore_forecast
 from kvmigrate.phases.status import status as status
+from kvmigrate.phases.status import ledger_and_rejects as ledger_and_rejects
 from kvmigrate.phases.rejects import rejects as rejects
 from kvmigrate.phases.rehearse import rehearse as rehearse
 from kvmigrate.phases.prisma import prisma as prisma
@@ -65,6 +66,7 @@ __all__ = [
     "restore",
     "restore_forecast",
     "status",
+    "ledger_and_rejects",
     "rejects",
     "rehearse",
     "prisma",

@@ -24,6 +24,7 @@ from psycopg import sql
 
 from kvmigrate.adapters.files.memories import iter_memory_records
 from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.engine.batch import Batch, table_specs
@@ -74,8 +75,7 @@ class Differ:
         self.superseded: list[Difference] = []
         self.forgotten = 0  # recorded sources repair found gone from KV
         self.required = {n: loader.missing_required for n, loader in self.loaders.items()}
-        rows = conn.execute("SELECT entity FROM kvmigrate.phases WHERE writes = 'postgres'").fetchall()
-        self.postgres_writes = {r[0] for r in rows}  # entities whose source of truth is Postgres now
+        self.postgres_writes = postgres_written(conn)  # entities whose source of truth is Postgres now
         conn.execute(_SEEN)
         conn.commit()  # the temp tables must outlive any rollback of a later read
 

@@ -21,6 +21,7 @@ from typing import NoReturn
 import psycopg
 
 from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.pg import ledger, results
 from kvmigrate.adapters.pg.deadline import DeadlineConnection
 from kvmigrate.adapters.pg.session_lock import Holder, LockSession, holder_of, lock_session
 from kvmigrate.model.errors import GateRefused, StoreChanged
@@ -67,11 +68,10 @@ def _take_on(conn: psycopg.Connection, command: str, *, wait: float) -> None:
 
 
 def _refuse(conn: psycopg.Connection, holder: Holder | None, timeout: float | None) -> NoReturn:
-    run = conn.execute("SELECT command FROM kvmigrate.runs WHERE status = 'running' AND command IN"
-                       " ('backfill', 'verify', 'cleanup') ORDER BY id DESC LIMIT 1").fetchone()
+    run = results.newest_running_writer(conn)
     if not conn.autocommit:
         conn.commit()
-    what = "kvmigrate run" if run is None else ("verify --repair" if run[0] == "verify" else str(run[0]))
+    what = "kvmigrate run" if run is None else ("verify --repair" if run == "verify" else run)
     backend = "" if holder is None else f" ({holder.describe()})"
     if holder is not None and timeout is not None and holder.stale(timeout):
         raise GateRefused(
@@ -116,11 +116,9 @@ def refuse_a_shrunk_store(conn: psycopg.Connection, dbsize: int, *, allow: bool 
     """Refuse (StoreChanged, exit 1) when KV holds fewer keys in all than half the entity keys
     the ledger saw and did not see deleted (by cleanup). `allow` lets it through (the user says the keys went on
     purpose). Reads Postgres only; the caller paid for the DBSIZE."""
-    row = conn.execute("SELECT count(*) FROM kvmigrate.ledger WHERE field = '' AND deleted_at IS NULL"
-                       " AND status IN ('migrated', 'rejected')").fetchone()  # kept keys expire on their own
+    seen = ledger.live_entity_keys(conn)
     if not conn.autocommit:
         conn.commit()
-    seen = int(row[0]) if row else 0
     if allow or seen < SHRUNK_MIN_KEYS or dbsize >= SHRUNK_SHARE * seen:
         return
     raise StoreChanged(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import psycopg
 
 from kvmigrate.adapters.kv.client import KvClient
+from kvmigrate.adapters.pg import flags
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.model.errors import GateRefused
 
@@ -33,7 +34,6 @@ FLAGS_KEY = "kvmigrate:flags"
 #: change then waits DEFAULT_SETTLE seconds before relying on it.
 APP_FLAG_CACHE = 30.0
 DEFAULT_SETTLE = 45.0
-LOCK_PHASES = 0x6B766D70  # "kvmp": phase changes are serialised per database
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,13 @@ def kv_entities(entities: Sequence[Entity] = ENTITIES) -> tuple[Entity, ...]:
 
 def current(conn: psycopg.Connection, entity: str) -> Phase:
     """The entity's phase (kv/kv when it was never changed). Read-only."""
-    row = conn.execute("SELECT writes, reads FROM kvmigrate.phases WHERE entity = %s", (entity,)).fetchone()
-    return Phase(row[0], row[1]) if row else KV_ONLY
+    row = flags.phase_row(conn, entity)
+    return Phase(*row) if row else KV_ONLY
 
 
 def all_phases(conn: psycopg.Connection) -> dict[str, Phase]:
     """Every KV entity's phase. Read-only."""
-    rows = dict(((e, Phase(w, r)) for e, w, r in conn.execute("SELECT entity, writes, reads FROM kvmigrate.phases")))
+    rows = {e: Phase(w, r) for e, (w, r) in flags.phase_rows(conn).items()}
     return {e.name: rows.get(e.name, KV_ONLY) for e in kv_entities()}
 
 
@@ -118,18 +118,12 @@ def set_phase(conn: psycopg.Connection, kv: KvClient | None, entity: str, to: Ph
     (and then publishes nothing: callers that change several entities pass `kv=None` and call
     `publish` once at the end, which also repairs a hash a failed earlier run left stale)."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PHASES,))
+        flags.lock_phases(conn)
         before = current(conn, entity)
         if before == to:
             return False
-        conn.execute(
-            "INSERT INTO kvmigrate.phases (entity, writes, reads) VALUES (%s, %s, %s)"
-            " ON CONFLICT (entity) DO UPDATE SET writes = EXCLUDED.writes, reads = EXCLUDED.reads, updated_at = now()",
-            (entity, to.writes, to.reads))
-        conn.execute(
-            "INSERT INTO kvmigrate.phase_history (entity, from_writes, from_reads, to_writes, to_reads, os_user, host,"
-            " reason) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (entity, before.writes, before.reads, to.writes, to.reads, _user(), socket.gethostname(), reason))
+        flags.write_phase(conn, entity, (before.writes, before.reads), (to.writes, to.reads), user=_user(),
+                          host=socket.gethostname(), reason=reason)
     if kv is not None:
         publish(conn, kv)
     return True
@@ -138,14 +132,14 @@ def set_phase(conn: psycopg.Connection, kv: KvClient | None, entity: str, to: Ph
 def publish(conn: psycopg.Connection, kv: KvClient) -> dict[str, str]:
     """Write every entity's flags to the KV hash `kvmigrate:flags`. Costs 1 command (HSET)."""
     phases = all_phases(conn)
-    row = conn.execute("SELECT count(*) FROM kvmigrate.phase_history").fetchone()
+    version = flags.changes_made(conn)
     conn.commit()
-    flags = {"version": str(row[0] if row else 0), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    published = {"version": str(version), "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()}
     for name, phase in phases.items():
-        flags[f"{name}.writes"] = phase.writes
-        flags[f"{name}.reads"] = phase.reads
-    kv.call("HSET", FLAGS_KEY, *[part for item in flags.items() for part in item])
-    return flags
+        published[f"{name}.writes"] = phase.writes
+        published[f"{name}.reads"] = phase.reads
+    kv.call("HSET", FLAGS_KEY, *[part for item in published.items() for part in item])
+    return published
 
 
 @dataclass
@@ -188,10 +182,7 @@ class HistoryRow:
 
 def history(conn: psycopg.Connection, entity: str | None = None, *, limit: int = 50) -> list[HistoryRow]:
     """The latest phase changes, newest first. Read-only."""
-    rows = conn.execute(
-        "SELECT entity, from_writes, from_reads, to_writes, to_reads, changed_at, os_user, host, reason"
-        " FROM kvmigrate.phase_history WHERE %s::text IS NULL OR entity = %s ORDER BY id DESC LIMIT %s",
-        (entity, entity, limit)).fetchall()
+    rows = flags.history_rows(conn, entity, limit)
     return [HistoryRow(e, Phase(fw or "kv", fr or "kv").name, Phase(tw, tr).name, at, f"{u}@{h}", why or "")
             for e, fw, fr, tw, tr, at, u, h, why in rows]
 

@@ -13,7 +13,7 @@ import psycopg
 
 import kvmigrate
 from kvmigrate import entities
-from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg import results, state
 from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.engine.batch import Batch, RequiredCheck, table_specs
 from kvmigrate.entities import ENTITIES, Entity
@@ -132,9 +132,7 @@ def raw_value(raw: object) -> bytes | str | None:
 def _earlier_run_with(conn: psycopg.Connection, rules: str, run_id: int) -> bool:
     """Whether a run other than `run_id` ran under the same rules (so ledger rows that let
     unchanged records be skipped may exist). Read-only."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.runs WHERE id <> %s AND command = 'backfill'"
-                       " AND options->>'rules' = %s)", (run_id, rules)).fetchone()
-    return bool(row and row[0])
+    return results.backfill_ran_with(conn, rules, run_id)
 
 
 def _without_unchanged(rows: dict[str, list[SourcedRow]], unchanged: set[tuple[str, str]],

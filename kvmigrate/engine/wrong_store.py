@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import psycopg
 
+from kvmigrate.adapters.pg import ledger, results
 from kvmigrate.entities import Entity
 from kvmigrate.model.errors import WrongStore
 
@@ -33,10 +34,9 @@ def ledger_keys(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, int
     """Keys the ledger holds per entity (any status). Read-only; one indexed query."""
     if not names:
         return {}
-    rows = conn.execute("SELECT entity, count(*) FROM kvmigrate.ledger WHERE entity = ANY(%s) GROUP BY entity",
-                        (list(names),)).fetchall()
+    counts = ledger.keys_per_entity(conn, names)
     conn.rollback()
-    return {str(e): int(n) for e, n in rows}
+    return counts
 
 
 def unmatched(matched: Mapping[str, int], chosen: Sequence[Entity]) -> list[Entity]:
@@ -85,8 +85,7 @@ def before_cleanup(conn: psycopg.Connection, entities: Sequence[str], *, what: s
     Read-only; no KV command."""
     problems: list[str] = []
     for entity in entities:
-        row = conn.execute("SELECT checked, verified_at FROM kvmigrate.verify_results WHERE entity = %s"
-                           " ORDER BY verified_at DESC, id DESC LIMIT 1", (entity,)).fetchone()
+        row = results.latest_verify_checked(conn, entity)
         conn.rollback()
         if row is not None and not row[0]:
             problems.append(f"{entity}: the latest verify ({row[1]:%Y-%m-%d %H:%M} UTC) checked 0 rows")

@@ -24,7 +24,8 @@ from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.files.memories import iter_memory_records, memories_folder
 from kvmigrate.adapters.kv.client import KvClient
 from kvmigrate.adapters.kv.source import KvSource, Page
-from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg import ledger, state
+from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.loader import LoadStats
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.engine.batch import Batch, RequiredCheck, Tally, table_specs
@@ -142,9 +143,9 @@ def _not_frozen(conn: psycopg.Connection, chosen: tuple[Entity, ...], *,
     """Leave out entities that write to Postgres only (after cleanup): Postgres is their source
     of truth, and copying KV's older values over it would undo the app's writes. Asked for by
     name, such an entity is refused instead."""
-    rows = conn.execute("SELECT entity FROM kvmigrate.phases WHERE writes = 'postgres'").fetchall()
+    written = postgres_written(conn)
     conn.rollback()
-    frozen = sorted({r[0] for r in rows} & {e.name for e in chosen})
+    frozen = sorted(written & {e.name for e in chosen})
     if frozen and explicit:
         raise GateRefused(
             f"{', '.join(frozen)} write to Postgres only (cleanup ran): a backfill from KV would copy older "
@@ -351,12 +352,9 @@ def _finish(run: _Run) -> None:
         result.dangling_refs = len(run.refs - run.seen_messages)
         return
     result.dangling_refs = run.writer.dangling_refs() if run.writer is not None else 0
-    row = run.conn.execute(
-        "SELECT count(*) FROM kvmigrate.row_origin WHERE tbl = 'users' AND rank < 0").fetchone()
-    result.placeholders = int(row[0]) if row else 0
-    merged = run.conn.execute("SELECT entity, count(*) FROM kvmigrate.ledger WHERE reason = 'merged'"
-                              " AND entity = ANY(%s) GROUP BY 1", ([e.name for e in run.entities],)).fetchall()
-    for entity, n in merged:  # keys merged away into another key's row (see the data rules)
+    result.placeholders = ledger.placeholder_users(run.conn)
+    merged = ledger.merged_keys(run.conn, [e.name for e in run.entities])
+    for entity, n in merged.items():  # keys merged away into another key's row (see the data rules)
         result.tallies.setdefault(entity, Tally()).stats["merged_keys"] = int(n)
     if any(t.rows_written for t in result.tallies.values()):  # fresh figures for verify and the app
         analyze(run.conn, [*STATE_TABLES, *table_specs(run.entities)])

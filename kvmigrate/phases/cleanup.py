@@ -42,6 +42,8 @@ from kvmigrate.adapters.kv.client import KvClient, KvSession
 from kvmigrate.adapters.kv.scanner import decode_key, encode_key, scan_pages, storable_name
 from kvmigrate.adapters.kv.snapshot import Snapshot, SnapshotReader
 from kvmigrate.adapters.kv.source import KvSource, storable
+from kvmigrate.adapters.pg import flags as pg_flags
+from kvmigrate.adapters.pg import ledger as pg_ledger
 from kvmigrate.adapters.pg import state
 from kvmigrate.engine import phases
 from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
@@ -142,10 +144,8 @@ def _flags(run: _Run, writer: KvClient, settle: float) -> None:
     have passed since the newest change."""
     changes = phases.move_flags(run.conn, writer, [e.name for e in run.chosen], phases.CLEANED, reason="cleanup")
     run.result.flags_changed += [c.entity for c in changes if c.changed]
-    row = run.conn.execute(
-        "SELECT extract(epoch FROM now() - max(changed_at)) FROM kvmigrate.phase_history"
-        " WHERE entity = ANY(%s) AND to_writes = 'postgres'", ([e.name for e in run.chosen],)).fetchone()
-    wait = settle - float(row[0]) if row and row[0] is not None else 0.0
+    since = pg_flags.seconds_since_postgres_writes(run.conn, [e.name for e in run.chosen])
+    wait = settle - since if since is not None else 0.0
     if wait > 0:
         countdown(wait, run.report, note="until every app instance sees writes=postgres")
         run.result.settled_seconds = wait
@@ -292,12 +292,7 @@ def _verifiable(run: _Run, items: Sequence[tuple[Snapshot, Entity, Family]]) -> 
     merged = [s.key for s, e, _ in items if any(t.merge == "fill" for t in e.tables)]
     shared: set[str] = set()
     if merged:
-        rows = run.conn.execute(
-            "SELECT DISTINCT f.source_key FROM kvmigrate.fill_sources f WHERE f.source_key = ANY(%s) AND EXISTS"
-            " (SELECT 1 FROM kvmigrate.fill_sources o WHERE o.tbl = f.tbl AND o.pk = f.pk"
-            " AND (o.source_key, o.source_field) <> (f.source_key, f.source_field))",
-            ([storable_name(k)[0] for k in merged],)).fetchall()
-        found = {k for (k,) in rows}
+        found = pg_ledger.shared_sources(run.conn, [storable_name(k)[0] for k in merged])
         shared = {k for k in merged if storable_name(k)[0] in found}
     return {s.key for s, _, f in items if s.key not in shared and not f.companion}  # a companion is not in the snapshot
 

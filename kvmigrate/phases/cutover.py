@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 
 from kvmigrate.adapters.connections import connect_kv, connect_pg
-from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg import results, state
+from kvmigrate.adapters.pg.flags import dual_writes_since
 from kvmigrate.engine import phases
 from kvmigrate.engine.phases import DEFAULT_SETTLE, PhaseChange
 from kvmigrate.engine.run import require_schema
@@ -77,12 +78,8 @@ def _kv_only(names: Sequence[str]) -> tuple[Entity, ...]:
 
 def gate(conn: psycopg.Connection, entity: str, *, max_age: dt.timedelta) -> Gate:
     """Check the cutover gate for one entity against its latest verify. Read-only."""
-    row = conn.execute(
-        "SELECT clean, sampled, verified_at, missing + extra + different, now() - verified_at, checked FROM"
-        " kvmigrate.verify_results WHERE entity = %s ORDER BY verified_at DESC, id DESC LIMIT 1", (entity,)).fetchone()
-    since = conn.execute(
-        "SELECT max(changed_at) FROM kvmigrate.phase_history WHERE entity = %s AND to_writes = 'dual'"
-        " AND from_writes IS DISTINCT FROM 'dual'", (entity,)).fetchone()
+    row = results.latest_verify_gate(conn, entity)
+    since = dual_writes_since(conn, entity)
     conn.commit()
     if row is None:
         return Gate(entity, False, "never verified")
@@ -95,7 +92,7 @@ def gate(conn: psycopg.Connection, entity: str, *, max_age: dt.timedelta) -> Gat
         return Gate(entity, False, f"the latest verify found {diffs} differences")
     if age > max_age:
         return Gate(entity, False, f"the latest verify is {_ago(age)} old (limit {_ago(max_age)})")
-    if since and since[0] and at < since[0]:
+    if since and at < since:
         return Gate(entity, False, "the latest verify ran before dual writes started, so it does not cover them")
     return Gate(entity, True, f"clean full verify {_ago(age)} ago")
 

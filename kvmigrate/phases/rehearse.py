@@ -25,6 +25,7 @@ import psycopg
 
 from kvmigrate.adapters.connections import connect_pg
 from kvmigrate.adapters.files.private import write_private
+from kvmigrate.adapters.pg import ledger, results
 from kvmigrate.adapters.pg.migrations import SetupResult, apply_migrations
 from kvmigrate.engine.diff import FILE_PREFIX
 from kvmigrate.model.config import Config
@@ -166,18 +167,12 @@ def _rehearse(config: Config, *, memories_dir: Path | None, repair: bool,
 
 def reject_groups(conn: psycopg.Connection) -> list[RejectGroup]:
     """Rejects by entity and reason, with the first key of each. Read-only."""
-    rows = conn.execute(
-        "SELECT entity, reason_code, count(*), min(key) FROM kvmigrate.rejects GROUP BY 1, 2 ORDER BY 1, 2"
-    ).fetchall()
-    return [RejectGroup(e, r, int(n), k) for e, r, n, k in rows]
+    return [RejectGroup(*group) for group in results.reject_groups(conn)]
 
 
 def deletable_keys(conn: psycopg.Connection) -> int:
     """KV keys a cleanup could delete now: every ledger row of the key is verified. Read-only."""
-    row = conn.execute(
-        "SELECT count(*) FROM (SELECT key FROM kvmigrate.ledger WHERE NOT starts_with(key, %s)"
-        " GROUP BY key HAVING bool_and(verified_hash IS NOT NULL)) k", (FILE_PREFIX,)).fetchone()
-    return int(row[0]) if row else 0
+    return ledger.deletable_keys(conn, FILE_PREFIX)
 
 
 def forecast(inventory: InventoryResult, backfill: BackfillResult, verify: VerifyResult,

@@ -12,6 +12,7 @@ import orjson
 
 from kvmigrate.adapters.connections import connect_pg
 from kvmigrate.adapters.files.private import write_private
+from kvmigrate.adapters.pg import results
 from kvmigrate.model.config import Config
 from kvmigrate.model.serial import to_dict
 
@@ -37,11 +38,7 @@ class RejectsResult:
 def list_rejects(config: Config, *, entities: tuple[str, ...] = (), export: Path | None = None) -> RejectsResult:
     """Read kvmigrate.rejects (optionally one entity); `export` writes JSONL (mode 0600)."""
     with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT key, field, entity, reason_code, message, raw_value, raw_encoding FROM kvmigrate.rejects"
-            " WHERE cardinality(%s::text[]) = 0 OR entity = ANY(%s::text[]) ORDER BY entity, key, field",
-            (list(entities), list(entities)),
-        ).fetchall()
+        rows = results.reject_rows(conn, entities)
     result = tuple(RejectRow(*r) for r in rows)
     by_reason: dict[str, int] = {}
     for r in result:

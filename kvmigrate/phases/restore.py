@@ -57,6 +57,7 @@ from kvmigrate.adapters.kv.rebuild import (
     value_bytes,
 )
 from kvmigrate.adapters.kv.scanner import encode_key, storable_name
+from kvmigrate.adapters.pg import ledger
 from kvmigrate.entities import ENTITIES
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
@@ -151,12 +152,9 @@ def _check_ledger(config: Config, entities: Sequence[str], items: Sequence[Archi
     if not config.pg_url:
         return
     with connect_pg(config.pg_url, retries=config.connect_retries, autocommit=True) as conn:
-        row = conn.execute("SELECT to_regclass('kvmigrate.ledger') IS NOT NULL").fetchone()
-        if not row or not row[0]:
+        deleted = ledger.deleted_keys(conn, entities)
+        if deleted is None:
             return
-        deleted = {k for (k,) in conn.execute(
-            "SELECT DISTINCT key FROM kvmigrate.ledger WHERE deleted_at IS NOT NULL AND entity = ANY(%s)",
-            (list(entities),))}
     covered = {storable_name(i.key)[0] for i in items}
     missing = sorted(deleted - covered)
     result.ledger_checked = True

@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.kv.client import KvClient
-from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg import results, state
 from kvmigrate.engine.run import require_schema
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
@@ -339,26 +338,18 @@ def record(conn: psycopg.Connection, result: ShadowResult, checks: Sequence[View
     """Record the run and one row per view in kvmigrate.shadow_results (the cutover gate reads
     them), with today's KV spend. One transaction."""
     with conn.transaction():
-        run_id = int(conn.execute(
-            "INSERT INTO kvmigrate.runs (command, status, finished_at, kv_requests, options)"
-            " VALUES ('shadow', 'ok', now(), %s, %s) RETURNING id",
-            (result.budget.spent, Jsonb({"handles": result.handles}))).fetchone()[0])  # type: ignore[index]
-        for s in result.views.values():
-            first = [{"subject": c.subject, "differences": [[d.path, str(d.kv), str(d.pg)] for d in c.differences]}
-                     for c in s.first]
-            conn.execute("INSERT INTO kvmigrate.shadow_results (run_id, view, checked, matched, clean, examples)"
-                         " VALUES (%s, %s, %s, %s, %s, %s)",
-                         (run_id, s.view, s.checked, s.matched, s.matched == s.checked, Jsonb(first)))
+        run_id = results.record_shadow_run(conn, result.budget.spent, result.handles, [
+            (s.view, s.checked, s.matched, s.matched == s.checked,
+             [{"subject": c.subject, "differences": [[d.path, str(d.kv), str(d.pg)] for d in c.differences]}
+              for c in s.first])
+            for s in result.views.values()])
         state.record_kv_spend(conn, result.budget)
     return run_id
 
 
 def shadow_gate(conn: psycopg.Connection) -> tuple[bool, str]:
     """Whether the latest shadow run compared every view and all matched, and why. Read-only."""
-    row = conn.execute(
-        "SELECT r.run_id, count(*), count(*) FILTER (WHERE NOT r.clean), sum(r.checked), max(r.recorded_at)"
-        " FROM kvmigrate.shadow_results r WHERE r.run_id = (SELECT max(run_id) FROM kvmigrate.shadow_results)"
-        " GROUP BY r.run_id").fetchone()
+    row = results.latest_shadow(conn)
     conn.commit()
     if row is None:
         return False, "no shadow run recorded (run `kvmigrate shadow`)"

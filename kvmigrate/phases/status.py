@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.pg import ledger, results
 from kvmigrate.engine import phases
 from kvmigrate.engine.run import require_schema
 from kvmigrate.entities import ENTITIES
@@ -55,67 +56,30 @@ def run_status(config: Config) -> StatusResult:
     with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
         require_schema(conn)
         flags = phases.all_phases(conn)
-        buckets = _buckets(conn)
+        buckets = ledger.buckets(conn)
         out = []
         for entity in ENTITIES:
             phase = flags.get(entity.name)
             st = EntityStatus(entity.name, phase.name if phase else "files", phase.writes if phase else "-",
                               phase.reads if phase else "-")
             st.buckets = dict(buckets.get(entity.name, Counter()))
-            st.verified_keys, st.deleted_keys = _verified_deleted(conn, entity.name)
-            st.rejects = _one(conn, "SELECT count(*) FROM kvmigrate.rejects WHERE entity = %s", entity.name)
-            st.last_backfill = _last_backfill(conn, entity.name)
+            st.verified_keys, st.deleted_keys = ledger.verified_and_deleted(conn, entity.name)
+            st.rejects = results.reject_count(conn, entity.name)
+            st.last_backfill = results.last_backfill(conn, entity.name)
             st.last_verify = _last_verify(conn, entity.name)
             out.append(st)
         policy = {k: sum(v.values()) for k, v in buckets.items() if k in ("kept", "unknown")}
-        by_phase: dict[str, int] = dict(conn.execute(
-            "SELECT phase, sum(n)::bigint FROM kvmigrate.kv_requests WHERE day = (now() AT TIME ZONE 'UTC')::date"
-            " GROUP BY phase ORDER BY phase").fetchall())
-        running = [{"id": r, "command": c, "started_at": s} for r, c, s in conn.execute(
-            "SELECT id, command, started_at FROM kvmigrate.runs WHERE status = 'running' ORDER BY id").fetchall()]
+        by_phase = results.spend_today_by_phase(conn)
+        running = results.running(conn)
         return StatusResult(out, policy, sum(by_phase.values()), by_phase, config.daily_quota, running,
                             phases.history(conn, limit=10))
 
 
-def _one(conn: psycopg.Connection, query: str, *args: Any) -> int:
-    row = conn.execute(query, args).fetchone()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
-def _buckets(conn: psycopg.Connection) -> dict[str, Counter[str]]:
-    out: dict[str, Counter[str]] = {}
-    for entity, status, n in conn.execute("SELECT entity, status, count(*) FROM kvmigrate.ledger GROUP BY 1, 2"):
-        out.setdefault(entity, Counter())[status] = n
-    return out
-
-
-def _verified_deleted(conn: psycopg.Connection, entity: str) -> tuple[int, int]:
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE verified_hash IS NOT NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL)"
-        " FROM kvmigrate.ledger WHERE entity = %s", (entity,)).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
-
-
-def _last_backfill(conn: psycopg.Connection, entity: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT id, status, finished_at, result -> 'entities' -> %s FROM kvmigrate.runs"
-        " WHERE command = 'backfill' AND result -> 'entities' ? %s ORDER BY id DESC LIMIT 1",
-        (entity, entity)).fetchone()
-    if row is None:
-        return None
-    return {"run_id": row[0], "status": row[1], "finished_at": row[2], "counts": row[3]}
-
-
 def _last_verify(conn: psycopg.Connection, entity: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        "SELECT run_id, clean, sampled, checked, missing, extra, different, healed, verified_at"
-        " FROM kvmigrate.verify_results WHERE entity = %s ORDER BY verified_at DESC, id DESC LIMIT 1",
-        (entity,)).fetchone()
-    if row is None:
+    out = results.latest_verify(conn, entity)
+    if out is None:
         return None
-    keys = ("run_id", "clean", "sampled", "checked", "missing", "extra", "different", "healed", "verified_at")
-    out = dict(zip(keys, row, strict=True))
-    out["age_seconds"] = int((dt.datetime.now(dt.timezone.utc) - row[-1]).total_seconds())
+    out["age_seconds"] = int((dt.datetime.now(dt.timezone.utc) - out["verified_at"]).total_seconds())
     return out
 
 
@@ -135,3 +99,11 @@ def _(r: StatusResult) -> dict[str, Any]:
 def status(config: Config) -> StatusResult:
     """Phase, flags, ledger buckets, last runs and today's KV spend per entity. Read-only; no KV request."""
     return run_status(config)
+
+
+def ledger_and_rejects(config: Config) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Ledger rows per entity and status, and rejects per reason (most frequent first): the
+    closing figures of a demo. Read-only; no KV request."""
+    with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
+        counts = {entity: dict(statuses) for entity, statuses in ledger.buckets(conn).items()}
+        return counts, results.rejects_by_reason(conn)

@@ -36,7 +36,7 @@ from psycopg import sql
 from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.files.memories import iter_memory_records, memories_folder
 from kvmigrate.adapters.kv.source import KvSource, Page
-from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg import ledger, results, state
 from kvmigrate.engine.diff import Differ
 from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
 from kvmigrate.engine.run import require_schema
@@ -233,7 +233,7 @@ def _delete_extra(conn: psycopg.Connection, differ: Differ) -> int:
             with conn.transaction():
                 cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {pk}::text = %s").format(
                     t=sql.Identifier(spec.name), pk=sql.Identifier(spec.pk)), (diff.pk,))
-                conn.execute("DELETE FROM kvmigrate.row_origin WHERE tbl = %s AND pk = %s", (spec.name, diff.pk))
+                ledger.forget_origin(conn, spec.name, diff.pk)
         except psycopg.errors.ForeignKeyViolation:
             continue
         if cur.rowcount:
@@ -258,14 +258,9 @@ def _sample_records(conn: psycopg.Connection, source: KvSource, chosen: Sequence
     """Per entity, N random migrated keys from the ledger, read in batches of a scan page. An
     entity whose rows merge several sources (users) is read whole: a merged row needs them all."""
     salt = str(random.Random(seed).random())
-    migrated = "SELECT key FROM kvmigrate.ledger WHERE entity = %s AND status = 'migrated'"
     for entity in chosen:
-        if any(t.merge == "fill" and t.sample_whole for t in entity.tables):
-            rows = conn.execute(f"{migrated} GROUP BY key", (entity.name,)).fetchall()
-        else:
-            rows = conn.execute(f"{migrated} AND rows > 0 GROUP BY key ORDER BY md5(key || %s) LIMIT %s",
-                                (entity.name, salt, n)).fetchall()
-        keys = sorted(k for (k,) in rows)
+        whole = any(t.merge == "fill" and t.sample_whole for t in entity.tables)
+        keys = ledger.migrated_keys(conn, entity.name, sample=None if whole else n, salt=salt)
         conn.commit()
         for i in range(0, len(keys), source.count):
             yield [(r, e) for r, e in source.read_keys(keys[i:i + source.count]) if e.name == entity.name]
@@ -274,12 +269,9 @@ def _sample_records(conn: psycopg.Connection, source: KvSource, chosen: Sequence
 def _record(conn: psycopg.Connection, result: VerifyResult, run_id: int) -> None:
     conn.rollback()
     with conn.transaction():
-        for name, check in result.entities.items():
-            conn.execute(
-                "INSERT INTO kvmigrate.verify_results (run_id, entity, mode, sampled, checked, missing, extra,"
-                " different, healed, clean) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (run_id, name, result.mode, bool(result.sampled), check.checked, len(check.missing),
-                 len(check.extra), len(check.different), check.healed, check.clean))
+        results.record_verify_results(conn, run_id, result.mode, bool(result.sampled), [
+            (name, check.checked, len(check.missing), len(check.extra), len(check.different), check.healed,
+             check.clean) for name, check in result.entities.items()])
     state.finish_run(conn, run_id, status="ok", budget=result.budget, result=to_dict(result))
 
 

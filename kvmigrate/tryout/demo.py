@@ -183,11 +183,7 @@ class _Demo:
             r.app_writes_by_phase[w.phase] = r.app_writes_by_phase.get(w.phase, 0) + 1
         with psycopg.connect(self.config.require_pg()) as conn:
             r.app = check_writes(conn, app.writes)
-            for entity, status, n in conn.execute(
-                    "SELECT entity, status, count(*) FROM kvmigrate.ledger GROUP BY 1, 2 ORDER BY 1, 2"):
-                r.counts.setdefault(entity, {})[status] = n
-            r.rejects_by_reason = dict(conn.execute(
-                "SELECT reason_code, count(*) FROM kvmigrate.rejects GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+        r.counts, r.rejects_by_reason = api.ledger_and_rejects(self.config)
 
 
 def _app_handles(raw: list[Any]) -> list[str]:
