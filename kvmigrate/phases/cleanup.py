@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
-import redis
 
 from kvmigrate.adapters.connections import connect_kv, connect_pg
 from kvmigrate.adapters.files.archive import ArchiveWriter, encode_line
@@ -45,7 +44,8 @@ from kvmigrate.adapters.kv.source import KvSource, storable
 from kvmigrate.adapters.pg import flags as pg_flags
 from kvmigrate.adapters.pg import ledger as pg_ledger
 from kvmigrate.adapters.pg import state
-from kvmigrate.engine import phases
+from kvmigrate.engine import deleter, phases
+from kvmigrate.engine.deleter import delete_watched
 from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.scan import KeyspaceScan, resume_point
@@ -325,20 +325,10 @@ def _archive_and_delete(run: _Run, session: KvSession, decided: _Verdicts, *, la
     run.archive.write_batch(lines)
     keys = [s.key for s, _ in deletable]
     state.mark_cleaned(run.conn, keys, set())  # before the delete: a crash after it is recoverable
-    run.result.budget.phase = "delete"
-    try:
-        reply: list[object] | None = session.transaction([("DEL", *[encode_key(k) for k in keys])])
-        deleted = set(keys) if reply is not None else set()
-    except (redis.ConnectionError, redis.TimeoutError):
-        # The reply was lost: the transaction ran whole or not at all. Keys now gone were deleted by
-        # it (writes are on Postgres, so nothing else deletes them); if none is, read the page again.
-        there = run.reader.kv.pipeline([("EXISTS", encode_key(k)) for k in keys])
-        deleted = {k for k, n in zip(keys, there, strict=True) if n == 0}
-        reply = [len(deleted)] if deleted else None
-    finally:
-        run.result.budget.phase = "archive"
-    if reply is None and not last:
+    gone = delete_watched(session, run.reader.kv, keys)
+    if gone is None and not last:
         return False
+    deleted = gone or set()
     state.mark_cleaned(run.conn, keys, deleted)
     _count(run, decided)
     for snap, entity in deletable:
@@ -358,18 +348,8 @@ def _reconcile(run: _Run) -> None:
     per `scan_count` such keys (usually none), and 1 EXISTS per key only where some are gone and
     some are not."""
     keys = state.archived_not_deleted(run.conn, [e.name for e in run.chosen])
-    for start in range(0, len(keys), run.config.scan_count):
-        chunk = keys[start:start + run.config.scan_count]
-        present = int(run.reader.kv.call("EXISTS", *[encode_key(k) for k in chunk]))
-        if present == len(chunk):
-            continue
-        if present == 0:
-            gone = chunk
-        else:
-            there = run.reader.kv.pipeline([("EXISTS", encode_key(k)) for k in chunk])
-            gone = [k for k, n in zip(chunk, there, strict=True) if n == 0]
-        if gone:
-            state.mark_cleaned(run.conn, [], set(gone))
+    for gone in deleter.vanished(run.reader.kv, keys, count=run.config.scan_count):
+        state.mark_cleaned(run.conn, [], set(gone))
 
 
 def _close(run: _Run, status: str, error: BaseException | None) -> None:
