@@ -25,11 +25,12 @@ from typing import Any
 
 import orjson
 import psycopg
-import redis
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from kvmigrate import api
 from kvmigrate.api import ENTITIES, FLAGS_KEY, Entity, json_dumps
+from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.records import RawRecord, Row
 
 
@@ -50,7 +51,7 @@ class AppWrite:
 class FlagCache:
     """The app's view of the phase flags: one HGETALL every `ttl` seconds."""
 
-    def __init__(self, client: redis.Redis, ttl: float) -> None:
+    def __init__(self, client: api.KvClient, ttl: float) -> None:
         self.client = client
         self.ttl = ttl
         self.flags: dict[str, str] = {}
@@ -59,9 +60,9 @@ class FlagCache:
 
     def get(self, entity: str) -> tuple[str, str]:
         if time.monotonic() - self.loaded >= self.ttl:
-            raw = self.client.hgetall(FLAGS_KEY)
+            raw = self.client.call("HGETALL", FLAGS_KEY)
             self.reads += 1
-            self.flags = {_s(k): _s(v) for k, v in raw.items()}
+            self.flags = _hash(raw)
             self.loaded = time.monotonic()
         return self.flags.get(f"{entity}.writes", "kv"), self.flags.get(f"{entity}.reads", "kv")
 
@@ -82,7 +83,8 @@ class SimApp:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        self.kv = redis.Redis.from_url(self.kv_url)
+        # the library's KV client, on a budget of its own: the app's commands are not the migration's
+        self.kv = api.connect_kv(self.kv_url, RequestBudget(cap=None, phase="app"))
         self.flags = FlagCache(self.kv, self.flag_ttl)
         self.pg = psycopg.connect(self.pg_url, autocommit=True, application_name="vibe-app-sim")
         self.entities = {e.name: e for e in ENTITIES}
@@ -91,10 +93,8 @@ class SimApp:
         self.n = 0
         # The app (codebase A) updates streaks it keeps as hashes; B's JSON-string streaks and
         # broken keys are not its to touch.
-        types = self.kv.pipeline(transaction=False)
-        for h in self.handles:
-            types.type(f"streak:{h}")
-        self.streak_handles = [h for h, t in zip(self.handles, types.execute(), strict=True) if t in (b"hash", b"none")]
+        types = self.kv.pipeline([("TYPE", f"streak:{h}") for h in self.handles])
+        self.streak_handles = [h for h, t in zip(self.handles, types, strict=True) if _s(t) in ("hash", "none")]
         self.kv_commands += len(self.handles)
 
     def start(self) -> SimApp:
@@ -104,7 +104,7 @@ class SimApp:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.kv.close()
+        self.kv.redis.close()
         self.pg.close()
 
     def _loop(self) -> None:
@@ -162,7 +162,7 @@ class SimApp:
 
     def _presence(self) -> None:
         handle = self.rng.choice(self.handles)
-        self.kv.set(f"presence:data:{handle}", orjson.dumps({"handle": handle, "status": "online"}), ex=300)
+        self.kv.call("SET", f"presence:data:{handle}", orjson.dumps({"handle": handle, "status": "online"}), "EX", 300)
         self.kv_commands += 1
 
     # ---------------------------------------------------------------- plumbing
@@ -175,7 +175,7 @@ class SimApp:
                                   " WHERE handle = %s", (handle,)).fetchone()
             return {} if row is None else {"current": row[0], "longest": row[1], "totalDays": row[2]}
         self.kv_commands += 1
-        return {_s(k): _s(v) for k, v in self.kv.hgetall(f"streak:{handle}").items()}
+        return _hash(self.kv.call("HGETALL", f"streak:{handle}"))
 
     def _write(self, entity_name: str, record: RawRecord, commands: list[tuple[Any, ...]],
                columns: tuple[str, ...] | None = None) -> None:
@@ -187,11 +187,11 @@ class SimApp:
         values = {c: values[c] for c in columns} if columns else dict(values)
         phase = f"{writes}/{reads}"
         if writes in ("kv", "dual"):
-            pipe = self.kv.pipeline(transaction=False)
-            for cmd in commands:
-                pipe.execute_command(*cmd)
-            pipe.execute()
+            replies = self.kv.pipeline(commands)
             self.kv_commands += len(commands)
+            failed = next((r for r in replies if isinstance(r, Exception)), None)
+            if failed is not None:
+                raise failed
         pg_ok: bool | None = None
         error = ""
         if writes in ("dual", "postgres"):
@@ -203,6 +203,12 @@ class SimApp:
         table = entity.tables[0]
         self.writes.append(AppWrite(entity_name, table.name, str(values[table.pk]), writes != "postgres",
                                     pg_ok, values, phase, error))
+
+
+def _hash(raw: Any) -> dict[str, str]:
+    """A hash as HGETALL answers it (flat field, value list, or a mapping) with text keys and values."""
+    items = list(raw.items()) if isinstance(raw, dict) else list(zip(raw[0::2], raw[1::2], strict=True))
+    return {_s(k): _s(v) for k, v in items}
 
 
 def _s(value: bytes | str) -> str:
