@@ -9,16 +9,20 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import psycopg
+import pytest
 import redis
 
 from kvmigrate import api as commands
 from kvmigrate.engine import phases
 from kvmigrate.engine.guards import LOCK_WRITERS
 from kvmigrate.model.config import build_config
+from kvmigrate.model.errors import StoreChanged
+from kvmigrate.model.progress import Tick
 from kvmigrate.tryout.seed import seed_keyspace
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import Launcher
@@ -99,10 +103,38 @@ def test_a_store_wiped_while_cleanup_settles_is_noticed_before_anything_is_delet
     kv.set("presence:data:alice", b"{}")
     done = child.finish()
     assert done.code == 1, done.output
-    assert "KV holds 1 of the" in done.output and "do not repair from KV" in done.output
+    # the wipe may land before or after cleanup publishes its flags hash (1 key more)
+    assert re.search(r"KV holds [12] of the", done.output) and "do not repair from KV" in done.output, done.output
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM kvmigrate.ledger WHERE deleted_at IS NOT NULL").fetchone() == (0,)
         assert conn.execute("SELECT status FROM kvmigrate.runs WHERE command = 'cleanup'").fetchone() == ("failed",)
+
+
+def test_a_store_wiped_while_cleanup_scans_ends_the_run_failed_and_incomplete(
+        pg_url: str, kv_url: str, kv: redis.Redis, tmp_path: Path) -> None:
+    """FLUSHDB keeps the server's run id, so only the count after the pass can tell."""
+    _migrated(pg_url, kv_url, kv)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}).model_copy(update={"scan_count": 50})
+    assert commands.verify(config, recheck_delay=0).clean
+    move(config, phases.DUAL, phases.CUTOVER)
+    wiped: list[str] = []
+
+    def wipe_after_the_first_delete(tick: Tick) -> None:
+        if tick.task == "cleanup" and tick.note[:1] not in ("", "0") and not wiped:
+            wiped.append(tick.note)
+            kv.flushdb()  # the server lost its data (as a restart without persistence would), same run id
+
+    with pytest.raises(StoreChanged) as refused:
+        commands.cleanup(config, entities=["streaks"], archive_dir=tmp_path / "a", yes=True, settle=0,
+                         report=wipe_after_the_first_delete)
+    assert wiped, "cleanup deleted nothing before the wipe"
+    assert "KV holds 0 keys after cleanup" in refused.value.message and "while cleanup ran" in refused.value.message
+    assert "do not repair from KV" in (refused.value.hint or "")
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT status, result->>'complete' FROM kvmigrate.runs WHERE command = 'cleanup'").fetchone()
+        assert row == ("failed", "false")
+        deleted = conn.execute("SELECT count(*) FROM kvmigrate.ledger WHERE deleted_at IS NOT NULL").fetchone()
+    assert deleted is not None and deleted[0] > 0  # the first page's keys, deleted after they were archived
 
 
 def test_every_postgres_connection_has_keepalives_on_both_ends_and_the_urls_own_settings_win(pg_url: str) -> None:

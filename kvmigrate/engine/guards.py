@@ -127,3 +127,21 @@ def refuse_a_shrunk_store(conn: psycopg.Connection, dbsize: int, *, allow: bool 
         hint="is this the right store and database? If the store lost its data, Postgres may hold the only copy: "
         "do not repair from KV; restore the store (or `kvmigrate restore` an archive) first. If the keys were "
         "deleted on purpose, run again with --allow-shrunk-store")
+
+
+def refuse_a_store_that_shrank_during(before: int, deleted: int, now: int, *, command: str,
+                                      allow: bool = False) -> None:
+    """Refuse (StoreChanged, exit 1) when KV holds fewer than half the keys it should after a
+    run that deleted `deleted` of the `before` keys it started with: the store was wiped while
+    the run went on. A FLUSHDB keeps the server's run id, so only the count tells. Keys expiring
+    or written by the app meanwhile move the count a little, not by half. The caller paid for
+    both DBSIZEs."""
+    expected = before - deleted
+    if allow or expected < SHRUNK_MIN_KEYS or now >= SHRUNK_SHARE * expected:
+        return
+    raise StoreChanged(
+        f"KV holds {now} keys after {command}, not about {expected} ({before} when it started, {deleted} deleted "
+        f"by this run): the store lost keys while {command} ran (wiped, or restarted without its data)",
+        hint="the keys this run deleted are in its archive; keys the store lost otherwise were never archived, and "
+        "Postgres may hold their only copy: do not repair from KV; check the store (`kvmigrate inventory`), "
+        "restore its data, then run again (--allow-shrunk-store if the keys went on purpose)")

@@ -46,7 +46,11 @@ from kvmigrate.adapters.pg import ledger as pg_ledger
 from kvmigrate.adapters.pg import state
 from kvmigrate.engine import deleter, phases
 from kvmigrate.engine.deleter import delete_watched
-from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
+from kvmigrate.engine.guards import (
+    refuse_a_shrunk_store,
+    refuse_a_store_that_shrank_during,
+    writer_lock,
+)
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.scan import KeyspaceScan, resume_point
 from kvmigrate.engine.wrong_store import before_cleanup
@@ -82,7 +86,8 @@ def run_cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Pa
 
     Refuses (GateRefused, exit 1) unless every chosen entity has cut over; needs `yes` unless
     `dry_run`. Writes the flags (Postgres + 1 HSET), the archive folder, the ledger, and deletes
-    KV keys; `dry_run` reads only. KV cost: 1 SCAN per `scan_count` keys; per page with
+    KV keys; `dry_run` reads only. KV cost: 1 DBSIZE before the pass and 1 after (a run that
+    does not settle), 1 SCAN per `scan_count` keys; per page with
     candidates 1 WATCH, 1 MGET per batch of strings, 1 read per other key (1 PTTL more where the
     family can expire), then MULTI, DEL, EXEC (or 1 UNWATCH when nothing is deletable).
     """
@@ -128,6 +133,7 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
         refuse_a_shrunk_store(run.conn, run.total, allow=run.config.allow_shrunk_store)
         _reconcile(run)
         _scan(run)
+        _refuse_a_store_that_shrank(run, writer)
         status = "ok"
     except BudgetExhausted:
         status = "stopped"
@@ -137,6 +143,17 @@ def _run_for_real(run: _Run, writer: KvClient, settle: float) -> None:
         raise
     finally:
         _close(run, status, error)
+
+
+def _refuse_a_store_that_shrank(run: _Run, writer: KvClient) -> None:
+    """After the pass, 1 DBSIZE: a store wiped while the pass ran (FLUSHDB keeps the server's
+    run id, so the per-page check cannot see it) leaves the run incomplete and failed."""
+    try:
+        refuse_a_store_that_shrank_during(run.total or 0, run.result.deleted, int(writer.call("DBSIZE")),
+                                          command="cleanup", allow=run.config.allow_shrunk_store)
+    except StoreChanged:
+        run.result.complete = False
+        raise
 
 
 def _flags(run: _Run, writer: KvClient, settle: float) -> None:

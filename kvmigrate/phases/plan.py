@@ -74,7 +74,7 @@ def run_plan(config: Config, *, sizes: bool = False) -> PlanResult:
                   pages + keys, read.floor),
         PhaseCost("verify", read.commands + 1, "dual-write's verify: DBSIZE and the same read pass",
                   pages + keys, read.floor),
-        PhaseCost("archive", inv.cleanup.commands - delete + 1, "cleanup's one pass: DBSIZE, SCAN, WATCH, the reads "
+        PhaseCost("archive", inv.cleanup.commands - delete + 2, "cleanup's one pass: DBSIZE before and after, SCAN, WATCH, the reads "
                   "of every candidate (derived indexes too)", pages + 2 * candidates, inv.cleanup.floor - inv.candidate_pages),
         PhaseCost("delete", delete, "MULTI, one multi-key DEL, EXEC per page", candidates, inv.candidate_pages),
         # the undo, if it is ever needed: a string is one SET NX, another key is built under a

@@ -182,9 +182,9 @@ def forecast(inventory: InventoryResult, backfill: BackfillResult, verify: Verif
         backfill_predicted=inventory.predicted_backfill,
         backfill=backfill.budget.spent,
         verify=verify.budget.spent,
-        # cleanup's one pass as plan models it (kvmigrate.plan): DBSIZE, then per page SCAN, WATCH,
-        # the reads; MULTI, DEL, EXEC per page with candidates
-        archive=1 + inventory.cleanup.commands - 3 * inventory.candidate_pages,
+        # cleanup's one pass as plan models it (kvmigrate.plan): DBSIZE before and after, per page
+        # SCAN, WATCH, the reads; MULTI, DEL, EXEC per page with candidates
+        archive=2 + inventory.cleanup.commands - 3 * inventory.candidate_pages,
         delete=3 * inventory.candidate_pages if deletable else 0,
         rehearse=inventory.budget.spent + backfill.budget.spent + verify.budget.spent,
     )
