@@ -26,7 +26,7 @@ from kvmigrate.model.progress import Tick
 from kvmigrate.tryout.seed import seed_keyspace
 from tests.fixtures.data import dump_tables
 from tests.fixtures.faults import Launcher
-from tests.helpers import cli
+from tests.helpers import cli, cli_json
 from tests.test_cleanup import move
 
 
@@ -135,6 +135,11 @@ def test_a_store_wiped_while_cleanup_scans_ends_the_run_failed_and_incomplete(
         assert row == ("failed", "false")
         deleted = conn.execute("SELECT count(*) FROM kvmigrate.ledger WHERE deleted_at IS NOT NULL").fetchone()
     assert deleted is not None and deleted[0] > 0  # the first page's keys, deleted after they were archived
+    shown = cli("--pg-url", pg_url, "status")  # status reads Postgres only: it says why its counts may be stale
+    assert shown.exit_code == 0, shown.output
+    assert "the last cleanup (run" in shown.output and "KV holds 0 keys after cleanup" in shown.output, shown.output
+    failed = cli_json("--pg-url", pg_url, "status")["result"]["failed"]
+    assert [(f["command"], "while cleanup ran" in f["error"]) for f in failed] == [("cleanup", True)]
 
 
 def test_every_postgres_connection_has_keepalives_on_both_ends_and_the_urls_own_settings_win(pg_url: str) -> None:

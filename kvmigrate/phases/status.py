@@ -1,7 +1,9 @@
 """`kvmigrate status`: where each entity stands. Reads Postgres only; no KV request.
 
 Per entity: phase and flags, ledger buckets (migrated / rejected / verified / deleted), the last
-backfill and verify, rejects; and the KV commands kvmigrate spent today against the daily quota.
+backfill and verify, rejects; the KV commands kvmigrate spent today against the daily quota; and
+each command whose newest run failed, with the error it stopped on (the ledger's counts are what
+kvmigrate saw: after a failure such as a wiped store they may no longer match KV).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class StatusResult:
     daily_quota: int
     running: list[dict[str, Any]]
     history: list[phases.HistoryRow]
+    failed: list[dict[str, Any]] = field(default_factory=list)  # per command, its newest run when it failed
 
     @property
     def quota_share(self) -> float:
@@ -72,7 +75,7 @@ def run_status(config: Config) -> StatusResult:
         by_phase = results.spend_today_by_phase(conn)
         running = results.running(conn)
         return StatusResult(out, policy, sum(by_phase.values()), by_phase, config.daily_quota, running,
-                            phases.history(conn, limit=10))
+                            phases.history(conn, limit=10), results.last_failures(conn))
 
 
 def _last_verify(conn: psycopg.Connection, entity: str) -> dict[str, Any] | None:
@@ -93,6 +96,7 @@ def _(r: StatusResult) -> dict[str, Any]:
         "daily_quota": r.daily_quota,
         "running": to_dict(r.running),
         "history": to_dict(r.history),
+        "failed": to_dict(r.failed),
     }
 
 

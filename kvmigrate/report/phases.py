@@ -70,6 +70,10 @@ def _(r: StatusResult, console: Console) -> None:
     for run in r.running:
         console.print(f"run {run['id']} ({run['command']}) started {run['started_at']:%Y-%m-%d %H:%M} is still "
                       "marked running (or was killed: rerun it to resume)")
+    for run in r.failed:
+        when = f" at {run['finished_at']:%Y-%m-%d %H:%M}" if run["finished_at"] else ""
+        console.print(f"the last {run['command']} (run {run['id']}) failed{when}: {run['error'] or 'no error recorded'}"
+                      " — the counts above are what kvmigrate saw before it", markup=False)
     for h in r.history[:5]:
         console.print(f"{h.changed_at:%Y-%m-%d %H:%M} {h.entity}: {h.from_phase} -> {h.to_phase} by {h.by}"
                       f" ({h.reason})", markup=False)

@@ -91,6 +91,15 @@ def running(conn: psycopg.Connection) -> list[dict[str, Any]]:
         "SELECT id, command, started_at FROM kvmigrate.runs WHERE status = 'running' ORDER BY id").fetchall()]
 
 
+def last_failures(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Per command, its newest run when that run failed: id, command, finished_at and the error it
+    stopped on (masked when it was recorded). Read-only."""
+    return [{"id": r, "command": c, "finished_at": f, "error": e} for r, c, f, e in conn.execute(
+        "SELECT id, command, finished_at, result->>'error' FROM (SELECT DISTINCT ON (command) id, command,"
+        " finished_at, status, result FROM kvmigrate.runs WHERE NOT dry_run AND status <> 'running'"
+        " ORDER BY command, id DESC) newest WHERE status = 'failed' ORDER BY id").fetchall()]
+
+
 def backfill_ran_with(conn: psycopg.Connection, rules: str, run_id: int) -> bool:
     """Whether a backfill other than `run_id` ran under these rules. Read-only."""
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.runs WHERE id <> %s AND command = 'backfill'"
