@@ -98,6 +98,22 @@ def test_invalid_json_that_is_not_deep_stays_invalid_json() -> None:
     assert outcome.reject is not None and outcome.reject.code == "invalid_json"
 
 
+def test_a_truncated_megabyte_of_json_is_rejected_in_bounded_memory() -> None:
+    """Telling invalid JSON from JSON too deep walks the text; an unterminated string of 1 MB
+    once cost the regex engine about 130 MB (the peak RSS of a whole backfill)."""
+    import tracemalloc
+
+    cut = b'{"id": "m1", "from": "alice", "to": "bob", "text": "hi", "payload": {"image": "' + b"A" * 1_000_000
+    tracemalloc.start()
+    try:
+        outcome = MESSAGES.transform(RawRecord("msg:m1", "string", cut, "", "msg"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert outcome.reject is not None and outcome.reject.code == "invalid_json", outcome.reject
+    assert peak < 30_000_000, f"peak {peak / 1e6:.0f} MB"
+
+
 def test_exact_values_land_in_postgres_and_verify_stays_clean(pg_url: str, kv_url: str, kv: redis.Redis,
                                                                pg: psycopg.Connection) -> None:
     kv.hset("streak:alice", mapping={"current": "3", "longest": "9", "big": "123456789012345678901234",
