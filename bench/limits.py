@@ -170,7 +170,8 @@ def naive_loop(*, pg_url: str, kv_url: str, keys: int, sample: int = 4000,
         scans += 1
         for raw in page:
             c = classifier.classify(raw.decode("utf-8", "surrogateescape"))
-            if c.status == "entity" and c.family is not None and not c.family.split_fields:
+            if c.status == "entity" and c.family is not None and not c.family.split_fields \
+                    and c.family.read_by_backfill:
                 entity_keys.append((raw, c.entity, c.family))
         cursor = int(cursor_raw)
         if cursor == 0:
