@@ -50,9 +50,6 @@ class Batch:
     records: list[tuple[str, str]] = field(default_factory=list)
     tallies: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     refs: set[str] = field(default_factory=set)
-    #: Records always staged again, even when unchanged: their rows also depend on another key
-    #: (a companion, such as the `unread:{h}` counters of `messages:{h}`).
-    restage: set[tuple[str, str]] = field(default_factory=set)
     kept_patterns: Counter[str] = field(default_factory=Counter)
     unknown_patterns: dict[str, list[object]] = field(default_factory=dict)
 
@@ -99,13 +96,14 @@ class Batch:
             tally.item_rejects += 1
             self.rejects.append(RejectEntry(record.key, f"{record.field}#{label}", entity.name, item.code,
                                             item.message, item.raw))
-        if record.companion is not None:
-            self.restage.add((record.key, record.field))
         for row in outcome.rows:
             self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field, row.meta))
         self.refs.update(outcome.refs)
+        # Rows that also depend on a companion key (the `unread:{h}` counters of `messages:{h}`)
+        # carry its digest too: a rerun skips the record only when neither changed.
+        companion = None if record.companion is None else value_digest("hash", record.companion)
         self.ledger.append(LedgerEntry(record.key, record.field, entity.name, record.family, record.redis_type,
-                                       digest, "migrated", None, len(outcome.rows)))
+                                       digest, "migrated", None, len(outcome.rows), companion))
 
 
 def _missing_required(outcome: Outcome, required: Mapping[str, RequiredCheck] | None) -> Reject | None:

@@ -298,6 +298,11 @@ class Differ:
             now = {(str(r.values[spec.pk]), r.source_key, r.source_field) for r in batch.rows.get(table, [])}
             gone = [(pk, key, field) for pk, key, field in rows if (pk, key, field) not in now
                     and (self.memories is not None or not key.startswith(FILE_PREFIX))]
+            if gone and spec.derivable:  # a row's one derivable source is its owner: forget it there
+                self.conn.cursor().executemany(
+                    "DELETE FROM kvmigrate.row_origin o WHERE tbl = %s AND pk = %s AND source_key = %s"
+                    " AND source_field = %s AND NOT EXISTS (SELECT 1 FROM kvmigrate.fill_sources f"
+                    " WHERE f.tbl = o.tbl AND f.pk = o.pk)", [(table, *g) for g in gone])
             if gone:
                 self.conn.cursor().executemany(sql.SQL(
                     "DELETE FROM kvmigrate.{} WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
@@ -307,11 +312,16 @@ class Differ:
 
     def _stored_sources(self, spec: TableSpec, pks: set[str]) -> list[tuple[str, str, str]]:
         """(pk, source key, source field) recorded for these rows: the owner of each
-        (row_origin), and for a merged table every source ever merged into it (fill_sources).
-        Placeholder users (rank -1) have none. Read-only."""
-        return [(pk, key, field) for pk, key, field in self.conn.execute(sql.SQL(
-            "SELECT pk, source_key, source_field FROM kvmigrate.{} WHERE tbl = %s AND pk = ANY(%s) AND rank >= 0"
-        ).format(sql.Identifier(_source_store(spec))), (spec.name, sorted(pks))).fetchall()]
+        (row_origin), and for a merged table every source ever merged into it (fill_sources; the
+        owner alone for a derivable row of one source). Placeholder users (rank -1) have none. Read-only."""
+        query = sql.SQL("SELECT pk, source_key, source_field FROM kvmigrate.{} WHERE tbl = %(t)s AND pk = ANY(%(pks)s)"
+                        " AND rank >= 0").format(sql.Identifier(_source_store(spec)))
+        if spec.derivable:
+            query += sql.SQL(" UNION ALL SELECT pk, source_key, source_field FROM kvmigrate.row_origin o"
+                             " WHERE tbl = %(t)s AND pk = ANY(%(pks)s) AND rank >= 0 AND NOT EXISTS"
+                             " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)")
+        return [(pk, key, field) for pk, key, field in self.conn.execute(
+            query, {"t": spec.name, "pks": sorted(pks)}).fetchall()]
 
     def _reread(self, diffs: Sequence[Difference], *, also: Iterable[str] = ()) -> list[tuple[RawRecord, Entity]]:
         """Read now every source of the differing rows and the keys in `also`, plus, for extra

@@ -53,7 +53,7 @@ class BatchWriter:
         out: dict[str, LoadStats] = {}
         with self.conn.transaction():
             ledger, rows = batch.ledger, batch.rows
-            unchanged = self._unchanged(batch.ledger) - batch.restage if self.rules else set()
+            unchanged = self._unchanged(batch.ledger) if self.rules else set()
             if unchanged:
                 ledger = [e for e in batch.ledger if (e.key, e.field) not in unchanged]
                 rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})

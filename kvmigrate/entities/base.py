@@ -53,8 +53,8 @@ class TableSpec:
 
     `combine`, for a `fill` table, replaces that rule: a pure function of every source of one
     row (in any order; the result must not depend on it) returning the row and the sources it
-    merged away. Every source of a fill table is kept (`kvmigrate.fill_sources`), so the row is
-    recomputed from all of them whichever page brought which. `sample_whole`: see below."""
+    merged away. Every source of a fill table is recorded, so the row is recomputed from all of
+    them whichever page brought which. `sample_whole`, `derivable`: see below."""
 
     name: str
     pk: str
@@ -66,6 +66,9 @@ class TableSpec:
     #: A sampled verify reads a fill table's entity whole (a merged row needs every source);
     #: False samples it by key like a replace table (its copies rarely disagree).
     sample_whole: bool = True
+    #: A row with one source is that source's values (the combine needs no source meta), so
+    #: only rows of several sources keep them in `kvmigrate.fill_sources` (adapters.pg.sources).
+    derivable: bool = False
 
 
 class Entity(Protocol):

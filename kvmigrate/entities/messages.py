@@ -38,7 +38,6 @@ Read state (README, "Data rules"): it only moves one way.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -48,37 +47,8 @@ import orjson
 from kvmigrate.entities import common as c
 from kvmigrate.entities import games
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
-from kvmigrate.model.records import Merged, Outcome, RawRecord, Reject, Row, SourcedRow
-
-
-def combine(sources: Sequence[SourcedRow]) -> Merged:
-    """One `messages` row from every copy of a message (module rules); independent of order."""
-    winner = max(sources, key=lambda r: r.order)
-    if len(sources) == 1:
-        return Merged(winner)
-    values = dict(winner.values)
-    values["read"] = any(s.values.get("read") for s in sources)
-    times = [t for t in (_read_time(s.values.get("payload")) for s in sources) if t is not None]
-    if times:
-        earliest = min(times).isoformat()
-        payload = values.get("payload")
-        extra = dict(payload.get("_extra") or {}) if isinstance(payload, dict) else {}
-        if extra.get("read_at") != earliest:
-            base = {k: v for k, v in payload.items() if k != "_extra"} if isinstance(payload, dict) else payload
-            values["payload"] = games.with_extra(base, {**extra, "read_at": earliest})
-    return Merged(SourcedRow(values, winner.rank, winner.source_key, winner.source_field, winner.meta))
-
-
-def _read_time(payload: Any) -> datetime | None:
-    extra = payload.get("_extra") if isinstance(payload, dict) else None
-    raw = extra.get("read_at") if isinstance(extra, dict) else None
-    if not isinstance(raw, str):
-        return None
-    try:
-        return c.timestamp(raw, what="read_at")
-    except c.Bad:
-        return None
-
+from kvmigrate.entities.message_copies import combine
+from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
 
 MESSAGES_TABLE = TableSpec(
     "messages",
@@ -89,6 +59,7 @@ MESSAGES_TABLE = TableSpec(
     json_columns=("payload",),
     combine=combine,
     sample_whole=False,  # a sample reads only the copies drawn; a full verify reads them all
+    derivable=True,  # a message with one copy is its row; only copies of one id are recorded
 )
 _CONTENT_KEYS = ("body", "text")
 _TIME_KEYS = ("timestamp", "createdAt", "created_at")

@@ -6,31 +6,28 @@ Per table and batch, inside the caller's transaction:
 3. a placeholder user row is created for every referenced handle with no user (README rule);
 4. `INSERT … ON CONFLICT DO NOTHING` for new keys, then one `UPDATE … FROM stage` for rows
    whose values differ (`IS DISTINCT FROM`), only where the source outranks the row's owner;
-5. `kvmigrate.row_origin` records which source owns each row.
+5. `kvmigrate.row_origin` records which source owns each row (and `kvmigrate.fill_sources` every
+   source of a row merged from several, see adapters.pg.sources).
 So an unchanged rerun writes 0 rows, and a crash never half-applies a batch.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import Jsonb
 
+from kvmigrate.adapters.pg.sources import load_sources, sources_to_store, store_sources
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.common import json_bytes
 from kvmigrate.model.records import Merged, SourcedRow
 
 PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
 _META = ("_rank", "_src", "_fld")
-_SOURCE_META = "_meta"  # a stored source's meta (raw value, freshness), beside its columns
 
 
 @dataclass
@@ -50,15 +47,6 @@ def json_dumps(value: Any) -> bytes:
     """JSON for a JSONB column, every number with the digits it was read with (orjson, several
     times faster than `json`; `Decimal` and integers beyond 64 bits written as their text)."""
     return json_bytes(value)
-
-
-def json_loads(data: bytes | str) -> Any:
-    """JSONB read back from Postgres with exact numbers (psycopg's default reads floats)."""
-    return json.loads(data, parse_float=Decimal, parse_int=_exact_int)
-
-
-def _exact_int(digits: str) -> int | Decimal:
-    return int(digits) if len(digits) < 4000 else Decimal(digits)
 
 
 def fill_merge(high: Mapping[str, Any], low: Mapping[str, Any], json_columns: Sequence[str]) -> dict[str, Any]:
@@ -153,7 +141,7 @@ class TableLoader:
     def load(self, rows: Sequence[SourcedRow], *, users: TableLoader | None = None) -> LoadStats:
         """Stage and upsert `rows` (every source's row: they are deduplicated here) in the
         caller's transaction. A `fill` table's row is recomputed from all its sources ever seen
-        (kept in kvmigrate.fill_sources), not just this batch's."""
+        (recorded as adapters.pg.sources says), not just this batch's."""
         stats = LoadStats()
         if not rows:
             return stats
@@ -179,38 +167,17 @@ class TableLoader:
         return stats
 
     def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> list[Merged]:
-        """Store this batch's sources, then merge every stored source of the rows they touch."""
+        """Merge this batch's sources with every recorded source of the rows they touch, and
+        record the sources the rows now need (see adapters.pg.sources). Two statements."""
         pk = self.spec.pk
         latest = {(str(r.values[pk]), r.source_key, r.source_field): r for r in rows}
-        with self.conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO kvmigrate.fill_sources (tbl, pk, source_key, source_field, rank, vals)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE"
-                " SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
-                " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)",
-                [(self.spec.name, k, src, fld, r.rank, Jsonb(_stored(r), dumps=_dumps_any))
-                 for (k, src, fld), r in latest.items()])
-        with self.conn.cursor() as cur:
-            set_json_loads(json_loads, cur)  # numbers back with their exact digits
-            stored = cur.execute(
-                "SELECT pk, source_key, source_field, rank, vals FROM kvmigrate.fill_sources"
-                " WHERE tbl = %s AND pk = ANY(%s)", (self.spec.name, sorted({k for k, _, _ in latest}))).fetchall()
-        groups: dict[str, list[SourcedRow]] = {}
-        for key, src, fld, rank, vals in stored:
-            meta = vals.pop(_SOURCE_META, None) or {}
-            groups.setdefault(key, []).append(SourcedRow(self._typed(vals), rank, src, fld, meta))
-        return [merge_group(self.spec, group) for group in groups.values()]
-
-    def _typed(self, vals: Mapping[str, Any]) -> dict[str, Any]:
-        """Values read back from JSONB, with times and dates as Python objects again."""
-        out = dict(vals)
-        for col, typ in zip(self.spec.columns, self.types, strict=True):
-            value = out.get(col)
-            if isinstance(value, str) and typ.startswith("timestamp"):
-                out[col] = datetime.fromisoformat(value)
-            elif isinstance(value, str) and typ == "date":
-                out[col] = date.fromisoformat(value)
-        return out
+        recorded, stored = load_sources(self.conn, self.spec, self.types, sorted({k for k, _, _ in latest}))
+        groups: dict[str, dict[tuple[str, str], SourcedRow]] = {
+            key: {(s.source_key, s.source_field): s for s in sources} for key, sources in recorded.items()}
+        for (key, src, fld), row in latest.items():
+            groups.setdefault(key, {})[(src, fld)] = row
+        store_sources(self.conn, self.spec, sources_to_store(self.spec, groups, stored, set(latest)))
+        return [merge_group(self.spec, list(group.values())) for group in groups.values()]
 
     def stage_rows(self, rows: Sequence[SourcedRow], *, truncate: bool = True) -> None:
         """COPY rows (with their source) into this loader's temp stage table."""
@@ -293,18 +260,3 @@ class TableLoader:
             ).format(tname=sql.Literal(self.spec.name), pk=sql.Identifier(self.spec.pk), s=sql.Identifier(self.stage))
         )
 
-
-def _stored(row: SourcedRow) -> dict[str, Any]:
-    """A source as kept in kvmigrate.fill_sources: its columns, and its meta when it has one."""
-    return {**row.values, _SOURCE_META: dict(row.meta)} if row.meta else dict(row.values)
-
-
-def _dumps_any(value: Any) -> bytes:
-    """JSON for a stored source row: times and dates as ISO text (read back by `_typed`)."""
-
-    def iso(v: Any) -> Any:
-        if isinstance(v, (datetime, date)):
-            return v.isoformat()
-        raise TypeError(type(v).__name__)
-
-    return json_bytes(value, option=orjson.OPT_PASSTHROUGH_DATETIME, default=iso)

@@ -37,6 +37,8 @@ class LedgerEntry:
     status: str  # migrated | rejected | kept | unknown
     reason: str | None
     rows: int
+    #: Digest of the companion key read with the record (see schema 006), else None.
+    companion_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +158,8 @@ def ledger_rows(conn: psycopg.Connection, keys: Sequence[tuple[str, str]], *,
     if not keys:
         return {}
     cur = conn.execute(
-        "SELECT l.key, l.field, l.entity, l.family, l.redis_type, l.value_hash, l.status, l.reason, l.rows"
-        " FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
+        "SELECT l.key, l.field, l.entity, l.family, l.redis_type, l.value_hash, l.status, l.reason, l.rows,"
+        " l.companion_hash FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
         " JOIN kvmigrate.ledger l ON l.key = b.key AND l.field = b.field"
         " JOIN kvmigrate.runs r ON r.id = l.run_id"
         " WHERE %s::text IS NULL OR r.options->>'rules' = %s",
@@ -187,21 +189,23 @@ def write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[Ledger
 def _write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> int:
     conn.execute(_LEDGER_STAGE)
     conn.execute("DELETE FROM kvm_stage_ledger")
-    cols = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows", "run_id")
+    cols = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows", "run_id",
+            "companion_hash")
     with conn.cursor().copy(f"COPY kvm_stage_ledger ({', '.join(cols)}) FROM STDIN") as cp:
         for e in entries:
             cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
-                          e.reason, e.rows, run_id))
+                          e.reason, e.rows, run_id, e.companion_hash))
     cur = conn.execute(
-        "INSERT INTO kvmigrate.ledger (key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id)"
-        " SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id"
-        " FROM kvm_stage_ledger ORDER BY key, field"
+        "INSERT INTO kvmigrate.ledger (key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id,"
+        " companion_hash) SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, value_hash, status,"
+        " reason, rows, run_id, companion_hash FROM kvm_stage_ledger ORDER BY key, field"
         " ON CONFLICT (key, field) DO UPDATE SET entity = EXCLUDED.entity, family = EXCLUDED.family,"
         " redis_type = EXCLUDED.redis_type, value_hash = EXCLUDED.value_hash, status = EXCLUDED.status,"
-        " reason = EXCLUDED.reason, rows = EXCLUDED.rows, run_id = EXCLUDED.run_id, updated_at = now()"
+        " reason = EXCLUDED.reason, rows = EXCLUDED.rows, run_id = EXCLUDED.run_id,"
+        " companion_hash = EXCLUDED.companion_hash, updated_at = now()"
         " WHERE (ledger.entity, ledger.family, ledger.redis_type, ledger.value_hash, ledger.status, ledger.reason,"
-        " ledger.rows) IS DISTINCT FROM (EXCLUDED.entity, EXCLUDED.family, EXCLUDED.redis_type,"
-        " EXCLUDED.value_hash, EXCLUDED.status, EXCLUDED.reason, EXCLUDED.rows)"
+        " ledger.rows, ledger.companion_hash) IS DISTINCT FROM (EXCLUDED.entity, EXCLUDED.family, EXCLUDED.redis_type,"
+        " EXCLUDED.value_hash, EXCLUDED.status, EXCLUDED.reason, EXCLUDED.rows, EXCLUDED.companion_hash)"
     )
     return cur.rowcount
 

@@ -1,0 +1,131 @@
+"""The recorded sources of merged (`fill`) rows, so a row is recomputed from every source ever
+seen for it, whichever page brought which.
+
+Sources are kept in `kvmigrate.fill_sources`, except for a table whose spec is `derivable`: there
+a row with exactly one source stores nothing more, since that source's values are the row itself
+and its key is the row's owner in `kvmigrate.row_origin`. When a second source of such a row
+arrives, both are stored. So a derivable row has `fill_sources` rows exactly when it has (or had)
+several sources, and every source of a merged row is found there (verify and cleanup rely on it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb, set_json_loads
+
+from kvmigrate.entities.base import TableSpec
+from kvmigrate.entities.common import json_bytes
+from kvmigrate.model.records import SourcedRow
+
+_SOURCE_META = "_meta"  # a stored source's meta (raw value, freshness), beside its columns
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS kvm_stage_fill_sources (LIKE kvmigrate.fill_sources)"
+          " ON COMMIT DELETE ROWS")
+
+
+def json_loads(data: bytes | str) -> Any:
+    """JSONB read back from Postgres with exact numbers (psycopg's default reads floats)."""
+    return json.loads(data, parse_float=Decimal, parse_int=_exact_int)
+
+
+def _exact_int(digits: str) -> int | Decimal:
+    return int(digits) if len(digits) < 4000 else Decimal(digits)
+
+
+def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str],
+                 pks: Sequence[str]) -> tuple[dict[str, list[SourcedRow]], set[str]]:
+    """Every recorded source of the rows `pks`, by primary key, and the keys whose sources are
+    stored in fill_sources (for the others, the one source is derived from the row and its
+    owner). One statement; read-only."""
+    text = ("SELECT pk, source_key, source_field, rank, vals, true FROM kvmigrate.fill_sources"
+            " WHERE tbl = {tn} AND pk = ANY({pks})")
+    if spec.derivable:
+        text += (" UNION ALL SELECT o.pk, o.source_key, o.source_field, o.rank, to_jsonb(t), false"
+                 " FROM kvmigrate.row_origin o JOIN {t} t ON t.{pk}::text = o.pk"
+                 " WHERE o.tbl = {tn} AND o.pk = ANY({pks}) AND o.rank >= 0 AND NOT EXISTS"
+                 " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)")
+    query = sql.SQL(text).format(tn=sql.Literal(spec.name), pks=sql.Placeholder("pks"), t=sql.Identifier(spec.name),
+                                 pk=sql.Identifier(spec.pk))
+    with conn.cursor() as cur:
+        set_json_loads(json_loads, cur)  # numbers back with their exact digits
+        rows = cur.execute(query, {"pks": list(pks)}).fetchall()
+    columns = set(spec.columns)
+    out: dict[str, list[SourcedRow]] = {}
+    stored: set[str] = set()
+    for key, src, fld, rank, vals, in_store in rows:
+        meta = vals.pop(_SOURCE_META, None) or {}
+        values = _typed(spec, types, {c: v for c, v in vals.items() if c in columns})
+        out.setdefault(key, []).append(SourcedRow(values, rank, src, fld, meta))
+        if in_store:
+            stored.add(key)
+    return out, stored
+
+
+def sources_to_store(spec: TableSpec, groups: Mapping[str, Mapping[tuple[str, str], SourcedRow]],
+                     stored: set[str], new: set[tuple[str, str, str]]) -> list[SourcedRow]:
+    """The sources a load must (re)write: per row, this batch's (`new`: pk, key, field), and,
+    when a derivable row gets its second source, the one it had. A derivable row with one
+    source needs none."""
+    out: list[SourcedRow] = []
+    for pk, group in groups.items():
+        if spec.derivable and pk not in stored and len(group) < 2:
+            continue
+        out += [s for (src, fld), s in group.items() if (pk, src, fld) in new or pk not in stored]
+    return out
+
+
+def store_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[SourcedRow]) -> None:
+    """Upsert sources into kvmigrate.fill_sources (a row whose values did not change is not
+    rewritten): one COPY and one statement, in the caller's transaction."""
+    if not sources:
+        return
+    with conn.transaction():  # the stage empties at commit
+        conn.execute(_STAGE)
+        conn.execute("DELETE FROM kvm_stage_fill_sources")
+        with conn.cursor().copy("COPY kvm_stage_fill_sources (tbl, pk, source_key, source_field, rank, vals)"
+                                " FROM STDIN") as cp:
+            cp.set_types(["text", "text", "text", "text", "integer", "jsonb"])
+            for s in sources:
+                cp.write_row((spec.name, str(s.values[spec.pk]), s.source_key, s.source_field, s.rank,
+                              Jsonb(_stored(s), dumps=_dumps_any)))
+        conn.execute(
+            "INSERT INTO kvmigrate.fill_sources (tbl, pk, source_key, source_field, rank, vals)"
+            " SELECT DISTINCT ON (tbl, pk, source_key, source_field) tbl, pk, source_key, source_field, rank, vals"
+            " FROM kvm_stage_fill_sources ORDER BY tbl, pk, source_key, source_field"
+            " ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
+            " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)")
+
+
+def _typed(spec: TableSpec, types: Sequence[str], vals: Mapping[str, Any]) -> dict[str, Any]:
+    """Values read back from JSONB, with times and dates as Python objects again."""
+    out = dict(vals)
+    for col, typ in zip(spec.columns, types, strict=True):
+        value = out.get(col)
+        if isinstance(value, str) and typ.startswith("timestamp"):
+            out[col] = datetime.fromisoformat(value)
+        elif isinstance(value, str) and typ == "date":
+            out[col] = date.fromisoformat(value)
+    return out
+
+
+def _stored(row: SourcedRow) -> dict[str, Any]:
+    """A source as kept in kvmigrate.fill_sources: its columns, and its meta when it has one."""
+    return {**row.values, _SOURCE_META: dict(row.meta)} if row.meta else dict(row.values)
+
+
+def _dumps_any(value: Any) -> bytes:
+    """JSON for a stored source row: times and dates as ISO text (read back by `_typed`)."""
+
+    def iso(v: Any) -> Any:
+        if isinstance(v, (datetime, date)):
+            return v.isoformat()
+        raise TypeError(type(v).__name__)
+
+    return json_bytes(value, option=orjson.OPT_PASSTHROUGH_DATETIME, default=iso)

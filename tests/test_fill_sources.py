@@ -1,0 +1,142 @@
+"""Sources of merged rows, on real servers. A message with one copy records nothing beyond its
+row and its owner; when a second copy arrives (in a later page or run) both copies are recorded,
+so the merge, verify, repair and cleanup see every source of the row. An unchanged rerun stages
+no list again; a list whose `unread:{h}` counters alone changed is staged again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+import redis
+
+from kvmigrate import api as commands
+from kvmigrate.adapters.connections import connect_kv
+from kvmigrate.adapters.pg.loader import LoadStats, TableLoader
+from kvmigrate.engine import phases
+from kvmigrate.model.budget import RequestBudget
+from kvmigrate.model.config import Config, build_config
+from kvmigrate.model.records import SourcedRow
+from kvmigrate.phases.cleanup import run_cleanup
+
+READ_ISO = "2025-06-01T13:00:00+00:00"
+
+
+def _msg(mid: str, **extra: Any) -> dict[str, Any]:
+    return {"id": mid, "from": "sam", "to": "hal", "text": mid, "createdAt": "2025-06-01T12:00:00Z",
+            "read": False, **extra}
+
+
+def _sources(pg: psycopg.Connection) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for pk, key in pg.execute("SELECT pk, source_key FROM kvmigrate.fill_sources WHERE tbl = 'messages'"):
+        out.setdefault(pk, set()).add(key)
+    return out
+
+
+def _config(pg_url: str, kv_url: str) -> Config:
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    return config
+
+
+def test_one_copy_records_no_source_and_a_second_copy_records_both(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    kv.set("msg:m1", orjson.dumps(_msg("m1")))
+    kv.set("msg:m2", orjson.dumps(_msg("m2")))
+    config = _config(pg_url, kv_url)
+    commands.backfill(config)
+    assert _sources(pg) == {}  # each row is its one copy; its owner is in row_origin
+    assert pg.execute("SELECT pk, source_key FROM kvmigrate.row_origin WHERE tbl = 'messages' ORDER BY pk"
+                      ).fetchall() == [("m1", "msg:m1"), ("m2", "msg:m2")]
+
+    # a second copy of m1, read, in the oldest archive, found by a later run
+    kv.set("vibe:messages", orjson.dumps([_msg("m1", read=True, readAt=READ_ISO)]))
+    commands.backfill(config)
+    assert _sources(pg) == {"m1": {"msg:m1", "vibe:messages"}}
+    assert pg.execute("SELECT id, read, payload FROM messages ORDER BY id").fetchall() == [
+        ("m1", True, {"_extra": {"read_at": READ_ISO}}), ("m2", False, None)]
+    assert commands.verify(config, recheck_delay=0).clean
+
+    # the archive copy goes: repair forgets it, and the row is its one remaining copy again
+    kv.delete("vibe:messages")
+    repaired = commands.verify(config, recheck_delay=0, repair=True)
+    assert repaired.entities["messages"].repaired == 1
+    assert pg.execute("SELECT id, read, payload FROM messages ORDER BY id").fetchall() == [
+        ("m1", False, None), ("m2", False, None)]
+    assert _sources(pg) == {"m1": {"msg:m1"}}
+    assert commands.verify(config, recheck_delay=0).clean
+
+
+def _to_cutover(config: Config) -> None:
+    with psycopg.connect(config.require_pg()) as conn:
+        kv = connect_kv(config.require_kv(), RequestBudget())
+        for phase in (phases.DUAL, phases.CUTOVER):
+            phases.set_phase(conn, kv, "messages", phase, reason="test")
+
+
+def test_cleanup_verifies_a_one_copy_message_alone_and_keeps_a_copy_whose_row_has_another_source(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection, tmp_path: Path) -> None:
+    """Both keys change after verify, and Postgres got the same change (a dual write): the
+    one-copy message verifies from its own value; the copy of a merged row cannot (its other
+    copy decides the row too), so it is kept."""
+    kv.set("msg:solo", orjson.dumps(_msg("solo")))
+    kv.set("msg:twin", orjson.dumps(_msg("twin")))
+    kv.set("vibe:messages", orjson.dumps([_msg("twin")]))
+    config = _config(pg_url, kv_url)
+    commands.backfill(config, entities=["messages"])
+    assert _sources(pg) == {"twin": {"msg:twin", "vibe:messages"}}
+    assert commands.verify(config, entities=["messages"], recheck_delay=0).clean
+    _to_cutover(config)
+    for mid in ("solo", "twin"):
+        kv.set(f"msg:{mid}", orjson.dumps(_msg(mid, text=f"{mid}, edited")))
+        pg.execute("UPDATE messages SET content = %s WHERE id = %s", (f"{mid}, edited", mid))
+    result = run_cleanup(config, entities=["messages"], archive_dir=tmp_path, yes=True)
+    assert not kv.exists("msg:solo")
+    assert kv.exists("msg:twin")
+    kept = {reason: k.examples for reason, k in result.entities["messages"].kept.items()}
+    assert any("msg:twin" in examples for examples in kept.values()), kept
+
+
+@pytest.fixture
+def staged(monkeypatch: pytest.MonkeyPatch) -> dict[str, set[str]]:
+    """Source keys of the rows each table loaded, per backfill (cleared by the test)."""
+    seen: dict[str, set[str]] = {}
+    load = TableLoader.load
+
+    def spy(self: TableLoader, rows: Sequence[SourcedRow], **kw: Any) -> LoadStats:
+        if rows:
+            seen.setdefault(self.spec.name, set()).update(r.source_key for r in rows)
+        return load(self, rows, **kw)
+
+    monkeypatch.setattr(TableLoader, "load", spy)
+    return seen
+
+
+def test_an_unchanged_rerun_stages_no_list_and_a_counter_change_stages_only_its_list(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection, staged: dict[str, set[str]]) -> None:
+    for i in range(3):
+        kv.lpush("messages:hal", orjson.dumps({"id": f"h{i}", "from": "tia", "to": "hal", "body": f"b{i}",
+                                               "timestamp": 1748779200000 + i, "read_at": None}))
+        kv.lpush("messages:ivy", orjson.dumps({"id": f"i{i}", "from": "tia", "to": "ivy", "body": f"b{i}",
+                                               "timestamp": 1748779200000 + i, "read_at": None}))
+    kv.hset("unread:hal", "tia", "2")
+    kv.hset("unread:ivy", "tia", "1")
+    config = _config(pg_url, kv_url)
+    commands.backfill(config)
+    assert staged["messages"] == {"messages:hal", "messages:ivy"}
+    assert pg.execute("SELECT count(*) FROM messages WHERE NOT read").fetchone() == (3,)
+
+    staged.clear()
+    again = commands.backfill(config)
+    assert sum(t.rows_written for t in again.tallies.values()) == 0
+    assert "messages" not in staged, staged
+
+    kv.hset("unread:hal", "tia", "0")  # hal viewed the thread: only the counters changed
+    commands.backfill(config)
+    assert staged["messages"] == {"messages:hal"}
+    assert pg.execute("SELECT id FROM messages WHERE NOT read").fetchall() == [("i2",)]
