@@ -3,8 +3,9 @@
 Expected rows (the KV side, through the same transformers and batch rules as backfill) are
 COPYed into temporary tables typed like the real ones, so Postgres does the canonical
 comparison: timestamps as instants, JSONB normalised, arrays in the app's order, NULL as NULL.
-Everything is set-based: memory stays bounded by a page of records (plus the rows of merged
-`fill` tables, which are merged in Python like backfill does), whatever the keyspace size.
+Everything is set-based: memory stays bounded by a page of records (plus the rows of the small
+merged `fill` tables, merged in Python like backfill does; messages are merged a chunk at a time,
+see expected_merge), whatever the keyspace size.
 A difference is re-checked by re-reading every source of its row (and, for a row with no KV
 source, the keys that would hold it) and comparing again the same way.
 Every record read is also staged with the digest of its value, so that once the differences
@@ -26,8 +27,10 @@ from kvmigrate.adapters.files.memories import iter_memory_records
 from kvmigrate.adapters.kv.source import KvSource
 from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe
+from kvmigrate.adapters.pg.sources import forget_sources, recorded_sources
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.engine.batch import Batch, table_specs
+from kvmigrate.engine.expected_merge import merge_staged
 from kvmigrate.engine.repair_guard import LossGuard, load_lossless
 from kvmigrate.engine.writer import BatchWriter
 from kvmigrate.entities import ENTITIES, Entity
@@ -43,7 +46,8 @@ CREATE TEMP TABLE IF NOT EXISTS kvm_verify_seen (
     key TEXT, field TEXT, entity TEXT, family TEXT, redis_type TEXT, digest TEXT, status TEXT, rows INT);
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_diff (tbl TEXT, pk TEXT);
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_bad (key TEXT, field TEXT);
-TRUNCATE kvm_verify_seen, kvm_verify_diff, kvm_verify_bad;
+CREATE TEMP TABLE IF NOT EXISTS kvm_expect_keys (tbl TEXT, pk TEXT, src TEXT, fld TEXT);
+TRUNCATE kvm_verify_seen, kvm_verify_diff, kvm_verify_bad, kvm_expect_keys;
 """
 
 
@@ -69,7 +73,12 @@ class Differ:
         self.fresh = {n: TableLoader(conn, s, stage_prefix="kvm_recheck_") for n, s in self.specs.items()}
         for loader in self.loaders.values():
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(loader.stage)))
-        self.fill_rows: dict[str, list[SourcedRow]] = {n: [] for n, s in self.specs.items() if s.merge == "fill"}
+        # Rows of merged tables: in memory (few: users, streaks…), or staged and merged in
+        # Postgres for a derivable table (messages: as many as the store has), see expected_merge.
+        self.fill_rows: dict[str, list[SourcedRow]] = {
+            n: [] for n, s in self.specs.items() if s.merge == "fill" and not s.derivable}
+        self.merged = {n: TableLoader(conn, s, stage_prefix="kvm_merged_")
+                       for n, s in self.specs.items() if s.merge == "fill" and s.derivable}
         self.diffs: list[Difference] = []
         self.healed: list[Difference] = []
         self.superseded: list[Difference] = []
@@ -104,6 +113,8 @@ class Differ:
         """Find missing, different and (with `extras`) extra rows of every table."""
         for table, pending in self.fill_rows.items():
             self.loaders[table].stage_rows(dedupe(self.specs[table], pending), truncate=False)
+        for table, merged in self.merged.items():
+            merge_staged(self.conn, self.loaders[table], merged)
         # Temp tables are never auto-analyzed, and the app's tables and the ledger may carry
         # figures sampled half-way through a backfill.
         analyze(self.conn, ["kvm_verify_seen", *(loader.stage for loader in self.loaders.values()),
@@ -249,7 +260,7 @@ class Differ:
         repaired: list[Difference] = []
         todo = [d for d in self.diffs if d.kind != "extra" and self._repairable(d)]
         for chunk in _chunks(todo, self.source.count):
-            stored = {table: self._stored_sources(self.specs[table], pks) for table, pks in _pks_by_table(chunk).items()}
+            stored = {table: recorded_sources(self.conn, self.specs[table], pks) for table, pks in _pks_by_table(chunk).items()}
             records = self._reread(chunk, also={key for rows in stored.values() for _, key, _ in rows})
             records = load_lossless(self, writer, guard, chunk, stored, records, allow_lossy=allow_lossy)
             repaired.extend(self._agreeing(chunk, records))
@@ -298,30 +309,10 @@ class Differ:
             now = {(str(r.values[spec.pk]), r.source_key, r.source_field) for r in batch.rows.get(table, [])}
             gone = [(pk, key, field) for pk, key, field in rows if (pk, key, field) not in now
                     and (self.memories is not None or not key.startswith(FILE_PREFIX))]
-            if gone and spec.derivable:  # a row's one derivable source is its owner: forget it there
-                self.conn.cursor().executemany(
-                    "DELETE FROM kvmigrate.row_origin o WHERE tbl = %s AND pk = %s AND source_key = %s"
-                    " AND source_field = %s AND NOT EXISTS (SELECT 1 FROM kvmigrate.fill_sources f"
-                    " WHERE f.tbl = o.tbl AND f.pk = o.pk)", [(table, *g) for g in gone])
             if gone:
-                self.conn.cursor().executemany(sql.SQL(
-                    "DELETE FROM kvmigrate.{} WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
-                ).format(sql.Identifier(_source_store(spec))), [(table, *g) for g in gone])
+                forget_sources(self.conn, spec, gone)
                 forgotten += len(gone)
         return forgotten
-
-    def _stored_sources(self, spec: TableSpec, pks: set[str]) -> list[tuple[str, str, str]]:
-        """(pk, source key, source field) recorded for these rows: the owner of each
-        (row_origin), and for a merged table every source ever merged into it (fill_sources; the
-        owner alone for a derivable row of one source). Placeholder users (rank -1) have none. Read-only."""
-        query = sql.SQL("SELECT pk, source_key, source_field FROM kvmigrate.{} WHERE tbl = %(t)s AND pk = ANY(%(pks)s)"
-                        " AND rank >= 0").format(sql.Identifier(_source_store(spec)))
-        if spec.derivable:
-            query += sql.SQL(" UNION ALL SELECT pk, source_key, source_field FROM kvmigrate.row_origin o"
-                             " WHERE tbl = %(t)s AND pk = ANY(%(pks)s) AND rank >= 0 AND NOT EXISTS"
-                             " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)")
-        return [(pk, key, field) for pk, key, field in self.conn.execute(
-            query, {"t": spec.name, "pks": sorted(pks)}).fetchall()]
 
     def _reread(self, diffs: Sequence[Difference], *, also: Iterable[str] = ()) -> list[tuple[RawRecord, Entity]]:
         """Read now every source of the differing rows and the keys in `also`, plus, for extra
@@ -342,6 +333,9 @@ class Differ:
         """Every source key staged for these rows."""
         if spec.name in self.fill_rows:
             return {r.source_key for r in self.fill_rows[spec.name] if str(r.values[spec.pk]) in pks}
+        if spec.name in self.merged:
+            return {src for (src,) in self.conn.execute("SELECT DISTINCT src FROM kvm_expect_keys WHERE tbl = %s"
+                                                        " AND pk = ANY(%s)", (spec.name, sorted(pks))).fetchall()}
         query = sql.SQL("SELECT DISTINCT _src FROM {s} WHERE {pk}::text = ANY({pks})").format(
             s=sql.Identifier(self.loaders[spec.name].stage), pk=sql.Identifier(spec.pk), pks=sql.Literal(sorted(pks)))
         return {src for (src,) in self.conn.execute(query).fetchall()}
@@ -371,12 +365,6 @@ class Differ:
             check = self._check_for(d.key, self.specs[d.table])
             if how is not None:
                 setattr(check, how, getattr(check, how) + 1)
-
-
-def _source_store(spec: TableSpec) -> str:
-    """The kvmigrate table recording a table's sources: every source of a merged (fill) row,
-    else each row's owner."""
-    return "fill_sources" if spec.merge == "fill" else "row_origin"
 
 
 def expected_sql(spec: TableSpec, stage: str) -> sql.Composable:

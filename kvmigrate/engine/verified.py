@@ -50,6 +50,8 @@ def record_verified(differ: Differ, run_id: int) -> None:
             " JOIN kvm_verify_diff d ON d.tbl = {t} AND d.pk = e.{pk}::text").format(
             s=sql.Identifier(differ.loaders[name].stage), t=sql.Literal(name), pk=sql.Identifier(spec.pk)))
     # A merged (fill) row is built from several records: a difference taints every one of them.
+    conn.execute("INSERT INTO kvm_verify_bad SELECT k.src, k.fld FROM kvm_expect_keys k"
+                 " JOIN kvm_verify_diff d ON d.tbl = k.tbl AND d.pk = k.pk")
     tainted = {(d.table, d.pk) for d in differ.diffs + differ.healed}
     with conn.cursor().copy("COPY kvm_verify_bad FROM STDIN") as cp:
         for table, rows in differ.fill_rows.items():

@@ -103,6 +103,39 @@ def store_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[S
             " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)")
 
 
+def recorded_sources(conn: psycopg.Connection, spec: TableSpec, pks: set[str]) -> list[tuple[str, str, str]]:
+    """(pk, source key, source field) recorded for these rows: the owner of each (row_origin),
+    and for a merged table every source ever merged into it (fill_sources; the owner alone for a
+    derivable row of one source). Placeholder users (rank -1) have none. Read-only."""
+    query = sql.SQL("SELECT pk, source_key, source_field FROM kvmigrate.{} WHERE tbl = %(t)s AND pk = ANY(%(pks)s)"
+                    " AND rank >= 0").format(sql.Identifier(_store(spec)))
+    if spec.derivable:
+        query += sql.SQL(" UNION ALL SELECT pk, source_key, source_field FROM kvmigrate.row_origin o"
+                         " WHERE tbl = %(t)s AND pk = ANY(%(pks)s) AND rank >= 0 AND NOT EXISTS"
+                         " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)")
+    return [(pk, key, field) for pk, key, field in conn.execute(
+        query, {"t": spec.name, "pks": sorted(pks)}).fetchall()]
+
+
+def forget_sources(conn: psycopg.Connection, spec: TableSpec, gone: Sequence[tuple[str, str, str]]) -> None:
+    """Forget these recorded sources (pk, key, field) of `spec`'s rows. A derivable row's one
+    source is its owner in row_origin: forgotten there, so no later load derives it again."""
+    params = [(spec.name, *g) for g in gone]
+    if spec.derivable:
+        conn.cursor().executemany(
+            "DELETE FROM kvmigrate.row_origin o WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
+            " AND NOT EXISTS (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)", params)
+    conn.cursor().executemany(sql.SQL(
+        "DELETE FROM kvmigrate.{} WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
+    ).format(sql.Identifier(_store(spec))), params)
+
+
+def _store(spec: TableSpec) -> str:
+    """The kvmigrate table recording a table's sources: every source of a merged (fill) row,
+    else each row's owner."""
+    return "fill_sources" if spec.merge == "fill" else "row_origin"
+
+
 def _typed(spec: TableSpec, types: Sequence[str], vals: Mapping[str, Any]) -> dict[str, Any]:
     """Values read back from JSONB, with times and dates as Python objects again."""
     out = dict(vals)

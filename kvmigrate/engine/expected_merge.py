@@ -1,0 +1,65 @@
+"""Verify's expected rows of a derivable merged table (messages), merged in bounded memory.
+
+Every source's row is staged in Postgres as it is read (typed, like any expected row); once the
+scan is done, the rows of primary keys staged more than once are read back in primary-key order,
+a group at a time, merged exactly as backfill merges them, and put back as one row each. A key
+with one source is already its expected row. Every staged (pk, source) is kept in
+`kvm_expect_keys`, so a difference still names, and taints, every source of its row. Memory
+holds a chunk of merged rows, whatever the number of messages.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_loads
+
+from kvmigrate.adapters.pg.loader import TableLoader, merge_sources
+from kvmigrate.adapters.pg.sources import json_loads
+from kvmigrate.model.records import SourcedRow
+
+KEYS_TABLE = "CREATE TEMP TABLE IF NOT EXISTS kvm_expect_keys (tbl TEXT, pk TEXT, src TEXT, fld TEXT)"
+CHUNK = 2000
+
+
+def merge_staged(conn: psycopg.Connection, stage: TableLoader, merged: TableLoader) -> None:
+    """Record every staged source of `stage`'s table, then replace each primary key's several
+    staged rows by their merge (through `merged`, an empty stage of the same table). Postgres
+    only, in one transaction (a savepoint in the caller's)."""
+    with conn.transaction():
+        _merge_staged(conn, stage, merged)
+
+
+def _merge_staged(conn: psycopg.Connection, stage: TableLoader, merged: TableLoader) -> None:
+    spec, ident = stage.spec, sql.Identifier
+    table, pk = ident(stage.stage), ident(spec.pk)
+    conn.execute(sql.SQL("INSERT INTO kvm_expect_keys SELECT {tn}, {pk}::text, _src, _fld FROM {s}").format(
+        tn=sql.Literal(spec.name), pk=pk, s=table))
+    cols = sql.SQL(", ").join(ident(c) for c in (*spec.columns, "_rank", "_src", "_fld"))
+    query = sql.SQL("SELECT {cols} FROM (SELECT *, count(*) OVER (PARTITION BY {pk}) AS _n FROM {s}) x"
+                    " WHERE _n > 1 ORDER BY {pk}").format(cols=cols, pk=pk, s=table)
+    conn.execute(sql.SQL("TRUNCATE {}").format(ident(merged.stage)))
+    group: list[SourcedRow] = []
+    done: list[SourcedRow] = []
+    width = len(spec.columns)
+    with conn.cursor(name="kvm_merge_expected") as cur:
+        set_json_loads(json_loads, cur)  # JSONB numbers with their exact digits, as read from KV
+        cur.itersize = CHUNK
+        cur.execute(query)
+        for row in cur:
+            values = dict(zip(spec.columns, row[:width], strict=True))
+            source = SourcedRow(values, row[width], row[width + 1], row[width + 2])
+            if group and group[0].values[spec.pk] != values[spec.pk]:
+                done.append(merge_sources(spec, group))
+                group = []
+            group.append(source)
+            if len(done) >= CHUNK:
+                merged.stage_rows(done, truncate=False)
+                done = []
+    if group:
+        done.append(merge_sources(spec, group))
+    merged.stage_rows(done, truncate=False)
+    conn.execute(sql.SQL("DELETE FROM {s} USING (SELECT DISTINCT {pk} FROM {m}) m WHERE {s}.{pk} = m.{pk}").format(
+        s=table, pk=pk, m=ident(merged.stage)))
+    conn.execute(sql.SQL("INSERT INTO {s} SELECT * FROM {m}").format(s=table, m=ident(merged.stage)))
+    conn.execute(sql.SQL("TRUNCATE {}").format(ident(merged.stage)))
