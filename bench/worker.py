@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from backfill import measure_backfill
+from handloader import hand_loader
 from harness import peak_rss_mb
 from limits import naive_loop, read_limit, upsert_limit
 from verify import measure_verify
@@ -24,6 +25,7 @@ OPERATIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "read_limit": read_limit,
     "upsert_limit": upsert_limit,
     "naive": naive_loop,
+    "hand_loader": hand_loader,
 }
 
 
