@@ -1,4 +1,4 @@
-"""The hand-written loader kvmigrate is held to (issue 17), on its own store of `msg:*` strings.
+"""The hand-written loader kvmigrate is held to, on its own store of `msg:*` strings.
 
 * `seed_strings`: `keys` JSON `msg:{id}` strings between `users` handles registered in
   `vibe:handles`, the shape of the app's newest messages, in an empty logical db.

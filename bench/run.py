@@ -29,7 +29,7 @@ from kvmigrate.tryout.seed import seed_keyspace
 
 #: Keys copied per Redis type for the per-type command counts (one backfill each, both read modes).
 TYPE_SAMPLE = 50_000
-TARGETS = {  # issue 17's
+TARGETS = {  # the performance targets
     "hand_ratio": 1.0,  # backfill ≥ 1.0 × the hand-written loader, on the msg:* store
     "naive_ratio": 20.0,  # backfill ≥ 20 × the naive loop
     "rerun_ratio": 2.0,  # no-change rerun ≥ 2 × the fresh backfill
@@ -91,7 +91,7 @@ def per_type_commands(pg_admin: str, urls: dict[str, str]) -> dict[str, dict[str
 
 
 def strings_store(pg_admin: str, kv_url: str, target: int, log: Any) -> dict[str, Any]:
-    """Issue 17's comparison: a store of `msg:*` strings (and a registry of 2,000 users) in
+    """The headline comparison: a store of `msg:*` strings (and a registry of 2,000 users) in
     logical db 1, loaded by the hand-written loader and by a kvmigrate backfill."""
     url = kv_db_url(kv_url, 1)
     keys = seed_strings(kv_url=url, keys=target)

@@ -147,11 +147,6 @@ def test_shadow_finds_a_profile_updated_after_the_registry_claim(pg_url: str, kv
     assert diffs["items[0].one_liner"] == ("edited later", "claim-time")
 
 
-@pytest.mark.skip(reason="consent (consent:* keys) has no entity yet (issue 15 item 6): no view to compare")
-def test_shadow_finds_a_consent_record() -> None:
-    raise AssertionError("consent is not migrated yet")
-
-
 def test_shadow_billed_tally_equals_the_servers_and_never_passes_max_requests(
         pg_url: str, kv_url: str, kv: redis.Redis) -> None:
     seed_keyspace(kv, users=12, seed=4)
