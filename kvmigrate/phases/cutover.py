@@ -113,11 +113,15 @@ def _ago(delta: dt.timedelta) -> str:
     return f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
 
 
-def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = False, rollback: bool = False,
-                max_verify_age: dt.timedelta = dt.timedelta(hours=1), require_shadow: bool = False) -> CutoverResult:
-    """Switch reads to Postgres (or back, with rollback). Writes Postgres state + 1 HSET per change.
+def cutover(config: Config, *, entities: Sequence[str] = (), force: bool = False, rollback: bool = False,
+            max_verify_age: dt.timedelta = dt.timedelta(hours=1), require_shadow: bool = False) -> CutoverResult:
+    """Switch reads to Postgres (phase 3) if each entity's latest verify is clean, full and recent.
+
     With `require_shadow`, the latest `kvmigrate shadow` run must also have compared every view
-    and found them all matching (its gate is reported as the entity `shadow`)."""
+    and found them all matching (its gate is reported as the entity `shadow`). Refuses
+    (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
+    Writes Postgres state and the KV flags hash (1 HSET per change).
+    """
     chosen = _kv_only(entities)
     result = CutoverResult(rollback, force)
     step = "cutover-rollback" if rollback else "cutover"
@@ -151,11 +155,15 @@ def run_cutover(config: Config, *, entities: Sequence[str] = (), force: bool = F
     return result
 
 
-def run_dual_write(config: Config, *, entities: Sequence[str] = (), settle: float = DEFAULT_SETTLE, rollback: bool = False,
-                   recheck_delay: float = 3.0, progress: Progress | None = None,
-                   report: Reporter = silent) -> DualWriteResult:
-    """Mark entities dual-written, wait `settle` seconds for apps to see the flag, then backfill
-    and verify them. With rollback: writes go back to KV only (reads must still be on KV)."""
+def dual_write(config: Config, *, entities: Sequence[str] = (), settle: float = DEFAULT_SETTLE, rollback: bool = False,
+               recheck_delay: float = 3.0, progress: Progress | None = None,
+               report: Reporter = silent) -> DualWriteResult:
+    """Mark entities dual-written (phase 2), wait `settle` seconds for apps to see the flag, then
+    backfill and verify them. With `rollback`, writes go back to KV only (reads must still be on KV).
+
+    Writes Postgres (state, rows) and the KV flags hash (1 HSET per change); then the KV cost of a
+    backfill plus a verify.
+    """
     chosen = _kv_only(entities)
     budget = RequestBudget(cap=config.max_requests, phase="flags")
     step = "dual-write-rollback" if rollback else "dual-write"
@@ -197,14 +205,23 @@ class CleanupPhaseResult:
     kv_requests: int = 0
 
 
-def run_cleanup_phase(config: Config, *, entities: Sequence[str] = (), archive_dir: Path, dry_run: bool = False,
-                      yes: bool = False, settle: float = DEFAULT_SETTLE, verify_first: bool = False,
-                      recheck_delay: float = 3.0, report: Reporter = silent) -> CleanupPhaseResult:
+DEFAULT_ARCHIVE_DIR = Path("kvmigrate-archive")
+
+
+def cleanup(config: Config, *, entities: Sequence[str] = (), archive_dir: Path = DEFAULT_ARCHIVE_DIR,
+            dry_run: bool = False, yes: bool = False, settle: float = DEFAULT_SETTLE, verify_first: bool = False,
+            recheck_delay: float = 3.0, report: Reporter = silent) -> CleanupPhaseResult:
     """Phase 4. Move writes to Postgres, wait `settle` seconds for every app instance to see it,
     then archive and delete the verified keys in one read pass (see kvmigrate.cleanup: keys the
     app changed since the last verify are verified as that pass reads them). `verify_first` runs
     a full verify before it (one more read of every key).
-    `dry_run` changes nothing and reports what would be archived and deleted."""
+    `dry_run` changes nothing and reports what would be archived and deleted.
+
+    Refuses before cutover (GateRefused, exit 1) and without `yes` (unless `dry_run`). Writes the
+    flags, the archive folder (files 0600, manifest last), the ledger; deletes only keys whose
+    value still has its verified digest. Never touches presence, sessions, rate limits, unknown
+    or `kvmigrate:*` keys.
+    """
     chosen = _kv_only(entities)
     names = [e.name for e in chosen]
     changes: list[PhaseChange] = []
@@ -269,66 +286,6 @@ def _(r: CleanupPhaseResult) -> dict[str, Any]:
             "cleanup": to_dict(r.cleanup), "kv_requests": r.kv_requests}
 
 
-def dual_write(
-    config: Config,
-    *,
-    entities: Sequence[str] = (),
-    settle: float = DEFAULT_SETTLE,
-    rollback: bool = False,
-    recheck_delay: float = 3.0,
-    progress: Progress | None = None,
-    report: Reporter = silent,
-) -> DualWriteResult:
-    """Mark entities dual-written (phase 2), wait for apps to see the flag, backfill and verify.
-
-    Writes Postgres (state, rows) and the KV flags hash (1 HSET per change); then the KV cost of a
-    backfill plus a verify. With `rollback`, writes return to KV only (only while reads are on KV).
-    """
-    return run_dual_write(config, entities=entities, settle=settle, rollback=rollback,
-                          recheck_delay=recheck_delay, progress=progress, report=report)
 
 
-def cutover(
-    config: Config,
-    *,
-    entities: Sequence[str] = (),
-    force: bool = False,
-    rollback: bool = False,
-    max_verify_age: dt.timedelta = dt.timedelta(hours=1),
-    require_shadow: bool = False,
-) -> CutoverResult:
-    """Switch reads to Postgres (phase 3) if each entity's latest verify is clean, full and recent.
 
-    With `require_shadow`, the latest shadow run must be clean too (every view compared, all
-    matching). Refuses (GateRefused, exit 1) otherwise, unless `force`. `rollback` switches reads back to KV.
-    Writes Postgres state and the KV flags hash (1 HSET per change).
-    """
-    return run_cutover(config, entities=entities, force=force, rollback=rollback, max_verify_age=max_verify_age,
-                       require_shadow=require_shadow)
-
-
-DEFAULT_ARCHIVE_DIR = Path("kvmigrate-archive")
-
-
-def cleanup(
-    config: Config,
-    *,
-    entities: Sequence[str] = (),
-    archive_dir: Path = DEFAULT_ARCHIVE_DIR,
-    dry_run: bool = False,
-    yes: bool = False,
-    settle: float = DEFAULT_SETTLE,
-    verify_first: bool = False,
-    recheck_delay: float = 3.0,
-    report: Reporter = silent,
-) -> CleanupPhaseResult:
-    """Phase 4: writes to Postgres only, then archive and delete the verified KV keys (one read pass).
-
-    Refuses before cutover (GateRefused, exit 1) and without `yes` (unless `dry_run`). Writes the
-    flags, the archive folder (files 0600, manifest last), the ledger; deletes only keys whose
-    value still has its verified digest. Never touches presence, sessions, rate limits, unknown
-    or `kvmigrate:*` keys. KV cost: one read of every candidate key (MGET for strings, one read per
-    other key), a SCAN per page, and WATCH, MULTI, DEL, EXEC per page with keys to delete.
-    """
-    return run_cleanup_phase(config, entities=entities, archive_dir=archive_dir, dry_run=dry_run, yes=yes,
-                             settle=settle, verify_first=verify_first, recheck_delay=recheck_delay, report=report)

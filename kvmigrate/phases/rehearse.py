@@ -109,7 +109,7 @@ class RehearseResult:
         return next((c.exit_code for c in self.checks if not c.ok), 0)
 
 
-def run_rehearse(
+def rehearse(
     config: Config,
     *,
     report: Path | None = None,
@@ -120,10 +120,11 @@ def run_rehearse(
     repair: bool = True,
     progress: Progress | None = None,
 ) -> RehearseResult:
-    """Rehearse the migration into a scratch database; write the JSON and Markdown reports
-    (0600; the Markdown next to the JSON, as `.md`, unless `markdown` says where).
+    """Rehearse the migration into a branch or scratch database (CI): setup, inventory, backfill,
+    verify, and a report (JSON and Markdown; 0600; the Markdown next to the JSON, as `.md`, unless
+    `markdown` says where) with the real run's forecast KV cost.
 
-    Writes Postgres at `config.pg_url` (schema, rows, kvmigrate's records); never writes KV.
+    Reads KV strictly read-only (about 6 commands per 1,000 keys). Writes Postgres at `config.pg_url` (schema, rows, kvmigrate's records); never writes KV.
     Fails (see `RehearseResult.exit_code`) on differences (1), on more than `max_rejects` rejects
     (5), and when the forecast KV cost of the real run exceeds `max_requests_real` (4). When an
     error stops the rehearse, the reports are still written (with the error) and it is re-raised.
@@ -262,26 +263,3 @@ def _(r: RehearseResult) -> dict[str, Any]:
         "markdown_path": r.markdown_path,
         "seconds": round(r.seconds, 3),
     }
-
-
-def rehearse(
-    config: Config,
-    *,
-    report: Path | None = None,
-    markdown: Path | None = None,
-    max_rejects: int | None = None,
-    max_requests_real: int | None = None,
-    memories_dir: Path | None = None,
-    repair: bool = True,
-    progress: Progress | None = None,
-) -> RehearseResult:
-    """Rehearse the migration into a branch or scratch database (CI): setup, inventory, backfill,
-    verify, and a report (JSON and Markdown) with the real run's forecast KV cost.
-
-    Reads KV strictly read-only (about 6 commands per 1,000 keys); writes only the database at
-    `config.pg_url`. The result's `exit_code` is 1 on differences, 5 on more rejects than
-    `max_rejects`, 4 when the forecast exceeds `max_requests_real`.
-    """
-    return run_rehearse(config, report=report, markdown=markdown, max_rejects=max_rejects,
-                        max_requests_real=max_requests_real, memories_dir=memories_dir, repair=repair,
-                        progress=progress)

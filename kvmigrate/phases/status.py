@@ -54,8 +54,8 @@ class StatusResult:
         return self.kv_requests_today / self.daily_quota if self.daily_quota else 0.0
 
 
-def run_status(config: Config) -> StatusResult:
-    """Summarise the migration's state. Read-only; costs no KV request."""
+def status(config: Config) -> StatusResult:
+    """Phase, flags, ledger buckets, last runs and today's KV spend per entity. Read-only; no KV request."""
     with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
         require_schema(conn)
         flags = phases.all_phases(conn)
@@ -98,11 +98,6 @@ def _(r: StatusResult) -> dict[str, Any]:
         "history": to_dict(r.history),
         "failed": to_dict(r.failed),
     }
-
-
-def status(config: Config) -> StatusResult:
-    """Phase, flags, ledger buckets, last runs and today's KV spend per entity. Read-only; no KV request."""
-    return run_status(config)
 
 
 def ledger_and_rejects(config: Config) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
