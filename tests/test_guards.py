@@ -156,3 +156,33 @@ def test_every_postgres_connection_has_keepalives_on_both_ends_and_the_urls_own_
     with connect_pg(pg_url + sep + "keepalives_idle=7&options=-c%20statement_timeout%3D5000") as conn:
         assert conn.info.get_parameters()["keepalives_idle"] == "7"
         assert conn.execute("SHOW statement_timeout").fetchone() == ("5s",)
+
+
+def test_a_store_wiped_while_backfill_or_verify_reads_ends_the_run_failed_before_a_verdict(
+        pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    """The same for the phases that only read KV: a backfill does not end `ok` on a store that
+    went away under it, and a verify records no verdict of "every row extra"."""
+    seed_keyspace(kv, users=12, seed=5)
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}).model_copy(update={"scan_count": 50})
+    commands.setup(config)
+    wiped: list[int] = []
+
+    def wipe_once(done: int) -> None:
+        if done and not wiped:
+            wiped.append(done)
+            kv.flushdb()  # the server lost its data, same run id
+
+    with pytest.raises(StoreChanged) as refused:
+        commands.backfill(config, progress=lambda done, total, tallies: wipe_once(done))
+    assert wiped and "KV holds 0 keys after backfill, not about" in refused.value.message, refused.value.message
+    seed_keyspace(kv, users=12, seed=5)  # the store is back (restored); a verify then loses it again
+    assert commands.backfill(config).complete
+    wiped.clear()
+    with pytest.raises(StoreChanged) as refused:
+        commands.verify(config, recheck_delay=0, report=lambda tick: wipe_once(tick.done))
+    assert wiped and "KV holds 0 keys after verify" in refused.value.message, refused.value.message
+    with psycopg.connect(pg_url) as conn:
+        statuses = conn.execute("SELECT command, status FROM kvmigrate.runs ORDER BY id").fetchall()
+        verdicts = conn.execute("SELECT count(*) FROM kvmigrate.verify_results").fetchone()
+    assert statuses == [("backfill", "failed"), ("backfill", "ok"), ("verify", "failed")], statuses
+    assert verdicts == (0,)  # no gate can pass (or fail) on a verify of a vanished store

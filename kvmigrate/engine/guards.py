@@ -21,6 +21,7 @@ from typing import NoReturn
 import psycopg
 
 from kvmigrate.adapters.connections import connect_pg
+from kvmigrate.adapters.kv.client import KvClient
 from kvmigrate.adapters.pg import ledger, results
 from kvmigrate.adapters.pg.deadline import DeadlineConnection
 from kvmigrate.adapters.pg.session_lock import Holder, LockSession, holder_of, lock_session
@@ -129,19 +130,29 @@ def refuse_a_shrunk_store(conn: psycopg.Connection, dbsize: int, *, allow: bool 
         "deleted on purpose, run again with --allow-shrunk-store")
 
 
-def refuse_a_store_that_shrank_during(before: int, deleted: int, now: int, *, command: str,
-                                      allow: bool = False) -> None:
-    """Refuse (StoreChanged, exit 1) when KV holds fewer than half the keys it should after a
-    run that deleted `deleted` of the `before` keys it started with: the store was wiped while
-    the run went on. A FLUSHDB keeps the server's run id, so only the count tells. Keys expiring
-    or written by the app meanwhile move the count a little, not by half. The caller paid for
-    both DBSIZEs."""
+def refuse_a_store_that_shrank_during(kv: KvClient, before: int, *, deleted: int = 0, command: str,
+                                      allow: bool = False, warnings: list[str] | None = None) -> None:
+    """After a run's pass, 1 DBSIZE: refuse (StoreChanged, exit 1) when KV holds fewer than half
+    the keys it should after a run that deleted `deleted` of the `before` keys it started with:
+    the store was wiped while the run went on. A FLUSHDB keeps the server's run id, so only the
+    count tells. Keys expiring or written by the app meanwhile move the count a little, not by
+    half. When the request budget is spent, the count is not taken (`--max-requests` is a hard
+    bound) and a warning says so."""
+    if allow:
+        return
+    if kv.budget.remaining == 0:
+        if warnings is not None:
+            warnings.append(f"the store's size after the {command} was not checked (the request budget is spent): "
+                            "`kvmigrate inventory` shows what it holds")
+        return
+    now = int(kv.call("DBSIZE"))
     expected = before - deleted
-    if allow or expected < SHRUNK_MIN_KEYS or now >= SHRUNK_SHARE * expected:
+    if expected < SHRUNK_MIN_KEYS or now >= SHRUNK_SHARE * expected:
         return
     raise StoreChanged(
-        f"KV holds {now} keys after {command}, not about {expected} ({before} when it started, {deleted} deleted "
-        f"by this run): the store lost keys while {command} ran (wiped, or restarted without its data)",
+        f"KV holds {now} keys after {command}, not about {expected} ({before} when it started"
+        + (f", {deleted} deleted by this run" if deleted else "")
+        + f"): the store lost keys while {command} ran (wiped, or restarted without its data)",
         hint="the keys this run deleted are in its archive; keys the store lost otherwise were never archived, and "
         "Postgres may hold their only copy: do not repair from KV; check the store (`kvmigrate inventory`), "
         "restore its data, then run again (--allow-shrunk-store if the keys went on purpose)")

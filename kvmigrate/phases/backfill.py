@@ -29,7 +29,11 @@ from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.loader import LoadStats
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.engine.batch import Batch, RequiredCheck, Tally, table_specs
-from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
+from kvmigrate.engine.guards import (
+    refuse_a_shrunk_store,
+    refuse_a_store_that_shrank_during,
+    writer_lock,
+)
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.scan import KeyspaceScan, ScanPass, resume_point
 from kvmigrate.engine.writer import BatchWriter, rules_fingerprint
@@ -78,7 +82,8 @@ def run_backfill(
 ) -> BackfillResult:
     """Copy KV history into Postgres. Writes Postgres (not with dry_run); never writes KV.
 
-    Costs 1 DBSIZE, 1 SCAN per `scan_count` keys, 1 MGET per batch of string keys, 1 read per
+    Costs 2 DBSIZE (before the pass, and after it unless a dry run: a store wiped meanwhile fails
+    the run), 1 SCAN per `scan_count` keys, 1 MGET per batch of string keys, 1 read per
     other key it needs (derived indexes are not read), and 1 HSCAN per 1,000 fields of a registry
     hash. Under dual writes a page is not read twice: verify's re-check catches a write the app
     made while the page was in flight.
@@ -191,6 +196,9 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
                 _pass(run, scan_pass, name, progress, total)
     finally:
         run.result.server_restarts = scan.restarts
+    if not run.result.dry_run:  # 1 DBSIZE: a store wiped while the pass ran leaves the run failed
+        refuse_a_store_that_shrank_during(run.kv, total, command="backfill", allow=run.config.allow_shrunk_store,
+                                          warnings=run.result.warnings)
     run.result.complete = True
     if not run.result.dry_run:
         with run.conn.transaction():

@@ -149,8 +149,8 @@ def _refuse_a_store_that_shrank(run: _Run, writer: KvClient) -> None:
     """After the pass, 1 DBSIZE: a store wiped while the pass ran (FLUSHDB keeps the server's
     run id, so the per-page check cannot see it) leaves the run incomplete and failed."""
     try:
-        refuse_a_store_that_shrank_during(run.total or 0, run.result.deleted, int(writer.call("DBSIZE")),
-                                          command="cleanup", allow=run.config.allow_shrunk_store)
+        refuse_a_store_that_shrank_during(writer, run.total or 0, deleted=run.result.deleted, command="cleanup",
+                                          allow=run.config.allow_shrunk_store, warnings=run.result.warnings)
     except StoreChanged:
         run.result.complete = False
         raise

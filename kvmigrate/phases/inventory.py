@@ -85,8 +85,9 @@ class InventoryResult:
 
     @property
     def predicted_backfill(self) -> int:
-        """Billed commands a backfill of every entity will spend: its pass and one DBSIZE."""
-        return self.backfill.commands + 1
+        """Billed commands a backfill of every entity will spend: its pass and two DBSIZE (before
+        it, and after it to tell a store wiped meanwhile)."""
+        return self.backfill.commands + 2
 
     @property
     def naive_requests(self) -> int:

@@ -70,9 +70,9 @@ def run_plan(config: Config, *, sizes: bool = False) -> PlanResult:
                   pages + inv.total_keys, pages),
         PhaseCost("flags", FLAG_WRITES, "one HSET of kvmigrate:flags each for dual-write, cutover and cleanup",
                   FLAG_WRITES, FLAG_WRITES),
-        PhaseCost("backfill", inv.predicted_backfill, "DBSIZE, SCAN, MGET per batch of strings, a read per other key",
+        PhaseCost("backfill", inv.predicted_backfill, "DBSIZE before and after, SCAN, MGET per batch of strings, a read per other key",
                   pages + keys, read.floor),
-        PhaseCost("verify", read.commands + 1, "dual-write's verify: DBSIZE and the same read pass",
+        PhaseCost("verify", read.commands + 2, "dual-write's verify: DBSIZE before and after, and the same read pass",
                   pages + keys, read.floor),
         PhaseCost("archive", inv.cleanup.commands - delete + 2, "cleanup's one pass: DBSIZE before and after, SCAN, WATCH, the reads "
                   "of every candidate (derived indexes too)", pages + 2 * candidates, inv.cleanup.floor - inv.candidate_pages),

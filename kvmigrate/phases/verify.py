@@ -38,7 +38,11 @@ from kvmigrate.adapters.files.memories import iter_memory_records, memories_fold
 from kvmigrate.adapters.kv.source import KvSource, Page
 from kvmigrate.adapters.pg import ledger, results, state
 from kvmigrate.engine.diff import Differ
-from kvmigrate.engine.guards import refuse_a_shrunk_store, writer_lock
+from kvmigrate.engine.guards import (
+    refuse_a_shrunk_store,
+    refuse_a_store_that_shrank_during,
+    writer_lock,
+)
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.scan import KeyspaceScan, server_id
 from kvmigrate.engine.verified import record_verified, supersede
@@ -106,7 +110,8 @@ def run_verify(
 ) -> VerifyResult:
     """Diff KV against Postgres for the chosen entities and record the result per entity.
 
-    Costs 1 DBSIZE (a store that lost most of its keys is refused, see kvmigrate.guards) and the
+    Costs 2 DBSIZE (a store that lost most of its keys before or during the pass is refused, see
+    kvmigrate.engine.guards; a sample takes only the first) and the
     same KV commands as a backfill's read pass, or, with `sample`, the reads of the sampled keys;
     plus one read per difference re-checked. Writes only
     kvmigrate's records, unless `repair` (re-copies rows) or `repair_extra` (deletes rows).
@@ -166,6 +171,9 @@ def run_verify(
                     except BudgetExhausted as exc:
                         raise BudgetExhausted(exc.message + "; " + left_to_do(scanned, total, budget.spent)
                                               + " (a verify starts over)", hint=exc.hint) from None
+                # 1 DBSIZE: a store wiped while the pass ran would show every row as extra
+                refuse_a_store_that_shrank_during(kv, total, command="verify", allow=config.allow_shrunk_store,
+                                                  warnings=result.warnings)
                 if folder is not None:
                     _stage_memories(differ, folder, config.batch_size)
             differ.compare(extras=not sample)
@@ -184,9 +192,9 @@ def run_verify(
         refusal = None
         if not sample:  # after cleanup, the keys of Postgres-written entities are gone on purpose
             kv_side = [e for e in chosen if e.name not in differ.postgres_writes]
-            result.warnings, refusal = verdict({n: c.keys for n, c in result.entities.items()}, kv_side,
-                                               explicit=bool(entities) if explicit is None else explicit,
-                                               what="verify")
+            warned, refusal = verdict({n: c.keys for n, c in result.entities.items()}, kv_side,
+                                      explicit=bool(entities) if explicit is None else explicit, what="verify")
+            result.warnings += warned
         _record(conn, result, run_id)  # recorded even when refused: no gate passes on it
         if refusal is not None:
             raise refusal
