@@ -26,9 +26,11 @@ from psycopg import sql
 from kvmigrate.adapters.files.memories import iter_memory_records
 from kvmigrate.adapters.kv.source import KvSource
 from kvmigrate.adapters.pg.flags import postgres_written
+from kvmigrate.adapters.pg.ledger import verified_hash
 from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe
 from kvmigrate.adapters.pg.sources import forget_sources, recorded_sources
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
+from kvmigrate.adapters.pg.verify_sql import owned_rows, skip_unread_owners, unexpected_rows
 from kvmigrate.engine.batch import Batch, table_specs
 from kvmigrate.engine.expected_merge import merge_staged
 from kvmigrate.engine.repair_guard import LossGuard, load_lossless
@@ -138,10 +140,7 @@ class Differ:
         query = expected_sql(spec, self.loaders[spec.name].stage)
         if not self.sampled:
             return query
-        return sql.SQL("SELECT * FROM ({q}) x WHERE NOT EXISTS (SELECT 1 FROM kvmigrate.row_origin o"
-                       " WHERE o.tbl = {tn} AND o.pk = x.{pk}::text AND (o.rank, o.source_key, o.source_field)"
-                       " > (x._rank, x._src, x._fld))").format(
-            q=query, tn=sql.Literal(spec.name), pk=sql.Identifier(spec.pk))
+        return skip_unread_owners(query, spec)
 
     def _bucket_filter(self, spec: TableSpec, alias: str, buckets: list[int] | None) -> sql.Composable:
         pk = sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(spec.pk))
@@ -163,14 +162,8 @@ class Differ:
         query = sql.SQL("WITH e AS ({e}), a AS ({a}) SELECT coalesce(e.b, a.b) FROM e FULL JOIN a ON e.b = a.b"
                         " WHERE e.h IS DISTINCT FROM a.h").format(
             e=agg.format(b=self._bucket(pk), cols=cols, pk=pk, src=sql.SQL("({}) x").format(expected)),
-            a=agg.format(b=self._bucket(pk), cols=cols, pk=pk, src=sql.SQL("({}) y").format(self._owned_rows(spec))))
+            a=agg.format(b=self._bucket(pk), cols=cols, pk=pk, src=sql.SQL("({}) y").format(owned_rows(spec))))
         return [int(r[0]) for r in self.conn.execute(query).fetchall()]
-
-    def _owned_rows(self, spec: TableSpec) -> sql.Composable:
-        """The table's rows that verify answers for (not placeholder users)."""
-        return sql.SQL("SELECT t.* FROM {t} t LEFT JOIN kvmigrate.row_origin o ON o.tbl = {tn} AND o.pk = t.{pk}::text"
-                       " WHERE coalesce(o.rank, 0) >= 0").format(
-            t=sql.Identifier(spec.name), tn=sql.Literal(spec.name), pk=sql.Identifier(spec.pk))
 
     def _count_checked(self, expected: sql.Composable) -> None:
         """Expected rows per entity (of their source key), counted in Postgres."""
@@ -220,19 +213,13 @@ class Differ:
         not ours to judge; a row whose source key cleanup archived and deleted is not extra; a row
         with no recorded source (written by the app) is reported when every entity writing its
         table is verified and still writes to KV. Placeholder users are never extra."""
-        query = sql.SQL("SELECT t.{pk}::text, o.source_key, o.source_field FROM {t} t"
-                        " LEFT JOIN kvmigrate.row_origin o ON o.tbl = {tn} AND o.pk = t.{pk}::text"
-                        " WHERE coalesce(o.rank, 0) >= 0 AND {bf}"
-                        " AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{pk} = t.{pk})"
-                        " AND NOT EXISTS (SELECT 1 FROM kvmigrate.ledger l WHERE l.key = o.source_key"
-                        " AND l.field = o.source_field AND l.deleted_at IS NOT NULL)").format(
-            pk=sql.Identifier(spec.pk), t=sql.Identifier(spec.name), tn=sql.Literal(spec.name),
-            s=sql.Identifier(self.loaders[spec.name].stage), bf=self._bucket_filter(spec, "t", buckets))
+        rows = unexpected_rows(self.conn, spec, self.loaders[spec.name].stage,
+                               self._bucket_filter(spec, "t", buckets))
         wanted = {e.name for e in self.chosen}
         writers = {e.name for e in ENTITIES if spec in e.tables}
         # a row with no KV source is the app's own once its entity writes to Postgres only
         owns_sourceless = writers <= wanted and not writers & self.postgres_writes
-        for pk, src, fld in self.conn.execute(query).fetchall():
+        for pk, src, fld in rows:
             if (self.entity_of(src) in wanted) if src else owns_sourceless:
                 self._add(Difference("extra", spec.name, pk, src or "", fld or ""), spec)
 
@@ -272,9 +259,7 @@ class Differ:
             return True
         if d.kind != "missing":
             return False
-        row = self.conn.execute("SELECT verified_hash FROM kvmigrate.ledger WHERE key = %s AND field = %s",
-                                (d.key, d.source_field)).fetchone()
-        return row is None or row[0] is None
+        return verified_hash(self.conn, d.key, d.source_field) is None
 
     def _agreeing(self, diffs: Sequence[Difference],
                   records: list[tuple[RawRecord, Entity]] | None = None) -> list[Difference]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import psycopg
 from psycopg import sql
 
+from kvmigrate.adapters.pg.verify_sql import copy_aside
 from kvmigrate.engine.loss import row_losses
 from kvmigrate.entities.base import Entity, TableSpec
 from kvmigrate.model.differences import Difference, RefusedRepair
@@ -45,14 +46,7 @@ class LossGuard:
         for table, keys in pks.items():
             if table not in self.specs or not keys:
                 continue
-            spec = self.specs[table]
-            self.conn.execute(sql.SQL(
-                "INSERT INTO kvm_repair_before SELECT {tn}, t.{pk}::text, to_jsonb(t)"
-                " FROM unnest(%s::text[]) d(pk) JOIN {t} t ON t.{pk} = d.pk::{pt}"
-                " WHERE NOT EXISTS (SELECT 1 FROM kvmigrate.row_origin o WHERE o.tbl = {tn}"
-                " AND o.pk = d.pk AND o.rank < 0)").format(
-                tn=sql.Literal(table), pk=sql.Identifier(spec.pk), t=sql.Identifier(table),
-                pt=sql.SQL(self.pk_types[table])), (sorted(keys),))
+            copy_aside(self.conn, table, self.specs[table].pk, self.pk_types[table], keys)
 
     def losses(self) -> Losses:
         """The rows copied aside that their replacement holds less of. Read-only."""

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from kvmigrate.adapters.pg.verify_sql import (
+    unchanged_since_verified,
+    unverify_tainted,
+    vouch_verified,
+)
 from kvmigrate.engine.diff import Differ
 from kvmigrate.model.differences import Difference
 
@@ -23,10 +28,7 @@ def supersede(differ: Differ) -> None:
                   and differ.entity_of(d.key) in differ.postgres_writes]
     if not candidates:
         return
-    rows = differ.conn.execute(
-        "SELECT s.key, s.field FROM kvm_verify_seen s JOIN kvmigrate.ledger l ON l.key = s.key AND l.field = s.field"
-        " WHERE l.verified_hash = s.digest AND s.key = ANY(%s)", (sorted({d.key for d in candidates}),)).fetchall()
-    unchanged = {(k, f) for k, f in rows}
+    unchanged = unchanged_since_verified(differ.conn, {d.key for d in candidates})
     done: list[Difference] = [d for d in candidates if (d.key, d.source_field) in unchanged]
     differ.superseded = done
     differ.resolve(done, "superseded")
@@ -60,25 +62,8 @@ def record_verified(differ: Differ, run_id: int) -> None:
                 if (table, str(row.values[pk])) in tainted:
                     cp.write_row((row.source_key, row.source_field))
     conn.execute("ANALYZE kvm_verify_bad")
-    conn.execute(
-        "UPDATE kvmigrate.ledger l SET verified_hash = NULL, verified_at = NULL FROM kvm_verify_seen s"
-        " WHERE l.key = s.key AND l.field = s.field AND l.verified_hash IS NOT NULL AND (s.status <> 'migrated'"
-        " OR EXISTS (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field))"
-        # Postgres is the source of truth for these entities: a key whose KV value has not changed
-        # since it verified stays verified, whatever Postgres became since.
-        " AND NOT (l.entity = ANY(%s) AND s.digest = l.verified_hash)", (sorted(differ.postgres_writes),))
-    cur = conn.execute(
-        "WITH vouched AS (INSERT INTO kvmigrate.ledger AS l (key, field, entity, family, redis_type, value_hash,"
-        " status, rows, run_id, verified_hash, verified_at)"
-        " SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, digest, 'migrated', rows, %s,"
-        " digest, now() FROM kvm_verify_seen s WHERE s.status = 'migrated' AND NOT EXISTS"
-        " (SELECT 1 FROM kvm_verify_bad b WHERE b.key = s.key AND b.field = s.field) ORDER BY key, field"
-        " ON CONFLICT (key, field) DO UPDATE SET verified_hash = EXCLUDED.verified_hash,"
-        " verified_at = EXCLUDED.verified_at"
-        " WHERE l.status = 'migrated' AND l.verified_hash IS DISTINCT FROM EXCLUDED.verified_hash"
-        " RETURNING l.entity)"
-        " SELECT entity, count(*) FROM vouched GROUP BY entity", (run_id,))  # counted in SQL: a million keys
-    for entity, n in cur.fetchall():
+    unverify_tainted(conn, differ.postgres_writes)
+    for entity, n in vouch_verified(conn, run_id):
         if entity in differ.checks:
             differ.checks[entity].verified_keys += int(n)
     conn.commit()

@@ -98,3 +98,11 @@ def shared_sources(conn: psycopg.Connection, source_keys: Sequence[str]) -> set[
         " (SELECT 1 FROM kvmigrate.fill_sources o WHERE o.tbl = f.tbl AND o.pk = f.pk"
         " AND (o.source_key, o.source_field) <> (f.source_key, f.source_field))", (list(source_keys),)).fetchall()
     return {str(k) for (k,) in rows}
+
+
+def verified_hash(conn: psycopg.Connection, key: str, field: str) -> str | None:
+    """The digest the key's field last verified with, or None (never verified, or not in the
+    ledger). Read-only; one indexed lookup."""
+    row = conn.execute("SELECT verified_hash FROM kvmigrate.ledger WHERE key = %s AND field = %s",
+                       (key, field)).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
