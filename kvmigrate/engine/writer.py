@@ -3,7 +3,6 @@ Shared by backfill and verify's repair. Writes to Postgres only; no KV request."
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,9 @@ from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.engine.batch import Batch, RequiredCheck, table_specs
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.model.records import ContainerJson, RawRecord
+
+#: Reject keys a writer remembers before it prunes on every page instead (memory bound).
+MAX_TRACKED_REJECTS = 100_000
 
 
 class BatchWriter:
@@ -38,10 +40,17 @@ class BatchWriter:
         # keys refer to about half a million ids): the run counts the dangling ones at its end.
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS kvm_refs (id TEXT)")
         conn.execute("TRUNCATE kvm_refs")
+        state.prepare_stages(conn)
         specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
         self.loaders = {name: TableLoader(conn, spec, per_transaction=True) for name, spec in specs.items()}
         if rules is not None and not _earlier_run_with(conn, rules, run_id):
             self.rules = None  # nothing committed under these rules yet: no unchanged record to skip
+        # the runs whose ledger rows count as written under these rules (no other run can add
+        # one meanwhile: backfills hold the writer lock)
+        self.rules_runs = state.rules_runs(conn, self.rules) if self.rules is not None else []
+        # Keys that may have a reject stored: those this writer stored one for, when the table
+        # was empty at its start (None: any key may, so every page prunes its records' rejects)
+        self.reject_keys: set[str] | None = None if state.any_rejects(conn) else set()
         conn.commit()
 
     def required(self) -> dict[str, RequiredCheck]:
@@ -52,17 +61,22 @@ class BatchWriter:
         """Load one batch in one transaction. Returns rows written per table."""
         out: dict[str, LoadStats] = {}
         with self.conn.transaction():
-            ledger, rows = batch.ledger, batch.rows
+            rows = batch.rows
+            state.stage_ledger(self.conn, self.run_id, batch.ledger)
             unchanged = self._unchanged(batch.ledger) if self.rules else set()
             if unchanged:
-                ledger = [e for e in batch.ledger if (e.key, e.field) not in unchanged]
                 rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
             for table, loader in self.loaders.items():
                 out[table] = loader.load(rows.get(table, []))
-            state.write_ledger(self.conn, self.run_id, ledger)
-            state.write_rejects(self.conn, self.run_id, [r for r in batch.records if r not in unchanged],
-                                [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged])
-            state.write_merged(self.conn, self.run_id, merged_entries(out))
+            if batch.ledger:
+                state.apply_ledger(self.conn)
+            records = [r for r in batch.records if r not in unchanged]
+            rejects = [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged]
+            merged = merged_entries(out)
+            prune = self.reject_keys is None or any(k in self.reject_keys for k, _ in records)
+            self._note_rejects([r.key for r in rejects] + [m.key for m in merged if m.message is not None])
+            state.write_rejects(self.conn, self.run_id, records, rejects, prune=prune)
+            state.write_merged(self.conn, self.run_id, merged)
             if batch.refs:
                 with self.conn.cursor().copy("COPY kvm_refs (id) FROM STDIN") as cp:
                     for ref in batch.refs:
@@ -79,14 +93,21 @@ class BatchWriter:
         return int(row[0]) if row else 0
 
     def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
-        """(key, field) of entries whose ledger row, written under the same rules, is identical."""
+        """(key, field) of the staged entries whose ledger row, written under the same rules, is
+        identical; they leave the ledger stage."""
         if not entries:
             return set()
-        found = state.ledger_rows(self.conn, [(e.key, e.field) for e in entries], rules=self.rules)
-        # a source merged away into another's row carries reason `merged`, which its record
-        # itself does not say (the merge does)
-        return {(e.key, e.field) for e in entries
-                if found.get((e.key, e.field)) in (e, dataclasses.replace(e, reason="merged"))}
+        changed = state.unstage_unchanged(self.conn, self.rules_runs)
+        return {(e.key, e.field) for e in entries} - changed
+
+    def _note_rejects(self, keys: Sequence[str]) -> None:
+        """Remember keys that get a reject (before it is written: a failed page only makes
+        later pages prune more than they need)."""
+        if self.reject_keys is None:
+            return
+        self.reject_keys.update(keys)
+        if len(self.reject_keys) > MAX_TRACKED_REJECTS:
+            self.reject_keys = None  # a store this broken prunes every page instead
 
     def load_records(self, records: Sequence[tuple[RawRecord, Entity]]) -> int:
         """Transform and load specific records through the normal path. Returns rows written."""

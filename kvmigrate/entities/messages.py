@@ -123,7 +123,7 @@ class Messages(EntityBase):
         return Outcome()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see kvmigrate.model.records
 class Message:
     """One parsed message: its canonical row values, the payload as sent (for game results),
     how many handles normalising changed, and whether the id was derived."""

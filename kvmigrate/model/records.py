@@ -11,7 +11,11 @@ from typing import Any
 RawValue = bytes | dict[bytes, bytes] | list[bytes] | list[tuple[bytes, float]]
 
 
-@dataclass(frozen=True, slots=True)
+# The values made per key (RawRecord, Row, SourcedRow, Outcome, and the ledger's entries) are
+# not frozen, on purpose: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (2.4 µs for ten fields against 0.3 µs), several times per key scanned.
+# Treat them as immutable; they hash as frozen ones do.
+@dataclass(slots=True, unsafe_hash=True)
 class RawRecord:
     """One source record: a whole KV key, or one field of a big registry hash.
 
@@ -32,7 +36,7 @@ class RawRecord:
     companion: RawValue | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Row:
     """One target row. `values` maps column to a Python value (str, int, bool, float,
     timezone-aware datetime, date, list, dict for JSONB, or None). `rank` orders sources that
@@ -47,7 +51,7 @@ class Row:
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SourcedRow:
     """A row with the record it came from: (rank, source key, source field) orders sources."""
 
@@ -90,7 +94,7 @@ class Reject:
     raw: bytes | str | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Outcome:
     """What a transformer made of one record.
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_dumps
 
 from kvmigrate.adapters.pg.sources import load_sources, sources_to_store, store_sources
 from kvmigrate.entities.base import TableSpec
@@ -188,14 +188,13 @@ class TableLoader:
             self.conn.execute(sql.SQL(empty).format(sql.Identifier(self.stage)))
         if not rows:
             return
-        with self.conn.cursor().copy(self._copy) as cp:
+        cur = self.conn.cursor()
+        set_json_dumps(json_dumps, cur)  # JSONB columns take the values as they are, dumped by orjson
+        cols = self.spec.columns
+        with cur.copy(self._copy) as cp:
             cp.set_types([*self.types, "integer", "text", "text"])
-            json_cols = [col in self.spec.json_columns for col in self.spec.columns]
             for row in rows:
-                values = row.values
-                cp.write_row([Jsonb(v, dumps=json_dumps) if is_json and v is not None else v
-                              for v, is_json in zip(map(values.get, self.spec.columns), json_cols, strict=True)]
-                             + [row.rank, row.source_key, row.source_field])
+                cp.write_row((*map(row.values.get, cols), row.rank, row.source_key, row.source_field))
 
     def _placeholders(self) -> int:
         refs = sql.SQL(" UNION ").join(

@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_loads
 
+from kvmigrate.adapters.pg.arrays import text_array
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.common import json_bytes
 from kvmigrate.model.records import SourcedRow
@@ -45,17 +46,17 @@ def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str]
     stored in fill_sources (for the others, the one source is derived from the row and its
     owner). One statement; read-only."""
     text = ("SELECT pk, source_key, source_field, rank, vals, true FROM kvmigrate.fill_sources"
-            " WHERE tbl = {tn} AND pk = ANY({pks})")
+            " WHERE tbl = {tn} AND pk = ANY({pks}::text[])")
     if spec.derivable:
         text += (" UNION ALL SELECT o.pk, o.source_key, o.source_field, o.rank, to_jsonb(t), false"
                  " FROM kvmigrate.row_origin o JOIN {t} t ON t.{pk}::text = o.pk"
-                 " WHERE o.tbl = {tn} AND o.pk = ANY({pks}) AND o.rank >= 0 AND NOT EXISTS"
+                 " WHERE o.tbl = {tn} AND o.pk = ANY({pks}::text[]) AND o.rank >= 0 AND NOT EXISTS"
                  " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)")
     query = sql.SQL(text).format(tn=sql.Literal(spec.name), pks=sql.Placeholder("pks"), t=sql.Identifier(spec.name),
                                  pk=sql.Identifier(spec.pk))
     with conn.cursor() as cur:
         set_json_loads(json_loads, cur)  # numbers back with their exact digits
-        rows = cur.execute(query, {"pks": list(pks)}).fetchall()
+        rows = cur.execute(query, {"pks": text_array(pks)}).fetchall()
     columns = set(spec.columns)
     out: dict[str, list[SourcedRow]] = {}
     stored: set[str] = set()

@@ -18,6 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kvmigrate.adapters.kv.scanner import storable_name
+from kvmigrate.adapters.pg.arrays import text_array
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config
 from kvmigrate.model.errors import KvmigrateError
@@ -26,7 +27,7 @@ from kvmigrate.model.printable import printable_tree
 from kvmigrate.model.records import ContainerJson
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see kvmigrate.model.records
 class LedgerEntry:
     key: str
     field: str
@@ -41,7 +42,7 @@ class LedgerEntry:
     companion_hash: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class RejectEntry:
     key: str
     field: str
@@ -149,23 +150,10 @@ def clear_checkpoint(conn: psycopg.Connection, name: str) -> None:
     conn.execute("DELETE FROM kvmigrate.checkpoints WHERE name = %s", (name,))
 
 
-def ledger_rows(conn: psycopg.Connection, keys: Sequence[tuple[str, str]], *,
-                rules: str | None = None) -> dict[tuple[str, str], LedgerEntry]:
-    """The ledger rows of the given (key, field) records, one primary-key probe each.
-
-    With `rules`, only rows last written by a run whose options carry that rules fingerprint.
-    """
-    if not keys:
-        return {}
-    cur = conn.execute(
-        "SELECT l.key, l.field, l.entity, l.family, l.redis_type, l.value_hash, l.status, l.reason, l.rows,"
-        " l.companion_hash FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
-        " JOIN kvmigrate.ledger l ON l.key = b.key AND l.field = b.field"
-        " JOIN kvmigrate.runs r ON r.id = l.run_id"
-        " WHERE %s::text IS NULL OR r.options->>'rules' = %s",
-        ([k for k, _ in keys], [f for _, f in keys], rules, rules),
-    )
-    return {(row[0], row[1]): LedgerEntry(*row) for row in cur.fetchall()}
+def rules_runs(conn: psycopg.Connection, rules: str) -> list[int]:
+    """Ids of the runs whose options carry this rules fingerprint. Read-only."""
+    return [int(r) for (r,) in conn.execute("SELECT id FROM kvmigrate.runs WHERE options->>'rules' = %s",
+                                            (rules,)).fetchall()]
 
 
 # Emptied at every commit (each page is staged and upserted in one transaction), which is
@@ -177,24 +165,44 @@ CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUD
 """
 
 
-def write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> int:
-    """Upsert ledger rows; rows whose hash/status did not change are not rewritten. In one
-    transaction (a savepoint in the caller's): the stage empties at commit."""
-    if not entries:
-        return 0
-    with conn.transaction():
-        return _write_ledger(conn, run_id, entries)
-
-
-def _write_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> int:
+def prepare_stages(conn: psycopg.Connection) -> None:
+    """Create this session's ledger and rejects stages (temporary, emptied at every commit)."""
     conn.execute(_LEDGER_STAGE)
+
+
+def stage_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> None:
+    """COPY a batch's ledger rows into this session's stage (see `prepare_stages`), in the
+    caller's transaction; `apply_ledger` writes them."""
     conn.execute("DELETE FROM kvm_stage_ledger")
+    if not entries:
+        return
     cols = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows", "run_id",
             "companion_hash")
     with conn.cursor().copy(f"COPY kvm_stage_ledger ({', '.join(cols)}) FROM STDIN") as cp:
         for e in entries:
             cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
                           e.reason, e.rows, run_id, e.companion_hash))
+
+
+def unstage_unchanged(conn: psycopg.Connection, run_ids: Sequence[int]) -> set[tuple[str, str]]:
+    """Drop from the ledger stage every row identical to the ledger's row for its record when
+    one of `run_ids` wrote it (a source merged away carries reason `merged` there, which its own
+    record does not say); returns the (key, field) of the staged rows left: the changed ones.
+    One primary-key probe per staged row; only the changed records travel back."""
+    conn.execute(
+        "DELETE FROM kvm_stage_ledger WHERE ctid = ANY(ARRAY(SELECT s.ctid FROM kvm_stage_ledger s"
+        # LATERAL … LIMIT 1: one probe per row; a join lets the planner hash the whole ledger
+        " CROSS JOIN LATERAL (SELECT * FROM kvmigrate.ledger l WHERE l.key = s.key AND l.field = s.field LIMIT 1) l"
+        " WHERE l.run_id = ANY(%s::bigint[])"
+        " AND (l.entity, l.family, l.redis_type, l.value_hash, l.status, l.rows, l.companion_hash)"
+        " IS NOT DISTINCT FROM (s.entity, s.family, s.redis_type, s.value_hash, s.status, s.rows, s.companion_hash)"
+        " AND (l.reason IS NOT DISTINCT FROM s.reason OR l.reason = 'merged')))", (list(run_ids),))
+    return {(k, f) for k, f in conn.execute("SELECT key, field FROM kvm_stage_ledger").fetchall()}
+
+
+def apply_ledger(conn: psycopg.Connection) -> int:
+    """Upsert the staged ledger rows; rows whose hash/status did not change are not rewritten.
+    In the caller's transaction. Returns the rows written."""
     cur = conn.execute(
         "INSERT INTO kvmigrate.ledger (key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id,"
         " companion_hash) SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, value_hash, status,"
@@ -228,35 +236,38 @@ def encode_raw(raw: bytes | str | None) -> tuple[str | None, str]:
     return base64.b64encode(raw).decode("ascii"), "base64"
 
 
+def any_rejects(conn: psycopg.Connection) -> bool:
+    """Whether kvmigrate.rejects holds any row. Read-only."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.rejects)").fetchone()
+    return bool(row and row[0])
+
+
 def write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[str, str]],
-                  rejects: Sequence[RejectEntry]) -> None:
+                  rejects: Sequence[RejectEntry], *, prune: bool = True) -> None:
     """Replace the rejects of the given records (key, field) with `rejects`. An item reject
-    inside a container record is stored with field `<record field>#<item label>`. In one
-    transaction (a savepoint in the caller's): the stage empties at commit."""
-    if not keys:
+    inside a container record is stored with field `<record field>#<item label>`. In the
+    caller's transaction, on a session whose stages `prepare_stages` made. `prune=False`: the
+    caller knows none of these records has a reject stored, so there is nothing to drop."""
+    if not keys or not (rejects or prune):
         return
-    with conn.transaction():
-        _write_rejects(conn, run_id, keys, rejects)
-
-
-def _write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[str, str]],
-                   rejects: Sequence[RejectEntry]) -> None:
-    conn.execute(_LEDGER_STAGE)
     conn.execute("DELETE FROM kvm_stage_rejects")
-    with conn.cursor().copy(
-        "COPY kvm_stage_rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
-        " FROM STDIN"
-    ) as cp:
-        for r in rejects:
-            value, encoding = encode_raw(r.raw)
-            cp.write_row((r.key, r.field, r.entity, r.code, r.message, value, encoding, run_id))
-    # Drop rejects of these records that no longer apply (the value was fixed, or the item moved).
-    conn.execute(
-        "DELETE FROM kvmigrate.rejects r USING unnest(%s::text[], %s::text[]) AS b(key, field)"
-        " WHERE r.key = b.key AND (r.field = b.field OR left(r.field, length(b.field) + 1) = b.field || '#')"
-        " AND NOT EXISTS (SELECT 1 FROM kvm_stage_rejects s WHERE s.key = r.key AND s.field = r.field)",
-        ([k for k, _ in keys], [f for _, f in keys]),
-    )
+    if rejects:
+        with conn.cursor().copy(
+            "COPY kvm_stage_rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
+            " FROM STDIN"
+        ) as cp:
+            for r in rejects:
+                value, encoding = encode_raw(r.raw)
+                cp.write_row((r.key, r.field, r.entity, r.code, r.message, value, encoding, run_id))
+    if prune:  # drop rejects of these records that no longer apply (the value was fixed, or the item moved)
+        conn.execute(
+            "DELETE FROM kvmigrate.rejects r USING unnest(%s::text[], %s::text[]) AS b(key, field)"
+            " WHERE r.key = b.key AND (r.field = b.field OR left(r.field, length(b.field) + 1) = b.field || '#')"
+            " AND NOT EXISTS (SELECT 1 FROM kvm_stage_rejects s WHERE s.key = r.key AND s.field = r.field)",
+            (text_array([k for k, _ in keys]), text_array([f for _, f in keys])),
+        )
+    if not rejects:
+        return
     conn.execute(
         "INSERT INTO kvmigrate.rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
         " SELECT DISTINCT ON (key, field) key, field, entity, reason_code, message, raw_value, raw_encoding, run_id"
