@@ -152,6 +152,26 @@ def test_bad_values_are_rejected_with_their_reason_and_original_value(
     assert listing["by_reason"] == {"wrong_type": 1, "wrong_redis_type": 1}
 
 
+def test_a_reject_goes_once_its_value_is_fixed_and_stays_while_it_is_not(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    # key names that need quoting in a Postgres array literal: the prune sends them as one
+    fixed, broken = 'board:entry:q"uo\\te,{x}', 'board:entry:still "bad"'
+    kv.set(fixed, b'{"author": "alice", "content": ')
+    kv.set(broken, b'{"author": "bob", "content": ')
+    kv.set("board:entry:ok", b'{"author": "alice", "content": "hi", "timestamp": 1750000000000}')
+    _setup(pg_url)
+    _backfill_json(pg_url, kv_url)
+
+    def rejects() -> list[str]:
+        return [k for (k,) in pg.execute("SELECT key FROM kvmigrate.rejects ORDER BY key")]
+
+    assert rejects() == sorted([fixed, broken])
+    kv.set(fixed, b'{"author": "alice", "content": "fixed", "timestamp": 1750000000000}')
+    _backfill_json(pg_url, kv_url)
+    assert rejects() == [broken]
+    assert pg.execute("SELECT content FROM board_posts WHERE id = %s", ('q"uo\\te,{x}',)).fetchone() == ("fixed",)
+
+
 def test_strict_exits_5_when_records_were_rejected(pg_url: str, kv_url: str, kv: redis.Redis) -> None:
     mixed_keyspace(kv)
     _setup(pg_url)

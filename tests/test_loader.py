@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from kvmigrate import api as commands
+from kvmigrate.adapters.pg.arrays import text_array
 from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe, fill_merge
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.model.config import build_config
@@ -93,3 +94,10 @@ def test_fill_merge_in_python_matches_the_sql_rule() -> None:
     merged = fill_merge({"handle": "x", "display_name": None, "settings": {"a": 1}},
                         {"handle": "x", "display_name": "X", "settings": {"a": 0, "z": 9}}, ("settings",))
     assert merged == {"handle": "x", "display_name": "X", "settings": {"a": 1, "z": 9}}
+
+
+def test_a_text_array_literal_round_trips_any_key(conn: psycopg.Connection) -> None:
+    keys = ["msg:plain", 'a"quote', "back\\slash", "comma,brace{}", " spaced ", "", "NULL", "ünï😀", "tab\there",
+            "new\nline", "\\\"", "{}"]
+    got = conn.execute("SELECT unnest(%s::text[])", (text_array(keys),)).fetchall()
+    assert [g for (g,) in got] == keys
