@@ -21,7 +21,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
-from kvmigrate.adapters.pg.sources import load_sources, sources_to_store, store_sources
+from kvmigrate.adapters.pg.sources import (
+    load_sources,
+    prepare_stage,
+    sources_to_store,
+    store_sources,
+)
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.common import json_bytes
 from kvmigrate.model.records import Merged, SourcedRow
@@ -119,6 +124,8 @@ class TableLoader:
                 stage=ident(self.stage), cols=sql.SQL(", ").join(cols), table=ident(spec.name),
                 on_commit=sql.SQL("ON COMMIT DELETE ROWS" if per_transaction else ""))
         )
+        if spec.merge == "fill":
+            prepare_stage(conn)  # the stage of its recorded sources
         self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
             stage=ident(self.stage), cols=sql.SQL(", ").join([*cols, *(ident(m) for m in _META)]))
 

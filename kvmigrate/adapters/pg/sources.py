@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import set_json_dumps, set_json_loads
 
 from kvmigrate.adapters.pg.arrays import text_array
 from kvmigrate.entities.base import TableSpec
@@ -44,14 +44,15 @@ def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str]
                  pks: Sequence[str]) -> tuple[dict[str, list[SourcedRow]], set[str]]:
     """Every recorded source of the rows `pks`, by primary key, and the keys whose sources are
     stored in fill_sources (for the others, the one source is derived from the row and its
-    owner). One statement; read-only."""
+    owner). One statement, one primary-key probe per key and table; read-only."""
     text = ("SELECT pk, source_key, source_field, rank, vals, true FROM kvmigrate.fill_sources"
             " WHERE tbl = {tn} AND pk = ANY({pks}::text[])")
-    if spec.derivable:
+    if spec.derivable:  # the owner of each row, its values derived from the row itself
+        # LATERAL … LIMIT 1: one primary-key probe per row; a join lets the planner read the
+        # whole table on every page (quadratic in the store's size)
         text += (" UNION ALL SELECT o.pk, o.source_key, o.source_field, o.rank, to_jsonb(t), false"
-                 " FROM kvmigrate.row_origin o JOIN {t} t ON t.{pk}::text = o.pk"
-                 " WHERE o.tbl = {tn} AND o.pk = ANY({pks}::text[]) AND o.rank >= 0 AND NOT EXISTS"
-                 " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)")
+                 " FROM kvmigrate.row_origin o CROSS JOIN LATERAL (SELECT * FROM {t} t WHERE t.{pk}::text = o.pk"
+                 " LIMIT 1) t WHERE o.tbl = {tn} AND o.pk = ANY({pks}::text[]) AND o.rank >= 0")
     query = sql.SQL(text).format(tn=sql.Literal(spec.name), pks=sql.Placeholder("pks"), t=sql.Identifier(spec.name),
                                  pk=sql.Identifier(spec.pk))
     with conn.cursor() as cur:
@@ -59,13 +60,13 @@ def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str]
         rows = cur.execute(query, {"pks": text_array(pks)}).fetchall()
     columns = set(spec.columns)
     out: dict[str, list[SourcedRow]] = {}
-    stored: set[str] = set()
+    stored = {key for key, *_, in_store in rows if in_store}
     for key, src, fld, rank, vals, in_store in rows:
+        if not in_store and key in stored:
+            continue  # a row with stored sources has its owner among them
         meta = vals.pop(_SOURCE_META, None) or {}
         values = _typed(spec, types, {c: v for c, v in vals.items() if c in columns})
         out.setdefault(key, []).append(SourcedRow(values, rank, src, fld, meta))
-        if in_store:
-            stored.add(key)
     return out, stored
 
 
@@ -82,26 +83,30 @@ def sources_to_store(spec: TableSpec, groups: Mapping[str, Mapping[tuple[str, st
     return out
 
 
+def prepare_stage(conn: psycopg.Connection) -> None:
+    """Create this session's stage for `store_sources` (temporary, emptied at every commit)."""
+    conn.execute(_STAGE)
+
+
 def store_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[SourcedRow]) -> None:
     """Upsert sources into kvmigrate.fill_sources (a row whose values did not change is not
-    rewritten): one COPY and one statement, in the caller's transaction."""
+    rewritten): one COPY and one statement, in the caller's transaction, on a session whose
+    stage `prepare_stage` made (TableLoader does, for a merged table)."""
     if not sources:
         return
-    with conn.transaction():  # the stage empties at commit
-        conn.execute(_STAGE)
-        conn.execute("DELETE FROM kvm_stage_fill_sources")
-        with conn.cursor().copy("COPY kvm_stage_fill_sources (tbl, pk, source_key, source_field, rank, vals)"
-                                " FROM STDIN") as cp:
-            cp.set_types(["text", "text", "text", "text", "integer", "jsonb"])
-            for s in sources:
-                cp.write_row((spec.name, str(s.values[spec.pk]), s.source_key, s.source_field, s.rank,
-                              Jsonb(_stored(s), dumps=_dumps_any)))
-        conn.execute(
-            "INSERT INTO kvmigrate.fill_sources (tbl, pk, source_key, source_field, rank, vals)"
-            " SELECT DISTINCT ON (tbl, pk, source_key, source_field) tbl, pk, source_key, source_field, rank, vals"
-            " FROM kvm_stage_fill_sources ORDER BY tbl, pk, source_key, source_field"
-            " ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
-            " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)")
+    conn.execute("DELETE FROM kvm_stage_fill_sources")  # what an earlier table staged in this transaction
+    cur = conn.cursor()
+    set_json_dumps(_dumps_any, cur)
+    with cur.copy("COPY kvm_stage_fill_sources (tbl, pk, source_key, source_field, rank, vals) FROM STDIN") as cp:
+        cp.set_types(["text", "text", "text", "text", "integer", "jsonb"])
+        for s in sources:
+            cp.write_row((spec.name, str(s.values[spec.pk]), s.source_key, s.source_field, s.rank, _stored(s)))
+    conn.execute(
+        "INSERT INTO kvmigrate.fill_sources (tbl, pk, source_key, source_field, rank, vals)"
+        " SELECT DISTINCT ON (tbl, pk, source_key, source_field) tbl, pk, source_key, source_field, rank, vals"
+        " FROM kvm_stage_fill_sources ORDER BY tbl, pk, source_key, source_field"
+        " ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
+        " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)")
 
 
 def recorded_sources(conn: psycopg.Connection, spec: TableSpec, pks: set[str]) -> list[tuple[str, str, str]]:

@@ -300,17 +300,21 @@ def write_merged(conn: psycopg.Connection, run_id: int, entries: Sequence[Merged
         return
     away = [e for e in entries if e.message is not None]
     kept = [e for e in entries if e.message is None]
+    # `key = ANY(keys)` beside the join: the planner probes the primary key for these keys
+    # instead of hashing the whole table on every page (quadratic in the store's size)
     if kept:
-        keys, fields = [e.key for e in kept], [e.field for e in kept]
+        pairs = _pairs(kept)
         conn.execute("DELETE FROM kvmigrate.rejects r USING unnest(%s::text[], %s::text[]) AS b(key, field)"
-                     " WHERE r.key = b.key AND r.field = b.field AND r.reason_code = 'merged'", (keys, fields))
+                     " WHERE r.key = ANY(%s::text[]) AND r.key = b.key AND r.field = b.field"
+                     " AND r.reason_code = 'merged'", pairs)
         conn.execute("UPDATE kvmigrate.ledger l SET reason = NULL FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
-                     " WHERE l.key = b.key AND l.field = b.field AND l.reason = 'merged'", (keys, fields))
+                     " WHERE l.key = ANY(%s::text[]) AND l.key = b.key AND l.field = b.field"
+                     " AND l.reason = 'merged'", pairs)
     if not away:
         return
     conn.execute("UPDATE kvmigrate.ledger l SET reason = 'merged' FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
-                 " WHERE l.key = b.key AND l.field = b.field AND l.status = 'migrated'"
-                 " AND l.reason IS DISTINCT FROM 'merged'", ([e.key for e in away], [e.field for e in away]))
+                 " WHERE l.key = ANY(%s::text[]) AND l.key = b.key AND l.field = b.field AND l.status = 'migrated'"
+                 " AND l.reason IS DISTINCT FROM 'merged'", _pairs(away))
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO kvmigrate.rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
@@ -320,6 +324,13 @@ def write_merged(conn: psycopg.Connection, run_id: int, entries: Sequence[Merged
             " WHERE (rejects.reason_code, rejects.message, rejects.raw_value)"
             " IS DISTINCT FROM (EXCLUDED.reason_code, EXCLUDED.message, EXCLUDED.raw_value)",
             [(e.key, e.field, e.entity, e.message, *encode_raw(e.raw), run_id) for e in away])
+
+
+def _pairs(entries: Sequence[MergedEntry]) -> tuple[str, str, str]:
+    """(keys, fields, keys) as text[] literals, for a join on unnest(keys, fields) that also
+    filters `key = ANY(keys)`."""
+    keys = text_array([e.key for e in entries])
+    return keys, text_array([e.field for e in entries]), keys
 
 
 def _user() -> str:
