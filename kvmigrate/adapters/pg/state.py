@@ -262,9 +262,10 @@ def write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[st
     if prune:  # drop rejects of these records that no longer apply (the value was fixed, or the item moved)
         conn.execute(
             "DELETE FROM kvmigrate.rejects r USING unnest(%s::text[], %s::text[]) AS b(key, field)"
-            " WHERE r.key = b.key AND (r.field = b.field OR left(r.field, length(b.field) + 1) = b.field || '#')"
+            " WHERE r.key = ANY(%s::text[]) AND r.key = b.key"
+            " AND (r.field = b.field OR left(r.field, length(b.field) + 1) = b.field || '#')"
             " AND NOT EXISTS (SELECT 1 FROM kvm_stage_rejects s WHERE s.key = r.key AND s.field = r.field)",
-            (text_array([k for k, _ in keys]), text_array([f for _, f in keys])),
+            key_lists(keys),
         )
     if not rejects:
         return
@@ -300,10 +301,8 @@ def write_merged(conn: psycopg.Connection, run_id: int, entries: Sequence[Merged
         return
     away = [e for e in entries if e.message is not None]
     kept = [e for e in entries if e.message is None]
-    # `key = ANY(keys)` beside the join: the planner probes the primary key for these keys
-    # instead of hashing the whole table on every page (quadratic in the store's size)
     if kept:
-        pairs = _pairs(kept)
+        pairs = key_lists([(e.key, e.field) for e in kept])
         conn.execute("DELETE FROM kvmigrate.rejects r USING unnest(%s::text[], %s::text[]) AS b(key, field)"
                      " WHERE r.key = ANY(%s::text[]) AND r.key = b.key AND r.field = b.field"
                      " AND r.reason_code = 'merged'", pairs)
@@ -314,7 +313,7 @@ def write_merged(conn: psycopg.Connection, run_id: int, entries: Sequence[Merged
         return
     conn.execute("UPDATE kvmigrate.ledger l SET reason = 'merged' FROM unnest(%s::text[], %s::text[]) AS b(key, field)"
                  " WHERE l.key = ANY(%s::text[]) AND l.key = b.key AND l.field = b.field AND l.status = 'migrated'"
-                 " AND l.reason IS DISTINCT FROM 'merged'", _pairs(away))
+                 " AND l.reason IS DISTINCT FROM 'merged'", key_lists([(e.key, e.field) for e in away]))
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO kvmigrate.rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
@@ -326,11 +325,13 @@ def write_merged(conn: psycopg.Connection, run_id: int, entries: Sequence[Merged
             [(e.key, e.field, e.entity, e.message, *encode_raw(e.raw), run_id) for e in away])
 
 
-def _pairs(entries: Sequence[MergedEntry]) -> tuple[str, str, str]:
-    """(keys, fields, keys) as text[] literals, for a join on unnest(keys, fields) that also
-    filters `key = ANY(keys)`."""
-    keys = text_array([e.key for e in entries])
-    return keys, text_array([e.field for e in entries]), keys
+def key_lists(records: Sequence[tuple[str, str]]) -> tuple[str, str, str]:
+    """(keys, fields, keys) of (key, field) records as text[] literals, for a join on
+    unnest(keys, fields) that also filters `key = ANY(keys)`: with it the planner probes the
+    primary key for these keys instead of hashing the whole table on every page (quadratic in
+    the store's size)."""
+    keys = text_array([k for k, _ in records])
+    return keys, text_array([f for _, f in records]), keys
 
 
 def _user() -> str:
