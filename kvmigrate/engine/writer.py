@@ -12,7 +12,7 @@ import psycopg
 
 import kvmigrate
 from kvmigrate import entities
-from kvmigrate.adapters.pg import results, state
+from kvmigrate.adapters.pg import state
 from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.engine.batch import Batch, RequiredCheck, table_specs
 from kvmigrate.entities import ENTITIES, Entity
@@ -43,11 +43,11 @@ class BatchWriter:
         state.prepare_stages(conn)
         specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
         self.loaders = {name: TableLoader(conn, spec, per_transaction=True) for name, spec in specs.items()}
-        if rules is not None and not _earlier_run_with(conn, rules, run_id):
-            self.rules = None  # nothing committed under these rules yet: no unchanged record to skip
         # the runs whose ledger rows count as written under these rules (no other run can add
         # one meanwhile: backfills hold the writer lock)
-        self.rules_runs = state.rules_runs(conn, self.rules) if self.rules is not None else []
+        self.rules_runs = state.rules_runs(conn, rules) if rules is not None else []
+        if not set(self.rules_runs) - {run_id}:
+            self.rules = None  # nothing committed under these rules yet: no unchanged record to skip
         # Keys that may have a reject stored: those this writer stored one for, when the table
         # was empty at its start (None: any key may, so every page prunes its records' rejects)
         self.reject_keys: set[str] | None = None if state.any_rejects(conn) else set()
@@ -148,12 +148,6 @@ def raw_value(raw: object) -> bytes | str | None:
         return ContainerJson(orjson.dumps(raw["hash"]).decode())
     text = raw.get("text")
     return text if isinstance(text, str) else None
-
-
-def _earlier_run_with(conn: psycopg.Connection, rules: str, run_id: int) -> bool:
-    """Whether a run other than `run_id` ran under the same rules (so ledger rows that let
-    unchanged records be skipped may exist). Read-only."""
-    return results.backfill_ran_with(conn, rules, run_id)
 
 
 def _without_unchanged(rows: dict[str, list[SourcedRow]], unchanged: set[tuple[str, str]],

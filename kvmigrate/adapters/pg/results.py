@@ -100,13 +100,6 @@ def last_failures(conn: psycopg.Connection) -> list[dict[str, Any]]:
         " ORDER BY command, id DESC) newest WHERE status = 'failed' ORDER BY id").fetchall()]
 
 
-def backfill_ran_with(conn: psycopg.Connection, rules: str, run_id: int) -> bool:
-    """Whether a backfill other than `run_id` ran under these rules. Read-only."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.runs WHERE id <> %s AND command = 'backfill'"
-                       " AND options->>'rules' = %s)", (run_id, rules)).fetchone()
-    return bool(row and row[0])
-
-
 def last_backfill(conn: psycopg.Connection, entity: str) -> dict[str, Any] | None:
     """The newest backfill that counted the entity: run_id, status, finished_at, counts. Read-only."""
     row = conn.execute(

@@ -151,9 +151,9 @@ def clear_checkpoint(conn: psycopg.Connection, name: str) -> None:
 
 
 def rules_runs(conn: psycopg.Connection, rules: str) -> list[int]:
-    """Ids of the runs whose options carry this rules fingerprint. Read-only."""
-    return [int(r) for (r,) in conn.execute("SELECT id FROM kvmigrate.runs WHERE options->>'rules' = %s",
-                                            (rules,)).fetchall()]
+    """Ids of the backfills whose options carry this rules fingerprint. Read-only."""
+    return [int(r) for (r,) in conn.execute(
+        "SELECT id FROM kvmigrate.runs WHERE command = 'backfill' AND options->>'rules' = %s", (rules,)).fetchall()]
 
 
 # Emptied at every commit (each page is staged and upserted in one transaction), which is
