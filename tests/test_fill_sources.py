@@ -74,6 +74,23 @@ def test_one_copy_records_no_source_and_a_second_copy_records_both(
     assert commands.verify(config, recheck_delay=0).clean
 
 
+def test_copies_of_a_message_in_pages_of_one_first_run_are_merged_whichever_page_came_first(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    # A first load looks up recorded copies only for ids it loaded earlier in the run: each
+    # page here is its own transaction, and SCAN brings the archive before or after any msg:*.
+    ids = [f"m{i:02d}" for i in range(60)]
+    for mid in ids:
+        kv.set(f"msg:{mid}", orjson.dumps(_msg(mid)))
+    kv.set("vibe:messages", orjson.dumps([_msg(mid, read=True, readAt=READ_ISO) for mid in ids]))
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=10, load_batch=1)
+    commands.setup(config)
+    commands.backfill(config)
+    assert _sources(pg) == {mid: {f"msg:{mid}", "vibe:messages"} for mid in ids}
+    assert pg.execute("SELECT count(*) FROM messages WHERE read AND payload = %s::jsonb",
+                      (orjson.dumps({"_extra": {"read_at": READ_ISO}}).decode(),)).fetchone() == (60,)
+    assert commands.verify(config, recheck_delay=0).clean
+
+
 def _to_cutover(config: Config) -> None:
     with psycopg.connect(config.require_pg()) as conn:
         kv = connect_kv(config.require_kv(), RequestBudget())

@@ -42,7 +42,7 @@ class BatchWriter:
         conn.execute("TRUNCATE kvm_refs")
         state.prepare_stages(conn)
         specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
-        self.loaders = {name: TableLoader(conn, spec, per_transaction=True) for name, spec in specs.items()}
+        self.loaders = {name: TableLoader(conn, spec, per_transaction=True, sole_writer=True) for name, spec in specs.items()}
         # the runs whose ledger rows count as written under these rules (no other run can add
         # one meanwhile: backfills hold the writer lock)
         self.rules_runs = state.rules_runs(conn, rules) if rules is not None else []

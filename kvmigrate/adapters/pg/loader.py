@@ -20,8 +20,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
+from rbloom import Bloom
 
 from kvmigrate.adapters.pg.sources import (
+    any_recorded,
     load_sources,
     prepare_stage,
     sources_to_store,
@@ -32,6 +34,9 @@ from kvmigrate.entities.common import json_bytes
 from kvmigrate.model.records import Merged, SourcedRow
 
 PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
+#: Rows a Bloom filter of loaded keys is sized for (2.4 MB at 1% false positives); past that
+#: a new filter starts, so a bigger store only probes a little more, never wrongly less.
+SEEN_PER_FILTER = 2_000_000
 _META = ("_rank", "_src", "_fld")
 
 
@@ -107,10 +112,15 @@ class TableLoader:
     """Stages and upserts rows of one table. Construct once per connection."""
 
     def __init__(self, conn: psycopg.Connection, spec: TableSpec, *, stage_prefix: str = "kvm_stage_",
-                 per_transaction: bool = False) -> None:
+                 per_transaction: bool = False, sole_writer: bool = False) -> None:
         """`per_transaction`: the stage is emptied at every commit (ON COMMIT DELETE ROWS), for
         a caller that stages and loads within one transaction; emptying it then costs nothing,
-        where a TRUNCATE per page and table costs a new file and catalog updates."""
+        where a TRUNCATE per page and table costs a new file and catalog updates.
+
+        `sole_writer`: no other loader records sources of this table while this one lives (the
+        batch writer, under the writer lock). When none were recorded at its start, a merged
+        table's load then looks up the recorded sources only of rows this loader may have
+        loaded before (a Bloom filter of their keys): on a first load, almost none."""
         self.conn = conn
         self.spec = spec
         self.stage = f"{stage_prefix}{spec.name}"
@@ -124,8 +134,12 @@ class TableLoader:
                 stage=ident(self.stage), cols=sql.SQL(", ").join(cols), table=ident(spec.name),
                 on_commit=sql.SQL("ON COMMIT DELETE ROWS" if per_transaction else ""))
         )
+        self._seen: list[Bloom] | None = None  # the keys loaded, when they are all that can have sources
+        self._seen_count = 0
         if spec.merge == "fill":
             prepare_stage(conn)  # the stage of its recorded sources
+            if sole_writer and not any_recorded(conn, spec):
+                self._seen = [Bloom(SEEN_PER_FILTER, 0.01)]
         self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
             stage=ident(self.stage), cols=sql.SQL(", ").join([*cols, *(ident(m) for m in _META)]))
 
@@ -180,13 +194,26 @@ class TableLoader:
         record the sources the rows now need (see adapters.pg.sources). Two statements."""
         pk = self.spec.pk
         latest = {(str(r.values[pk]), r.source_key, r.source_field): r for r in rows}
-        recorded, stored = load_sources(self.conn, self.spec, self.types, sorted({k for k, _, _ in latest}))
+        keys = sorted({k for k, _, _ in latest})
+        recorded, stored = load_sources(self.conn, self.spec, self.types, self._maybe_loaded(keys))
         groups: dict[str, dict[tuple[str, str], SourcedRow]] = {
             key: {(s.source_key, s.source_field): s for s in sources} for key, sources in recorded.items()}
         for (key, src, fld), row in latest.items():
             groups.setdefault(key, {})[(src, fld)] = row
         store_sources(self.conn, self.spec, sources_to_store(self.spec, groups, stored, set(latest)))
         return [merge_group(self.spec, list(group.values())) for group in groups.values()]
+
+    def _maybe_loaded(self, keys: list[str]) -> list[str]:
+        """The keys that may have recorded sources, noting them all as loaded (see `sole_writer`;
+        a page that rolls back leaves its keys noted, which only costs a lookup)."""
+        if self._seen is None:
+            return keys
+        maybe = [k for k in keys if any(k in f for f in self._seen)]
+        if self._seen_count + len(keys) > SEEN_PER_FILTER * len(self._seen):
+            self._seen.append(Bloom(SEEN_PER_FILTER, 0.01))
+        self._seen[-1].update(keys)
+        self._seen_count += len(keys)
+        return maybe
 
     def stage_rows(self, rows: Sequence[SourcedRow], *, truncate: bool = True) -> None:
         """COPY rows (with their source) into this loader's temp stage table."""

@@ -45,6 +45,8 @@ def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str]
     """Every recorded source of the rows `pks`, by primary key, and the keys whose sources are
     stored in fill_sources (for the others, the one source is derived from the row and its
     owner). One statement, one primary-key probe per key and table; read-only."""
+    if not pks:
+        return {}, set()
     text = ("SELECT pk, source_key, source_field, rank, vals, true FROM kvmigrate.fill_sources"
             " WHERE tbl = {tn} AND pk = ANY({pks}::text[])")
     if spec.derivable:  # the owner of each row, its values derived from the row itself
@@ -68,6 +70,16 @@ def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str]
         values = _typed(spec, types, {c: v for c, v in vals.items() if c in columns})
         out.setdefault(key, []).append(SourcedRow(values, rank, src, fld, meta))
     return out, stored
+
+
+def any_recorded(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Whether `load_sources` could find any source of `spec`'s rows: a row of fill_sources,
+    or, for a derivable table, an owner in row_origin. Read-only; two index probes at most."""
+    query = "SELECT EXISTS (SELECT 1 FROM kvmigrate.fill_sources WHERE tbl = %(t)s)"
+    if spec.derivable:
+        query += " OR EXISTS (SELECT 1 FROM kvmigrate.row_origin WHERE tbl = %(t)s AND rank >= 0)"
+    row = conn.execute(query, {"t": spec.name}).fetchone()
+    return bool(row and row[0])
 
 
 def sources_to_store(spec: TableSpec, groups: Mapping[str, Mapping[tuple[str, str], SourcedRow]],
