@@ -80,7 +80,8 @@ class Batch:
         """Fold one transformer outcome into the batch (rows, ledger, rejects, tallies)."""
         tally = self.tallies[entity.name]
         tally.scanned += 1
-        tally.stats.update(outcome.stats)
+        if outcome.stats:
+            tally.stats.update(outcome.stats)
         self.records.append((record.key, record.field))
         digest = value_digest(record.redis_type, record.value)
         reject = outcome.reject or _missing_required(outcome, required)
@@ -118,10 +119,21 @@ def _missing_required(outcome: Outcome, required: Mapping[str, RequiredCheck] | 
     return None
 
 
+def _digest_start(redis_type: str) -> hashlib.blake2b:
+    return hashlib.blake2b(redis_type.encode(), digest_size=16)
+
+
+_DIGEST_START = {t: _digest_start(t) for t in ("string", "hash")}
+
+
 def value_digest(redis_type: str, value: RawValue | None) -> str:
     """A stable 128-bit digest of a raw value, whatever its Redis type. A set's members are
     digested in sorted order: SMEMBERS and a script's reply may list them in different orders."""
-    h = hashlib.blake2b(redis_type.encode(), digest_size=16)
+    if isinstance(value, bytes):  # a string or a field: its one part, in one update
+        h = _DIGEST_START[redis_type].copy() if redis_type in _DIGEST_START else _digest_start(redis_type)
+        h.update(len(value).to_bytes(8, "little") + value)
+        return h.hexdigest()
+    h = _digest_start(redis_type)
     if redis_type == "set" and isinstance(value, list):
         value = sorted(value)  # type: ignore[assignment]
     for part in _parts(value):

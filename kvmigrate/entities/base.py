@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, Protocol
 
 from kvmigrate.entities.common import Bad
@@ -104,26 +105,38 @@ class EntityBase:
                 return fam
         raise KeyError(name)
 
+    @cached_property
+    def _dispatch(self) -> dict[str, tuple[Family, Callable[[RawRecord], Outcome]]]:
+        """Family name -> (the family, its `from_<name>` method), filled as records arrive."""
+        return {}
+
     def transform(self, record: RawRecord) -> Outcome:
         """Turn one record into rows or a reject. Never raises; never does I/O."""
-        where = record.key + (f" field {record.field!r}" if record.field else "")
         if record.name_problem:
-            return Outcome.rejected("invalid_key", f"{where}: {record.name_problem}; Postgres cannot store it")
-        try:
-            fam = self.family(record.family)
-        except KeyError:
-            return Outcome.rejected("unknown_family", f"{where}: no {self.name} family {record.family!r}")
+            return Outcome.rejected("invalid_key", f"{_where(record)}: {record.name_problem}; Postgres cannot store it")
+        found = self._dispatch.get(record.family)
+        if found is None:
+            try:
+                fam = self.family(record.family)
+            except KeyError:
+                return Outcome.rejected("unknown_family", f"{_where(record)}: no {self.name} family {record.family!r}")
+            found = self._dispatch[record.family] = (fam, getattr(self, f"from_{fam.name}"))
+        fam, handler = found
         if record.redis_type not in fam.types:
             expected = " or ".join(sorted(fam.types))
             return Outcome.rejected(
-                "wrong_redis_type", f"{where} is a Redis {record.redis_type}, expected {expected}")
-        handler = getattr(self, f"from_{fam.name}")
+                "wrong_redis_type", f"{_where(record)} is a Redis {record.redis_type}, expected {expected}")
         try:
             outcome: Outcome = handler(record)
         except Bad as exc:
-            return Outcome.rejected(exc.code, f"{where}: {exc}")
+            return Outcome.rejected(exc.code, f"{_where(record)}: {exc}")
         except RecursionError:
-            return Outcome.rejected("too_deep", f"{where}: value is nested too deeply")
+            return Outcome.rejected("too_deep", f"{_where(record)}: value is nested too deeply")
         except Exception as exc:  # noqa: BLE001 - a transformer never raises; the bug is reported
-            return Outcome.rejected("transform_error", f"{where}: {type(exc).__name__}: {exc}")
+            return Outcome.rejected("transform_error", f"{_where(record)}: {type(exc).__name__}: {exc}")
         return outcome
+
+
+def _where(record: RawRecord) -> str:
+    """How a message names the record: its key, and its field when it is one."""
+    return record.key + (f" field {record.field!r}" if record.field else "")

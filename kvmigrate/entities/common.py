@@ -28,6 +28,7 @@ import json
 import re
 from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -228,13 +229,19 @@ def handle(raw: Any, *, what: str = "handle") -> str:
     """Normalise a handle (trim, strip one leading @, lowercase, - → _) or reject it."""
     if not isinstance(raw, str):
         raise Bad("invalid_handle", f"{what} is {type(raw).__name__}, expected text")
+    h = _normal_handle(raw)
+    if h is None:
+        raise Bad("invalid_handle", f"{what} {raw!r} is not a valid handle after normalising")
+    return h
+
+
+@lru_cache(maxsize=20_000)  # a store names the same few thousand handles over and over
+def _normal_handle(raw: str) -> str | None:
     h = raw.strip()
     if h.startswith("@"):
         h = h[1:]
     h = h.lower().replace("-", "_")
-    if not _HANDLE_RE.match(h):
-        raise Bad("invalid_handle", f"{what} {raw!r} is not a valid handle after normalising")
-    return h
+    return h if _HANDLE_RE.match(h) else None
 
 
 def optional_handle(raw: Any, *, what: str = "handle") -> str | None:
