@@ -6,11 +6,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import orjson
 import psycopg
 import redis
 
 from kvmigrate import api as commands
+from kvmigrate.adapters.pg import state
+from kvmigrate.engine.batch import Batch
+from kvmigrate.engine.writer import BatchWriter
+from kvmigrate.entities import ENTITIES
 from kvmigrate.model.config import build_config
+from kvmigrate.model.records import RawRecord
 from tests.fixtures.data import (
     MIXED_KEPT,
     MIXED_REJECTS,
@@ -268,3 +274,28 @@ def test_pages_grouped_into_one_transaction_are_committed_when_the_budget_stops_
     # (how many pages 20 commands read depends on the SCAN order: 3 to 8 here)
     assert committed == scanned > 10
     assert pg.execute("SELECT count(*) FROM kvmigrate.checkpoints").fetchone() == (1,)
+
+
+def test_a_first_load_upserts_a_key_that_got_a_ledger_row_elsewhere_meanwhile(
+        pg_url: str, pg: psycopg.Connection) -> None:
+    # A writer that starts on an empty ledger copies new keys straight into it; a key that a
+    # verify vouched for meanwhile makes that COPY fail, and the page is written again by upsert.
+    commands.setup(build_config(pg_url=pg_url, env={}))
+    messages = next(e for e in ENTITIES if e.name == "messages")
+    with psycopg.connect(pg_url) as conn:
+        run_id = state.start_run(conn, "backfill", dry_run=False, options={})
+        writer = BatchWriter(conn, run_id)
+        assert writer.ledger_keys is not None  # the ledger was empty: the direct path is on
+        pg.execute("INSERT INTO kvmigrate.ledger (key, entity, family, redis_type, value_hash, status, rows)"
+                   " VALUES ('msg:m1', 'messages', 'msg', 'string', 'elsewhere', 'migrated', 1)")
+        batch = Batch()
+        for mid in ("m1", "m2"):
+            value = orjson.dumps({"id": mid, "from": "sam", "to": "hal", "text": mid,
+                                  "createdAt": "2025-06-01T12:00:00Z"})
+            record = RawRecord(f"msg:{mid}", "string", value, family="msg")
+            batch.add_outcome(messages, record, messages.transform(record), writer.required())
+        writer.write(batch)
+        assert writer.ledger_keys is None  # it fell back to the upsert, for good
+    assert pg.execute("SELECT key, status, run_id, value_hash <> 'elsewhere' FROM kvmigrate.ledger ORDER BY key"
+                      ).fetchall() == [("msg:m1", "migrated", run_id, True), ("msg:m2", "migrated", run_id, True)]
+    assert pg.execute("SELECT id FROM messages ORDER BY id").fetchall() == [("m1",), ("m2",)]

@@ -4,6 +4,7 @@ Shared by backfill and verify's repair. Writes to Postgres only; no KV request."
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,11 +13,14 @@ import psycopg
 
 import kvmigrate
 from kvmigrate import entities
-from kvmigrate.adapters.pg import state
+from kvmigrate.adapters.pg import references, state
 from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader
 from kvmigrate.engine.batch import Batch, RequiredCheck, table_specs
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.model.records import ContainerJson, RawRecord
+from kvmigrate.model.seen import SeenKeys
+
+log = logging.getLogger("kvmigrate")
 
 #: Reject keys a writer remembers before it prunes on every page instead (memory bound).
 MAX_TRACKED_REJECTS = 100_000
@@ -42,7 +46,13 @@ class BatchWriter:
         conn.execute("TRUNCATE kvm_refs")
         state.prepare_stages(conn)
         specs = table_specs(sorted(ENTITIES, key=lambda e: e.load_order))
-        self.loaders = {name: TableLoader(conn, spec, per_transaction=True, sole_writer=True) for name, spec in specs.items()}
+        # Why Postgres checks every row's foreign keys itself, or None: pages check them (see
+        # adapters.pg.references)
+        self.row_checks = references.per_page_refusal(conn, list(specs.values()))
+        log.info("foreign keys: %s", "checked once per page and table" if self.row_checks is None
+                 else f"checked by Postgres for every row ({self.row_checks})")
+        self.loaders = {name: TableLoader(conn, spec, per_transaction=True, sole_writer=True,
+                                          lock_refs=self.row_checks is None) for name, spec in specs.items()}
         # the runs whose ledger rows count as written under these rules (no other run can add
         # one meanwhile: backfills hold the writer lock)
         self.rules_runs = state.rules_runs(conn, rules) if rules is not None else []
@@ -51,6 +61,9 @@ class BatchWriter:
         # Keys that may have a reject stored: those this writer stored one for, when the table
         # was empty at its start (None: any key may, so every page prunes its records' rejects)
         self.reject_keys: set[str] | None = None if state.any_rejects(conn) else set()
+        # (key, field) this writer put in the ledger, when it started empty: a record it never
+        # wrote can have no ledger row then, and is copied straight in (no stage, no upsert)
+        self.ledger_keys: SeenKeys | None = SeenKeys() if state.ledger_empty(conn) else None
         conn.commit()
 
     def required(self) -> dict[str, RequiredCheck]:
@@ -59,16 +72,33 @@ class BatchWriter:
     def write(self, batch: Batch, *, checkpoint: tuple[str, int] | None = None,
               server: str | None = None) -> dict[str, LoadStats]:
         """Load one batch in one transaction. Returns rows written per table."""
+        try:
+            return self._write(batch, checkpoint=checkpoint, server=server)
+        except psycopg.errors.UniqueViolation:
+            if self.ledger_keys is None:
+                raise
+            # A key got its ledger row elsewhere meanwhile (a verify vouching for a key new to
+            # the ledger): the page rolled back; it and every later page upsert the ledger.
+            self.ledger_keys = None
+            return self._write(batch, checkpoint=checkpoint, server=server)
+
+    def _write(self, batch: Batch, *, checkpoint: tuple[str, int] | None,
+               server: str | None) -> dict[str, LoadStats]:
         out: dict[str, LoadStats] = {}
         with self.conn.transaction():
+            if self.row_checks is None:
+                references.skip_row_checks(self.conn)
             rows = batch.rows
-            state.stage_ledger(self.conn, self.run_id, batch.ledger)
-            unchanged = self._unchanged(batch.ledger) if self.rules else set()
+            new, entries = self._new_to_ledger(batch.ledger)
+            if entries or self.ledger_keys is None:
+                state.stage_ledger(self.conn, self.run_id, entries)
+            unchanged = self._unchanged(entries) if self.rules else set()
             if unchanged:
                 rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
             for table, loader in self.loaders.items():
                 out[table] = loader.load(rows.get(table, []))
-            if batch.ledger:
+            state.copy_ledger(self.conn, self.run_id, new)
+            if entries:
                 state.apply_ledger(self.conn)
             records = [r for r in batch.records if r not in unchanged]
             rejects = [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged]
@@ -91,6 +121,23 @@ class BatchWriter:
         row = self.conn.execute("SELECT count(*) FROM (SELECT DISTINCT id FROM kvm_refs) r"
                                 " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = r.id)").fetchone()
         return int(row[0]) if row else 0
+
+    def _new_to_ledger(self, entries: Sequence[state.LedgerEntry]
+                       ) -> tuple[list[state.LedgerEntry], list[state.LedgerEntry]]:
+        """(entries certainly new to the ledger, one per key and field; the others, to upsert).
+        They are noted as written before they are: a page that rolls back leaves them to the
+        upsert, which costs more but finds the same."""
+        if self.ledger_keys is None:
+            return [], list(entries)
+        new: dict[tuple[str, str], state.LedgerEntry] = {}
+        rest: list[state.LedgerEntry] = []
+        for e in entries:
+            if self.ledger_keys.maybe((e.key, e.field)):
+                rest.append(e)
+            else:
+                new[(e.key, e.field)] = e  # a key SCAN returned twice in one page: its last reading
+        self.ledger_keys.note(new)
+        return list(new.values()), rest
 
     def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
         """(key, field) of the staged entries whose ledger row, written under the same rules, is

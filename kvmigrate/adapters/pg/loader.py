@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
-from rbloom import Bloom
 
+from kvmigrate.adapters.pg.references import lock_referenced
 from kvmigrate.adapters.pg.sources import (
     any_recorded,
     load_sources,
@@ -31,12 +31,11 @@ from kvmigrate.adapters.pg.sources import (
 )
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.common import json_bytes
+from kvmigrate.model.errors import KvmigrateError
 from kvmigrate.model.records import Merged, SourcedRow
+from kvmigrate.model.seen import SeenKeys
 
 PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
-#: Rows a Bloom filter of loaded keys is sized for (2.4 MB at 1% false positives); past that
-#: a new filter starts, so a bigger store only probes a little more, never wrongly less.
-SEEN_PER_FILTER = 2_000_000
 _META = ("_rank", "_src", "_fld")
 
 
@@ -112,7 +111,7 @@ class TableLoader:
     """Stages and upserts rows of one table. Construct once per connection."""
 
     def __init__(self, conn: psycopg.Connection, spec: TableSpec, *, stage_prefix: str = "kvm_stage_",
-                 per_transaction: bool = False, sole_writer: bool = False) -> None:
+                 per_transaction: bool = False, sole_writer: bool = False, lock_refs: bool = False) -> None:
         """`per_transaction`: the stage is emptied at every commit (ON COMMIT DELETE ROWS), for
         a caller that stages and loads within one transaction; emptying it then costs nothing,
         where a TRUNCATE per page and table costs a new file and catalog updates.
@@ -120,11 +119,15 @@ class TableLoader:
         `sole_writer`: no other loader records sources of this table while this one lives (the
         batch writer, under the writer lock). When none were recorded at its start, a merged
         table's load then looks up the recorded sources only of rows this loader may have
-        loaded before (a Bloom filter of their keys): on a first load, almost none."""
+        loaded before (a Bloom filter of their keys): on a first load, almost none.
+
+        `lock_refs`: the caller's transaction skips Postgres's per-row foreign-key checks (see
+        adapters.pg.references): each load ends by locking every user its rows refer to."""
         self.conn = conn
         self.spec = spec
         self.stage = f"{stage_prefix}{spec.name}"
         self.per_transaction = per_transaction
+        self.lock_refs = lock_refs
         self.types, self.not_null = self._describe()
         ident = sql.Identifier
         cols = [ident(c) for c in spec.columns]
@@ -134,12 +137,11 @@ class TableLoader:
                 stage=ident(self.stage), cols=sql.SQL(", ").join(cols), table=ident(spec.name),
                 on_commit=sql.SQL("ON COMMIT DELETE ROWS" if per_transaction else ""))
         )
-        self._seen: list[Bloom] | None = None  # the keys loaded, when they are all that can have sources
-        self._seen_count = 0
+        self._seen: SeenKeys | None = None  # the keys loaded, when they are all that can have sources
         if spec.merge == "fill":
             prepare_stage(conn)  # the stage of its recorded sources
             if sole_writer and not any_recorded(conn, spec):
-                self._seen = [Bloom(SEEN_PER_FILTER, 0.01)]
+                self._seen = SeenKeys()
         self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
             stage=ident(self.stage), cols=sql.SQL(", ").join([*cols, *(ident(m) for m in _META)]))
 
@@ -173,7 +175,7 @@ class TableLoader:
             rows = dedupe(self.spec, rows)
         self.stage_rows(rows)
         if self.spec.user_refs:
-            stats.placeholders = self._placeholders()
+            stats.placeholders = self._make_referenced()
         if self.spec.name == "users":
             # Users reference users (invited_by), checked at once: an update naming a user this
             # page brings must run after that user's insert.
@@ -187,32 +189,58 @@ class TableLoader:
             stats.updated = self._update_changed()
             stats.inserted = self._insert_new()
         self._record_origin()
+        if self.lock_refs and self.spec.name == "users" and self.spec.user_refs:
+            self._lock_referenced()  # users refer to users of the same page: locked once written
         return stats
+
+    def _make_referenced(self) -> int:
+        """A placeholder user for each handle the staged rows refer to that has none; with
+        `lock_refs`, the users that exist are locked first (most pages then need no more).
+        Returns the placeholders made."""
+        if not self.lock_refs or self.spec.name == "users":
+            return self._placeholders()
+        if not lock_referenced(self.conn, self.spec, self.stage):
+            return 0  # every user exists, and stays until the page commits
+        made = self._placeholders()
+        self._lock_referenced()
+        return made
+
+    def _lock_referenced(self) -> None:
+        """Lock the users the staged rows refer to; a user deleted since this load made its
+        placeholders is made again (the rows are written: the page then commits whole)."""
+        missing = lock_referenced(self.conn, self.spec, self.stage)
+        if missing:
+            self._placeholders()
+            missing = lock_referenced(self.conn, self.spec, self.stage)
+        if missing:
+            raise KvmigrateError(f"{self.spec.name}: users {', '.join(missing[:5])} were deleted while this page"
+                                 " was written, twice", hint="run the same command again")
 
     def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> list[Merged]:
         """Merge this batch's sources with every recorded source of the rows they touch, and
         record the sources the rows now need (see adapters.pg.sources). Two statements."""
-        pk = self.spec.pk
-        latest = {(str(r.values[pk]), r.source_key, r.source_field): r for r in rows}
-        keys = sorted({k for k, _, _ in latest})
-        recorded, stored = load_sources(self.conn, self.spec, self.types, self._maybe_loaded(keys))
-        groups: dict[str, dict[tuple[str, str], SourcedRow]] = {
-            key: {(s.source_key, s.source_field): s for s in sources} for key, sources in recorded.items()}
-        for (key, src, fld), row in latest.items():
-            groups.setdefault(key, {})[(src, fld)] = row
-        store_sources(self.conn, self.spec, sources_to_store(self.spec, groups, stored, set(latest)))
-        return [merge_group(self.spec, list(group.values())) for group in groups.values()]
+        spec = self.spec
+        groups: dict[str, dict[tuple[str, str], SourcedRow]] = {}
+        for row in rows:  # a source read twice in the batch: its last reading
+            groups.setdefault(str(row.values[spec.pk]), {})[(row.source_key, row.source_field)] = row
+        new = {(key, src, fld) for key, group in groups.items() for src, fld in group}
+        recorded, stored = load_sources(self.conn, spec, self.types, self._maybe_loaded(sorted(groups)))
+        for key, sources in recorded.items():
+            group = groups[key]
+            for s in sources:  # this batch's reading of a source replaces the recorded one
+                group.setdefault((s.source_key, s.source_field), s)
+        store_sources(self.conn, spec, sources_to_store(spec, groups, stored, new))
+        # a row of one source is that source (what merge_group makes of it, without the copy)
+        return [Merged(next(iter(group.values()))) if len(group) == 1 else merge_group(spec, list(group.values()))
+                for group in groups.values()]
 
     def _maybe_loaded(self, keys: list[str]) -> list[str]:
         """The keys that may have recorded sources, noting them all as loaded (see `sole_writer`;
         a page that rolls back leaves its keys noted, which only costs a lookup)."""
         if self._seen is None:
             return keys
-        maybe = [k for k in keys if any(k in f for f in self._seen)]
-        if self._seen_count + len(keys) > SEEN_PER_FILTER * len(self._seen):
-            self._seen.append(Bloom(SEEN_PER_FILTER, 0.01))
-        self._seen[-1].update(keys)
-        self._seen_count += len(keys)
+        maybe = [k for k in keys if self._seen.maybe(k)]
+        self._seen.note(keys)
         return maybe
 
     def stage_rows(self, rows: Sequence[SourcedRow], *, truncate: bool = True) -> None:

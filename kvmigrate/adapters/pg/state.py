@@ -165,6 +165,10 @@ CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUD
 """
 
 
+_LEDGER_COLUMNS = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows",
+                   "run_id", "companion_hash")
+
+
 def prepare_stages(conn: psycopg.Connection) -> None:
     """Create this session's ledger and rejects stages (temporary, emptied at every commit)."""
     conn.execute(_LEDGER_STAGE)
@@ -176,9 +180,26 @@ def stage_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[Ledger
     conn.execute("DELETE FROM kvm_stage_ledger")
     if not entries:
         return
-    cols = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows", "run_id",
-            "companion_hash")
-    with conn.cursor().copy(f"COPY kvm_stage_ledger ({', '.join(cols)}) FROM STDIN") as cp:
+    with conn.cursor().copy(f"COPY kvm_stage_ledger ({', '.join(_LEDGER_COLUMNS)}) FROM STDIN") as cp:
+        for e in entries:
+            cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
+                          e.reason, e.rows, run_id, e.companion_hash))
+
+
+def ledger_empty(conn: psycopg.Connection) -> bool:
+    """Whether kvmigrate.ledger holds no row. Read-only."""
+    row = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM kvmigrate.ledger)").fetchone()
+    return bool(row and row[0])
+
+
+def copy_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> None:
+    """COPY ledger rows straight into kvmigrate.ledger, in the caller's transaction: for keys
+    the caller knows have no row yet (one per key and field). A key that has one fails the COPY
+    with a UniqueViolation (and the transaction with it); `stage_ledger` + `apply_ledger`
+    upsert instead."""
+    if not entries:
+        return
+    with conn.cursor().copy(f"COPY kvmigrate.ledger ({', '.join(_LEDGER_COLUMNS)}) FROM STDIN") as cp:
         for e in entries:
             cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
                           e.reason, e.rows, run_id, e.companion_hash))
