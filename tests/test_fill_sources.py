@@ -86,6 +86,9 @@ def test_copies_of_a_message_in_pages_of_one_first_run_are_merged_whichever_page
     commands.setup(config)
     commands.backfill(config)
     assert _sources(pg) == {mid: {f"msg:{mid}", "vibe:messages"} for mid in ids}
+    # each row's owner is its highest-ranked copy, whichever page recorded one first
+    assert dict(pg.execute("SELECT pk, source_key FROM kvmigrate.row_origin WHERE tbl = 'messages'").fetchall()) == {
+        mid: f"msg:{mid}" for mid in ids}
     assert pg.execute("SELECT count(*) FROM messages WHERE read AND payload = %s::jsonb",
                       (orjson.dumps({"_extra": {"read_at": READ_ISO}}).decode(),)).fetchone() == (60,)
     assert commands.verify(config, recheck_delay=0).clean

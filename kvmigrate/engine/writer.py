@@ -74,8 +74,8 @@ class BatchWriter:
         """Load one batch in one transaction. Returns rows written per table."""
         try:
             return self._write(batch, checkpoint=checkpoint, server=server)
-        except psycopg.errors.UniqueViolation:
-            if self.ledger_keys is None:
+        except psycopg.errors.UniqueViolation as exc:
+            if self.ledger_keys is None or exc.diag.table_name != "ledger":
                 raise
             # A key got its ledger row elsewhere meanwhile (a verify vouching for a key new to
             # the ledger): the page rolled back; it and every later page upsert the ledger.

@@ -11,17 +11,20 @@ from collections.abc import Hashable, Iterable, Sequence
 
 from rbloom import Bloom
 
-#: Keys one filter is sized for (2.4 MB at 1% false positives); past that a new filter starts,
-#: so a bigger store only looks up a little more, never wrongly less.
-PER_FILTER = 2_000_000
+#: Keys the first filter is sized for (77 KB at 1% false positives); each filter after it holds
+#: twice the one before, so memory grows with the keys noted (about 1.2 MB per million), and a
+#: bigger store never finds a key wrongly absent.
+FIRST_FILTER = 64_000
+FALSE_POSITIVES = 0.01
 
 
 class SeenKeys:
     """Hashable keys noted so far (within this process: Python's string hash is per process)."""
 
     def __init__(self) -> None:
-        self._filters = [Bloom(PER_FILTER, 0.01)]
-        self._count = 0
+        self._filters = [Bloom(FIRST_FILTER, FALSE_POSITIVES)]
+        self._room = FIRST_FILTER  # keys the newest filter can still take at its rate
+        self._last = FIRST_FILTER
 
     def maybe(self, key: Hashable) -> bool:
         """Whether `key` may have been noted (False: it certainly was not)."""
@@ -29,7 +32,9 @@ class SeenKeys:
 
     def note(self, keys: Sequence[Hashable] | Iterable[Hashable]) -> None:
         keys = list(keys)
-        if self._count + len(keys) > PER_FILTER * len(self._filters):
-            self._filters.append(Bloom(PER_FILTER, 0.01))
+        if len(keys) > self._room:
+            self._last = max(2 * self._last, len(keys))
+            self._filters.append(Bloom(self._last, FALSE_POSITIVES))
+            self._room = self._last
         self._filters[-1].update(keys)
-        self._count += len(keys)
+        self._room -= len(keys)

@@ -21,8 +21,10 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
+from kvmigrate.adapters.pg.arrays import text_array
 from kvmigrate.adapters.pg.references import lock_referenced
 from kvmigrate.adapters.pg.sources import (
+    any_owner,
     any_recorded,
     load_sources,
     prepare_stage,
@@ -137,11 +139,15 @@ class TableLoader:
                 stage=ident(self.stage), cols=sql.SQL(", ").join(cols), table=ident(spec.name),
                 on_commit=sql.SQL("ON COMMIT DELETE ROWS" if per_transaction else ""))
         )
-        self._seen: SeenKeys | None = None  # the keys loaded, when they are all that can have sources
         if spec.merge == "fill":
             prepare_stage(conn)  # the stage of its recorded sources
-            if sole_writer and not any_recorded(conn, spec):
-                self._seen = SeenKeys()
+        # With `sole_writer`, the keys this loader loaded (see `_maybe_loaded`), when only they
+        # can have recorded sources, or an owner in row_origin (placeholders aside, which any
+        # loader makes: not for users)
+        self._sources_fresh = sole_writer and spec.merge == "fill" and not any_recorded(conn, spec)
+        self._origin_fresh = sole_writer and spec.name != "users" and not any_owner(conn, spec)
+        self._seen = SeenKeys() if self._sources_fresh or self._origin_fresh else None
+        self._loaded_before: list[str] | None = None  # of this load's keys, those maybe loaded before
         self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
             stage=ident(self.stage), cols=sql.SQL(", ").join([*cols, *(ident(m) for m in _META)]))
 
@@ -173,6 +179,7 @@ class TableLoader:
             rows = [m.row for m in stats.merges]
         else:
             rows = dedupe(self.spec, rows)
+            self._loaded_before = self._maybe_loaded([str(r.values[self.spec.pk]) for r in rows])
         self.stage_rows(rows)
         if self.spec.user_refs:
             stats.placeholders = self._make_referenced()
@@ -224,7 +231,10 @@ class TableLoader:
         for row in rows:  # a source read twice in the batch: its last reading
             groups.setdefault(str(row.values[spec.pk]), {})[(row.source_key, row.source_field)] = row
         new = {(key, src, fld) for key, group in groups.items() for src, fld in group}
-        recorded, stored = load_sources(self.conn, spec, self.types, self._maybe_loaded(sorted(groups)))
+        keys = sorted(groups)
+        self._loaded_before = self._maybe_loaded(keys)
+        maybe = keys if self._loaded_before is None or not self._sources_fresh else self._loaded_before
+        recorded, stored = load_sources(self.conn, spec, self.types, maybe)
         for key, sources in recorded.items():
             group = groups[key]
             for s in sources:  # this batch's reading of a source replaces the recorded one
@@ -234,11 +244,12 @@ class TableLoader:
         return [Merged(next(iter(group.values()))) if len(group) == 1 else merge_group(spec, list(group.values()))
                 for group in groups.values()]
 
-    def _maybe_loaded(self, keys: list[str]) -> list[str]:
-        """The keys that may have recorded sources, noting them all as loaded (see `sole_writer`;
-        a page that rolls back leaves its keys noted, which only costs a lookup)."""
+    def _maybe_loaded(self, keys: Sequence[str]) -> list[str] | None:
+        """Of these keys, those this loader may have loaded before (None: it cannot tell), noting
+        them all as loaded. A page that rolls back leaves its keys noted, which only costs the
+        lookups a key loaded before takes."""
         if self._seen is None:
-            return keys
+            return None
         maybe = [k for k in keys if self._seen.maybe(k)]
         self._seen.note(keys)
         return maybe
@@ -327,14 +338,20 @@ class TableLoader:
         return self.conn.execute(query).rowcount
 
     def _record_origin(self) -> None:
-        self.conn.execute(
-            sql.SQL(
-                "INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
-                " SELECT {tname}, {pk}::text, _rank, _src, _fld FROM {s}"
-                " ON CONFLICT (tbl, pk) DO UPDATE SET rank = EXCLUDED.rank, source_key = EXCLUDED.source_key,"
-                " source_field = EXCLUDED.source_field"
-                " WHERE (EXCLUDED.rank, EXCLUDED.source_key, EXCLUDED.source_field)"
-                " > (row_origin.rank, row_origin.source_key, row_origin.source_field)"
-            ).format(tname=sql.Literal(self.spec.name), pk=sql.Identifier(self.spec.pk), s=sql.Identifier(self.stage))
-        )
-
+        """Record each staged row's owner: a plain insert for the rows no owner can have been
+        recorded for (see `_maybe_loaded`), an upsert where the higher-ranked source wins for
+        the others. One statement, or two when a page holds both."""
+        ident, spec = sql.Identifier, self.spec
+        upsert = sql.SQL(" ON CONFLICT (tbl, pk) DO UPDATE SET rank = EXCLUDED.rank, source_key = EXCLUDED.source_key,"
+                         " source_field = EXCLUDED.source_field"
+                         " WHERE (EXCLUDED.rank, EXCLUDED.source_key, EXCLUDED.source_field)"
+                         " > (row_origin.rank, row_origin.source_key, row_origin.source_field)")
+        before = self._loaded_before if self._origin_fresh else None
+        parts = [(sql.SQL(""), upsert)] if before is None else [
+            (sql.SQL(" WHERE NOT ({}::text = ANY(%(keys)s::text[]))").format(ident(spec.pk)), sql.SQL("")),
+            *([(sql.SQL(" WHERE {}::text = ANY(%(keys)s::text[])").format(ident(spec.pk)), upsert)] if before else [])]
+        for where, conflict in parts:
+            query = sql.SQL("INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
+                            " SELECT {tname}, {pk}::text, _rank, _src, _fld FROM {s}{where}{conflict}").format(
+                tname=sql.Literal(spec.name), pk=ident(spec.pk), s=ident(self.stage), where=where, conflict=conflict)
+            self.conn.execute(query, {"keys": text_array(before or [])} if before is not None else None)

@@ -82,6 +82,12 @@ def any_recorded(conn: psycopg.Connection, spec: TableSpec) -> bool:
     return bool(row and row[0])
 
 
+def any_owner(conn: psycopg.Connection, spec: TableSpec) -> bool:
+    """Whether kvmigrate.row_origin records an owner of any of `spec`'s rows. Read-only."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.row_origin WHERE tbl = %s)", (spec.name,)).fetchone()
+    return bool(row and row[0])
+
+
 def sources_to_store(spec: TableSpec, groups: Mapping[str, Mapping[tuple[str, str], SourcedRow]],
                      stored: set[str], new: set[tuple[str, str, str]]) -> list[SourcedRow]:
     """The sources a load must (re)write: per row, this batch's (`new`: pk, key, field), and,
