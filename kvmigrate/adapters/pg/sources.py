@@ -16,7 +16,6 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps, set_json_loads
@@ -114,7 +113,7 @@ def store_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[S
         return
     conn.execute("DELETE FROM kvm_stage_fill_sources")  # what an earlier table staged in this transaction
     cur = conn.cursor()
-    set_json_dumps(_dumps_any, cur)
+    set_json_dumps(json_bytes, cur)  # times and dates as `isoformat` writes them, read back by `_typed`
     with cur.copy("COPY kvm_stage_fill_sources (tbl, pk, source_key, source_field, rank, vals) FROM STDIN") as cp:
         cp.set_types(["text", "text", "text", "text", "integer", "jsonb"])
         for s in sources:
@@ -176,13 +175,3 @@ def _stored(row: SourcedRow) -> dict[str, Any]:
     """A source as kept in kvmigrate.fill_sources: its columns, and its meta when it has one."""
     return {**row.values, _SOURCE_META: dict(row.meta)} if row.meta else dict(row.values)
 
-
-def _dumps_any(value: Any) -> bytes:
-    """JSON for a stored source row: times and dates as ISO text (read back by `_typed`)."""
-
-    def iso(v: Any) -> Any:
-        if isinstance(v, (datetime, date)):
-            return v.isoformat()
-        raise TypeError(type(v).__name__)
-
-    return json_bytes(value, option=orjson.OPT_PASSTHROUGH_DATETIME, default=iso)
