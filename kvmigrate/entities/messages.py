@@ -141,6 +141,8 @@ class Message:
         return (row,) if game is None else (row, game)
 
     def stats(self) -> dict[str, int]:
+        if not self.normalised and not self.derived_id:
+            return {}  # most messages
         counts = {"handle_normalised": self.normalised, "derived_id": int(self.derived_id)}
         return {k: n for k, n in counts.items() if n}
 
@@ -155,8 +157,11 @@ def parse_message(m: dict[str, Any], *, default_to: str | None = None,
     created_at, time_extra = _created_at(m)
     read, read_extra = _read(m)
     payload, payload_extra = _payload(m)
-    extra = {k: v for k, v in m.items() if k not in _MAPPED} | extra | time_extra | read_extra \
-        | payload_extra
+    unmapped = {k: v for k, v in m.items() if k not in _MAPPED}
+    for more in (extra, time_extra, read_extra, payload_extra):  # later ones win, as with `|`
+        if more:
+            unmapped.update(more)
+    extra = unmapped
     msg_id, derived = _message_id(m.get("id") or default_id, sender, to, created_at, content)
     values = {"id": msg_id, "from_handle": sender, "to_handle": to, "content": content,
               "payload": games.with_extra(payload, extra), "read": read, "created_at": created_at}
