@@ -12,6 +12,8 @@ import psycopg
 import pytest
 import redis
 
+from kvmigrate import api as commands
+from kvmigrate.model.config import build_config
 from tests.fixtures.faults import Launcher, launcher
 from tests.fixtures.servers import Servers, kv_url_for, pg_url_for, start_servers
 
@@ -81,6 +83,14 @@ def pg(pg_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to this test's database."""
     with psycopg.connect(pg_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def conn(pg_url: str) -> Iterator[psycopg.Connection]:
+    """A connection (transactions the test's own) to this test's database, schema deployed."""
+    commands.setup(build_config(pg_url=pg_url, env={}))
+    with psycopg.connect(pg_url) as c:
+        yield c
 
 
 @pytest.fixture

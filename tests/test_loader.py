@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import psycopg
-import pytest
 
-from kvmigrate import api as commands
 from kvmigrate.adapters.pg.arrays import text_array
 from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe, fill_merge
 from kvmigrate.entities.base import TableSpec
-from kvmigrate.model.config import build_config
 
 USERS = TableSpec("users", "handle", ("handle", "display_name", "one_liner", "created_at", "invited_by", "settings"),
                   user_refs=("invited_by",), merge="fill", json_columns=("settings",))
 MESSAGES = TableSpec("messages", "id", ("id", "from_handle", "to_handle", "content", "payload", "read", "created_at"),
                      user_refs=("from_handle", "to_handle"), json_columns=("payload",))
 T0 = datetime(2025, 6, 1, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    commands.setup(build_config(pg_url=pg_url, env={}))
-    with psycopg.connect(pg_url) as c:
-        yield c
 
 
 def _load(conn: psycopg.Connection, spec: TableSpec, rows: list[SourcedRow]) -> int:

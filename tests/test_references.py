@@ -5,7 +5,6 @@ before the page commits, and Postgres keeps checking every row wherever the page
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import orjson
@@ -22,13 +21,6 @@ from kvmigrate.model.config import build_config
 
 SPECS = table_specs(ENTITIES)
 T0 = datetime(2025, 6, 1, tzinfo=timezone.utc)
-
-
-@pytest.fixture
-def conn(pg_url: str) -> Iterator[psycopg.Connection]:
-    commands.setup(build_config(pg_url=pg_url, env={}))
-    with psycopg.connect(pg_url) as c:
-        yield c
 
 
 def _orphans(pg: psycopg.Connection) -> int:
