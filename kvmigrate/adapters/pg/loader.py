@@ -38,6 +38,10 @@ from kvmigrate.model.records import Merged, SourcedRow
 from kvmigrate.model.seen import SeenKeys
 
 PLACEHOLDER_SETTINGS = {"placeholder": True, "created_by": "kvmigrate"}
+#: A recorded owner gives way only to a higher-ranked source (rank, then key and field).
+_OUTRANKS = sql.SQL(" ON CONFLICT (tbl, pk) DO UPDATE SET rank = EXCLUDED.rank, source_key = EXCLUDED.source_key,"
+                    " source_field = EXCLUDED.source_field WHERE (EXCLUDED.rank, EXCLUDED.source_key,"
+                    " EXCLUDED.source_field) > (row_origin.rank, row_origin.source_key, row_origin.source_field)")
 _META = ("_rank", "_src", "_fld")
 
 
@@ -220,8 +224,8 @@ class TableLoader:
             self._placeholders()
             missing = lock_referenced(self.conn, self.spec, self.stage)
         if missing:
-            raise KvmigrateError(f"{self.spec.name}: users {', '.join(missing[:5])} were deleted while this page"
-                                 " was written, twice", hint="run the same command again")
+            raise KvmigrateError(f"{self.spec.name}: users {', '.join(missing[:5])} were deleted while this page was"
+                                 " written, and again once made anew", hint="run the same command again")
 
     def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> list[Merged]:
         """Merge this batch's sources with every recorded source of the rows they touch, and
@@ -341,17 +345,21 @@ class TableLoader:
         """Record each staged row's owner: a plain insert for the rows no owner can have been
         recorded for (see `_maybe_loaded`), an upsert where the higher-ranked source wins for
         the others. One statement, or two when a page holds both."""
-        ident, spec = sql.Identifier, self.spec
-        upsert = sql.SQL(" ON CONFLICT (tbl, pk) DO UPDATE SET rank = EXCLUDED.rank, source_key = EXCLUDED.source_key,"
-                         " source_field = EXCLUDED.source_field"
-                         " WHERE (EXCLUDED.rank, EXCLUDED.source_key, EXCLUDED.source_field)"
-                         " > (row_origin.rank, row_origin.source_key, row_origin.source_field)")
         before = self._loaded_before if self._origin_fresh else None
-        parts = [(sql.SQL(""), upsert)] if before is None else [
-            (sql.SQL(" WHERE NOT ({}::text = ANY(%(keys)s::text[]))").format(ident(spec.pk)), sql.SQL("")),
-            *([(sql.SQL(" WHERE {}::text = ANY(%(keys)s::text[])").format(ident(spec.pk)), upsert)] if before else [])]
-        for where, conflict in parts:
-            query = sql.SQL("INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
-                            " SELECT {tname}, {pk}::text, _rank, _src, _fld FROM {s}{where}{conflict}").format(
-                tname=sql.Literal(spec.name), pk=ident(spec.pk), s=ident(self.stage), where=where, conflict=conflict)
-            self.conn.execute(query, {"keys": text_array(before or [])} if before is not None else None)
+        if before is None:  # any row may have an owner recorded
+            self._insert_origin(sql.SQL(""), _OUTRANKS, None)
+            return
+        keys = text_array(before)
+        self._insert_origin(sql.SQL(" WHERE NOT ({}::text = ANY(%(keys)s::text[]))"), sql.SQL(""), keys)
+        if before:
+            self._insert_origin(sql.SQL(" WHERE {}::text = ANY(%(keys)s::text[])"), _OUTRANKS, keys)
+
+    def _insert_origin(self, where: sql.SQL, conflict: sql.SQL, keys: str | None) -> None:
+        """Insert the owners of the staged rows `where` (a condition on the primary key `{}`,
+        given `keys`) selects, `conflict` saying what a row_origin row already there does."""
+        ident, spec = sql.Identifier, self.spec
+        query = sql.SQL("INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
+                        " SELECT {tname}, {pk}::text, _rank, _src, _fld FROM {s}{where}{conflict}").format(
+            tname=sql.Literal(spec.name), pk=ident(spec.pk), s=ident(self.stage), where=where.format(ident(spec.pk)),
+            conflict=conflict)
+        self.conn.execute(query, None if keys is None else {"keys": keys})
