@@ -73,8 +73,10 @@ def test_a_loaded_table_with_a_trigger_of_its_own_keeps_postgres_checking_every_
     conn.execute("CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
     conn.execute("CREATE TRIGGER audit BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION touch()")
     conn.commit()
+    conn.execute("SELECT 1")  # a transaction is open: the probe must not leave the setting in it
     assert references.per_page_refusal(conn, list(SPECS.values())) == (
         "table messages has trigger audit, which every row must fire")
+    assert conn.execute("SHOW session_replication_role").fetchone() == ("origin",)
 
 
 def test_a_foreign_key_the_loader_does_not_cover_keeps_postgres_checking_every_row(

@@ -28,8 +28,8 @@ def per_page_refusal(conn: psycopg.Connection, specs: Sequence[TableSpec]) -> st
     """None when pages may check their references themselves (see the module); else why they
     may not. Read-only; in a transaction of its own, which it leaves closed."""
     names = [s.name for s in specs]
-    try:
-        with conn.transaction():
+    try:  # rolled back whatever happens: the setting must not outlive the probe
+        with conn.transaction(force_rollback=True):
             conn.execute("SET LOCAL session_replication_role = replica")
     except psycopg.errors.InsufficientPrivilege:
         return "this role may not set session_replication_role"
