@@ -180,10 +180,7 @@ def stage_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[Ledger
     conn.execute("DELETE FROM kvm_stage_ledger")
     if not entries:
         return
-    with conn.cursor().copy(f"COPY kvm_stage_ledger ({', '.join(_LEDGER_COLUMNS)}) FROM STDIN") as cp:
-        for e in entries:
-            cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
-                          e.reason, e.rows, run_id, e.companion_hash))
+    _copy_entries(conn, "kvm_stage_ledger", run_id, entries)
 
 
 def ledger_empty(conn: psycopg.Connection) -> bool:
@@ -197,9 +194,13 @@ def copy_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerE
     the caller knows have no row yet (one per key and field). A key that has one fails the COPY
     with a UniqueViolation (and the transaction with it); `stage_ledger` + `apply_ledger`
     upsert instead."""
-    if not entries:
-        return
-    with conn.cursor().copy(f"COPY kvmigrate.ledger ({', '.join(_LEDGER_COLUMNS)}) FROM STDIN") as cp:
+    if entries:
+        _copy_entries(conn, "kvmigrate.ledger", run_id, entries)
+
+
+def _copy_entries(conn: psycopg.Connection, table: str, run_id: int, entries: Sequence[LedgerEntry]) -> None:
+    """COPY ledger entries, as rows written by `run_id`, into `table` (the ledger or its stage)."""
+    with conn.cursor().copy(f"COPY {table} ({', '.join(_LEDGER_COLUMNS)}) FROM STDIN") as cp:
         for e in entries:
             cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
                           e.reason, e.rows, run_id, e.companion_hash))
