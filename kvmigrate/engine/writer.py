@@ -129,15 +129,9 @@ class BatchWriter:
         upsert, which costs more but finds the same."""
         if self.ledger_keys is None:
             return [], list(entries)
-        new: dict[tuple[str, str], state.LedgerEntry] = {}
-        rest: list[state.LedgerEntry] = []
-        for e in entries:
-            if self.ledger_keys.maybe((e.key, e.field)):
-                rest.append(e)
-            else:
-                new[(e.key, e.field)] = e  # a key SCAN returned twice in one page: its last reading
-        self.ledger_keys.note(new)
-        return list(new.values()), rest
+        before = set(self.ledger_keys.seen_before([(e.key, e.field) for e in entries]))
+        new = {(e.key, e.field): e for e in entries if (e.key, e.field) not in before}  # a key read twice: its last reading
+        return list(new.values()), [e for e in entries if (e.key, e.field) in before]
 
     def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
         """(key, field) of the staged entries whose ledger row, written under the same rules, is

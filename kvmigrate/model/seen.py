@@ -8,8 +8,11 @@ run wrote, so a false "maybe" costs the lookup, never a result.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
 
 from rbloom import Bloom
+
+K = TypeVar("K", bound=Hashable)
 
 #: Keys the first filter is sized for (77 KB at 1% false positives); each filter after it holds
 #: twice the one before, so memory grows with the keys noted (about 1.2 MB per million), and a
@@ -38,3 +41,9 @@ class SeenKeys:
             self._room = self._last
         self._filters[-1].update(keys)
         self._room -= len(keys)
+
+    def seen_before(self, keys: Sequence[K]) -> list[K]:
+        """Of `keys`, those that may have been noted before this call; then notes them all."""
+        before = [k for k in keys if self.maybe(k)]
+        self.note(keys)
+        return before

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_dumps
 
 from kvmigrate.adapters.pg.arrays import text_array
-from kvmigrate.adapters.pg.references import lock_referenced
+from kvmigrate.adapters.pg.references import lock_referenced, referenced
 from kvmigrate.adapters.pg.sources import (
     any_owner,
     any_recorded,
@@ -254,9 +254,7 @@ class TableLoader:
         lookups a key loaded before takes."""
         if self._seen is None:
             return None
-        maybe = [k for k in keys if self._seen.maybe(k)]
-        self._seen.note(keys)
-        return maybe
+        return self._seen.seen_before(keys)
 
     def stage_rows(self, rows: Sequence[SourcedRow], *, truncate: bool = True) -> None:
         """COPY rows (with their source) into this loader's temp stage table."""
@@ -274,19 +272,15 @@ class TableLoader:
                 cp.write_row((*map(row.values.get, cols), row.rank, row.source_key, row.source_field))
 
     def _placeholders(self) -> int:
-        refs = sql.SQL(" UNION ").join(
-            sql.SQL("SELECT {c} AS h FROM {s}").format(c=sql.Identifier(c), s=sql.Identifier(self.stage))
-            for c in self.spec.user_refs
-        )
         cur = self.conn.execute(
             sql.SQL(
-                "WITH refs AS ({refs}), made AS ("
+                "WITH refs(h) AS ({refs}), made AS ("
                 " INSERT INTO users (handle, created_at, settings) SELECT h, NULL, %s FROM refs WHERE h IS NOT NULL"
                 " AND NOT EXISTS (SELECT 1 FROM users u WHERE u.handle = h) {own}"
                 " ON CONFLICT (handle) DO NOTHING RETURNING handle)"
                 " INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
                 " SELECT 'users', handle, -1, '', '' FROM made ON CONFLICT DO NOTHING"
-            ).format(refs=refs, own=sql.SQL(
+            ).format(refs=referenced(self.spec, self.stage), own=sql.SQL(
                 "AND h NOT IN (SELECT handle FROM {})").format(sql.Identifier(self.stage))
                 if self.spec.name == "users" else sql.SQL("")),
             (Jsonb(PLACEHOLDER_SETTINGS),),

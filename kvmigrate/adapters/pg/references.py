@@ -59,13 +59,17 @@ def skip_row_checks(conn: psycopg.Connection) -> None:
     conn.execute("SET LOCAL session_replication_role = replica")
 
 
+def referenced(spec: TableSpec, stage: str) -> sql.Composed:
+    """A query of the handles the rows staged in `stage` refer to (`spec.user_refs`), each once."""
+    return sql.SQL(" UNION ").join(
+        sql.SQL("SELECT {c} FROM {s}").format(c=sql.Identifier(c), s=sql.Identifier(stage)) for c in spec.user_refs)
+
+
 def lock_referenced(conn: psycopg.Connection, spec: TableSpec, stage: str) -> list[str]:
     """Lock `FOR KEY SHARE` every user the rows staged in `stage` refer to (`spec.user_refs`);
     returns the handles with no user. One statement, one probe per distinct handle."""
-    refs = sql.SQL(" UNION ").join(
-        sql.SQL("SELECT {c} FROM {s}").format(c=sql.Identifier(c), s=sql.Identifier(stage)) for c in spec.user_refs)
     rows = conn.execute(sql.SQL(
         "SELECT r.h FROM ({refs}) AS r(h) LEFT JOIN LATERAL"
         " (SELECT u.handle FROM users u WHERE u.handle = r.h FOR KEY SHARE) u ON TRUE"
-        " WHERE r.h IS NOT NULL AND u.handle IS NULL ORDER BY 1").format(refs=refs)).fetchall()
+        " WHERE r.h IS NOT NULL AND u.handle IS NULL ORDER BY 1").format(refs=referenced(spec, stage))).fetchall()
     return [h for (h,) in rows]
