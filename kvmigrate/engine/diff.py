@@ -3,9 +3,8 @@
 Expected rows (the KV side, through the same transformers and batch rules as backfill) are
 COPYed into temporary tables typed like the real ones, so Postgres does the canonical
 comparison: timestamps as instants, JSONB normalised, arrays in the app's order, NULL as NULL.
-Everything is set-based: memory stays bounded by a page of records (plus the rows of the small
-merged `fill` tables, merged in Python like backfill does; messages are merged a chunk at a time,
-see expected_merge), whatever the keyspace size.
+Everything is set-based: memory stays bounded by a page of records, whatever the keyspace
+size (merged `fill` rows are staged as read and merged a chunk at a time, see expected_merge).
 A difference is re-checked by re-reading every source of its row (and, for a row with no KV
 source, the keys that would hold it) and comparing again the same way.
 Every record read is also staged with the digest of its value, so that once the differences
@@ -27,12 +26,18 @@ from kvmigrate.adapters.files.memories import iter_memory_records
 from kvmigrate.adapters.kv.source import KvSource
 from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.ledger import verified_hash
-from kvmigrate.adapters.pg.loader import SourcedRow, TableLoader, dedupe
+from kvmigrate.adapters.pg.loader import TableLoader, dedupe
 from kvmigrate.adapters.pg.sources import forget_sources, recorded_sources
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.adapters.pg.verify_sql import owned_rows, skip_unread_owners, unexpected_rows
 from kvmigrate.engine.batch import Batch, table_specs
-from kvmigrate.engine.expected_merge import merge_staged
+from kvmigrate.engine.expected_merge import (
+    KEYS_TABLE,
+    SOURCES_TABLE,
+    merge_sources_staged,
+    merge_staged,
+    stage_sources,
+)
 from kvmigrate.engine.repair_guard import LossGuard, load_lossless
 from kvmigrate.engine.writer import BatchWriter
 from kvmigrate.entities import ENTITIES, Entity
@@ -48,8 +53,6 @@ CREATE TEMP TABLE IF NOT EXISTS kvm_verify_seen (
     key TEXT, field TEXT, entity TEXT, family TEXT, redis_type TEXT, digest TEXT, status TEXT, rows INT);
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_diff (tbl TEXT, pk TEXT);
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_bad (key TEXT, field TEXT);
-CREATE TEMP TABLE IF NOT EXISTS kvm_expect_keys (tbl TEXT, pk TEXT, src TEXT, fld TEXT);
-TRUNCATE kvm_verify_seen, kvm_verify_diff, kvm_verify_bad, kvm_expect_keys;
 """
 
 
@@ -75,10 +78,9 @@ class Differ:
         self.fresh = {n: TableLoader(conn, s, stage_prefix="kvm_recheck_") for n, s in self.specs.items()}
         for loader in self.loaders.values():
             conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(loader.stage)))
-        # Rows of merged tables: in memory (few: users, streaks…), or staged and merged in
-        # Postgres for a derivable table (messages: as many as the store has), see expected_merge.
-        self.fill_rows: dict[str, list[SourcedRow]] = {
-            n: [] for n, s in self.specs.items() if s.merge == "fill" and not s.derivable}
+        # Merged tables, staged as read and merged once the scan is done (see expected_merge):
+        # a derivable table's rows through a second stage, any other's sources with their meta.
+        self.sourced = {n for n, s in self.specs.items() if s.merge == "fill" and not s.derivable}
         self.merged = {n: TableLoader(conn, s, stage_prefix="kvm_merged_")
                        for n, s in self.specs.items() if s.merge == "fill" and s.derivable}
         self.diffs: list[Difference] = []
@@ -88,6 +90,9 @@ class Differ:
         self.required = {n: loader.missing_required for n, loader in self.loaders.items()}
         self.postgres_writes = postgres_written(conn)  # entities whose source of truth is Postgres now
         conn.execute(_SEEN)
+        conn.execute(KEYS_TABLE)
+        conn.execute(SOURCES_TABLE)
+        conn.execute("TRUNCATE kvm_verify_seen, kvm_verify_diff, kvm_verify_bad, kvm_expect_keys, kvm_expect_sources")
         conn.commit()  # the temp tables must outlive any rollback of a later read
 
     def stage(self, records: Sequence[tuple[RawRecord, Entity]]) -> None:
@@ -95,8 +100,8 @@ class Differ:
         into the expect tables; every record read is staged with its value digest."""
         batch = self._batch(records)
         for table, table_rows in batch.rows.items():
-            if table in self.fill_rows:
-                self.fill_rows[table].extend(table_rows)
+            if table in self.sourced:
+                stage_sources(self.conn, self.specs[table], table_rows)
             else:
                 self.loaders[table].stage_rows(table_rows, truncate=False)
         with self.conn.cursor().copy("COPY kvm_verify_seen FROM STDIN") as cp:
@@ -113,8 +118,8 @@ class Differ:
 
     def compare(self, *, extras: bool) -> None:
         """Find missing, different and (with `extras`) extra rows of every table."""
-        for table, pending in self.fill_rows.items():
-            self.loaders[table].stage_rows(dedupe(self.specs[table], pending), truncate=False)
+        for table in self.sourced:
+            merge_sources_staged(self.conn, self.loaders[table])
         for table, merged in self.merged.items():
             merge_staged(self.conn, self.loaders[table], merged)
         # Temp tables are never auto-analyzed, and the app's tables and the ledger may carry
@@ -316,9 +321,7 @@ class Differ:
 
     def _sources(self, spec: TableSpec, pks: set[str]) -> set[str]:
         """Every source key staged for these rows."""
-        if spec.name in self.fill_rows:
-            return {r.source_key for r in self.fill_rows[spec.name] if str(r.values[spec.pk]) in pks}
-        if spec.name in self.merged:
+        if spec.name in self.sourced or spec.name in self.merged:
             return {src for (src,) in self.conn.execute("SELECT DISTINCT src FROM kvm_expect_keys WHERE tbl = %s"
                                                         " AND pk = ANY(%s)", (spec.name, sorted(pks))).fetchall()}
         query = sql.SQL("SELECT DISTINCT _src FROM {s} WHERE {pk}::text = ANY({pks})").format(

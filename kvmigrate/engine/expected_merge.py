@@ -1,24 +1,37 @@
-"""Verify's expected rows of a derivable merged table (messages), merged in bounded memory.
+"""Verify's expected rows of merged (`fill`) tables, merged in bounded memory.
 
-Every source's row is staged in Postgres as it is read (typed, like any expected row); once the
-scan is done, the rows of primary keys staged more than once are read back in primary-key order,
-a group at a time, merged exactly as backfill merges them, and put back as one row each. A key
-with one source is already its expected row. Every staged (pk, source) is kept in
-`kvm_expect_keys`, so a difference still names, and taints, every source of its row. Memory
-holds a chunk of merged rows, whatever the number of messages.
+A derivable table (messages): every source's row is staged in Postgres as it is read (typed,
+like any expected row); once the scan is done, the rows of primary keys staged more than once
+are read back in primary-key order, a group at a time, merged exactly as backfill merges them,
+and put back as one row each. A key with one source is already its expected row.
+
+Any other merged table (users, streaks, connections, friendships): its combine may read a
+source's meta (a user's freshness), which has no column, so every source is staged as backfill
+records it in `kvmigrate.fill_sources` (columns and meta in one JSONB value, `copy_sources`),
+in `kvm_expect_sources`; once the scan is done, every primary key's sources are read back in
+primary-key order, a group at a time, and merged into the expected rows.
+
+Every staged (pk, source) is kept in `kvm_expect_keys`, so a difference still names, and
+taints, every source of its row. Memory holds a chunk of rows, whatever the store's size.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from kvmigrate.adapters.pg.loader import TableLoader, merge_sources
-from kvmigrate.adapters.pg.sources import json_loads
+from kvmigrate.adapters.pg.sources import copy_sources, json_loads, source_row
+from kvmigrate.entities.base import TableSpec
 from kvmigrate.model.records import SourcedRow
 
 KEYS_TABLE = "CREATE TEMP TABLE IF NOT EXISTS kvm_expect_keys (tbl TEXT, pk TEXT, src TEXT, fld TEXT)"
+#: Sources of the merged tables that are not derivable, shaped like kvmigrate.fill_sources.
+SOURCES_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS kvm_expect_sources"
+                 " (tbl TEXT, pk TEXT, source_key TEXT, source_field TEXT, rank INT, vals JSONB)")
 CHUNK = 2000
 
 
@@ -63,3 +76,38 @@ def _merge_staged(conn: psycopg.Connection, stage: TableLoader, merged: TableLoa
         s=table, pk=pk, m=ident(merged.stage)))
     conn.execute(sql.SQL("INSERT INTO {s} SELECT * FROM {m}").format(s=table, m=ident(merged.stage)))
     conn.execute(sql.SQL("TRUNCATE {}").format(ident(merged.stage)))
+
+
+def stage_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[SourcedRow]) -> None:
+    """Stage sources of a merged table that is not derivable, for `merge_sources_staged`."""
+    if sources:
+        copy_sources(conn, "kvm_expect_sources", spec, sources)
+
+
+def merge_sources_staged(conn: psycopg.Connection, stage: TableLoader) -> None:
+    """Record every source `stage_sources` staged for `stage`'s table and stage each primary
+    key's merge of them as its expected row. In one transaction (a savepoint in the caller's)."""
+    spec = stage.spec
+    with conn.transaction():
+        conn.execute("INSERT INTO kvm_expect_keys SELECT tbl, pk, source_key, source_field FROM kvm_expect_sources"
+                     " WHERE tbl = %s", (spec.name,))
+        group: list[SourcedRow] = []
+        done: list[SourcedRow] = []
+        group_pk = None
+        with conn.cursor(name="kvm_merge_sources") as cur:
+            set_json_loads(json_loads, cur)  # numbers with their exact digits, as backfill reads them back
+            cur.itersize = CHUNK
+            cur.execute('SELECT pk, source_key, source_field, rank, vals FROM kvm_expect_sources'
+                        ' WHERE tbl = %s ORDER BY pk COLLATE "C"', (spec.name,))
+            for pk, key, field, rank, vals in cur:
+                if group and pk != group_pk:
+                    done.append(merge_sources(spec, group))
+                    group = []
+                group_pk = pk
+                group.append(source_row(spec, stage.types, key, field, rank, vals))
+                if len(done) >= CHUNK:
+                    stage.stage_rows(done, truncate=False)
+                    done = []
+        if group:
+            done.append(merge_sources(spec, group))
+        stage.stage_rows(done, truncate=False)

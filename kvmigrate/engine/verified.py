@@ -54,13 +54,6 @@ def record_verified(differ: Differ, run_id: int) -> None:
     # A merged (fill) row is built from several records: a difference taints every one of them.
     conn.execute("INSERT INTO kvm_verify_bad SELECT k.src, k.fld FROM kvm_expect_keys k"
                  " JOIN kvm_verify_diff d ON d.tbl = k.tbl AND d.pk = k.pk")
-    tainted = {(d.table, d.pk) for d in differ.diffs + differ.healed}
-    with conn.cursor().copy("COPY kvm_verify_bad FROM STDIN") as cp:
-        for table, rows in differ.fill_rows.items():
-            pk = differ.specs[table].pk
-            for row in rows:
-                if (table, str(row.values[pk])) in tainted:
-                    cp.write_row((row.source_key, row.source_field))
     conn.execute("ANALYZE kvm_verify_bad")
     unverify_tainted(conn, differ.postgres_writes)
     for entity, n in vouch_verified(conn, run_id):

@@ -11,7 +11,7 @@ several sources, and every source of a merged row is found there (verify and cle
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -59,16 +59,21 @@ def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str]
     with conn.cursor() as cur:
         set_json_loads(json_loads, cur)  # numbers back with their exact digits
         rows = cur.execute(query, {"pks": text_array(pks)}).fetchall()
-    columns = set(spec.columns)
     out: dict[str, list[SourcedRow]] = {}
     stored = {key for key, *_, in_store in rows if in_store}
     for key, src, fld, rank, vals, in_store in rows:
         if not in_store and key in stored:
             continue  # a row with stored sources has its owner among them
-        meta = vals.pop(_SOURCE_META, None) or {}
-        values = _typed(spec, types, {c: v for c, v in vals.items() if c in columns})
-        out.setdefault(key, []).append(SourcedRow(values, rank, src, fld, meta))
+        out.setdefault(key, []).append(source_row(spec, types, src, fld, rank, vals))
     return out, stored
+
+
+def source_row(spec: TableSpec, types: Sequence[str], key: str, field: str, rank: int,
+               vals: dict[str, Any]) -> SourcedRow:
+    """A source as it was before `copy_sources` stored it: its columns typed again, its meta."""
+    meta = vals.pop(_SOURCE_META, None) or {}
+    values = _typed(spec, types, {c: v for c, v in vals.items() if c in spec.columns})
+    return SourcedRow(values, rank, key, field, meta)
 
 
 def any_recorded(conn: psycopg.Connection, spec: TableSpec) -> bool:
@@ -112,18 +117,25 @@ def store_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[S
     if not sources:
         return
     conn.execute("DELETE FROM kvm_stage_fill_sources")  # what an earlier table staged in this transaction
-    cur = conn.cursor()
-    set_json_dumps(json_bytes, cur)  # times and dates as `isoformat` writes them, read back by `_typed`
-    with cur.copy("COPY kvm_stage_fill_sources (tbl, pk, source_key, source_field, rank, vals) FROM STDIN") as cp:
-        cp.set_types(["text", "text", "text", "text", "integer", "jsonb"])
-        for s in sources:
-            cp.write_row((spec.name, str(s.values[spec.pk]), s.source_key, s.source_field, s.rank, _stored(s)))
+    copy_sources(conn, "kvm_stage_fill_sources", spec, sources)
     conn.execute(
         "INSERT INTO kvmigrate.fill_sources (tbl, pk, source_key, source_field, rank, vals)"
         " SELECT DISTINCT ON (tbl, pk, source_key, source_field) tbl, pk, source_key, source_field, rank, vals"
         " FROM kvm_stage_fill_sources ORDER BY tbl, pk, source_key, source_field"
         " ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
         " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)")
+
+
+def copy_sources(conn: psycopg.Connection, into: str, spec: TableSpec, sources: Iterable[SourcedRow]) -> None:
+    """COPY sources of `spec`'s rows into `into`, a table with the columns of
+    kvmigrate.fill_sources; `source_row` turns one back into the SourcedRow it was."""
+    cur = conn.cursor()
+    set_json_dumps(json_bytes, cur)  # times and dates as `isoformat` writes them, read back by `_typed`
+    with cur.copy(sql.SQL("COPY {} (tbl, pk, source_key, source_field, rank, vals) FROM STDIN").format(
+            sql.Identifier(into))) as cp:
+        cp.set_types(["text", "text", "text", "text", "integer", "jsonb"])
+        for s in sources:
+            cp.write_row((spec.name, str(s.values[spec.pk]), s.source_key, s.source_field, s.rank, _stored(s)))
 
 
 def recorded_sources(conn: psycopg.Connection, spec: TableSpec, pks: set[str]) -> list[tuple[str, str, str]]:
