@@ -31,13 +31,8 @@ from kvmigrate.adapters.pg.sources import forget_sources, recorded_sources
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
 from kvmigrate.adapters.pg.verify_sql import owned_rows, skip_unread_owners, unexpected_rows
 from kvmigrate.engine.batch import Batch, table_specs
-from kvmigrate.engine.expected_merge import (
-    KEYS_TABLE,
-    SOURCES_TABLE,
-    merge_sources_staged,
-    merge_staged,
-    stage_sources,
-)
+from kvmigrate.engine.expected_merge import merge_sources_staged, merge_staged, stage_sources
+from kvmigrate.engine.expected_merge import prepare as prepare_expected
 from kvmigrate.engine.repair_guard import LossGuard, load_lossless
 from kvmigrate.engine.writer import BatchWriter
 from kvmigrate.entities import ENTITIES, Entity
@@ -53,6 +48,7 @@ CREATE TEMP TABLE IF NOT EXISTS kvm_verify_seen (
     key TEXT, field TEXT, entity TEXT, family TEXT, redis_type TEXT, digest TEXT, status TEXT, rows INT);
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_diff (tbl TEXT, pk TEXT);
 CREATE TEMP TABLE IF NOT EXISTS kvm_verify_bad (key TEXT, field TEXT);
+TRUNCATE kvm_verify_seen, kvm_verify_diff, kvm_verify_bad;
 """
 
 
@@ -90,9 +86,7 @@ class Differ:
         self.required = {n: loader.missing_required for n, loader in self.loaders.items()}
         self.postgres_writes = postgres_written(conn)  # entities whose source of truth is Postgres now
         conn.execute(_SEEN)
-        conn.execute(KEYS_TABLE)
-        conn.execute(SOURCES_TABLE)
-        conn.execute("TRUNCATE kvm_verify_seen, kvm_verify_diff, kvm_verify_bad, kvm_expect_keys, kvm_expect_sources")
+        prepare_expected(conn)
         conn.commit()  # the temp tables must outlive any rollback of a later read
 
     def stage(self, records: Sequence[tuple[RawRecord, Entity]]) -> None:

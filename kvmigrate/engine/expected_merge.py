@@ -35,6 +35,13 @@ SOURCES_TABLE = ("CREATE TEMP TABLE IF NOT EXISTS kvm_expect_sources"
 CHUNK = 2000
 
 
+def prepare(conn: psycopg.Connection) -> None:
+    """Create (empty) this session's tables of staged sources and their keys."""
+    conn.execute(KEYS_TABLE)
+    conn.execute(SOURCES_TABLE)
+    conn.execute("TRUNCATE kvm_expect_keys, kvm_expect_sources")
+
+
 def merge_staged(conn: psycopg.Connection, stage: TableLoader, merged: TableLoader) -> None:
     """Record every staged source of `stage`'s table, then replace each primary key's several
     staged rows by their merge (through `merged`, an empty stage of the same table). Postgres
