@@ -193,3 +193,24 @@ def test_inventory_counts_patterns_and_types_from_scans_alone(kv_url: str, kv: r
         assert patterns["board:entry:*"]["bytes"] is None
         registries = sum(1 for p in ("vibe:handles", "vibe:agents", "vibe:users", "vibe:invites") if p in patterns)
         assert result["kv_requests"] == 6 * pages + registries
+
+
+def test_a_page_of_small_strings_is_one_mget_as_the_server_counts(
+        pg_url: str, kv_url: str, kv: redis.Redis) -> None:
+    """`SCAN … COUNT 1000` returns whole hash buckets, often a few more than 1,000 keys, and a
+    family's first page has no value sizes to go by: still, after the first page (one MGET of 100
+    keys to learn the sizes, one for the rest), each page costs one SCAN and one MGET."""
+    pipe = kv.pipeline(transaction=False)
+    for i in range(6000):
+        pipe.set(f"msg:m{i:05d}", b'{"id":"m%05d","from":"ann","to":"bob","text":"hi","createdAt":"2025-01-02T03:04:05Z"}'
+                 % i)
+    pipe.execute()
+    config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
+    commands.setup(config)
+    observer = redis.Redis.from_url(kv_url)
+    result, server = _billed_by_server(observer, lambda: commands.backfill(config))
+    assert result.tallies["messages"].rows_written == 6000
+    assert server == {k: v for k, v in _ours(result.budget).items() if v}
+    assert server["mget"] <= server["scan"] + 1, server
+    plan = commands.inventory(config).predicted_backfill
+    assert abs(plan - result.budget.spent) <= max(1, round(0.05 * result.budget.spent)), (plan, server)

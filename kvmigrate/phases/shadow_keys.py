@@ -34,6 +34,8 @@ PER_HANDLE = ("inbox", "inbox_ids", "outbox_ids", "legacy", "streak", "by_handle
 class _FixedSizes(ValueSizes):
     """MGETs of exactly MGET_KEYS keys (the forecast must not depend on sizes seen)."""
 
+    learns = False
+
     def expect(self, family: str) -> float:
         return self.limit / MGET_KEYS
 

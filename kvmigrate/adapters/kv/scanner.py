@@ -112,6 +112,9 @@ def _shape(redis_type: str, raw: object) -> RawValue | None:
 REPLY_LIMIT = 768 * 1024
 #: Keys in the first MGET of a family whose values have not been seen yet.
 FIRST_MGET = 100
+#: Keys per MGET at most. Above the scan page size: `SCAN … COUNT 1000` returns whole hash
+#: buckets, up to a few more than 1,000 keys, and a page of small values must still be one MGET.
+MGET_MOST = 2000
 #: Items per LRANGE: a longer list is read in several ranges.
 LIST_CHUNK = 1000
 
@@ -119,11 +122,31 @@ Send = Callable[[Sequence[Sequence[Any]]], list[Any]]
 
 
 class ValueSizes:
-    """The mean string value size seen per family, to size MGETs by bytes."""
+    """The mean string value size seen per family, to size MGETs by bytes.
 
-    def __init__(self, limit: int = REPLY_LIMIT, most: int = 1000) -> None:
+    A page is read in two rounds when it holds keys of a family whose values have not been seen
+    yet: first one MGET of `FIRST_MGET` keys per such family (`first_round`), then the rest,
+    sized by what that round saw. A page of small values costs two MGETs, not one per 100 keys."""
+
+    #: Whether to learn sizes in a first round (a subclass whose sizes are fixed does not).
+    learns = True
+
+    def __init__(self, limit: int = REPLY_LIMIT, most: int = MGET_MOST) -> None:
         self.limit, self.most = limit, most
         self.seen: dict[str, tuple[int, int]] = {}  # family -> (values, bytes)
+
+    def first_round(self, families: Sequence[str]) -> list[list[int]]:
+        """MGETs to send (and `saw`) before packing the rest of positions 0..n-1: the first
+        `FIRST_MGET` positions of each family not seen yet, packed as any (so about 100 a MGET)."""
+        if not self.learns:
+            return []
+        taken: dict[str, int] = {}
+        learn: list[int] = []
+        for i, fam in enumerate(families):
+            if fam not in self.seen and taken.get(fam, 0) < FIRST_MGET:
+                taken[fam] = taken.get(fam, 0) + 1
+                learn.append(i)
+        return [[learn[j] for j in group] for group in self.pack([families[i] for i in learn])]
 
     def expect(self, family: str) -> float:
         """The bytes to reserve in a reply for one value of this family."""
@@ -164,16 +187,15 @@ def read_values(send: Send, keys: Sequence[str], families: Sequence[Family],
     sent them (hashes and sorted sets flat, in server order)."""
     found: dict[int, tuple[str, Any]] = {}
     maybe_string = [i for i, f in enumerate(families) if "string" in f.types]
-    if maybe_string:
-        mgets = [[maybe_string[j] for j in group] for group in sizes.pack([families[i].name for i in maybe_string])]
-        replies = send([("MGET", *[encode_key(keys[i]) for i in idx]) for idx in mgets])
-        for idx, values in zip(mgets, replies, strict=True):
-            if isinstance(values, Exception):
-                raise values
-            for i, value in zip(idx, values, strict=True):
-                if value is not None:
-                    found[i] = ("string", value)
-                    sizes.saw(families[i].name, len(value))
+    names = [families[i].name for i in maybe_string]
+    first = sizes.first_round(names)
+    if first:
+        _mget(send, keys, families, sizes, [[maybe_string[j] for j in group] for group in first], found)
+    learnt = {j for group in first for j in group}
+    rest = [j for j in range(len(maybe_string)) if j not in learnt]
+    if rest:
+        mgets = [[maybe_string[rest[j]] for j in group] for group in sizes.pack([names[j] for j in rest])]
+        _mget(send, keys, families, sizes, mgets, found)
     guessed: list[tuple[int, str]] = []
     unknown: list[int] = []
     for i, family in enumerate(families):
@@ -201,6 +223,19 @@ def read_values(send: Send, keys: Sequence[str], families: Sequence[Family],
         for i, rtype in typed:
             found.setdefault(i, (rtype if rtype not in TYPED_READS else "none", None))
     return [found.get(i, ("none", None)) for i in range(len(keys))]
+
+
+def _mget(send: Send, keys: Sequence[str], families: Sequence[Family], sizes: ValueSizes,
+          mgets: Sequence[Sequence[int]], found: dict[int, tuple[str, Any]]) -> None:
+    """Send these MGETs (positions in `keys`) in one pipeline; note each value found, and its size."""
+    replies = send([("MGET", *[encode_key(keys[i]) for i in idx]) for idx in mgets])
+    for idx, values in zip(mgets, replies, strict=True):
+        if isinstance(values, Exception):
+            raise values
+        for i, value in zip(idx, values, strict=True):
+            if value is not None:
+                found[i] = ("string", value)
+                sizes.saw(families[i].name, len(value))
 
 
 def _typed_reads(send: Send, items: Sequence[tuple[str, str]]) -> list[Any]:
