@@ -134,18 +134,23 @@ class ValueSizes:
     def __init__(self, limit: int = REPLY_LIMIT, most: int = MGET_MOST) -> None:
         self.limit, self.most = limit, most
         self.seen: dict[str, tuple[int, int]] = {}  # family -> (values, bytes)
+        self.tried: set[str] = set()  # families a first round has asked for
 
     def first_round(self, families: Sequence[str]) -> list[list[int]]:
         """MGETs to send (and `saw`) before packing the rest of positions 0..n-1: the first
-        `FIRST_MGET` positions of each family not seen yet, packed as any (so about 100 a MGET)."""
-        if not self.learns:
+        `FIRST_MGET` positions of each family not seen nor asked for yet, packed as any (so
+        about 100 a MGET). A family whose keys hold another type (MGET finds nothing) is asked
+        once, then packed with the rest at the cautious size. None when packing them all at
+        once takes two MGETs or fewer: a first round would save nothing."""
+        if not self.learns or len(self.pack(families)) <= 2:
             return []
         taken: dict[str, int] = {}
         learn: list[int] = []
         for i, fam in enumerate(families):
-            if fam not in self.seen and taken.get(fam, 0) < FIRST_MGET:
+            if fam not in self.seen and fam not in self.tried and taken.get(fam, 0) < FIRST_MGET:
                 taken[fam] = taken.get(fam, 0) + 1
                 learn.append(i)
+        self.tried.update(taken)
         return [[learn[j] for j in group] for group in self.pack([families[i] for i in learn])]
 
     def expect(self, family: str) -> float:
