@@ -104,8 +104,10 @@ def merge_sources_staged(conn: psycopg.Connection, stage: TableLoader) -> None:
         with conn.cursor(name="kvm_merge_sources") as cur:
             set_json_loads(json_loads, cur)  # numbers with their exact digits, as backfill reads them back
             cur.itersize = CHUNK
-            cur.execute('SELECT pk, source_key, source_field, rank, vals FROM kvm_expect_sources'
-                        ' WHERE tbl = %s ORDER BY pk COLLATE "C"', (spec.name,))
+            # a key SCAN returned twice counts once, its last reading (as backfill keeps it)
+            cur.execute('SELECT DISTINCT ON (pk COLLATE "C", source_key, source_field)'
+                        ' pk, source_key, source_field, rank, vals FROM kvm_expect_sources WHERE tbl = %s'
+                        ' ORDER BY pk COLLATE "C", source_key, source_field, ctid DESC', (spec.name,))
             for pk, key, field, rank, vals in cur:
                 if group and pk != group_pk:
                     done.append(merge_sources(spec, group))
