@@ -51,6 +51,10 @@ _MAX_SAFE_INTEGER = 2**53 - 1  # JavaScript's Number.MAX_SAFE_INTEGER
 _JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
+#: A JSON string, or a character that delimits an object's members.
+_MEMBER_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},:]')
+
+
 class Bad(ValueError):
     """A value that cannot be migrated: `code` is the stable reason, str() the human message."""
 
@@ -167,6 +171,62 @@ def checked_object(raw: bytes | str, *, what: str = "value") -> dict[str, Any]:
     else:
         clean = "\\u0000" not in raw and raw.count("{") + raw.count("[") <= MAX_JSON_DEPTH
     return obj if clean else check_json_text(obj, what=what)
+
+
+def object_members(raw: bytes) -> dict[str, bytes] | None:
+    """The members of the JSON object `raw`, name -> the value's JSON text, without parsing the
+    values (a repeated name keeps its first place and its last value, as a parsed object does);
+    None unless `raw` is plainly a JSON object whose names are valid, with no `\\u0000` and no
+    deeper than MAX_JSON_DEPTH. The values are not checked: a caller that finds one it cannot
+    parse must parse `raw` whole (`checked_object`) for the error that names what is wrong."""
+    if b"\\u0000" in raw:
+        return None
+    members: dict[str, bytes] = {}
+    depth, deepest, pos, expect = 0, 0, 0, "open"
+    name, start = "", 0
+    for m in _MEMBER_TOKENS.finditer(raw):
+        tok = m.group()
+        if depth >= 2:  # inside a member's value
+            if tok in (b"[", b"{"):
+                depth += 1
+                deepest = max(deepest, depth)
+            elif tok in (b"]", b"}"):
+                depth -= 1
+            continue
+        gap = raw[pos:m.start()]
+        pos = m.end()
+        if expect == "value":
+            if tok in (b",", b"}"):
+                value = raw[start:m.start()].strip()
+                if not value:
+                    return None
+                members[name] = value
+                expect, depth = ("name", 1) if tok == b"," else ("end", 0)
+            elif tok in (b"[", b"{"):
+                depth += 1
+                deepest = max(deepest, depth)
+            elif tok not in (b"]", b":") and tok[:1] != b'"':
+                return None
+            continue
+        if gap.strip():
+            return None
+        if expect == "open" and tok == b"{":
+            depth, expect = 1, "name"
+        elif expect == "name" and tok[:1] == b'"':
+            try:
+                name = orjson.loads(tok)
+            except orjson.JSONDecodeError:
+                return None
+            expect = "colon"
+        elif expect == "name" and tok == b"}" and not members:
+            depth, expect = 0, "end"
+        elif expect == "colon" and tok == b":":
+            start, expect = pos, "value"
+        else:
+            return None
+    if expect != "end" or raw[pos:].strip() or deepest > MAX_JSON_DEPTH:
+        return None
+    return members
 
 
 def check_json_text(obj: Any, *, what: str = "value") -> Any:
