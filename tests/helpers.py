@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from typer.testing import CliRunner, Result
 
 from kvmigrate.cli import app
+
+T = TypeVar("T")
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> Result:
@@ -48,3 +50,15 @@ def cleanup_entity(config: Any, entity: str, archive_dir: Path) -> Any:
         for phase in (phases.DUAL, phases.CUTOVER):
             phases.set_phase(conn, kv, entity, phase, reason="test")
     return run_cleanup(config, entities=[entity], archive_dir=archive_dir, yes=True).entities[entity]
+
+
+def traced_peak(work: Callable[[], T]) -> tuple[T, int]:
+    """`work()`'s result, and the peak of the memory Python allocated while it ran, in bytes."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        out = work()
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

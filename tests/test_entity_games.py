@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
 from dataclasses import replace
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -14,6 +13,7 @@ import pytest
 from kvmigrate.entities.common import MAX_JSON_DEPTH, json_bytes, load_json
 from kvmigrate.entities.games import GAMES, game_from_message
 from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
+from tests.helpers import traced_peak
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -162,12 +162,7 @@ def test_a_large_vibe_games_value_is_transformed_in_memory_that_follows_one_game
                            "status": "finished", "created_at": 1748779200000 + i} for i in range(11_000)}
     raw = orjson.dumps(value)
     del value
-    tracemalloc.start()
-    try:
-        out = GAMES.transform(RawRecord("vibe:games", "string", raw, "", "games"))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    out, peak = traced_peak(lambda: GAMES.transform(RawRecord("vibe:games", "string", raw, "", "games")))
     assert len(out.rows) == 11_000 and out.reject is None and not out.item_rejects
     assert peak < 30 * 2**20, peak / 2**20
 

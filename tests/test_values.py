@@ -21,6 +21,7 @@ from kvmigrate.entities.streaks import STREAKS
 from kvmigrate.entities.users import USERS
 from kvmigrate.model.config import build_config
 from kvmigrate.model.records import Outcome, RawRecord
+from tests.helpers import traced_peak
 
 #: Number-looking text the app's client (@upstash/redis) hands back as text, so it stays text.
 KEPT_AS_TEXT = ["123456789012345678901234", "37.77492950000000000001", "-0", "1.50", "1.5", "1e3", "007",
@@ -101,15 +102,8 @@ def test_invalid_json_that_is_not_deep_stays_invalid_json() -> None:
 def test_a_truncated_megabyte_of_json_is_rejected_in_bounded_memory() -> None:
     """Telling invalid JSON from JSON too deep walks the text; an unterminated string of 1 MB
     once cost the regex engine about 130 MB (the peak RSS of a whole backfill)."""
-    import tracemalloc
-
     cut = b'{"id": "m1", "from": "alice", "to": "bob", "text": "hi", "payload": {"image": "' + b"A" * 1_000_000
-    tracemalloc.start()
-    try:
-        outcome = MESSAGES.transform(RawRecord("msg:m1", "string", cut, "", "msg"))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    outcome, peak = traced_peak(lambda: MESSAGES.transform(RawRecord("msg:m1", "string", cut, "", "msg")))
     assert outcome.reject is not None and outcome.reject.code == "invalid_json", outcome.reject
     assert peak < 30_000_000, f"peak {peak / 1e6:.0f} MB"
 

@@ -17,7 +17,7 @@ taints, every source of its row. Memory holds a chunk of rows, whatever the stor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -59,26 +59,13 @@ def _merge_staged(conn: psycopg.Connection, stage: TableLoader, merged: TableLoa
     query = sql.SQL("SELECT {cols} FROM (SELECT *, count(*) OVER (PARTITION BY {pk}) AS _n FROM {s}) x"
                     " WHERE _n > 1 ORDER BY {pk}").format(cols=cols, pk=pk, s=table)
     conn.execute(sql.SQL("TRUNCATE {}").format(ident(merged.stage)))
-    group: list[SourcedRow] = []
-    done: list[SourcedRow] = []
     width = len(spec.columns)
     with conn.cursor(name="kvm_merge_expected") as cur:
         set_json_loads(json_loads, cur)  # JSONB numbers with their exact digits, as read from KV
         cur.itersize = CHUNK
         cur.execute(query)
-        for row in cur:
-            values = dict(zip(spec.columns, row[:width], strict=True))
-            source = SourcedRow(values, row[width], row[width + 1], row[width + 2])
-            if group and group[0].values[spec.pk] != values[spec.pk]:
-                done.append(merge_sources(spec, group))
-                group = []
-            group.append(source)
-            if len(done) >= CHUNK:
-                merged.stage_rows(done, truncate=False)
-                done = []
-    if group:
-        done.append(merge_sources(spec, group))
-    merged.stage_rows(done, truncate=False)
+        _stage_merges(merged, (SourcedRow(dict(zip(spec.columns, row[:width], strict=True)), row[width],
+                                          row[width + 1], row[width + 2]) for row in cur))
     conn.execute(sql.SQL("DELETE FROM {s} USING (SELECT DISTINCT {pk} FROM {m}) m WHERE {s}.{pk} = m.{pk}").format(
         s=table, pk=pk, m=ident(merged.stage)))
     conn.execute(sql.SQL("INSERT INTO {s} SELECT * FROM {m}").format(s=table, m=ident(merged.stage)))
@@ -98,25 +85,30 @@ def merge_sources_staged(conn: psycopg.Connection, stage: TableLoader) -> None:
     with conn.transaction():
         conn.execute("INSERT INTO kvm_expect_keys SELECT tbl, pk, source_key, source_field FROM kvm_expect_sources"
                      " WHERE tbl = %s", (spec.name,))
-        group: list[SourcedRow] = []
-        done: list[SourcedRow] = []
-        group_pk = None
         with conn.cursor(name="kvm_merge_sources") as cur:
             set_json_loads(json_loads, cur)  # numbers with their exact digits, as backfill reads them back
             cur.itersize = CHUNK
             # a key SCAN returned twice counts once, its last reading (as backfill keeps it)
             cur.execute('SELECT DISTINCT ON (pk COLLATE "C", source_key, source_field)'
-                        ' pk, source_key, source_field, rank, vals FROM kvm_expect_sources WHERE tbl = %s'
+                        ' source_key, source_field, rank, vals FROM kvm_expect_sources WHERE tbl = %s'
                         ' ORDER BY pk COLLATE "C", source_key, source_field, ctid DESC', (spec.name,))
-            for pk, key, field, rank, vals in cur:
-                if group and pk != group_pk:
-                    done.append(merge_sources(spec, group))
-                    group = []
-                group_pk = pk
-                group.append(source_row(spec, stage.types, key, field, rank, vals))
-                if len(done) >= CHUNK:
-                    stage.stage_rows(done, truncate=False)
-                    done = []
-        if group:
+            _stage_merges(stage, (source_row(spec, stage.types, *row) for row in cur))
+
+
+def _stage_merges(into: TableLoader, sources: Iterable[SourcedRow]) -> None:
+    """Stage in `into` the merge of each run of `sources` (in primary-key order) that shares a
+    primary key, a chunk of merged rows at a time."""
+    spec = into.spec
+    group: list[SourcedRow] = []
+    done: list[SourcedRow] = []
+    for source in sources:
+        if group and group[0].values[spec.pk] != source.values[spec.pk]:
             done.append(merge_sources(spec, group))
-        stage.stage_rows(done, truncate=False)
+            group = []
+            if len(done) >= CHUNK:
+                into.stage_rows(done, truncate=False)
+                done = []
+        group.append(source)
+    if group:
+        done.append(merge_sources(spec, group))
+    into.stage_rows(done, truncate=False)
