@@ -149,6 +149,8 @@ def test_games_parsed_one_at_a_time_read_as_the_whole_object_does() -> None:
     assert out.rows[1].values["state"] == {"score": Decimal("0.10"), "big": 123456789012345678901234567890,
                                            "moves": [[1, Decimal("2.5e3")]]}
     assert games(b" {} ").rows == ()
+    record = RawRecord("vibe:games", "string", raw, "", "games")
+    assert GAMES.transform(record) == GAMES.transform(record)  # pure: states kept as text compare by text
 
 
 def test_a_large_vibe_games_value_is_transformed_in_memory_that_follows_one_game() -> None:

@@ -254,6 +254,25 @@ def dumps(obj: Any) -> bytes:
         return orjson.dumps(f"<a JSON {type(obj).__name__} nested too deeply to show>")
 
 
+class JsonText:
+    """A JSON value kept as its text until it is written (`json_bytes` writes it as it is):
+    far smaller than the parsed value. Equal when the texts are, so a transform stays pure."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, JsonText) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"JsonText({self.text!r})"
+
+
 def json_bytes(obj: Any, *, option: int = 0, default: Any = None) -> bytes:
     """JSON bytes of a value parsed by `load_json`, numbers with the digits they were read with
     (`Decimal` and integers beyond 64 bits written as their exact text). Raises TypeError for a
@@ -262,6 +281,8 @@ def json_bytes(obj: Any, *, option: int = 0, default: Any = None) -> bytes:
     def exact(value: Any) -> Any:
         if isinstance(value, Decimal):
             return orjson.Fragment(str(value))
+        if isinstance(value, JsonText):
+            return orjson.Fragment(value.text)
         if default is not None:
             return default(value)
         raise TypeError(type(value).__name__)

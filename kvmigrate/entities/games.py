@@ -29,8 +29,6 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from kvmigrate.entities import common as c
 from kvmigrate.entities.base import EntityBase, Family, TableSpec
 from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
@@ -75,8 +73,8 @@ class Games(EntityBase):
                 continue
             normalised += changed
             unmapped += values["winner"] is not None and values["winner"] not in values["players"]
-            if values["state"] is not None:  # as text: orjson's bytes keep a 4 KB buffer each
-                values["state"] = orjson.Fragment(c.json_bytes(values["state"]).decode())
+            if values["state"] is not None:  # as str: orjson's bytes keep a 4 KB buffer each
+                values["state"] = c.JsonText(c.json_bytes(values["state"]).decode())
             rows.append(Row(TABLE.name, values, rank))
         stats = {k: n for k, n in (("handle_normalised", normalised), ("winner_unmapped", unmapped)) if n}
         return Outcome(rows=tuple(rows), item_rejects=tuple(item_rejects), stats=stats)
