@@ -219,12 +219,11 @@ class _Model:
                    for f, t, (_, nbytes, _) in keys if "string" in f.types]
         names = [name for name, _ in strings]
         first = sizes.first_round(names)
-        learnt = {j for group in first for j in group}
-        for j in sorted(learnt):
+        for j in (j for group in first for j in group):
             _saw(sizes, *strings[j])
-        rest = [j for j in range(len(strings)) if j not in learnt]
-        cost.commands += len(first) + len(sizes.pack([names[j] for j in rest]))
-        for j in rest:
+        second = sizes.second_round(names, first)
+        cost.commands += len(first) + len(second)
+        for j in (j for group in second for j in group):
             _saw(sizes, *strings[j])
         cost.floor += math.ceil(cost.strings / sizes.most)
         return cost

@@ -142,7 +142,7 @@ class ValueSizes:
         about 100 a MGET). A family whose keys hold another type (MGET finds nothing) is asked
         once, then packed with the rest at the cautious size. None when packing them all at
         once takes two MGETs or fewer: a first round would save nothing."""
-        if not self.learns or len(self.pack(families)) <= 2:
+        if not self.learns:
             return []
         taken: dict[str, int] = {}
         learn: list[int] = []
@@ -150,8 +150,18 @@ class ValueSizes:
             if fam not in self.seen and fam not in self.tried and taken.get(fam, 0) < FIRST_MGET:
                 taken[fam] = taken.get(fam, 0) + 1
                 learn.append(i)
+        if not learn or len(self.pack(families)) <= 2:
+            return []
         self.tried.update(taken)
-        return [[learn[j] for j in group] for group in self.pack([families[i] for i in learn])]
+        return self._packed(families, learn)
+
+    def second_round(self, families: Sequence[str], first: Sequence[Sequence[int]]) -> list[list[int]]:
+        """MGETs of the positions `first` did not ask for, packed by the sizes seen since."""
+        asked = {i for group in first for i in group}
+        return self._packed(families, [i for i in range(len(families)) if i not in asked])
+
+    def _packed(self, families: Sequence[str], positions: Sequence[int]) -> list[list[int]]:
+        return [[positions[j] for j in group] for group in self.pack([families[i] for i in positions])]
 
     def expect(self, family: str) -> float:
         """The bytes to reserve in a reply for one value of this family."""
@@ -196,11 +206,9 @@ def read_values(send: Send, keys: Sequence[str], families: Sequence[Family],
     first = sizes.first_round(names)
     if first:
         _mget(send, keys, families, sizes, [[maybe_string[j] for j in group] for group in first], found)
-    learnt = {j for group in first for j in group}
-    rest = [j for j in range(len(maybe_string)) if j not in learnt]
-    if rest:
-        mgets = [[maybe_string[rest[j]] for j in group] for group in sizes.pack([names[j] for j in rest])]
-        _mget(send, keys, families, sizes, mgets, found)
+    second = sizes.second_round(names, first)  # sized by what the first round saw
+    if second:
+        _mget(send, keys, families, sizes, [[maybe_string[j] for j in group] for group in second], found)
     guessed: list[tuple[int, str]] = []
     unknown: list[int] = []
     for i, family in enumerate(families):

@@ -72,7 +72,7 @@ def source_row(spec: TableSpec, types: Sequence[str], key: str, field: str, rank
                vals: dict[str, Any]) -> SourcedRow:
     """A source as it was before `copy_sources` stored it: its columns typed again, its meta."""
     meta = vals.pop(_SOURCE_META, None) or {}
-    values = _typed(spec, types, {c: v for c, v in vals.items() if c in spec.columns})
+    values = _typed(spec, types, {c: vals[c] for c in spec.columns if c in vals})
     return SourcedRow(values, rank, key, field, meta)
 
 
