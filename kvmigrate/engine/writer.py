@@ -129,9 +129,13 @@ class BatchWriter:
         upsert, which costs more but finds the same."""
         if self.ledger_keys is None:
             return [], list(entries)
-        before = set(self.ledger_keys.seen_before([(e.key, e.field) for e in entries]))
-        new = {(e.key, e.field): e for e in entries if (e.key, e.field) not in before}  # a key read twice: its last reading
-        return list(new.values()), [e for e in entries if (e.key, e.field) in before]
+        names = [(e.key, e.field) for e in entries]
+        before = set(self.ledger_keys.seen_before(names))
+        if not before:
+            new = dict(zip(names, entries, strict=True))  # a key read twice: its last reading
+            return (list(entries) if len(new) == len(entries) else list(new.values())), []
+        new = {name: e for name, e in zip(names, entries, strict=True) if name not in before}
+        return list(new.values()), [e for name, e in zip(names, entries, strict=True) if name in before]
 
     def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
         """(key, field) of the staged entries whose ledger row, written under the same rules, is

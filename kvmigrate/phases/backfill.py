@@ -35,7 +35,7 @@ from kvmigrate.engine.guards import (
     writer_lock,
 )
 from kvmigrate.engine.run import require_schema
-from kvmigrate.engine.scan import KeyspaceScan, ScanPass, resume_point
+from kvmigrate.engine.scan import KeyspaceScan, ScanPass, fewer_collections, resume_point
 from kvmigrate.engine.writer import BatchWriter, rules_fingerprint
 from kvmigrate.engine.wrong_store import check_matched, ledger_keys, unmatched
 from kvmigrate.entities import ENTITIES, Entity, select_entities
@@ -100,6 +100,7 @@ def run_backfill(
         require_schema(conn)
         chosen, skipped = _not_frozen(conn, chosen, explicit=bool(entities))
         held.enter_context(writer_lock(conn, "backfill"))
+        held.enter_context(fewer_collections())
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
         rules = rules_fingerprint()
         run_id = None if dry_run else state.start_run(

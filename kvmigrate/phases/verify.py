@@ -44,7 +44,7 @@ from kvmigrate.engine.guards import (
     writer_lock,
 )
 from kvmigrate.engine.run import require_schema
-from kvmigrate.engine.scan import KeyspaceScan, server_id
+from kvmigrate.engine.scan import KeyspaceScan, fewer_collections, server_id
 from kvmigrate.engine.verified import record_verified, supersede
 from kvmigrate.engine.wrong_store import verdict
 from kvmigrate.entities import Entity, select_entities
@@ -137,6 +137,7 @@ def run_verify(
         require_schema(conn)
         conn.execute("SET TIME ZONE 'UTC'")
         conn.commit()
+        held.enter_context(fewer_collections())
         if repair or repair_extra:  # writes rows: one writer at a time (see kvmigrate.engine.guards)
             held.enter_context(writer_lock(conn, "verify --repair"))
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)

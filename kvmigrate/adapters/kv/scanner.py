@@ -37,7 +37,7 @@ TYPED_READS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # not frozen: see kvmigrate.model.records
 class KeyValue:
     """A key as read: its Redis type ("none" when it vanished since SCAN) and raw value."""
 
@@ -187,9 +187,10 @@ class ValueSizes:
             out.append(current)
         return out
 
-    def saw(self, family: str, size: int) -> None:
+    def saw(self, family: str, size: int, values: int = 1) -> None:
+        """Note `values` values of `family` read, of `size` bytes in all."""
         n, total = self.seen.get(family, (0, 0))
-        self.seen[family] = (n + 1, total + size)
+        self.seen[family] = (n + values, total + size)
 
 
 def read_values(send: Send, keys: Sequence[str], families: Sequence[Family],
@@ -245,10 +246,15 @@ def _mget(send: Send, keys: Sequence[str], families: Sequence[Family], sizes: Va
     for idx, values in zip(mgets, replies, strict=True):
         if isinstance(values, Exception):
             raise values
+        seen: dict[str, list[int]] = {}  # family -> [values, bytes] of this MGET
         for i, value in zip(idx, values, strict=True):
             if value is not None:
                 found[i] = ("string", value)
-                sizes.saw(families[i].name, len(value))
+                tally = seen.setdefault(families[i].name, [0, 0])
+                tally[0] += 1
+                tally[1] += len(value)
+        for family, (n, size) in seen.items():
+            sizes.saw(family, size, n)
 
 
 def _typed_reads(send: Send, items: Sequence[tuple[str, str]]) -> list[Any]:
@@ -293,7 +299,7 @@ class BatchReader:
         if not keys:
             return []
         values = read_values(self.kv.pipeline, keys, families, self.sizes)
-        return [KeyValue(k, t, _shape(t, v)) for k, (t, v) in zip(keys, values, strict=True)]
+        return [KeyValue(k, t, v if t == "string" else _shape(t, v)) for k, (t, v) in zip(keys, values, strict=True)]
 
 
 def hscan_records(kv: KvClient, key: str, family: Family, *, count: int = 1000) -> Iterator[RawRecord]:

@@ -179,8 +179,7 @@ class TableLoader:
         if not rows:
             return stats
         if self.spec.merge == "fill":
-            stats.merges = self._merged_with_stored(rows)
-            rows = [m.row for m in stats.merges]
+            rows, stats.merges = self._merged_with_stored(rows)
         else:
             rows = dedupe(self.spec, rows)
             self._loaded_before = self._maybe_loaded([str(r.values[self.spec.pk]) for r in rows])
@@ -227,26 +226,35 @@ class TableLoader:
             raise KvmigrateError(f"{self.spec.name}: users {', '.join(missing[:5])} were deleted while this page was"
                                  " written, and again once made anew", hint="run the same command again")
 
-    def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> list[Merged]:
+    def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> tuple[list[SourcedRow], list[Merged]]:
         """Merge this batch's sources with every recorded source of the rows they touch, and
-        record the sources the rows now need (see adapters.pg.sources). Two statements."""
+        record the sources the rows now need (see adapters.pg.sources). Two statements.
+        Returns one row per primary key, and the merges of the rows of several sources."""
         spec = self.spec
         groups: dict[str, dict[tuple[str, str], SourcedRow]] = {}
         for row in rows:  # a source read twice in the batch: its last reading
             groups.setdefault(str(row.values[spec.pk]), {})[(row.source_key, row.source_field)] = row
-        new = {(key, src, fld) for key, group in groups.items() for src, fld in group}
         keys = sorted(groups)
         self._loaded_before = self._maybe_loaded(keys)
         maybe = keys if self._loaded_before is None or not self._sources_fresh else self._loaded_before
         recorded, stored = load_sources(self.conn, spec, self.types, maybe)
+        from_store: set[tuple[str, str, str]] = set()  # (pk, key, field) of recorded sources this batch did not read
         for key, sources in recorded.items():
             group = groups[key]
             for s in sources:  # this batch's reading of a source replaces the recorded one
-                group.setdefault((s.source_key, s.source_field), s)
-        store_sources(self.conn, spec, sources_to_store(spec, groups, stored, new))
-        # a row of one source is that source (what merge_group makes of it, without the copy)
-        return [Merged(next(iter(group.values()))) if len(group) == 1 else merge_group(spec, list(group.values()))
-                for group in groups.values()]
+                if group.setdefault((s.source_key, s.source_field), s) is s:
+                    from_store.add((key, s.source_key, s.source_field))
+        store_sources(self.conn, spec, sources_to_store(spec, groups, stored, from_store))
+        out: list[SourcedRow] = []
+        merges: list[Merged] = []
+        for group in groups.values():
+            if len(group) == 1:  # a row of one source is that source
+                out.extend(group.values())
+            else:
+                merged = merge_group(spec, list(group.values()))
+                merges.append(merged)
+                out.append(merged.row)
+        return out, merges
 
     def _maybe_loaded(self, keys: Sequence[str]) -> list[str] | None:
         """Of these keys, those this loader may have loaded before (None: it cannot tell), noting

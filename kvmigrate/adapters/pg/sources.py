@@ -93,15 +93,17 @@ def any_owner(conn: psycopg.Connection, spec: TableSpec) -> bool:
 
 
 def sources_to_store(spec: TableSpec, groups: Mapping[str, Mapping[tuple[str, str], SourcedRow]],
-                     stored: set[str], new: set[tuple[str, str, str]]) -> list[SourcedRow]:
-    """The sources a load must (re)write: per row, this batch's (`new`: pk, key, field), and,
-    when a derivable row gets its second source, the one it had. A derivable row with one
-    source needs none."""
+                     stored: set[str], from_store: set[tuple[str, str, str]]) -> list[SourcedRow]:
+    """The sources a load must (re)write: per row, this batch's (all but `from_store`: pk, key,
+    field of the sources read back from the record), and, when a derivable row gets its second
+    source, the one it had. A derivable row with one source needs none."""
     out: list[SourcedRow] = []
     for pk, group in groups.items():
-        if spec.derivable and pk not in stored and len(group) < 2:
+        if pk not in stored:
+            if not spec.derivable or len(group) > 1:
+                out += group.values()
             continue
-        out += [s for (src, fld), s in group.items() if (pk, src, fld) in new or pk not in stored]
+        out += [s for (src, fld), s in group.items() if (pk, src, fld) not in from_store]
     return out
 
 
