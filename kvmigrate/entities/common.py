@@ -339,7 +339,7 @@ def timestamp(raw: Any, *, what: str = "timestamp") -> datetime:
         raise Bad("bad_timestamp", f"{what} is {raw!r}, expected a time")
     if isinstance(raw, str):
         s = raw.strip()
-        if not _DECIMAL_TEXT.fullmatch(s):
+        if s[4:5] == "-" or not _DECIMAL_TEXT.fullmatch(s):  # a date's dash: no number (most times)
             return _in_range(_iso(s, raw, what), raw, what)
         number: Decimal = Decimal(s)
     elif isinstance(raw, (int, Decimal)):
@@ -365,8 +365,8 @@ def _iso(s: str, raw: Any, what: str) -> datetime:
     except ValueError:
         raise Bad("bad_timestamp", f"{what} {raw!r} is not an ISO 8601 time") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        return dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo is timezone.utc else dt.astimezone(timezone.utc)
 
 
 def _in_range(dt: datetime, raw: Any, what: str) -> datetime:

@@ -135,6 +135,7 @@ class TableLoader:
         self.per_transaction = per_transaction
         self.lock_refs = lock_refs
         self.types, self.not_null = self._describe()
+        self._required = [c for c in spec.columns if c in self.not_null]
         ident = sql.Identifier
         cols = [ident(c) for c in spec.columns]
         conn.execute(
@@ -166,8 +167,8 @@ class TableLoader:
 
     def missing_required(self, values: Mapping[str, Any]) -> str | None:
         """Name of a NOT NULL column the row leaves empty, if any (checked before loading)."""
-        for col in self.spec.columns:
-            if col in self.not_null and values.get(col) is None:
+        for col in self._required:
+            if values.get(col) is None:
                 return col
         return None
 
