@@ -323,3 +323,37 @@ def test_backfill_and_verify_collect_garbage_less_often_and_give_the_callers_thr
         assert gc.get_threshold() == (1000, 11, 12)
     finally:
         gc.set_threshold(*before)
+
+
+def test_a_registry_hash_bigger_than_a_page_is_loaded_in_parts(
+        new_pg_url: Callable[[], str], kv_url: str, kv: redis.Redis, monkeypatch) -> None:
+    # vibe:handles holds a field per user, so it grows with the store: read whole into one
+    # page, it was loaded (and its users' recorded sources read back) in one transaction.
+    # It now comes in parts of scan_count records, each loaded on its own, and the result is
+    # the one a run with one page for everything makes.
+    for i in range(45):
+        kv.hset("vibe:handles", f"u{i}", orjson.dumps({"handle": f"u{i}", "registeredAtTs": 1717236000000 + i}))
+    for i in range(0, 45, 4):  # a second source of some users, merged in from fill_sources
+        kv.hset(f"user:u{i}", mapping={"displayName": f"User {i}", "updatedAt": "2025-01-01T00:00:00Z"})
+    kv.hset("vibe:handles", "@U3", orjson.dumps({"handle": "U3", "registeredAtTs": 1717236000000}))
+    loaded: list[tuple[int, bool]] = []
+    write = BatchWriter.write
+
+    def counting(self: BatchWriter, batch: Batch, **kw: object) -> object:
+        loaded.append((sum(1 for k, _ in batch.records if k == "vibe:handles"), kw.get("checkpoint") is not None))
+        return write(self, batch, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BatchWriter, "write", counting)
+    paged, whole = new_pg_url(), new_pg_url()
+    for url, count in ((paged, 10), (whole, 1000)):
+        _setup(url)
+        loaded.clear()
+        commands.backfill(build_config(pg_url=url, kv_url=kv_url, env={}, scan_count=count))
+        if count == 10:
+            assert max(n for n, _ in loaded) == 10 and sum(n for n, _ in loaded) == 46
+            assert (10, False) in loaded  # a part with no whole page: the checkpoint stays
+    with psycopg.connect(paged) as a, psycopg.connect(whole) as b:
+        assert dump_tables(a) == dump_tables(b)  # rows, ledger (the merged @U3 too) and rejects
+        assert a.execute("SELECT count(*) FROM kvmigrate.ledger WHERE key = 'vibe:handles'").fetchone() == (46,)
+    rerun = commands.backfill(build_config(pg_url=paged, kv_url=kv_url, env={}, scan_count=10))
+    assert sum(t.rows_written for t in rerun.tallies.values()) == 0

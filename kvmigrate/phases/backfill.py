@@ -3,7 +3,8 @@
 One pass of `SCAN` over the whole keyspace; each page is classified by key name (kept and
 unknown keys are never read, nor are derived indexes), read in one batch (MGETs for strings, one
 pipelined read per other key), transformed,
-and loaded in ONE transaction together with its ledger rows, rejects and the scan checkpoint.
+and loaded in ONE transaction together with its ledger rows, rejects and the scan checkpoint
+(a registry hash of more fields than a page of keys: in parts before it, see `_pass`).
 Killed at any moment, the next run resumes from the last committed page; an unchanged rerun
 writes 0 rows. The KV connection is read-only: backfill never writes to KV.
 """
@@ -67,7 +68,7 @@ class _Run:
     writer: BatchWriter | None = None
     refs: set[str] = field(default_factory=set)
     seen_messages: set[str] = field(default_factory=set)
-    pages_committed: int = 0  # by this run
+    pages_committed: int = 0  # by this run, with their checkpoint
 
 
 def run_backfill(
@@ -184,7 +185,7 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
     cursor, server = resume_point(run.kv, run.conn, name, fresh=restart or run.result.dry_run)
     run.conn.rollback()
     run.result.resumed_from = cursor or None
-    source = KvSource(run.kv, run.entities, count=run.config.scan_count)
+    source = KvSource(run.kv, run.entities, count=run.config.scan_count, parts=run.config.scan_count)
     total = int(run.kv.call("DBSIZE"))  # 1 command, for the progress bar and the check below
     refuse_a_shrunk_store(run.conn, total, allow=run.config.allow_shrunk_store)
     scan: KeyspaceScan[Page] = KeyspaceScan(
@@ -209,19 +210,23 @@ def _scan(run: _Run, *, restart: bool, progress: Progress | None) -> None:
 def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | None, total: int) -> None:
     """Read, transform and load every page from `cursor`. Consecutive pages are loaded in one
     transaction until they hold `load_batch` records; the group commits with the last page's cursor. A
-    run stopped by the request budget first commits the pages it has read whole."""
+    page holding a registry hash comes in parts of `scan_count` records (see Page): each part ends
+    its group, which commits without a checkpoint when no whole page is in it (a run resumed
+    there reads that page again: its loads are upserts), so a hash with a field per user is never
+    loaded whole. A run stopped by the request budget first commits the pages it has read whole,
+    and the parts read so far."""
     writes = _Overlap(run, progress, total, scan_pass.server)
     group, keys, size, last = Batch(), 0, 0, None
     limit = run.config.load_batch
 
     def flush() -> None:
         nonlocal group, keys, size, last
-        if last is None:
+        if last is None and not size:
             return
         batch, checkpoint, n = group, last, keys
         group, keys, size, last = Batch(), 0, 0, None  # taken: a stop while writing does not resend it
         _fold(run, batch)
-        writes.submit(batch, (name, checkpoint), n)
+        writes.submit(batch, None if checkpoint is None else (name, checkpoint), n)
 
     try:
         try:
@@ -233,8 +238,11 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
                 required = _required(run)
                 for record, entity in page.records:
                     group.add_outcome(entity, record, entity.transform(record), required)
-                keys, last = keys + page.keys, page.cursor or state.SCAN_DONE
                 size += len(page.records) + len(page.policy) + len(page.indexes)
+                if not page.whole:  # a part of a registry hash: loaded apart, without the checkpoint
+                    flush()
+                    continue
+                keys, last = keys + page.keys, page.cursor or state.SCAN_DONE
                 if size >= limit:
                     flush()
         except BudgetExhausted as exc:
@@ -263,28 +271,30 @@ class _Overlap:
         self.server = server
         self.keys_seen = 0
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvmigrate-writer")
-        self.pending: tuple[Future[dict[str, LoadStats]], int] | None = None
+        self.pending: tuple[Future[dict[str, LoadStats]], int, bool] | None = None
         if progress:
             progress(0, total, run.result.tallies)  # the task starts: its rate counts from here
 
-    def submit(self, batch: Batch, checkpoint: tuple[str, int], keys: int) -> None:
-        """Wait for the page in flight, then start writing this one (dry run: count it only)."""
+    def submit(self, batch: Batch, checkpoint: tuple[str, int] | None, keys: int) -> None:
+        """Wait for the page in flight, then start writing this one (dry run: count it only).
+        Without a checkpoint (parts of a page only), the scan's checkpoint does not move."""
         self.wait()
         if self.run.writer is None:
             self._done(keys)
             return
         self.pending = (self.pool.submit(self.run.writer.write, batch, checkpoint=checkpoint, server=self.server),
-                        keys)
+                        keys, checkpoint is not None)
 
     def wait(self) -> None:
         """Block until the page in flight is committed; re-raise its error, if any."""
         if self.pending is None:
             return
-        future, keys = self.pending
+        future, keys, checkpointed = self.pending
         self.pending = None
         for table, stats in future.result().items():
             _credit(self.run, table, stats.written)
-        self.run.pages_committed += 1
+        if checkpointed:  # parts alone move no checkpoint: a rerun would read them again
+            self.run.pages_committed += 1
         self._done(keys)
 
     def _done(self, keys: int) -> None:

@@ -27,22 +27,31 @@ from kvmigrate.model.records import RawRecord, RawValue
 
 @dataclass
 class Page:
-    """One SCAN page: where to resume after it, keys kept/unknown by policy, and entity records."""
+    """One SCAN page: where to resume after it, keys kept/unknown by policy, and entity records.
+
+    With `KvSource(parts=n)`, a page holding a registry hash (a `split_fields` family) comes as
+    several: parts of n records (`whole` False, `keys` 0: resuming after one would skip the rest
+    of its page), then the page itself with its last records, its keys and policy."""
 
     cursor: int
     keys: int
     policy: list[tuple[str, str, str]] = field(default_factory=list)  # (key, status, pattern)
     indexes: list[tuple[str, Entity, Family]] = field(default_factory=list)  # derived indexes, not read
     records: list[tuple[RawRecord, Entity]] = field(default_factory=list)
+    whole: bool = True
 
 
 class KvSource:
     """Reads pages of the keyspace for a set of entities."""
 
-    def __init__(self, kv: KvClient, entities: Sequence[Entity], *, count: int = 1000) -> None:
+    def __init__(self, kv: KvClient, entities: Sequence[Entity], *, count: int = 1000,
+                 parts: int | None = None) -> None:
+        """`parts`: yield a page that holds a registry hash in parts of this many records (see
+        Page), so a hash of a field per user is not held, nor loaded, whole."""
         self.kv = kv
         self.wanted = {e.name for e in entities}
         self.count = count
+        self.parts = parts
         self.classifier = Classifier(ENTITIES)
         self.reader = BatchReader(kv)
 
@@ -61,7 +70,17 @@ class KvSource:
                         items.append((key, c.entity, c.family))
                     else:
                         page.indexes.append((storable_name(key)[0], c.entity, c.family))
-            page.records = list(self.read(items))
+            if self.parts is None or not any(f.split_fields for _, _, f in items):
+                page.records = list(self.read(items))
+                yield page
+                continue
+            part: list[tuple[RawRecord, Entity]] = []
+            for record in self.read(items):
+                part.append(record)
+                if len(part) >= self.parts:
+                    yield Page(next_cursor, 0, records=part, whole=False)
+                    part = []
+            page.records = part
             yield page
 
     def read(self, items: Sequence[tuple[str, Entity, Family]]) -> Iterator[tuple[RawRecord, Entity]]:
