@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import orjson
 import psycopg
+import pytest
 import redis
 
 from kvmigrate import api as commands
@@ -17,6 +18,7 @@ from kvmigrate.engine.batch import Batch
 from kvmigrate.engine.writer import BatchWriter
 from kvmigrate.entities import ENTITIES
 from kvmigrate.model.config import build_config
+from kvmigrate.model.errors import BudgetTooSmall
 from kvmigrate.model.records import RawRecord
 from tests.fixtures.data import (
     MIXED_KEPT,
@@ -357,3 +359,27 @@ def test_a_registry_hash_bigger_than_a_page_is_loaded_in_parts(
         assert a.execute("SELECT count(*) FROM kvmigrate.ledger WHERE key = 'vibe:handles'").fetchone() == (46,)
     rerun = commands.backfill(build_config(pg_url=paged, kv_url=kv_url, env={}, scan_count=10))
     assert sum(t.rows_written for t in rerun.tallies.values()) == 0
+
+
+def test_a_cap_that_lets_a_run_load_only_parts_of_a_registry_hash_exits_2(
+        new_pg_url: Callable[[], str], kv_url: str, kv: redis.Redis) -> None:
+    # Parts of a page move no checkpoint: a run that committed only parts would, under the same
+    # cap, stop at the same place again. It says the cap is too small, and loses nothing. (600
+    # fields: a hash of up to 512 is encoded so that HSCAN returns it whole, whatever its COUNT.)
+    for i in range(600):
+        kv.hset("vibe:handles", f"u{i}", orjson.dumps({"handle": f"u{i}", "registeredAtTs": 1717236000000 + i}))
+    pg_url = new_pg_url()
+    _setup(pg_url)
+    committed = []
+    for _ in range(2):
+        config = build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=10, max_requests=8)
+        with pytest.raises(BudgetTooSmall, match="too small to make progress"):
+            commands.backfill(config)
+        with psycopg.connect(pg_url) as conn:
+            committed.append(conn.execute("SELECT count(*) FROM kvmigrate.ledger").fetchone())
+    assert committed[0] == committed[1] and committed[0] != (0,)  # parts loaded, again the same ones
+    result = commands.backfill(build_config(pg_url=pg_url, kv_url=kv_url, env={}, scan_count=10))
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone() == (600,)
+        assert conn.execute("SELECT count(*) FROM kvmigrate.ledger").fetchone() == (600,)
+    assert result.rejected == 0
