@@ -131,10 +131,7 @@ class BatchWriter:
             return [], list(entries)
         names = [(e.key, e.field) for e in entries]
         before = set(self.ledger_keys.seen_before(names))
-        if not before:
-            new = dict(zip(names, entries, strict=True))  # a key read twice: its last reading
-            return (list(entries) if len(new) == len(entries) else list(new.values())), []
-        new = {name: e for name, e in zip(names, entries, strict=True) if name not in before}
+        new = {name: e for name, e in zip(names, entries, strict=True) if name not in before}  # a key read twice: its last reading
         return list(new.values()), [e for name, e in zip(names, entries, strict=True) if name in before]
 
     def _unchanged(self, entries: Sequence[state.LedgerEntry]) -> set[tuple[str, str]]:
