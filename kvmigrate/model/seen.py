@@ -44,10 +44,6 @@ class SeenKeys:
 
     def seen_before(self, keys: Sequence[K]) -> list[K]:
         """Of `keys`, those that may have been noted before this call; then notes them all."""
-        if len(self._filters) == 1:  # most runs: one filter, no generator per key
-            only = self._filters[0]
-            before = [k for k in keys if k in only]
-        else:
-            before = [k for k in keys if self.maybe(k)]
+        before = [k for k in keys if self.maybe(k)]
         self.note(keys)
         return before

@@ -70,17 +70,12 @@ class KvSource:
                         items.append((key, c.entity, c.family))
                     else:
                         page.indexes.append((storable_name(key)[0], c.entity, c.family))
-            if self.parts is None or not any(f.split_fields for _, _, f in items):
-                page.records = list(self.read(items))
-                yield page
-                continue
-            part: list[tuple[RawRecord, Entity]] = []
+            parts = self.parts if any(f.split_fields for _, _, f in items) else None
             for record in self.read(items):
-                part.append(record)
-                if len(part) >= self.parts:
-                    yield Page(next_cursor, 0, records=part, whole=False)
-                    part = []
-            page.records = part
+                page.records.append(record)
+                if parts is not None and len(page.records) >= parts:
+                    yield Page(next_cursor, 0, records=page.records, whole=False)
+                    page.records = []
             yield page
 
     def read(self, items: Sequence[tuple[str, Entity, Family]]) -> Iterator[tuple[RawRecord, Entity]]:
