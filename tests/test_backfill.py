@@ -361,6 +361,60 @@ def test_a_registry_hash_bigger_than_a_page_is_loaded_in_parts(
     assert sum(t.rows_written for t in rerun.tallies.values()) == 0
 
 
+def test_vibe_games_bigger_than_a_page_is_loaded_in_parts_and_resumes_after_a_failed_part(
+        new_pg_url: Callable[[], str], kv_url: str, kv: redis.Redis, monkeypatch) -> None:
+    # vibe:games is one string whose games grow with the store (10 MB of rows at a million
+    # keys): its rows now come in parts of scan_count, loaded before the part that carries its
+    # ledger row and item rejects. The result is the one a run that loads it whole makes, and a
+    # run that fails between two parts ends, when run again, with that result too.
+    games = {f"g{i}": {"type": "tictactoe", "players": [f"u{i % 7}", "bob"], "state": {"winner": "bob"}}
+             for i in range(45)}
+    games["g3"] = {"type": "chess"}  # no players: an item reject, in the first part
+    kv.set("vibe:games", orjson.dumps(games))
+    for i in range(30):
+        kv.set(f"msg:m{i}", orjson.dumps({"id": f"m{i}", "from": "bob", "to": f"u{i % 7}", "text": "hi",
+                                          "timestamp": 1717236000000 + i}))
+    loads: list[tuple[int, bool]] = []  # (game rows, whether vibe:games' ledger row came with them)
+    write = BatchWriter.write
+
+    def watched(self: BatchWriter, batch: Batch, **kw: object) -> object:
+        game_rows = len(batch.rows.get("game_results", ()))
+        if game_rows:
+            loads.append((game_rows, any(e.key == "vibe:games" for e in batch.ledger)))
+            if failing and len(loads) == 3:
+                raise RuntimeError("the connection dropped")
+        return write(self, batch, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BatchWriter, "write", watched)
+    paged, whole = new_pg_url(), new_pg_url()
+    failing = False
+    for url, count in ((whole, 1000), (paged, 10)):
+        _setup(url)
+        loads.clear()
+        commands.backfill(build_config(pg_url=url, kv_url=kv_url, env={}, scan_count=count))
+        assert loads == ([(44, True)] if count == 1000 else [(9, False)] + [(10, False)] * 3 + [(5, True)])
+    with psycopg.connect(paged) as a, psycopg.connect(whole) as b:
+        assert dump_tables(a) == dump_tables(b)  # rows, ledger (44 rows for vibe:games) and rejects
+        assert a.execute("SELECT rows, status FROM kvmigrate.ledger WHERE key = 'vibe:games'").fetchone() == (
+            44, "migrated")
+        assert a.execute("SELECT field FROM kvmigrate.rejects WHERE key = 'vibe:games'").fetchall() == [("#g3",)]
+    rerun = commands.backfill(build_config(pg_url=paged, kv_url=kv_url, env={}, scan_count=10))
+    assert sum(t.rows_written for t in rerun.tallies.values()) == 0
+    failed = new_pg_url()
+    _setup(failed)
+    failing = True
+    loads.clear()
+    with pytest.raises(RuntimeError, match="connection dropped"):
+        commands.backfill(build_config(pg_url=failed, kv_url=kv_url, env={}, scan_count=10))
+    with psycopg.connect(failed) as conn:
+        assert conn.execute("SELECT count(*) FROM game_results").fetchone() == (19,)  # two parts in
+        assert conn.execute("SELECT count(*) FROM kvmigrate.ledger WHERE key = 'vibe:games'").fetchone() == (0,)
+    failing = False
+    commands.backfill(build_config(pg_url=failed, kv_url=kv_url, env={}, scan_count=10))
+    with psycopg.connect(failed) as a, psycopg.connect(whole) as b:
+        assert dump_tables(a) == dump_tables(b)
+
+
 def test_a_cap_that_lets_a_run_load_only_parts_of_a_registry_hash_exits_2(
         new_pg_url: Callable[[], str], kv_url: str, kv: redis.Redis) -> None:
     # Parts of a page move no checkpoint: a run that committed only parts would, under the same

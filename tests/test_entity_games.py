@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from kvmigrate.engine.batch import OutcomePart, outcome_parts
 from kvmigrate.entities.common import MAX_JSON_DEPTH, json_bytes, load_json
 from kvmigrate.entities.games import GAMES, game_from_message
 from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
@@ -167,6 +168,67 @@ def test_a_large_vibe_games_value_is_transformed_in_memory_that_follows_one_game
     out, peak = traced_peak(lambda: GAMES.transform(RawRecord("vibe:games", "string", raw, "", "games")))
     assert len(out.rows) == 11_000 and out.reject is None and not out.item_rejects
     assert peak < 30 * 2**20, peak / 2**20
+
+
+def _many_games(n: int, **special: dict[str, Any]) -> bytes:
+    value: dict[str, Any] = {f"game_{i}": {"id": f"game_{i}", "type": "tictactoe", "players": ["alice", f"bob{i % 50}"],
+                                           "state": {"board": ["X", "O", None, "X", None, "O", "X", None, None],
+                                                     "winner": "X", "players": {"X": "alice", "O": f"bob{i % 50}"}},
+                                           "status": "finished", "created_at": 1748779200000 + i} for i in range(n)}
+    value.update(special)
+    return orjson.dumps(value)
+
+
+def test_a_large_vibe_games_value_comes_in_parts_that_together_are_its_outcome() -> None:
+    """A backfill loads the rows of a record bigger than a page in parts, so that a store of a
+    million keys does not hold vibe:games' 10 MB of rows at once; the parts hold exactly what
+    the whole transform does, the last one the item rejects and stats of all."""
+    raw = _many_games(2_500, game_9={"type": "chess", "players": "alice"}, game_2400={"players": ["@Bob"]})
+    record = RawRecord("vibe:games", "string", raw, "", "games")
+    whole = GAMES.transform(record)
+    parts = list(outcome_parts(GAMES, record, 1000))
+    assert [(p.last, p.earlier_rows, len(p.outcome.rows)) for p in parts] == [
+        (False, 0, 999), (False, 999, 1000), (True, 1999, 499)]
+    assert [r for p in parts for r in p.outcome.rows] == list(whole.rows)
+    assert parts[-1].outcome.item_rejects == whole.item_rejects and len(whole.item_rejects) == 2
+    assert parts[-1].outcome.stats == whole.stats
+    assert not any(p.outcome.item_rejects or p.outcome.stats for p in parts[:-1])
+    assert list(outcome_parts(GAMES, record, 2_500)) == [OutcomePart(whole)]  # not bigger than a part
+
+
+def test_a_game_that_is_not_json_in_a_late_part_rejects_vibe_games_whole() -> None:
+    """A value that is not valid JSON is rejected as a whole (no game of it migrates), wherever
+    the bad game is: parts already made must not be loaded."""
+    raw = _many_games(2_500).replace(b'"game_2300":{"id"', b'"game_2300":{id"')
+    record = RawRecord("vibe:games", "string", raw, "", "games")
+    whole = GAMES.transform(record)
+    assert whole.reject is not None and whole.reject.code == "invalid_json"
+    assert list(outcome_parts(GAMES, record, 1000)) == [OutcomePart(whole)]
+
+
+def test_a_row_missing_a_required_column_in_a_late_part_rejects_vibe_games_whole() -> None:
+    # A schema that makes `winner` required: a game with none rejects the record, as it does whole.
+    raw = _many_games(2_500, game_2300={"type": "chess", "players": ["alice"], "state": {}})
+    record = RawRecord("vibe:games", "string", raw, "", "games")
+    required = {"game_results": lambda values: None if values["winner"] is not None else "winner"}
+    assert list(outcome_parts(GAMES, record, 1000, required)) == [OutcomePart(GAMES.transform(record))]
+    assert len(list(outcome_parts(GAMES, record, 1000))) == 3
+
+
+def test_vibe_games_in_parts_holds_one_part_of_rows_at_a_time() -> None:
+    """11,000 games: the whole transform's traced peak is about 13 MB (its rows kept); taking
+    them in parts of 1,000 rows and dropping each, about 7.6 MB (the games' JSON texts and two
+    parts of rows)."""
+    record = RawRecord("vibe:games", "string", _many_games(11_000), "", "games")
+    whole, whole_peak = traced_peak(lambda: GAMES.transform(record))
+    del whole
+
+    def taken() -> int:
+        return sum(len(p.outcome.rows) for p in outcome_parts(GAMES, record, 1000))
+
+    rows, peak = traced_peak(taken)
+    assert rows == 11_000
+    assert peak < 0.75 * whole_peak, (peak / 2**20, whole_peak / 2**20)
 
 
 def test_vibe_games_of_another_redis_type_is_rejected() -> None:

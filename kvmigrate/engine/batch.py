@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,9 +76,20 @@ class Batch:
         tally.migrated += 1
         tally.stats["index_not_read"] += 1
 
+    def add_part(self, entity: Entity, record: RawRecord, part: OutcomePart,
+                 required: Mapping[str, RequiredCheck] | None = None) -> None:
+        """Fold one part of a record's outcome into the batch (see `outcome_parts`): the last
+        as a whole outcome, an earlier one as its rows alone."""
+        if part.last:
+            self.add_outcome(entity, record, part.outcome, required, earlier_rows=part.earlier_rows)
+            return
+        for row in part.outcome.rows:
+            self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field, row.meta))
+
     def add_outcome(self, entity: Entity, record: RawRecord, outcome: Outcome,
-                    required: Mapping[str, RequiredCheck] | None = None) -> None:
-        """Fold one transformer outcome into the batch (rows, ledger, rejects, tallies)."""
+                    required: Mapping[str, RequiredCheck] | None = None, *, earlier_rows: int = 0) -> None:
+        """Fold one transformer outcome into the batch (rows, ledger, rejects, tallies);
+        `earlier_rows`: the rows of the record's parts loaded before this, its last."""
         tally = self.tallies[entity.name]
         tally.scanned += 1
         if outcome.stats:
@@ -104,7 +116,55 @@ class Batch:
         # carry its digest too: a rerun skips the record only when neither changed.
         companion = None if record.companion is None else value_digest("hash", record.companion)
         self.ledger.append(LedgerEntry(record.key, record.field, entity.name, record.family, record.redis_type,
-                                       digest, "migrated", None, len(outcome.rows), companion))
+                                       digest, "migrated", None, earlier_rows + len(outcome.rows), companion))
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomePart:
+    """One part of a record's outcome (see `outcome_parts`): `last` carries the record's
+    ledger row, item rejects, stats and refs; an earlier part its rows alone."""
+
+    outcome: Outcome
+    last: bool = True
+    earlier_rows: int = 0
+
+
+def outcome_parts(entity: Entity, record: RawRecord, rows: int,
+                  required: Mapping[str, RequiredCheck] | None = None) -> Iterator[OutcomePart]:
+    """A record's outcome in parts of about `rows` rows where its entity splits it (see
+    Entity.transform_parts), so a value of a million rows is never held whole. Pure.
+
+    The parts are first checked in a pass that keeps no rows: when one rejects the record, or
+    has a row that leaves a required column empty, the record comes whole, as `transform`
+    makes it (and is rejected as a whole), so rows loaded with an earlier part never belong
+    to a rejected record. Otherwise the parts are made again and given in order, the last
+    with every part's item rejects, stats and refs. A record of one part costs one transform."""
+    parts = entity.transform_parts(record, rows)
+    first = next(parts)
+    second = next(parts, None)
+    if second is None:
+        yield OutcomePart(first)
+        return
+    item_rejects: list[tuple[str, Reject]] = []
+    stats: Counter[str] = Counter()
+    refs: list[str] = []
+    for part in itertools.chain((first, second), parts):
+        if part.reject is not None or _missing_required(part, required) is not None:
+            yield OutcomePart(entity.transform(record))
+            return
+        item_rejects.extend(part.item_rejects)
+        stats.update(part.stats)
+        refs.extend(part.refs)
+    del first, second
+    earlier = 0
+    parts = entity.transform_parts(record, rows)
+    held = next(parts)
+    for part in parts:
+        yield OutcomePart(Outcome(rows=held.rows), last=False, earlier_rows=earlier)
+        earlier += len(held.rows)
+        held = part
+    yield OutcomePart(Outcome(rows=held.rows, item_rejects=tuple(item_rejects), stats=dict(stats), refs=tuple(refs)),
+                      earlier_rows=earlier)
 
 
 def _missing_required(outcome: Outcome, required: Mapping[str, RequiredCheck] | None) -> Reject | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal, Protocol
@@ -84,6 +84,11 @@ class Entity(Protocol):
         """Turn one record into rows or a reject. Never raises; never does I/O."""
         ...
 
+    def transform_parts(self, record: RawRecord, rows: int) -> Iterator[Outcome]:
+        """`transform`, in parts of about `rows` rows for a record that can hold more rows than
+        a page (see EntityBase.transform_parts). Never raises; never does I/O."""
+        ...
+
 
 class EntityBase:
     """Shared plumbing for entity modules: dispatch a record to the handler of its family,
@@ -135,6 +140,15 @@ class EntityBase:
         except Exception as exc:  # noqa: BLE001 - a transformer never raises; the bug is reported
             return Outcome.rejected("transform_error", f"{_where(record)}: {type(exc).__name__}: {exc}")
         return outcome
+
+    def transform_parts(self, record: RawRecord, rows: int) -> Iterator[Outcome]:
+        """`transform`'s outcome in parts, each with its own rows, item rejects and stats, so
+        memory follows one part. An entity one of whose records can hold more than `rows` rows
+        (`vibe:games`) overrides this; a record it cannot split comes whole, as one part, and
+        so does a rejected one (only the first part can be a reject). Taken together, the parts
+        hold what `transform` returns: every caller must be able to rely on that. By default,
+        one part: `transform`."""
+        yield self.transform(record)
 
 
 def _where(record: RawRecord) -> str:

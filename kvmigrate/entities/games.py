@@ -59,6 +59,30 @@ class Games(EntityBase):
                 pass  # a game that is not valid JSON: the whole value is, as before, rejected below
         return self._games(record, iter(c.checked_object(record.value).items()))
 
+    def transform_parts(self, record: RawRecord, rows: int) -> Iterator[Outcome]:
+        """`vibe:games` of more than `rows` games in parts of `rows` games, in the object's
+        order: each part's rows, item rejects and stats. A game that is not valid JSON rejects
+        the whole value: that part is then `transform`'s outcome, the record's whole (see
+        EntityBase.transform_parts). Any other record, or a smaller object, comes whole."""
+        members = self._members(record)
+        if members is None or len(members) <= rows:
+            yield self.transform(record)
+            return
+        ids = list(members)
+        for start in range(0, len(ids), rows):
+            try:
+                part = self._games(record, ((gid, c.load_json(members[gid])) for gid in ids[start:start + rows]))
+            except Exception:  # noqa: BLE001 - transformed whole, the record gets its reject (or its bug) reported
+                yield self.transform(record)
+                return
+            yield part
+
+    def _members(self, record: RawRecord) -> dict[str, bytes] | None:
+        """The games of a `vibe:games` string, each as its JSON text (see from_games), or None."""
+        if record.family != "games" or record.name_problem or not isinstance(record.value, bytes):
+            return None
+        return c.object_members(record.value) if record.redis_type == "string" else None
+
     def _games(self, record: RawRecord, games: Iterator[tuple[str, Any]]) -> Outcome:
         rank = self.family("games").rank
         rows: list[Row] = []

@@ -4,7 +4,8 @@ One pass of `SCAN` over the whole keyspace; each page is classified by key name 
 unknown keys are never read, nor are derived indexes), read in one batch (MGETs for strings, one
 pipelined read per other key), transformed,
 and loaded in ONE transaction together with its ledger rows, rejects and the scan checkpoint
-(a registry hash of more fields than a page of keys: in parts before it, see `_pass`).
+(a registry hash of more fields than a page of keys, or a value of more rows, such as
+`vibe:games`: in parts before it, see `_pass`).
 Killed at any moment, the next run resumes from the last committed page; an unchanged rerun
 writes 0 rows. The KV connection is read-only: backfill never writes to KV.
 """
@@ -29,7 +30,7 @@ from kvmigrate.adapters.pg import ledger, state
 from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.loader import LoadStats
 from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
-from kvmigrate.engine.batch import Batch, RequiredCheck, Tally, table_specs
+from kvmigrate.engine.batch import Batch, RequiredCheck, Tally, outcome_parts, table_specs
 from kvmigrate.engine.guards import (
     refuse_a_shrunk_store,
     refuse_a_store_that_shrank_during,
@@ -213,15 +214,16 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
     page holding a registry hash comes in parts of `scan_count` records (see Page): each part ends
     its group, which commits without a checkpoint when no whole page is in it (a run resumed
     there reads that page again: its loads are upserts), so a hash with a field per user is never
-    loaded whole. A run stopped by the request budget first commits the pages it has read whole,
+    loaded whole. So are the rows of a record that holds more than `scan_count` (see
+    `outcome_parts`), ahead of the part that carries its ledger row and rejects. A run stopped by the request budget first commits the pages it has read whole,
     and the parts read so far."""
     writes = _Overlap(run, progress, total, scan_pass.server)
     group, keys, size, last = Batch(), 0, 0, None
-    limit = run.config.load_batch
+    limit, parts = run.config.load_batch, run.config.scan_count
 
     def flush() -> None:
         nonlocal group, keys, size, last
-        if last is None and not size:
+        if last is None and not size and not group.rows:
             return
         batch, checkpoint, n = group, last, keys
         group, keys, size, last = Batch(), 0, 0, None  # taken: a stop while writing does not resend it
@@ -237,7 +239,10 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
                     group.note_index(key, entity.name, family)
                 required = _required(run)
                 for record, entity in page.records:
-                    group.add_outcome(entity, record, entity.transform(record), required)
+                    for part in outcome_parts(entity, record, parts, required):
+                        group.add_part(entity, record, part, required)
+                        if not part.last:  # rows of a record too big for a page: loaded apart
+                            flush()
                 size += len(page.records) + len(page.policy) + len(page.indexes)
                 if not page.whole:  # a part of a registry hash: loaded apart, without the checkpoint
                     flush()
