@@ -27,6 +27,8 @@ class Family:
     `may_expire`: keys of this family can carry a TTL, so the archive reads their PTTL.
     `companion`: the name of another family of the entity whose key (same suffix) is read with
     each key of this one and handed to the transformer as `RawRecord.companion`.
+    `many_rows`: one record can hold more rows than a page (`vibe:games`, a game per row):
+    backfill takes its outcome in parts (see EntityBase.transform_parts).
     """
 
     name: str
@@ -38,6 +40,7 @@ class Family:
     companion: str = ""
     decides: bool = False
     may_expire: bool = False
+    many_rows: bool = False
 
     @property
     def read_by_backfill(self) -> bool:
@@ -143,11 +146,12 @@ class EntityBase:
 
     def transform_parts(self, record: RawRecord, rows: int) -> Iterator[Outcome]:
         """`transform`'s outcome in parts, each with its own rows, item rejects and stats, so
-        memory follows one part. An entity one of whose records can hold more than `rows` rows
-        (`vibe:games`) overrides this; a record it cannot split comes whole, as one part, and
-        so does a rejected one (only the first part can be a reject). Taken together, the parts
-        hold what `transform` returns: every caller must be able to rely on that. By default,
-        one part: `transform`."""
+        memory follows one part. An entity with a `many_rows` family overrides this (backfill
+        calls it for that family's records only); a record it cannot split comes whole, as one
+        part. A part that rejects the record is `transform`'s whole outcome, and the parts
+        before it do not count (engine.batch.outcome_parts checks them all before any is
+        loaded). Otherwise the parts, taken together, hold what `transform` returns. By
+        default, one part: `transform`."""
         yield self.transform(record)
 
 

@@ -41,7 +41,7 @@ _MAPPED = frozenset({"id", "type", "players", "state", "created_at", "createdAt"
 class Games(EntityBase):
     name = "games"
     load_order = 60
-    families = (Family("games", "vibe:games", frozenset({"string"}), rank=10),)
+    families = (Family("games", "vibe:games", frozenset({"string"}), rank=10, many_rows=True),)
     tables = (TABLE,)
 
     def from_games(self, record: RawRecord) -> Outcome:

@@ -220,6 +220,7 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
     writes = _Overlap(run, progress, total, scan_pass.server)
     group, keys, size, last = Batch(), 0, 0, None
     limit, parts = run.config.load_batch, run.config.scan_count
+    many_rows = {(e.name, f.name) for e in run.entities for f in e.families if f.many_rows}
 
     def flush() -> None:
         nonlocal group, keys, size, last
@@ -239,6 +240,9 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
                     group.note_index(key, entity.name, family)
                 required = _required(run)
                 for record, entity in page.records:
+                    if (entity.name, record.family) not in many_rows:
+                        group.add_outcome(entity, record, entity.transform(record), required)
+                        continue
                     for part in outcome_parts(entity, record, parts, required):
                         group.add_part(entity, record, part, required)
                         if not part.last:  # rows of a record too big for a page: loaded apart
