@@ -82,9 +82,8 @@ class Batch:
         as a whole outcome, an earlier one as its rows alone."""
         if part.last:
             self.add_outcome(entity, record, part.outcome, required, earlier_rows=part.earlier_rows)
-            return
-        for row in part.outcome.rows:
-            self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field, row.meta))
+        else:
+            self._add_rows(record, part.outcome)
 
     def add_outcome(self, entity: Entity, record: RawRecord, outcome: Outcome,
                     required: Mapping[str, RequiredCheck] | None = None, *, earlier_rows: int = 0) -> None:
@@ -109,14 +108,17 @@ class Batch:
             tally.item_rejects += 1
             self.rejects.append(RejectEntry(record.key, f"{record.field}#{label}", entity.name, item.code,
                                             item.message, item.raw))
-        for row in outcome.rows:
-            self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field, row.meta))
+        self._add_rows(record, outcome)
         self.refs.update(outcome.refs)
         # Rows that also depend on a companion key (the `unread:{h}` counters of `messages:{h}`)
         # carry its digest too: a rerun skips the record only when neither changed.
         companion = None if record.companion is None else value_digest("hash", record.companion)
         self.ledger.append(LedgerEntry(record.key, record.field, entity.name, record.family, record.redis_type,
                                        digest, "migrated", None, earlier_rows + len(outcome.rows), companion))
+
+    def _add_rows(self, record: RawRecord, outcome: Outcome) -> None:
+        for row in outcome.rows:
+            self.rows[row.table].append(SourcedRow(row.values, row.rank, record.key, record.field, row.meta))
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,8 +215,8 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
     its group, which commits without a checkpoint when no whole page is in it (a run resumed
     there reads that page again: its loads are upserts), so a hash with a field per user is never
     loaded whole. So are the rows of a record that holds more than `scan_count` (see
-    `outcome_parts`), ahead of the part that carries its ledger row and rejects. A run stopped by the request budget first commits the pages it has read whole,
-    and the parts read so far."""
+    `outcome_parts`), ahead of the part that carries its ledger row and rejects. A run stopped
+    by the request budget first commits the pages it has read whole, and the parts read so far."""
     writes = _Overlap(run, progress, total, scan_pass.server)
     group, keys, size, last = Batch(), 0, 0, None
     limit, parts = run.config.load_batch, run.config.scan_count
