@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 import redis
@@ -203,6 +204,53 @@ def test_backfill_killed_at_seeded_moments_reruns_to_the_uninterrupted_result(
     tally = backfill_kills(world, databases, runner, CI_BACKFILL_KILLS, "ci")
     note(request, tally.line(f"backfill ({len(world.keyspace)} keys, {world.ledger_total} ledger rows)")
          + f", {time.monotonic() - started:.0f} s")
+
+
+def test_backfill_killed_between_parts_of_vibe_games_reruns_to_the_uninterrupted_result(
+        kv_url: str, kv: redis.Redis, databases: Databases, runner: Launcher) -> None:
+    # 60 games at --batch-size 10: six parts of rows, each committed on its own, vibe:games'
+    # ledger row with the last. A statement trigger that sleeps makes each part slow enough to
+    # kill the run once two parts are in and before the ledger row is: the rerun must end with
+    # the tables, ledger and rejects of an uninterrupted run.
+    kv.flushdb()
+    games = {f"g{i:02d}": {"type": "tictactoe", "players": [f"p{i % 5}", "bob"], "state": {"winner": "bob"}}
+             for i in range(60)}
+    games["g07"] = {"type": "chess"}  # an item reject, in the first part
+    kv.set("vibe:games", orjson.dumps(games))
+
+    def prepare(url: str) -> None:
+        commands.setup(build_config(pg_url=url, env={}))
+        with psycopg.connect(url) as conn:
+            conn.execute("CREATE FUNCTION slow_part() RETURNS trigger LANGUAGE plpgsql AS"
+                         " $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$")
+            conn.execute("CREATE TRIGGER slow_part AFTER INSERT ON game_results"
+                         " FOR EACH STATEMENT EXECUTE FUNCTION slow_part()")
+
+    template = databases.template(prepare)
+    argv = ["--json", "--kv-url", kv_url, "backfill", "--batch-size", "10", "--entity", "games"]
+    reference_url = databases.clone(template)
+    done = runner.run("--pg-url", reference_url, *argv)
+    assert done.code == 0, done.output
+    url = databases.clone(template)
+    child = runner.cli("--pg-url", url, *argv)
+    with psycopg.connect(url, autocommit=True) as watch:
+        def two_parts_in() -> bool:
+            row = watch.execute("SELECT count(*) FROM game_results").fetchone()
+            return bool(row and row[0] >= 19)
+
+        assert kill_when(child, two_parts_in), child.finish().output
+        assert child.finish().killed
+        wait_backends_gone(url)
+        assert watch.execute("SELECT count(*) FROM kvmigrate.ledger WHERE key = 'vibe:games'").fetchone() == (0,)
+        assert 19 <= watch.execute("SELECT count(*) FROM game_results").fetchone()[0] < 59  # parts, not all
+    rerun = runner.run("--pg-url", url, *argv)
+    assert rerun.code == 0, rerun.output
+    with psycopg.connect(url) as conn, psycopg.connect(reference_url) as reference:
+        assert dump_tables(conn) == dump_tables(reference)
+        assert conn.execute("SELECT count(*) FROM game_results").fetchone() == (59,)
+        assert conn.execute("SELECT rows FROM kvmigrate.ledger WHERE key = 'vibe:games'").fetchone() == (59,)
+    databases.drop(url)
+    databases.drop(reference_url)
 
 
 @pytest.mark.slow
