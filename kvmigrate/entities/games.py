@@ -60,12 +60,12 @@ class Games(EntityBase):
         return self._games(record, iter(c.checked_object(record.value).items()))
 
     def transform_parts(self, record: RawRecord, rows: int) -> Iterator[Outcome]:
-        """`vibe:games` of more than `rows` games in parts of `rows` games, in the object's
-        order: each part's rows, item rejects and stats. A game that is not valid JSON rejects
-        the whole value: that part is then `transform`'s outcome, the record's whole (see
-        EntityBase.transform_parts). Any other record, or a smaller object, comes whole."""
+        """`vibe:games` in parts of `rows` games, in the object's order: each part's rows, item
+        rejects and stats (one part when it holds no more). A game that is not valid JSON
+        rejects the whole value: that part is then `transform`'s outcome, the record's whole
+        (see EntityBase.transform_parts). Any other record, or an empty object, comes whole."""
         members = self._members(record)
-        if members is None or len(members) <= rows:
+        if not members:
             yield self.transform(record)
             return
         ids = list(members)
