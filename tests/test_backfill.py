@@ -304,6 +304,33 @@ def test_a_first_load_upserts_a_key_that_got_a_ledger_row_elsewhere_meanwhile(
     assert pg.execute("SELECT id FROM messages ORDER BY id").fetchall() == [("m1",), ("m2",)]
 
 
+def test_batches_written_inside_one_open_transaction_do_not_see_each_others_stages(
+        pg_url: str, pg: psycopg.Connection) -> None:
+    # A page written in a transaction of its own starts with empty stages (they empty at every
+    # commit), so it skips emptying them. Verify's repair writes several batches inside one open
+    # transaction (each a savepoint): there the first batch's staged rejects, ledger rows and
+    # rows must not leak into the second, which fixes the key the first rejected.
+    commands.setup(build_config(pg_url=pg_url, env={}))
+    messages = next(e for e in ENTITIES if e.name == "messages")
+
+    def batch_of(writer: BatchWriter, value: bytes) -> Batch:
+        batch, record = Batch(), RawRecord("msg:m1", "string", value, family="msg")
+        batch.add_outcome(messages, record, messages.transform(record), writer.required())
+        return batch
+
+    fixed = orjson.dumps({"id": "m1", "from": "sam", "to": "hal", "text": "hi", "createdAt": "2025-06-01T12:00:00Z"})
+    with psycopg.connect(pg_url) as conn:
+        run_id = state.start_run(conn, "verify", dry_run=False, options={})
+        writer = BatchWriter(conn, run_id)
+        conn.execute("SELECT 1")  # a transaction is open: each write below is a savepoint in it
+        writer.write(batch_of(writer, b"{not json"))
+        writer.write(batch_of(writer, fixed))
+        conn.commit()
+    assert pg.execute("SELECT key, field FROM kvmigrate.rejects").fetchall() == []
+    assert pg.execute("SELECT key, status, reason FROM kvmigrate.ledger").fetchall() == [("msg:m1", "migrated", None)]
+    assert pg.execute("SELECT id, content FROM messages").fetchall() == [("m1", "hi")]
+
+
 def test_backfill_and_verify_collect_garbage_less_often_and_give_the_callers_thresholds_back(
         pg_url: str, kv_url: str, kv: redis.Redis) -> None:
     """A page makes tens of thousands of short-lived containers: at Python's default thresholds

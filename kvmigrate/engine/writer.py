@@ -85,18 +85,20 @@ class BatchWriter:
     def _write(self, batch: Batch, *, checkpoint: tuple[str, int] | None,
                server: str | None) -> dict[str, LoadStats]:
         out: dict[str, LoadStats] = {}
+        # A transaction of its own (not a savepoint in one already open): its stages start empty
+        fresh = self.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         with self.conn.transaction():
             if self.row_checks is None:
                 references.skip_row_checks(self.conn)
             rows = batch.rows
             new, entries = self._new_to_ledger(batch.ledger)
             if entries or self.ledger_keys is None:
-                state.stage_ledger(self.conn, self.run_id, entries)
+                state.stage_ledger(self.conn, self.run_id, entries, stage_empty=fresh)
             unchanged = self._unchanged(entries) if self.rules else set()
             if unchanged:
                 rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
-            for table, loader in self.loaders.items():
-                out[table] = loader.load(rows.get(table, []))
+            for table, loader in self.loaders.items():  # each loads once in this transaction
+                out[table] = loader.load(rows.get(table, []), stage_empty=fresh)
             state.copy_ledger(self.conn, self.run_id, new)
             if entries:
                 state.apply_ledger(self.conn)
@@ -105,7 +107,7 @@ class BatchWriter:
             merged = merged_entries(out)
             prune = self.reject_keys is None or any(k in self.reject_keys for k, _ in records)
             self._note_rejects([r.key for r in rejects] + [m.key for m in merged if m.message is not None])
-            state.write_rejects(self.conn, self.run_id, records, rejects, prune=prune)
+            state.write_rejects(self.conn, self.run_id, records, rejects, prune=prune, stage_empty=fresh)
             state.write_merged(self.conn, self.run_id, merged)
             if batch.refs:
                 with self.conn.cursor().copy("COPY kvm_refs (id) FROM STDIN") as cp:

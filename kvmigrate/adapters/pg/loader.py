@@ -172,10 +172,13 @@ class TableLoader:
                 return col
         return None
 
-    def load(self, rows: Sequence[SourcedRow], *, users: TableLoader | None = None) -> LoadStats:
+    def load(self, rows: Sequence[SourcedRow], *, users: TableLoader | None = None,
+             stage_empty: bool = False) -> LoadStats:
         """Stage and upsert `rows` (every source's row: they are deduplicated here) in the
         caller's transaction. A `fill` table's row is recomputed from all its sources ever seen
-        (recorded as adapters.pg.sources says), not just this batch's."""
+        (recorded as adapters.pg.sources says), not just this batch's. `stage_empty`: the
+        caller knows this loader has not staged in its transaction (a `per_transaction` stage
+        is then empty: no statement empties it)."""
         stats = LoadStats()
         if not rows:
             return stats
@@ -184,7 +187,7 @@ class TableLoader:
         else:
             rows = dedupe(self.spec, rows)
             self._loaded_before = self._maybe_loaded([str(r.values[self.spec.pk]) for r in rows])
-        self.stage_rows(rows)
+        self.stage_rows(rows, truncate=not (stage_empty and self.per_transaction))
         if self.spec.user_refs:
             stats.placeholders = self._make_referenced()
         if self.spec.name == "users":

@@ -174,10 +174,14 @@ def prepare_stages(conn: psycopg.Connection) -> None:
     conn.execute(_LEDGER_STAGE)
 
 
-def stage_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> None:
+def stage_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry], *,
+                 stage_empty: bool = False) -> None:
     """COPY a batch's ledger rows into this session's stage (see `prepare_stages`), in the
-    caller's transaction; `apply_ledger` writes them."""
-    conn.execute("DELETE FROM kvm_stage_ledger")
+    caller's transaction; `apply_ledger` writes them. `stage_empty`: the caller's transaction
+    has not staged any yet (the stage is emptied at every commit and rollback), so no
+    statement empties it."""
+    if not stage_empty:
+        conn.execute("DELETE FROM kvm_stage_ledger")
     if not entries:
         return
     _copy_entries(conn, "kvm_stage_ledger", run_id, entries)
@@ -265,14 +269,16 @@ def any_rejects(conn: psycopg.Connection) -> bool:
 
 
 def write_rejects(conn: psycopg.Connection, run_id: int, keys: Sequence[tuple[str, str]],
-                  rejects: Sequence[RejectEntry], *, prune: bool = True) -> None:
+                  rejects: Sequence[RejectEntry], *, prune: bool = True, stage_empty: bool = False) -> None:
     """Replace the rejects of the given records (key, field) with `rejects`. An item reject
     inside a container record is stored with field `<record field>#<item label>`. In the
     caller's transaction, on a session whose stages `prepare_stages` made. `prune=False`: the
-    caller knows none of these records has a reject stored, so there is nothing to drop."""
+    caller knows none of these records has a reject stored, so there is nothing to drop.
+    `stage_empty`: the caller's transaction has not staged rejects yet (see `stage_ledger`)."""
     if not keys or not (rejects or prune):
         return
-    conn.execute("DELETE FROM kvm_stage_rejects")
+    if not stage_empty:
+        conn.execute("DELETE FROM kvm_stage_rejects")
     if rejects:
         with conn.cursor().copy(
             "COPY kvm_stage_rejects (key, field, entity, reason_code, message, raw_value, raw_encoding, run_id)"
