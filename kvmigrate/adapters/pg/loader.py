@@ -183,7 +183,7 @@ class TableLoader:
         if not rows:
             return stats
         if self.spec.merge == "fill":
-            rows, stats.merges = self._merged_with_stored(rows)
+            rows, stats.merges = self._merged_with_stored(rows, first=stage_empty and self.per_transaction)
         else:
             rows = dedupe(self.spec, rows)
             self._loaded_before = self._maybe_loaded([str(r.values[self.spec.pk]) for r in rows])
@@ -230,10 +230,11 @@ class TableLoader:
             raise KvmigrateError(f"{self.spec.name}: users {', '.join(missing[:5])} were deleted while this page was"
                                  " written, and again once made anew", hint="run the same command again")
 
-    def _merged_with_stored(self, rows: Sequence[SourcedRow]) -> tuple[list[SourcedRow], list[Merged]]:
+    def _merged_with_stored(self, rows: Sequence[SourcedRow], *, first: bool) -> tuple[list[SourcedRow], list[Merged]]:
         """Merge this batch's sources with every recorded source of the rows they touch, and
-        record the sources the rows now need (see adapters.pg.sources). Two statements.
-        Returns one row per primary key, and the merges of the rows of several sources."""
+        record the sources the rows now need (see adapters.pg.sources; `first`: the first this
+        transaction records). Two statements. Returns one row per primary key, and the merges
+        of the rows of several sources."""
         spec = self.spec
         groups: dict[str, dict[tuple[str, str], SourcedRow]] = {}
         for row in rows:  # a source read twice in the batch: its last reading
@@ -248,7 +249,7 @@ class TableLoader:
             for s in sources:  # this batch's reading of a source replaces the recorded one
                 if group.setdefault((s.source_key, s.source_field), s) is s:
                     from_store.add((key, s.source_key, s.source_field))
-        store_sources(self.conn, spec, sources_to_store(spec, groups, stored, from_store))
+        store_sources(self.conn, spec, sources_to_store(spec, groups, stored, from_store), first=first)
         out: list[SourcedRow] = []
         merges: list[Merged] = []
         for group in groups.values():

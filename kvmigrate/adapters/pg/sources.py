@@ -112,20 +112,26 @@ def prepare_stage(conn: psycopg.Connection) -> None:
     conn.execute(_STAGE)
 
 
-def store_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[SourcedRow]) -> None:
+def store_sources(conn: psycopg.Connection, spec: TableSpec, sources: Sequence[SourcedRow], *,
+                  first: bool = False) -> None:
     """Upsert sources into kvmigrate.fill_sources (a row whose values did not change is not
     rewritten): one COPY and one statement, in the caller's transaction, on a session whose
-    stage `prepare_stage` made (TableLoader does, for a merged table)."""
+    stage `prepare_stage` made (TableLoader does, for a merged table). `first`: the caller's
+    transaction has not stored sources of this table yet; the stage (emptied at every commit)
+    then holds only other tables' sources, which the statement leaves alone, so no statement
+    empties it."""
     if not sources:
         return
-    conn.execute("DELETE FROM kvm_stage_fill_sources")  # what an earlier table staged in this transaction
+    if not first:
+        conn.execute("DELETE FROM kvm_stage_fill_sources")  # what was staged earlier in this transaction
     copy_sources(conn, "kvm_stage_fill_sources", spec, sources)
     conn.execute(
         "INSERT INTO kvmigrate.fill_sources (tbl, pk, source_key, source_field, rank, vals)"
         " SELECT DISTINCT ON (tbl, pk, source_key, source_field) tbl, pk, source_key, source_field, rank, vals"
-        " FROM kvm_stage_fill_sources ORDER BY tbl, pk, source_key, source_field"
+        " FROM kvm_stage_fill_sources WHERE tbl = %s ORDER BY tbl, pk, source_key, source_field"
         " ON CONFLICT (tbl, pk, source_key, source_field) DO UPDATE SET rank = EXCLUDED.rank, vals = EXCLUDED.vals"
-        " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)")
+        " WHERE (fill_sources.rank, fill_sources.vals) IS DISTINCT FROM (EXCLUDED.rank, EXCLUDED.vals)",
+        (spec.name,))
 
 
 def copy_sources(conn: psycopg.Connection, into: str, spec: TableSpec, sources: Iterable[SourcedRow]) -> None:
