@@ -37,7 +37,7 @@ def backfill(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and transform everything; write nothing.")] = False,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=10, help="Keys per SCAN page and per "
                                                     "Postgres transaction. Default: pages of 1,000 keys, loaded "
-                                                    "5,000 records a transaction.")] = None,
+                                                    "10,000 records a transaction.")] = None,
     max_requests: MaxRequestsOpt = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,

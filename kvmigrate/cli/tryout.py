@@ -83,7 +83,7 @@ def rehearse(
                                                      "cost of the real run exceeds this. Default: no limit.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=10, help="Keys per SCAN page and per "
                                                     "Postgres transaction. Default: pages of 1,000 keys, loaded "
-                                                    "5,000 records a transaction.")] = None,
+                                                    "10,000 records a transaction.")] = None,
     memories_dir: MemoriesDirOpt = None,
     no_repair: Annotated[bool, typer.Option("--no-repair", help="Count rows the live app changed during the "
                                             "rehearse as differences instead of re-copying them.")] = False,
