@@ -101,6 +101,38 @@ def test_body_wins_over_text_and_a_different_text_is_kept() -> None:
     assert rich.rows == (row(40, payload={"_extra": {"body": {"md": "*hi*"}}}),)
 
 
+@pytest.mark.parametrize(("fields", "content", "extra"), [
+    ({"text": "hi"}, "hi", None),
+    ({"body": "hi"}, "hi", None),
+    ({"text": ""}, "", None),
+    ({"body": "", "text": "hi"}, "", {"text": "hi"}),  # body is text, even empty: it wins
+    ({"body": None, "text": "hi"}, "hi", None),
+])
+def test_one_content_field_or_both_give_the_same_row_as_the_rules_say(fields: dict[str, Any], content: str,
+                                                                      extra: dict[str, Any] | None) -> None:
+    out = msg({"id": "m1", "from": "alice", "to": "bob", "createdAt": T0_MS, **fields})
+    assert out.rows == (row(40, content=content, payload=None if extra is None else {"_extra": extra}),)
+
+
+@pytest.mark.parametrize("fields", [{"body": 5}, {"body": 0}, {"text": False}, {"body": 5, "text": None}])
+def test_a_content_field_that_is_not_text_rejects_the_message(fields: dict[str, Any]) -> None:
+    out = msg({"id": "m1", "from": "alice", "to": "bob", "createdAt": T0_MS, **fields})
+    assert out.reject is not None and out.reject.code == "wrong_type"
+
+
+@pytest.mark.parametrize(("fields", "read", "extra"), [
+    ({"read": "true"}, True, None),
+    ({}, False, None),
+    ({"read": True, "readAt": None}, True, None),
+    ({"read": False, "read_at": ""}, False, None),
+    ({"read": False, "readAt": "2025-06-01T13:00:00Z"}, True, {"read_at": READ_ISO}),
+])
+def test_the_read_flag_with_and_without_a_read_time(fields: dict[str, Any], read: bool,
+                                                    extra: dict[str, Any] | None) -> None:
+    out = msg({"id": "m1", "from": "alice", "to": "bob", "text": "hi", "createdAt": T0_MS, **fields})
+    assert out.rows == (row(40, read=read, payload=None if extra is None else {"_extra": extra}),)
+
+
 def test_disagreeing_aliases_and_a_non_object_payload_are_kept() -> None:
     out = msg({"id": "m1", "from": "alice", "to": "bob", "text": "hi", "timestamp": T0_MS,
                "createdAt": "2025-06-01T12:00:00Z", "created_at": "2024-01-01T00:00:00Z",

@@ -107,7 +107,7 @@ def _exact(value: Any, raw: bytes | str, what: str) -> Any:
             return value  # every number printed back exactly as written
     except orjson.JSONEncodeError:
         pass  # nested deeper than orjson writes: walk it
-    if not _has_float(value):
+    if not has_float(value):
         return value
     try:
         return json.loads(raw, parse_float=Decimal, parse_int=_exact_int, parse_constant=_no_constant)
@@ -126,7 +126,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # orjson refused it first; never reached
 
 
-def _has_float(obj: Any) -> bool:
+def has_float(obj: Any) -> bool:
+    """Whether a parsed JSON value holds a float anywhere (orjson reads fractions, exponents and
+    integers past 64 bits as floats)."""
     stack = [obj]
     while stack:
         item = stack.pop()

@@ -197,6 +197,10 @@ def _handles(m: dict[str, Any], default_to: str | None) -> tuple[str, str, int]:
 
 
 def _content(m: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    body, text = m.get("body"), m.get("text")
+    only = body if text is None else text if body is None else None
+    if isinstance(only, str):  # one of them, and text: most messages
+        return only, {}
     present = [(k, m[k]) for k in _CONTENT_KEYS if m.get(k) is not None]
     texts = [v for _, v in present if isinstance(v, str)]
     if not present:
@@ -218,6 +222,8 @@ def _created_at(m: dict[str, Any]) -> tuple[datetime | None, dict[str, Any]]:
 
 
 def _read(m: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    if "read_at" not in m and "readAt" not in m:  # no read time: the flag alone (most messages)
+        return c.boolean(m.get("read"), what="read"), {}
     times = [(k, m[k]) for k in _READ_KEYS if not _absent(m.get(k))]
     flag = c.boolean(m.get("read"), what="read")
     if not times:
