@@ -37,8 +37,8 @@ def json_loads(data: bytes | str) -> Any:
     number), `json` with exact numbers again when orjson read any number as a float."""
     try:
         value = orjson.loads(data)
-    except orjson.JSONDecodeError:  # a number beyond what a double holds: read exactly below
-        value = None
+    except orjson.JSONDecodeError:
+        pass  # a number beyond what a double holds: read exactly below
     else:
         if not has_float(value):
             return value
