@@ -28,7 +28,7 @@ from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.ledger import verified_hash
 from kvmigrate.adapters.pg.loader import TableLoader, dedupe
 from kvmigrate.adapters.pg.sources import forget_sources, recorded_sources
-from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
+from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze, stale
 from kvmigrate.adapters.pg.verify_sql import owned_rows, skip_unread_owners, unexpected_rows
 from kvmigrate.engine.batch import Batch, table_specs
 from kvmigrate.engine.expected_merge import merge_sources_staged, merge_staged, stage_sources
@@ -126,9 +126,9 @@ class Differ:
         # The entity of each key read, once for every table's count (see `_count_checked`)
         self.conn.execute(_KEYS)
         # Temp tables are never auto-analyzed, and the app's tables and the ledger may carry
-        # figures sampled half-way through a backfill.
+        # figures sampled half-way through a backfill (those analyzed since are left alone).
         analyze(self.conn, ["kvm_verify_seen", "kvm_verify_keys", *(loader.stage for loader in self.loaders.values()),
-                            *STATE_TABLES, *self.specs])
+                            *stale(self.conn, [*STATE_TABLES, *self.specs])])
         self.conn.commit()  # ANALYZE's lock on the app's tables is not held through the comparison
         for spec in self.specs.values():
             expected = self._expected(spec)

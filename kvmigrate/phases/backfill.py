@@ -29,7 +29,7 @@ from kvmigrate.adapters.kv.source import KvSource, Page
 from kvmigrate.adapters.pg import ledger, state
 from kvmigrate.adapters.pg.flags import postgres_written
 from kvmigrate.adapters.pg.loader import LoadStats
-from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze
+from kvmigrate.adapters.pg.stats import STATE_TABLES, analyze, flush_counts
 from kvmigrate.engine.batch import Batch, RequiredCheck, Tally, outcome_parts, table_specs
 from kvmigrate.engine.guards import (
     refuse_a_shrunk_store,
@@ -385,6 +385,7 @@ def _finish(run: _Run) -> None:
     for entity, n in merged.items():  # keys merged away into another key's row (see the data rules)
         result.tallies.setdefault(entity, Tally()).stats["merged_keys"] = int(n)
     if any(t.rows_written for t in result.tallies.values()):  # fresh figures for verify and the app
+        flush_counts(run.conn)  # what this run changed is counted before the ANALYZE, not after it
         analyze(run.conn, [*STATE_TABLES, *table_specs(run.entities)])
     run.conn.commit()
 
