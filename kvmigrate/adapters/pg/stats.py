@@ -30,8 +30,8 @@ def stale(conn: psycopg.Connection, tables: Iterable[str]) -> list[str]:
     """Of these tables, those whose planner statistics may no longer describe them: never
     analyzed, or with more rows changed since their last ANALYZE than autovacuum's own default
     threshold (50 rows + 10%). A temporary table is never analyzed by autovacuum: always stale.
-    Read-only; one statement. Postgres counts a session's changes a moment after it makes them
-    (see `flush_counts`), so a table can look stale when it is not, never the other way."""
+    Read-only; one statement. Postgres counts a session's changes up to a second after it makes
+    them (see `flush_counts`): another session's latest changes may not be counted yet."""
     names = sorted(set(tables))
     if not names:
         return []
