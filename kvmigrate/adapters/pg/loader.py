@@ -183,12 +183,13 @@ class TableLoader:
         stats = LoadStats()
         if not rows:
             return stats
+        first = stage_empty and self.per_transaction  # this transaction's first load: its stages are empty
         if self.spec.merge == "fill":
-            rows, stats.merges = self._merged_with_stored(rows, first=stage_empty and self.per_transaction)
+            rows, stats.merges = self._merged_with_stored(rows, first=first)
         else:
             rows = dedupe(self.spec, rows)
             self._loaded_before = self._maybe_loaded([str(r.values[self.spec.pk]) for r in rows])
-        self.stage_rows(rows, truncate=not (stage_empty and self.per_transaction))
+        self.stage_rows(rows, truncate=not first)
         if self.spec.user_refs:
             stats.placeholders = self._make_referenced()
         if self.spec.name == "users":
