@@ -256,6 +256,47 @@ def test_restart_reapplies_every_record_where_a_rerun_skips_unchanged_ones(
     assert sum(t["rows_written"] for t in restarted["entities"].values()) == 1
 
 
+def test_a_rerun_counts_unchanged_records_from_the_ledger_and_transforms_only_what_changed(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    msg = {"id": "m1", "from": "alice", "to": "bob", "text": "hi", "timestamp": 1748736000000}
+    kv.rpush("messages:bob", orjson.dumps(msg), b"{not json")  # migrated, with an item reject
+    kv.set("msg:m1", orjson.dumps(msg))
+    kv.rpush("thread:alice:bob", b"m1", b"m_gone")  # names records: read and transformed every time
+    _setup(pg_url)
+    first = _backfill_json(pg_url, kv_url, expect=0)["result"]
+    before = dump_tables(pg)
+    second = _backfill_json(pg_url, kv_url)["result"]
+    counts = ("scanned", "migrated", "rejected", "kept", "unknown", "item_rejects")
+    for name, tally in first["entities"].items():
+        assert {c: second["entities"][name][c] for c in counts} == {c: tally[c] for c in counts}, name
+    assert second["entities"]["messages"]["item_rejects"] == 1 and second["dangling_refs"] == 1
+    # every record read is counted from its ledger row but the thread (and the derived indexes)
+    assert second["entities"]["messages"]["stats"]["unchanged"] == 2
+    assert second["entities"]["streaks"]["stats"]["unchanged"] == second["entities"]["streaks"]["scanned"] == 4
+    assert second["entities"]["board"]["stats"]["unchanged"] == second["entities"]["board"]["scanned"] - 1
+    assert dump_tables(pg) == before
+    kv.hset("streak:alice", "current", "9")  # changed: transformed and written again
+    third = _backfill_json(pg_url, kv_url)["result"]
+    assert third["entities"]["streaks"]["stats"]["unchanged"] == 3 and third["entities"]["streaks"]["rows_written"] == 1
+    assert pg.execute("SELECT current_streak FROM streaks WHERE handle = 'alice'").fetchone() == (9,)
+    _backfill_json(pg_url, kv_url, "--strict", expect=5)  # the rejects counted from the ledger still count
+
+
+def test_a_rerun_after_a_column_became_required_rejects_the_records_that_leave_it_empty(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    mixed_keyspace(kv)
+    _setup(pg_url)
+    _backfill_json(pg_url, kv_url)
+    with pg.transaction():  # the values unchanged in KV, the rule in Postgres new
+        pg.execute("UPDATE users SET one_liner = '' WHERE one_liner IS NULL")
+        pg.execute("ALTER TABLE users ALTER COLUMN one_liner SET NOT NULL")
+    rerun = _backfill_json(pg_url, kv_url)["result"]
+    assert "unchanged" not in rerun["entities"]["users"]["stats"]
+    status = pg.execute("SELECT status, reason FROM kvmigrate.ledger WHERE key = 'vibe:handles' AND field = 'bob'")
+    assert status.fetchone() == ("rejected", "missing_field")
+
+
 def test_pages_grouped_into_one_transaction_are_committed_when_the_budget_stops_the_run(
         pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
     from kvmigrate.model.errors import BudgetExhausted

@@ -39,7 +39,9 @@ def backfill(
                                                     "Postgres transaction. Default: pages of 1,000 keys, loaded "
                                                     "10,000 records a transaction.")] = None,
     max_requests: MaxRequestsOpt = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Ignore the checkpoint; scan from the start.")] = False,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Ignore the checkpoint; scan from the start and write every record again, unchanged or not.",
+    )] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 5 when any record was rejected.")] = False,
     memories_dir: MemoriesDirOpt = None,
     allow_shrunk_store: ShrunkOpt = False,

@@ -76,6 +76,18 @@ class Batch:
         tally.migrated += 1
         tally.stats["index_not_read"] += 1
 
+    def note_unchanged(self, entity: str, status: str, item_rejects: int) -> None:
+        """Count a record a run with the same rules wrote for the same value (its ledger row
+        says `status`, and it has `item_rejects`): not transformed, nothing to write."""
+        tally = self.tallies[entity]
+        tally.scanned += 1
+        tally.stats["unchanged"] += 1
+        if status == "rejected":
+            tally.rejected += 1
+        else:
+            tally.migrated += 1
+            tally.item_rejects += item_rejects
+
     def add_part(self, entity: Entity, record: RawRecord, part: OutcomePart,
                  required: Mapping[str, RequiredCheck] | None = None) -> None:
         """Fold one part of a record's outcome into the batch (see `outcome_parts`): the last
@@ -86,15 +98,17 @@ class Batch:
             self._add_rows(record, part.outcome)
 
     def add_outcome(self, entity: Entity, record: RawRecord, outcome: Outcome,
-                    required: Mapping[str, RequiredCheck] | None = None, *, earlier_rows: int = 0) -> None:
+                    required: Mapping[str, RequiredCheck] | None = None, *, earlier_rows: int = 0,
+                    digests: tuple[str, str | None] | None = None) -> None:
         """Fold one transformer outcome into the batch (rows, ledger, rejects, tallies);
-        `earlier_rows`: the rows of the record's parts loaded before this, its last."""
+        `earlier_rows`: the rows of the record's parts loaded before this, its last;
+        `digests`: the record's `record_digests`, when already worked out."""
         tally = self.tallies[entity.name]
         tally.scanned += 1
         if outcome.stats:
             tally.stats.update(outcome.stats)
         self.records.append((record.key, record.field))
-        digest = value_digest(record.redis_type, record.value)
+        digest, companion = digests or record_digests(record)
         reject = outcome.reject or _missing_required(outcome, required)
         if reject is not None:
             tally.rejected += 1
@@ -110,9 +124,6 @@ class Batch:
                                             item.message, item.raw))
         self._add_rows(record, outcome)
         self.refs.update(outcome.refs)
-        # Rows that also depend on a companion key (the `unread:{h}` counters of `messages:{h}`)
-        # carry its digest too: a rerun skips the record only when neither changed.
-        companion = None if record.companion is None else value_digest("hash", record.companion)
         self.ledger.append(LedgerEntry(record.key, record.field, entity.name, record.family, record.redis_type,
                                        digest, "migrated", None, earlier_rows + len(outcome.rows), companion))
 
@@ -186,6 +197,14 @@ def _digest_start(redis_type: str) -> hashlib.blake2b:
 
 
 _DIGEST_START = {t: _digest_start(t) for t in ("string", "hash")}
+
+
+def record_digests(record: RawRecord) -> tuple[str, str | None]:
+    """(digest of the record's value, of its companion key's or None) for its ledger row.
+    Rows that also depend on a companion key (the `unread:{h}` counters of `messages:{h}`)
+    carry its digest too: a rerun skips the record only when neither changed."""
+    companion = None if record.companion is None else value_digest("hash", record.companion)
+    return value_digest(record.redis_type, record.value), companion
 
 
 def value_digest(redis_type: str, value: RawValue | None) -> str:

@@ -14,7 +14,7 @@ import psycopg
 import kvmigrate
 from kvmigrate import entities
 from kvmigrate.adapters.pg import references, state
-from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader
+from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader, required_columns
 from kvmigrate.engine.batch import Batch, RequiredCheck, table_specs
 from kvmigrate.entities import ENTITIES, Entity
 from kvmigrate.model.records import ContainerJson, RawRecord
@@ -33,7 +33,10 @@ class BatchWriter:
     With `rules` (a fingerprint of the transformation rules, see `rules_fingerprint`), a record
     whose ledger row is identical to the one a run with the same rules committed (same value
     digest, same outcome) is not staged again: its rows are already in Postgres, committed in
-    the same transaction as that ledger row. Its counts still come from the transformer.
+    the same transaction as that ledger row. Its counts still come from the transformer. (A
+    backfill finds most such records before transforming them: see engine.unchanged. What
+    reaches this check is what that does not look up: lists that name messages, values
+    loaded in parts.)
     """
 
     def __init__(self, conn: psycopg.Connection, run_id: int, *, rules: str | None = None) -> None:
@@ -207,13 +210,16 @@ def _without_unchanged(rows: dict[str, list[SourcedRow]], unchanged: set[tuple[s
     return out
 
 
-def rules_fingerprint() -> str:
-    """A digest of the transformation rules (the entity modules and kvmigrate's version).
+def rules_fingerprint(conn: psycopg.Connection) -> str:
+    """A digest of the transformation rules: the entity modules, kvmigrate's version and the
+    target tables' required (NOT NULL) columns, which decide whether a row is rejected.
 
-    Backfill skips re-staging a record only when its ledger row was written under the same
-    fingerprint, so a new version of the rules re-applies every row.
+    Backfill skips a record (transforming or re-staging it) only when its ledger row was
+    written under the same fingerprint, so new rules re-apply every row.
     """
     h = hashlib.blake2b(kvmigrate.__version__.encode(), digest_size=12)
+    specs = table_specs(ENTITIES)
+    h.update(",".join(required_columns(conn, list(specs.values()))).encode())
     for path in sorted(Path(entities.__file__).parent.glob("*.py")):
         h.update(path.name.encode())
         h.update(path.read_bytes())

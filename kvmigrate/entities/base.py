@@ -29,6 +29,8 @@ class Family:
     each key of this one and handed to the transformer as `RawRecord.companion`.
     `many_rows`: one record can hold more rows than a page (`vibe:games`, a game per row):
     backfill takes its outcome in parts (see EntityBase.transform_parts).
+    `refers`: its records name other records (a thread's message ids, see Outcome.refs), so a
+    rerun transforms them even when unchanged (the run counts the ids no message has).
     """
 
     name: str
@@ -41,6 +43,7 @@ class Family:
     decides: bool = False
     may_expire: bool = False
     many_rows: bool = False
+    refers: bool = False
 
     @property
     def read_by_backfill(self) -> bool:

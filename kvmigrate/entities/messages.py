@@ -75,7 +75,7 @@ class Messages(EntityBase):
     families = (
         Family("msg", "msg:*", frozenset({"string"}), rank=40),
         Family("inbox", "messages:*", _LIST, rank=30, companion="unread"),
-        Family("thread", "thread:*", _LIST, rank=20),
+        Family("thread", "thread:*", _LIST, rank=20, refers=True),
         Family("archive", "vibe:messages", frozenset({"string"}), rank=10),
         Family("inbox_ids", "inbox:*", _LIST, index=True),
         Family("outbox_ids", "outbox:*", _LIST, index=True),

@@ -38,6 +38,7 @@ from kvmigrate.engine.guards import (
 )
 from kvmigrate.engine.run import require_schema
 from kvmigrate.engine.scan import KeyspaceScan, ScanPass, fewer_collections, resume_point
+from kvmigrate.engine.unchanged import UnchangedRecords
 from kvmigrate.engine.writer import BatchWriter, rules_fingerprint
 from kvmigrate.engine.wrong_store import check_matched, ledger_keys, unmatched
 from kvmigrate.entities import ENTITIES, Entity, select_entities
@@ -67,6 +68,7 @@ class _Run:
     entities: tuple[Entity, ...]
     result: BackfillResult
     writer: BatchWriter | None = None
+    unchanged: UnchangedRecords | None = None  # a rerun's records to count, not transform
     refs: set[str] = field(default_factory=set)
     seen_messages: set[str] = field(default_factory=set)
     pages_committed: int = 0  # by this run, with their checkpoint
@@ -104,15 +106,20 @@ def run_backfill(
         held.enter_context(writer_lock(conn, "backfill"))
         held.enter_context(fewer_collections())
         kv = connect_kv(config.require_kv(), budget, retries=config.connect_retries, read_only=True)
-        rules = rules_fingerprint()
+        rules = rules_fingerprint(conn)
+        conn.rollback()
         run_id = None if dry_run else state.start_run(
             conn, "backfill", dry_run=False,
             options={"entities": [e.name for e in chosen], "restart": restart, "rules": rules})
         run = _Run(config, conn, kv, chosen, BackfillResult(run_id, dry_run, budget, {e.name: Tally() for e in chosen}))
         # --restart re-applies every row; otherwise records unchanged since a run with the same
-        # rules are not staged again (see BatchWriter).
+        # rules are neither transformed nor staged again (see engine.unchanged and BatchWriter).
         run.result.skipped = skipped
         run.writer = None if run_id is None else BatchWriter(conn, run_id, rules=None if restart else rules)
+        if run.writer is not None and run.writer.rules is not None:  # on a connection of its own
+            lookup = held.enter_context(contextlib.closing(
+                connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True)))
+            run.unchanged = UnchangedRecords(lookup, run.writer.rules_runs, chosen)
         try:
             if any(e.families for e in chosen):  # memories alone read files, not KV
                 _scan(run, restart=restart, progress=progress)
@@ -239,9 +246,15 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
                 for key, entity, family in page.indexes:
                     group.note_index(key, entity.name, family)
                 required = _required(run)
+                unchanged, digests = run.unchanged.find(page.records) if run.unchanged else ({}, {})
                 for record, entity in page.records:
                     if (entity.name, record.family) not in many_rows:
-                        group.add_outcome(entity, record, entity.transform(record), required)
+                        found = unchanged.get((record.key, record.field))
+                        if found is not None:
+                            group.note_unchanged(entity.name, *found)
+                        else:
+                            group.add_outcome(entity, record, entity.transform(record), required,
+                                              digests=digests.get((record.key, record.field)))
                         continue
                     for part in outcome_parts(entity, record, parts, required):
                         group.add_part(entity, record, part, required)

@@ -113,6 +113,16 @@ def merge_group(spec: TableSpec, sources: Sequence[SourcedRow]) -> Merged:
     return Merged(SourcedRow(merged, top.rank, top.source_key, top.source_field, top.meta))
 
 
+def required_columns(conn: psycopg.Connection, specs: Sequence[TableSpec]) -> list[str]:
+    """`table.column` of every NOT NULL column the loaders of `specs` fill, sorted (a row
+    leaving one empty is rejected before loading). Read-only."""
+    rows = conn.execute(
+        "SELECT attrelid::regclass::text, attname FROM pg_attribute WHERE attrelid = ANY(%s::regclass[])"
+        " AND attnum > 0 AND NOT attisdropped AND attnotnull", ([s.name for s in specs],)).fetchall()
+    filled = {(s.name, c) for s in specs for c in s.columns}
+    return sorted(f"{t}.{c}" for t, c in rows if (t, c) in filled)
+
+
 class TableLoader:
     """Stages and upserts rows of one table. Construct once per connection."""
 

@@ -226,6 +226,43 @@ def unstage_unchanged(conn: psycopg.Connection, run_ids: Sequence[int]) -> set[t
     return {(k, f) for k, f in conn.execute("SELECT key, field FROM kvm_stage_ledger").fetchall()}
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerProbe:
+    """What a record read now would put in the ledger's identity columns (see `still_written`)."""
+
+    key: str
+    field: str
+    entity: str
+    family: str
+    redis_type: str
+    value_hash: str
+    companion_hash: str | None
+
+
+def still_written(conn: psycopg.Connection, run_ids: Sequence[int],
+                  probes: Sequence[LedgerProbe]) -> dict[tuple[str, str], tuple[str, int]]:
+    """(key, field) -> (status, item rejects it has) of the probed records whose ledger row one
+    of `run_ids` wrote for the same entity, family, Redis type, value digest and companion
+    digest: under the same rules their rows, rejects and ledger row are in Postgres already.
+    Read-only; one primary-key probe per record (and one per migrated record in rejects)."""
+    if not probes or not run_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT l.key, l.field, l.status, CASE WHEN l.status = 'migrated' THEN (SELECT count(*) FROM kvmigrate.rejects r"
+        "  WHERE r.key = l.key AND starts_with(r.field, l.field || '#')) ELSE 0 END"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+        "  AS p(key, field, entity, family, redis_type, value_hash, companion_hash)"
+        # LATERAL … LIMIT 1: one probe per record; a join lets the planner hash the whole ledger
+        " CROSS JOIN LATERAL (SELECT * FROM kvmigrate.ledger l WHERE l.key = p.key AND l.field = p.field LIMIT 1) l"
+        " WHERE l.run_id = ANY(%s::bigint[]) AND l.status IN ('migrated', 'rejected')"
+        " AND (l.entity, l.family, l.redis_type, l.value_hash, coalesce(l.companion_hash, ''))"
+        " = (p.entity, p.family, p.redis_type, p.value_hash, p.companion_hash)",
+        (*(text_array([getattr(p, name) or "" for p in probes]) for name in
+           ("key", "field", "entity", "family", "redis_type", "value_hash", "companion_hash")), list(run_ids)),
+    ).fetchall()
+    return {(key, field): (status, int(items)) for key, field, status, items in rows}
+
+
 def apply_ledger(conn: psycopg.Connection) -> int:
     """Upsert the staged ledger rows; rows whose hash/status did not change are not rewritten.
     In the caller's transaction. Returns the rows written."""
