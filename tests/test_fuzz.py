@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.kv.scanner import encode_key
-from kvmigrate.adapters.kv.source import KvSource
+from kvmigrate.adapters.kv.source import KvSource, storable
 from kvmigrate.adapters.pg.loader import json_dumps
 from kvmigrate.engine.batch import value_digest
 from kvmigrate.entities import ENTITIES, Entity
@@ -188,7 +188,8 @@ def mutate(record: RawRecord, draw: Callable[[Any], Any], fields: list[str]) -> 
         value = [*value[:i], mutate_bytes(value[i], draw, fields), *value[i + 1:]]  # type: ignore[misc]
     elif isinstance(value, list) and value:
         value = [(m, draw(st.floats(allow_nan=False))) for m, _ in value]  # type: ignore[misc]
-    return RawRecord(key, rtype, value, fld, record.family)
+    # as the source hands it over: a name Postgres cannot store is escaped, with the reason
+    return storable(RawRecord(key, rtype, value, fld, record.family))
 
 
 def field_names(corpus: list[tuple[RawRecord, str]]) -> list[str]:
