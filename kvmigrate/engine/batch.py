@@ -76,17 +76,14 @@ class Batch:
         tally.migrated += 1
         tally.stats["index_not_read"] += 1
 
-    def note_unchanged(self, entity: str, status: str, item_rejects: int) -> None:
-        """Count a record a run with the same rules wrote for the same value (its ledger row
-        says `status`, and it has `item_rejects`): not transformed, nothing to write."""
+    def note_unchanged(self, entity: str, item_rejects: int) -> None:
+        """Count a record a run with the same rules migrated for the same value (with
+        `item_rejects`, still in the rejects table): not transformed, nothing to write."""
         tally = self.tallies[entity]
         tally.scanned += 1
+        tally.migrated += 1
+        tally.item_rejects += item_rejects
         tally.stats["unchanged"] += 1
-        if status == "rejected":
-            tally.rejected += 1
-        else:
-            tally.migrated += 1
-            tally.item_rejects += item_rejects
 
     def add_part(self, entity: Entity, record: RawRecord, part: OutcomePart,
                  required: Mapping[str, RequiredCheck] | None = None) -> None:

@@ -15,8 +15,10 @@ import kvmigrate
 from kvmigrate import entities
 from kvmigrate.adapters.pg import references, state
 from kvmigrate.adapters.pg.loader import LoadStats, SourcedRow, TableLoader, required_columns
+from kvmigrate.engine import batch as batch_module
 from kvmigrate.engine.batch import Batch, RequiredCheck, table_specs
 from kvmigrate.entities import ENTITIES, Entity
+from kvmigrate.model import records as records_module
 from kvmigrate.model.records import ContainerJson, RawRecord
 from kvmigrate.model.seen import SeenKeys
 
@@ -39,10 +41,11 @@ class BatchWriter:
     loaded in parts.)
     """
 
-    def __init__(self, conn: psycopg.Connection, run_id: int, *, rules: str | None = None) -> None:
+    def __init__(self, conn: psycopg.Connection, run_id: int, *, rules: str | None = None,
+                 skip_unchanged: bool = True) -> None:
         self.conn = conn
         self.run_id = run_id
-        self.rules = rules
+        self.rules = rules if skip_unchanged else None
         # Message ids that lists refer to, kept in Postgres rather than in memory (a million
         # keys refer to about half a million ids): the run counts the dangling ones at its end.
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS kvm_refs (id TEXT)")
@@ -59,6 +62,9 @@ class BatchWriter:
         # the runs whose ledger rows count as written under these rules (no other run can add
         # one meanwhile: backfills hold the writer lock)
         self.rules_runs = state.rules_runs(conn, rules) if rules is not None else []
+        # A ledger row the same as the one staged but written under other rules is written
+        # again, with this run: a later run under these rules then finds it unchanged.
+        self.rewrite_older: list[int] | None = self.rules_runs or None
         if not set(self.rules_runs) - {run_id}:
             self.rules = None  # nothing committed under these rules yet: no unchanged record to skip
         # Keys that may have a reject stored: those this writer stored one for, when the table
@@ -104,7 +110,7 @@ class BatchWriter:
                 out[table] = loader.load(rows.get(table, []), stage_empty=fresh)
             state.copy_ledger(self.conn, self.run_id, new)
             if entries:
-                state.apply_ledger(self.conn)
+                state.apply_ledger(self.conn, rules_runs=self.rewrite_older)
             records = [r for r in batch.records if r not in unchanged]
             rejects = [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged]
             merged = merged_entries(out)
@@ -211,8 +217,10 @@ def _without_unchanged(rows: dict[str, list[SourcedRow]], unchanged: set[tuple[s
 
 
 def rules_fingerprint(conn: psycopg.Connection) -> str:
-    """A digest of the transformation rules: the entity modules, kvmigrate's version and the
-    target tables' required (NOT NULL) columns, which decide whether a row is rejected.
+    """A digest of the transformation rules: the entity modules, the module that turns their
+    outcomes into rows, ledger rows and rejects (engine.batch) with the records it reads
+    (model.records), kvmigrate's version and the target tables' required (NOT NULL) columns,
+    which decide whether a row is rejected.
 
     Backfill skips a record (transforming or re-staging it) only when its ledger row was
     written under the same fingerprint, so new rules re-apply every row.
@@ -220,7 +228,9 @@ def rules_fingerprint(conn: psycopg.Connection) -> str:
     h = hashlib.blake2b(kvmigrate.__version__.encode(), digest_size=12)
     specs = table_specs(ENTITIES)
     h.update(",".join(required_columns(conn, list(specs.values()))).encode())
-    for path in sorted(Path(entities.__file__).parent.glob("*.py")):
+    rules = [*sorted(Path(entities.__file__).parent.glob("*.py")), Path(batch_module.__file__),
+             Path(records_module.__file__)]
+    for path in rules:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()

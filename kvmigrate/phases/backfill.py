@@ -115,12 +115,12 @@ def run_backfill(
         # --restart re-applies every row; otherwise records unchanged since a run with the same
         # rules are neither transformed nor staged again (see engine.unchanged and BatchWriter).
         run.result.skipped = skipped
-        run.writer = None if run_id is None else BatchWriter(conn, run_id, rules=None if restart else rules)
-        if run.writer is not None and run.writer.rules is not None:  # on a connection of its own
-            lookup = held.enter_context(contextlib.closing(
-                connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True)))
-            run.unchanged = UnchangedRecords(lookup, run.writer.rules_runs, chosen)
+        run.writer = None if run_id is None else BatchWriter(conn, run_id, rules=rules, skip_unchanged=not restart)
         try:
+            if run.writer is not None and run.writer.rules is not None:  # on a connection of its own
+                lookup = held.enter_context(contextlib.closing(
+                    connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True)))
+                run.unchanged = UnchangedRecords(lookup, run.writer.rules_runs, chosen)
             if any(e.families for e in chosen):  # memories alone read files, not KV
                 _scan(run, restart=restart, progress=progress)
                 _check_matched(run, explicit=bool(entities) if explicit is None else explicit)
@@ -251,7 +251,7 @@ def _pass(run: _Run, scan_pass: ScanPass[Page], name: str, progress: Progress | 
                     if (entity.name, record.family) not in many_rows:
                         found = unchanged.get((record.key, record.field))
                         if found is not None:
-                            group.note_unchanged(entity.name, *found)
+                            group.note_unchanged(entity.name, found)
                         else:
                             group.add_outcome(entity, record, entity.transform(record), required,
                                               digests=digests.get((record.key, record.field)))

@@ -240,32 +240,38 @@ class LedgerProbe:
 
 
 def still_written(conn: psycopg.Connection, run_ids: Sequence[int],
-                  probes: Sequence[LedgerProbe]) -> dict[tuple[str, str], tuple[str, int]]:
-    """(key, field) -> (status, item rejects it has) of the probed records whose ledger row one
+                  probes: Sequence[LedgerProbe]) -> dict[tuple[str, str], int]:
+    """(key, field) -> item rejects it has, of the probed records migrated by a ledger row one
     of `run_ids` wrote for the same entity, family, Redis type, value digest and companion
     digest: under the same rules their rows, rejects and ledger row are in Postgres already.
-    Read-only; one primary-key probe per record (and one per migrated record in rejects)."""
+    (A rejected record is left out: transforming it again is what shows it fixed.) Read-only;
+    one primary-key probe per record, and one read of the probed keys' item rejects."""
     if not probes or not run_ids:
         return {}
+    columns = ("key", "field", "entity", "family", "redis_type", "value_hash", "companion_hash")
+    arrays = [text_array([getattr(p, name) or "" for p in probes]) for name in columns]
     rows = conn.execute(
-        "SELECT l.key, l.field, l.status, CASE WHEN l.status = 'migrated' THEN (SELECT count(*) FROM kvmigrate.rejects r"
-        "  WHERE r.key = l.key AND starts_with(r.field, l.field || '#')) ELSE 0 END"
+        # an item reject's field is the record's field, "#", and the item's label (see Batch)
+        "WITH items AS (SELECT key, split_part(field, '#', 1) AS field, count(*) AS n FROM kvmigrate.rejects"
+        "  WHERE key = ANY(%s::text[]) AND strpos(field, '#') > 0 GROUP BY 1, 2)"
+        " SELECT l.key, l.field, coalesce(i.n, 0)"
         " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
         "  AS p(key, field, entity, family, redis_type, value_hash, companion_hash)"
         # LATERAL … LIMIT 1: one probe per record; a join lets the planner hash the whole ledger
         " CROSS JOIN LATERAL (SELECT * FROM kvmigrate.ledger l WHERE l.key = p.key AND l.field = p.field LIMIT 1) l"
-        " WHERE l.run_id = ANY(%s::bigint[]) AND l.status IN ('migrated', 'rejected')"
+        " LEFT JOIN items i ON i.key = l.key AND i.field = l.field"
+        " WHERE l.run_id = ANY(%s::bigint[]) AND l.status = 'migrated'"
         " AND (l.entity, l.family, l.redis_type, l.value_hash, coalesce(l.companion_hash, ''))"
         " = (p.entity, p.family, p.redis_type, p.value_hash, p.companion_hash)",
-        (*(text_array([getattr(p, name) or "" for p in probes]) for name in
-           ("key", "field", "entity", "family", "redis_type", "value_hash", "companion_hash")), list(run_ids)),
+        (arrays[0], *arrays, list(run_ids)),
     ).fetchall()
-    return {(key, field): (status, int(items)) for key, field, status, items in rows}
+    return {(key, field): int(items) for key, field, items in rows}
 
 
-def apply_ledger(conn: psycopg.Connection) -> int:
-    """Upsert the staged ledger rows; rows whose hash/status did not change are not rewritten.
-    In the caller's transaction. Returns the rows written."""
+def apply_ledger(conn: psycopg.Connection, *, rules_runs: Sequence[int] | None = None) -> int:
+    """Upsert the staged ledger rows; rows whose hash/status did not change are not rewritten,
+    unless `rules_runs` is given and none of those runs wrote them (so the row says it holds
+    under the current rules). In the caller's transaction. Returns the rows written."""
     cur = conn.execute(
         "INSERT INTO kvmigrate.ledger (key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id,"
         " companion_hash) SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, value_hash, status,"
@@ -277,6 +283,8 @@ def apply_ledger(conn: psycopg.Connection) -> int:
         " WHERE (ledger.entity, ledger.family, ledger.redis_type, ledger.value_hash, ledger.status, ledger.reason,"
         " ledger.rows, ledger.companion_hash) IS DISTINCT FROM (EXCLUDED.entity, EXCLUDED.family, EXCLUDED.redis_type,"
         " EXCLUDED.value_hash, EXCLUDED.status, EXCLUDED.reason, EXCLUDED.rows, EXCLUDED.companion_hash)"
+        " OR NOT coalesce(ledger.run_id = ANY(%s::bigint[]), true)",  # no runs given: NULL, so true
+        (None if rules_runs is None else list(rules_runs),),
     )
     return cur.rowcount
 
