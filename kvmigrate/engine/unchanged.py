@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from kvmigrate.adapters.pg.state import LedgerProbe, still_written
+from kvmigrate.adapters.pg.state import LedgerProbe, any_item_rejects, still_written
 from kvmigrate.engine.batch import record_digests
 from kvmigrate.entities.base import Entity
 from kvmigrate.model.records import RawRecord
@@ -38,6 +38,9 @@ class UnchangedRecords:
         # those names (Family.refers): both are transformed every time.
         self.families = {(e.name, f.name) for e in entities for f in e.families if not (f.many_rows or f.refers)}
         self.read = SeenKeys()  # (key, field) of the records looked up so far
+        # An unchanged record's item rejects were committed before this run (one it wrote
+        # itself it has read before): none then, none to count
+        self.items = any_item_rejects(conn)
 
     def find(self, records: Sequence[tuple[RawRecord, Entity]]
              ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], Digests]]:
@@ -54,4 +57,4 @@ class UnchangedRecords:
             value, companion = digests[record.key, record.field] = record_digests(record)
             probes.append(LedgerProbe(record.key, record.field, entity.name, record.family, record.redis_type,
                                       value, companion))
-        return still_written(self.conn, self.run_ids, probes), digests
+        return still_written(self.conn, self.run_ids, probes, items=self.items), digests

@@ -239,33 +239,44 @@ class LedgerProbe:
     companion_hash: str | None
 
 
-def still_written(conn: psycopg.Connection, run_ids: Sequence[int],
-                  probes: Sequence[LedgerProbe]) -> dict[tuple[str, str], int]:
+def still_written(conn: psycopg.Connection, run_ids: Sequence[int], probes: Sequence[LedgerProbe], *,
+                  items: bool = True) -> dict[tuple[str, str], int]:
     """(key, field) -> item rejects it has, of the probed records migrated by a ledger row one
     of `run_ids` wrote for the same entity, family, Redis type, value digest and companion
     digest: under the same rules their rows, rejects and ledger row are in Postgres already.
     (A rejected record is left out: transforming it again is what shows it fixed.) Read-only;
-    one primary-key probe per record, and one read of the probed keys' item rejects."""
+    one primary-key probe per record, and, unless `items` is False (the caller knows there are
+    no item rejects), one read of the found keys' item rejects."""
     if not probes or not run_ids:
         return {}
     columns = ("key", "field", "entity", "family", "redis_type", "value_hash", "companion_hash")
-    arrays = [text_array([getattr(p, name) or "" for p in probes]) for name in columns]
-    rows = conn.execute(
-        # an item reject's field is the record's field, "#", and the item's label (see Batch)
-        "WITH items AS (SELECT key, split_part(field, '#', 1) AS field, count(*) AS n FROM kvmigrate.rejects"
-        "  WHERE key = ANY(%s::text[]) AND strpos(field, '#') > 0 GROUP BY 1, 2)"
-        " SELECT l.key, l.field, coalesce(i.n, 0)"
+    found = conn.execute(
+        "SELECT l.key, l.field"
         " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
         "  AS p(key, field, entity, family, redis_type, value_hash, companion_hash)"
         # LATERAL … LIMIT 1: one probe per record; a join lets the planner hash the whole ledger
         " CROSS JOIN LATERAL (SELECT * FROM kvmigrate.ledger l WHERE l.key = p.key AND l.field = p.field LIMIT 1) l"
-        " LEFT JOIN items i ON i.key = l.key AND i.field = l.field"
         " WHERE l.run_id = ANY(%s::bigint[]) AND l.status = 'migrated'"
         " AND (l.entity, l.family, l.redis_type, l.value_hash, coalesce(l.companion_hash, ''))"
         " = (p.entity, p.family, p.redis_type, p.value_hash, p.companion_hash)",
-        (arrays[0], *arrays, list(run_ids)),
+        (*(text_array([getattr(p, name) or "" for p in probes]) for name in columns), list(run_ids)),
     ).fetchall()
-    return {(key, field): int(items) for key, field, items in rows}
+    out: dict[tuple[str, str], int] = dict.fromkeys(((k, f) for k, f in found), 0)
+    if items and out:
+        # an item reject's field is the record's field, "#", and the item's label (see Batch)
+        for key, field, n in conn.execute(
+                "SELECT key, split_part(field, '#', 1), count(*) FROM kvmigrate.rejects"
+                " WHERE key = ANY(%s::text[]) AND strpos(field, '#') > 0 GROUP BY 1, 2",
+                (text_array(sorted({k for k, _ in out})),)).fetchall():
+            if (key, field) in out:
+                out[key, field] = int(n)
+    return out
+
+
+def any_item_rejects(conn: psycopg.Connection) -> bool:
+    """Whether kvmigrate.rejects holds an item reject (a field with "#"). Read-only."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.rejects WHERE strpos(field, '#') > 0)").fetchone()
+    return bool(row and row[0])
 
 
 def apply_ledger(conn: psycopg.Connection, *, rules_runs: Sequence[int] | None = None) -> int:
