@@ -45,7 +45,8 @@ class UnchangedRecords:
     def find(self, records: Sequence[tuple[RawRecord, Entity]]
              ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], Digests]]:
         """(the unchanged records' (key, field) -> their item rejects, and the digests of every
-        record probed, for its ledger row when it changed). One query."""
+        record probed, for its ledger row when it changed). One query, and one more for the
+        item rejects of the unchanged records when the store has any."""
         eligible = [(record, entity) for record, entity in records
                     if not record.name_problem and (entity.name, record.family) in self.families]
         again = set(self.read.seen_before([(r.key, r.field) for r, _ in eligible]))  # read before: transformed
