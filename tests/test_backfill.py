@@ -278,6 +278,8 @@ def test_a_rerun_counts_unchanged_records_from_the_ledger_and_transforms_only_wh
     assert streaks["stats"]["unchanged"] == streaks["migrated"] == 2 and streaks["rejected"] == 2
     assert board["stats"]["unchanged"] == board["migrated"] - board["stats"]["index_not_read"] > 40
     assert dump_tables(pg) == before
+    said = cli("--pg-url", pg_url, "--kv-url", kv_url, "backfill")  # and says so
+    assert said.exit_code == 0 and f"unchanged: {sum(t['stats'].get('unchanged', 0) for t in second['entities'].values())} records" in said.stdout
     kv.hset("streak:alice", "current", "9")  # changed: transformed and written again
     third = _backfill_json(pg_url, kv_url)["result"]
     assert third["entities"]["streaks"]["stats"]["unchanged"] == 1 and third["entities"]["streaks"]["rows_written"] == 1

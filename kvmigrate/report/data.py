@@ -29,6 +29,10 @@ def _(r: BackfillResult, console: Console) -> None:
     console.print(table)
     for pattern, info in data["unknown_patterns"].items():
         console.print(f"unknown: {pattern} ({info['keys']} keys, e.g. {info['example']!r}) left in KV, not migrated")
+    unchanged = sum(t["stats"].get("unchanged", 0) for t in data["entities"].values())
+    if unchanged:
+        console.print(f"unchanged: {unchanged} records migrated by an earlier backfill with the same rules and value;"
+                      " counted from the ledger, not transformed or written again (--restart writes them all)")
     if r.placeholders:
         console.print(f"placeholder users: {r.placeholders} handles referenced with no user record (see README)")
     if r.dangling_refs:
