@@ -148,6 +148,7 @@ def test_status_shows_phase_buckets_last_runs_and_todays_kv_requests(pg_url: str
     assert (streaks["phase"], streaks["writes"], streaks["reads"]) == ("dual-write", "dual", "kv")
     assert streaks["buckets"] == {"migrated": 2, "rejected": 2} and streaks["rejects"] == 2
     assert streaks["last_verify"]["clean"] is True and streaks["last_backfill"]["status"] == "ok"
+    assert (streaks["verified_keys"], streaks["deleted_keys"]) == (2, 0)  # the migrated keys, verified clean
     assert result["entities"]["users"]["last_backfill"] is None  # only streaks was backfilled
     assert result["kv_requests_today"] > 0 and result["daily_quota"] == 3000
     assert sum(result["kv_requests_today_by_phase"].values()) == result["kv_requests_today"]

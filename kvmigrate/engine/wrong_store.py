@@ -31,7 +31,7 @@ def patterns(entity: Entity) -> str:
 
 
 def ledger_keys(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, int]:
-    """Keys the ledger holds per entity (any status). Read-only; one indexed query."""
+    """Keys the ledger holds per entity (any status). Read-only; one query."""
     if not names:
         return {}
     counts = ledger.keys_per_entity(conn, names)

@@ -60,13 +60,14 @@ def status(config: Config) -> StatusResult:
         require_schema(conn)
         flags = phases.all_phases(conn)
         buckets = ledger.buckets(conn)
+        marks = ledger.verified_and_deleted(conn)
         out = []
         for entity in ENTITIES:
             phase = flags.get(entity.name)
             st = EntityStatus(entity.name, phase.name if phase else "files", phase.writes if phase else "-",
                               phase.reads if phase else "-")
             st.buckets = dict(buckets.get(entity.name, Counter()))
-            st.verified_keys, st.deleted_keys = ledger.verified_and_deleted(conn, entity.name)
+            st.verified_keys, st.deleted_keys = marks.get(entity.name, (0, 0))
             st.rejects = results.reject_count(conn, entity.name)
             st.last_backfill = results.last_backfill(conn, entity.name)
             st.last_verify = _last_verify(conn, entity.name)

@@ -11,7 +11,7 @@ import psycopg
 
 
 def keys_per_entity(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, int]:
-    """Keys the ledger holds per entity (any status). Read-only; one indexed query."""
+    """Keys the ledger holds per entity (any status). Read-only; one query."""
     rows = conn.execute("SELECT entity, count(*) FROM kvmigrate.ledger WHERE entity = ANY(%s) GROUP BY entity",
                         (list(names),)).fetchall()
     return {str(e): int(n) for e, n in rows}
@@ -26,12 +26,13 @@ def buckets(conn: psycopg.Connection) -> dict[str, Counter[str]]:
     return out
 
 
-def verified_and_deleted(conn: psycopg.Connection, entity: str) -> tuple[int, int]:
-    """(ledger rows verified, ledger rows deleted by cleanup) of the entity. Read-only."""
-    row = conn.execute(
-        "SELECT count(*) FILTER (WHERE verified_hash IS NOT NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL)"
-        " FROM kvmigrate.ledger WHERE entity = %s", (entity,)).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+def verified_and_deleted(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
+    """(ledger rows verified, ledger rows deleted by cleanup) per entity. Read-only; one pass
+    over the ledger."""
+    rows = conn.execute(
+        "SELECT entity, count(*) FILTER (WHERE verified_hash IS NOT NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL)"
+        " FROM kvmigrate.ledger GROUP BY entity").fetchall()
+    return {str(e): (int(v), int(d)) for e, v, d in rows}
 
 
 def live_entity_keys(conn: psycopg.Connection) -> int:
