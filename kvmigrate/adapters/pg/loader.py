@@ -248,12 +248,26 @@ class TableLoader:
         transaction records). Two statements. Returns one row per primary key, and the merges
         of the rows of several sources."""
         spec = self.spec
+        pks = [str(row.values[spec.pk]) for row in rows]
+        unique = len(set(pks)) == len(pks)  # no row of two sources in this batch (most pages)
+        self._loaded_before = self._maybe_loaded(pks if unique else sorted(set(pks)))
+        fresh = self._sources_fresh and self._loaded_before is not None
+        plain: list[SourcedRow] = []
+        pairs = list(zip(pks, rows, strict=True))
+        if unique and fresh and spec.derivable:
+            # Only a row this loader may have loaded can have a recorded source: the others are
+            # each their one source, and a derivable row of one source stores none (what the
+            # merge below finds for them, without building their groups).
+            before = set(self._loaded_before or ())
+            plain = [row for pk, row in pairs if pk not in before]
+            if len(plain) == len(rows):
+                return plain, []
+            pairs = [(pk, row) for pk, row in pairs if pk in before]
         groups: dict[str, dict[tuple[str, str], SourcedRow]] = {}
-        for row in rows:  # a source read twice in the batch: its last reading
-            groups.setdefault(str(row.values[spec.pk]), {})[(row.source_key, row.source_field)] = row
+        for pk, row in pairs:  # a source read twice in the batch: its last reading
+            groups.setdefault(pk, {})[(row.source_key, row.source_field)] = row
         keys = sorted(groups)
-        self._loaded_before = self._maybe_loaded(keys)
-        maybe = keys if self._loaded_before is None or not self._sources_fresh else self._loaded_before
+        maybe = self._loaded_before if fresh else keys
         recorded, stored = load_sources(self.conn, spec, self.types, maybe)
         from_store: set[tuple[str, str, str]] = set()  # (pk, key, field) of recorded sources this batch did not read
         for key, sources in recorded.items():
@@ -262,7 +276,7 @@ class TableLoader:
                 if group.setdefault((s.source_key, s.source_field), s) is s:
                     from_store.add((key, s.source_key, s.source_field))
         store_sources(self.conn, spec, sources_to_store(spec, groups, stored, from_store), first=first)
-        out: list[SourcedRow] = []
+        out: list[SourcedRow] = plain
         merges: list[Merged] = []
         for group in groups.values():
             if len(group) == 1:  # a row of one source is that source
