@@ -251,14 +251,15 @@ class TableLoader:
         pks = [str(row.values[spec.pk]) for row in rows]
         unique = len(set(pks)) == len(pks)  # no row of two sources in this batch (most pages)
         self._loaded_before = self._maybe_loaded(pks if unique else sorted(set(pks)))
-        fresh = self._sources_fresh and self._loaded_before is not None
+        # with no source recorded before this loader, only rows it may have loaded have any
+        fresh = self._loaded_before if self._sources_fresh else None
         plain: list[SourcedRow] = []
         pairs = list(zip(pks, rows, strict=True))
-        if unique and fresh and spec.derivable:
+        if unique and fresh is not None and spec.derivable:
             # Only a row this loader may have loaded can have a recorded source: the others are
             # each their one source, and a derivable row of one source stores none (what the
             # merge below finds for them, without building their groups).
-            before = set(self._loaded_before or ())
+            before = set(fresh)
             plain = [row for pk, row in pairs if pk not in before]
             if len(plain) == len(rows):
                 return plain, []
@@ -267,7 +268,7 @@ class TableLoader:
         for pk, row in pairs:  # a source read twice in the batch: its last reading
             groups.setdefault(pk, {})[(row.source_key, row.source_field)] = row
         keys = sorted(groups)
-        maybe = self._loaded_before if fresh else keys
+        maybe = keys if fresh is None else fresh
         recorded, stored = load_sources(self.conn, spec, self.types, maybe)
         from_store: set[tuple[str, str, str]] = set()  # (pk, key, field) of recorded sources this batch did not read
         for key, sources in recorded.items():
