@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 from kvmigrate import api as commands
 from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.engine.batch import table_specs
+from kvmigrate.entities.common import json_bytes
 from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.model.config import build_config
@@ -151,7 +152,8 @@ def _naive_insert(conn: psycopg.Connection, spec: TableSpec, values: dict[str, A
         t=ident(spec.name), cols=sql.SQL(", ").join(map(ident, spec.columns)),
         ph=sql.SQL(", ").join(sql.Placeholder() * len(spec.columns)), pk=ident(spec.pk),
         set=sql.SQL(", ").join(sql.SQL("{} = EXCLUDED.{}").format(ident(c), ident(c)) for c in rest))
-    conn.execute(query, [Jsonb(values.get(c)) if c in spec.json_columns and values.get(c) is not None
+    # JSON as the transformer made it (a game's state is already JSON text): what the app would write
+    conn.execute(query, [Jsonb(values.get(c), dumps=json_bytes) if c in spec.json_columns and values.get(c) is not None
                          else values.get(c) for c in spec.columns])
 
 
