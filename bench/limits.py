@@ -26,9 +26,9 @@ from psycopg.types.json import Jsonb
 from kvmigrate import api as commands
 from kvmigrate.adapters.kv.classify import Classifier
 from kvmigrate.engine.batch import table_specs
-from kvmigrate.entities.common import json_bytes
 from kvmigrate.entities import ENTITIES
 from kvmigrate.entities.base import TableSpec
+from kvmigrate.entities.common import json_bytes
 from kvmigrate.model.config import build_config
 from kvmigrate.model.records import RawRecord
 
