@@ -59,8 +59,7 @@ def status(config: Config) -> StatusResult:
     with connect_pg(config.require_pg(), retries=config.connect_retries, autocommit=True) as conn:
         require_schema(conn)
         flags = phases.all_phases(conn)
-        buckets = ledger.buckets(conn)
-        marks = ledger.verified_and_deleted(conn)
+        buckets, marks = ledger.counts(conn)
         out = []
         for entity in ENTITIES:
             phase = flags.get(entity.name)

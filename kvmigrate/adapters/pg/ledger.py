@@ -19,20 +19,21 @@ def keys_per_entity(conn: psycopg.Connection, names: Sequence[str]) -> dict[str,
 
 def buckets(conn: psycopg.Connection) -> dict[str, Counter[str]]:
     """Ledger rows per entity and status. Read-only."""
-    out: dict[str, Counter[str]] = {}
-    for entity, status, n in conn.execute("SELECT entity, status, count(*) FROM kvmigrate.ledger GROUP BY 1, 2"
-                                          " ORDER BY 1, 2"):
-        out.setdefault(entity, Counter())[status] = n
-    return out
+    return counts(conn)[0]
 
 
-def verified_and_deleted(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
-    """(ledger rows verified, ledger rows deleted by cleanup) per entity. Read-only; one pass
-    over the ledger."""
-    rows = conn.execute(
-        "SELECT entity, count(*) FILTER (WHERE verified_hash IS NOT NULL), count(*) FILTER (WHERE deleted_at IS NOT NULL)"
-        " FROM kvmigrate.ledger GROUP BY entity").fetchall()
-    return {str(e): (int(v), int(d)) for e, v, d in rows}
+def counts(conn: psycopg.Connection) -> tuple[dict[str, Counter[str]], dict[str, tuple[int, int]]]:
+    """Ledger rows per entity and status, and per entity (rows verified, rows deleted by
+    cleanup). Read-only; one pass over the ledger."""
+    by_status: dict[str, Counter[str]] = {}
+    marks: dict[str, tuple[int, int]] = {}
+    for entity, status, n, verified, deleted in conn.execute(
+            "SELECT entity, status, count(*), count(*) FILTER (WHERE verified_hash IS NOT NULL),"
+            " count(*) FILTER (WHERE deleted_at IS NOT NULL) FROM kvmigrate.ledger GROUP BY 1, 2 ORDER BY 1, 2"):
+        by_status.setdefault(entity, Counter())[status] = n
+        v, d = marks.get(entity, (0, 0))
+        marks[entity] = (v + int(verified), d + int(deleted))
+    return by_status, marks
 
 
 def live_entity_keys(conn: psycopg.Connection) -> int:

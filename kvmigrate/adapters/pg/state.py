@@ -261,7 +261,7 @@ def still_written(conn: psycopg.Connection, run_ids: Sequence[int], probes: Sequ
         " = (p.entity, p.family, p.redis_type, p.value_hash, p.companion_hash)",
         (*(text_array([getattr(p, name) or "" for p in probes]) for name in columns), list(run_ids)),
     ).fetchall()
-    out: dict[tuple[str, str], int] = dict.fromkeys(((k, f) for k, f in found), 0)
+    out: dict[tuple[str, str], int] = {(key, field): 0 for key, field in found}
     if items and out:
         # an item reject's field is the record's field, "#", and the item's label (see Batch)
         for key, field, n in conn.execute(
