@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from kvmigrate import api as commands
+from kvmigrate.entities import common as c
 from kvmigrate.entities.messages import MESSAGES
 from kvmigrate.model.config import build_config
 from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
@@ -447,3 +448,53 @@ def test_read_state_across_copies_and_counters_end_to_end_and_verify_stays_clean
     commands.backfill(config)
     assert pg.execute("SELECT count(*) FROM messages WHERE NOT read").fetchone() == (0,)
     assert commands.verify(config, recheck_delay=0).clean
+
+
+#: Per key of a plain message: values that make a row, and values that reject it.
+_PLAIN_VALUES: dict[str, tuple[list[Any], list[Any]]] = {
+    "id": (["m7", 42, "", None], [True, 1.5]),
+    "from": (["alice", " @Alice-X "], [None, "", 7, "not a handle!"]),
+    "to": (["bob", "@bob", None], [""]),
+    "text": (["hi", "", None], [3]),
+    "body": (["hello", None], [["x"]]),
+    "timestamp": ([None, "", "null", 1717243200123, "1717243200", "2024-06-01T12:00:00Z"], ["yesterday", True, 1e30]),
+    "createdAt": (["2024-06-01T12:00:00+02:00", 1717243200.5], ["2024-13-01"]),
+    "created_at": (["null", "2024-06-01"], [[]]),
+    "read": ([None, True, False, "true", "0", 1], [2, "maybe"]),
+}
+
+
+_TIMES = ("timestamp", "createdAt", "created_at")
+
+
+def _outcome_of(parse: Any, *args: Any, **kwargs: Any) -> Any:
+    """What `parse` returns, or the (code, message) of the Bad it raises."""
+    try:
+        return parse(*args, **kwargs)
+    except c.Bad as exc:
+        return (exc.code, str(exc))
+
+
+def test_the_fast_path_of_plain_messages_makes_what_the_general_rules_make() -> None:
+    """A message of only id, from, to, text/body, one time and read takes a shorter path; it
+    must give the same row, stats and rejects as the general rules, whatever the values."""
+    import random
+
+    from kvmigrate.entities import messages as m_module
+
+    rng = random.Random(5)
+    fast = 0
+    for _ in range(4000):
+        times = rng.sample(["timestamp", "createdAt", "created_at"], rng.choice([0, 1, 1, 1, 2]))
+        m = {k: rng.choice(bad if rng.random() < 0.1 else good) for k, (good, bad) in _PLAIN_VALUES.items()
+             if k in times or (k not in _TIMES and rng.random() < 0.8)}
+        m = {k: v for k, v in m.items() if v is not None or rng.random() < 0.3}  # absent, or null
+        default_to, default_id = rng.choice([None, "carol"]), rng.choice([None, "k9"])
+        plain = _outcome_of(m_module._plain_message, m, default_to, default_id)
+        general = _outcome_of(m_module._any_message, m, default_to, default_id)
+        if plain is None:
+            continue
+        fast += not isinstance(plain, tuple)  # a row, not a reject
+        assert plain == general, m
+        assert _outcome_of(m_module.parse_message, m, default_to=default_to, default_id=default_id) == general
+    assert fast > 500  # rows made by the fast path (not only rejects) were compared

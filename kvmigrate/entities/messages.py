@@ -64,16 +64,19 @@ MESSAGES_TABLE = TableSpec(
 _CONTENT_KEYS = ("body", "text")
 _TIME_KEYS = ("timestamp", "createdAt", "created_at")
 _READ_KEYS = ("read_at", "readAt")
+#: The keys of a message the fast path takes (see `_plain_message`).
+_PLAIN = frozenset({"id", "from", "to", "read", *_CONTENT_KEYS, *_TIME_KEYS})
 _MAPPED = frozenset({"id", "from", "to", "payload", "type", "read",
                      *_CONTENT_KEYS, *_TIME_KEYS, *_READ_KEYS})
 _LIST = frozenset({"list"})
+_MSG_RANK = 40  # `msg:{id}`, the highest-ranked copy of a message
 
 
 class Messages(EntityBase):
     name = "messages"
     load_order = 20
     families = (
-        Family("msg", "msg:*", frozenset({"string"}), rank=40),
+        Family("msg", "msg:*", frozenset({"string"}), rank=_MSG_RANK),
         Family("inbox", "messages:*", _LIST, rank=30, companion="unread"),
         Family("thread", "thread:*", _LIST, rank=20, refers=True),
         Family("archive", "vibe:messages", frozenset({"string"}), rank=10),
@@ -86,7 +89,7 @@ class Messages(EntityBase):
     def from_msg(self, record: RawRecord) -> Outcome:
         msg = c.checked_object(_string(record))
         parsed = parse_message(msg, default_id=record.key.split(":", 1)[1])
-        return Outcome(rows=parsed.rows(self.family("msg").rank), stats=parsed.stats())
+        return Outcome(rows=parsed.rows(_MSG_RANK), stats=parsed.stats())
 
     def from_inbox(self, record: RawRecord) -> Outcome:
         owner = record.key.split(":", 1)[1]
@@ -135,9 +138,11 @@ class Message:
 
     def rows(self, rank: int) -> tuple[Row, ...]:
         v = self.values
+        row = Row(MESSAGES_TABLE.name, v, rank)
+        if not isinstance(self.source_payload, dict):  # no game in it (most messages)
+            return (row,)
         game = games.game_from_message(v["id"], v["from_handle"], v["to_handle"], self.source_payload,
                                        v["created_at"], rank)
-        row = Row(MESSAGES_TABLE.name, v, rank)
         return (row,) if game is None else (row, game)
 
     def stats(self) -> dict[str, int]:
@@ -152,6 +157,15 @@ def parse_message(m: dict[str, Any], *, default_to: str | None = None,
     """The canonical `messages` row for one message object of any shape, or raise Bad.
     `default_to` is the (raw) handle to use when the message has no `to`, `default_id` the id
     when it has none (the key's id for `msg:{id}`; else the id is derived)."""
+    if m.keys() <= _PLAIN:  # no payload, type, read time or other field: most messages
+        plain = _plain_message(m, default_to, default_id)
+        if plain is not None:
+            return plain
+    return _any_message(m, default_to, default_id)
+
+
+def _any_message(m: dict[str, Any], default_to: str | None, default_id: str | None) -> Message:
+    """`parse_message` by the general rules, for a message of any shape."""
     sender, to, normalised = _handles(m, default_to)
     content, extra = _content(m)
     created_at, time_extra = _created_at(m)
@@ -166,6 +180,26 @@ def parse_message(m: dict[str, Any], *, default_to: str | None = None,
     values = {"id": msg_id, "from_handle": sender, "to_handle": to, "content": content,
               "payload": games.with_extra(payload, extra), "read": read, "created_at": created_at}
     return Message(values, m.get("payload"), normalised, derived)
+
+
+def _plain_message(m: dict[str, Any], default_to: str | None, default_id: str | None) -> Message | None:
+    """`parse_message` of a message holding only keys of `_PLAIN`, with one content field
+    that is text and at most one time: what `_any_message` makes of it (no payload, nothing
+    for `_extra`), with less work; None for any other message."""
+    body, text = m.get("body"), m.get("text")
+    content = body if text is None else text if body is None else None
+    if not isinstance(content, str):
+        return None
+    times = [k for k in _TIME_KEYS if k in m]
+    if len(times) > 1:
+        return None
+    sender, to, normalised = _handles(m, default_to)
+    created_at = c.optional_timestamp(m[times[0]], what=times[0]) if times else None
+    read = c.boolean(m.get("read"), what="read")
+    msg_id, derived = _message_id(m.get("id") or default_id, sender, to, created_at, content)
+    values = {"id": msg_id, "from_handle": sender, "to_handle": to, "content": content,
+              "payload": None, "read": read, "created_at": created_at}
+    return Message(values, None, normalised, derived)
 
 
 def derived_id(sender: str, to: str, created_at: datetime | None, content: str) -> str:
