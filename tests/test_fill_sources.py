@@ -13,11 +13,14 @@ import orjson
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from kvmigrate import api as commands
 from kvmigrate.adapters.connections import connect_kv
 from kvmigrate.adapters.pg.loader import LoadStats, TableLoader
+from kvmigrate.adapters.pg.owners import owner_of
 from kvmigrate.engine import phases
+from kvmigrate.entities.messages import MESSAGES_TABLE
 from kvmigrate.model.budget import RequestBudget
 from kvmigrate.model.config import Config, build_config
 from kvmigrate.model.records import SourcedRow
@@ -38,6 +41,13 @@ def _sources(pg: psycopg.Connection) -> dict[str, set[str]]:
     return out
 
 
+def _owners(pg: psycopg.Connection) -> dict[str, str]:
+    """Each message row's owner (adapters.pg.owners): its row_origin row, or its own key's record."""
+    query = sql.SQL("SELECT t.id, o.source_key FROM messages t LEFT JOIN LATERAL ({}) o ON true").format(
+        owner_of(MESSAGES_TABLE, sql.SQL("t.id")))
+    return dict(pg.execute(query).fetchall())
+
+
 def _config(pg_url: str, kv_url: str) -> Config:
     config = build_config(pg_url=pg_url, kv_url=kv_url, env={})
     commands.setup(config)
@@ -50,9 +60,12 @@ def test_one_copy_records_no_source_and_a_second_copy_records_both(
     kv.set("msg:m2", orjson.dumps(_msg("m2")))
     config = _config(pg_url, kv_url)
     commands.backfill(config)
-    assert _sources(pg) == {}  # each row is its one copy; its owner is in row_origin
-    assert pg.execute("SELECT pk, source_key FROM kvmigrate.row_origin WHERE tbl = 'messages' ORDER BY pk"
-                      ).fetchall() == [("m1", "msg:m1"), ("m2", "msg:m2")]
+    assert _sources(pg) == {}  # each row is its one copy
+    assert _owners(pg) == {"m1": "msg:m1", "m2": "msg:m2"}
+    # owned by the record named after it: said by its ledger row, with no row_origin row
+    assert pg.execute("SELECT key FROM kvmigrate.ledger WHERE owns_row ORDER BY key").fetchall() == [
+        ("msg:m1",), ("msg:m2",)]
+    assert pg.execute("SELECT count(*) FROM kvmigrate.row_origin WHERE tbl = 'messages'").fetchone() == (0,)
 
     # a second copy of m1, read, in the oldest archive, found by a later run
     kv.set("vibe:messages", orjson.dumps([_msg("m1", read=True, readAt=READ_ISO)]))
@@ -87,8 +100,7 @@ def test_copies_of_a_message_in_pages_of_one_first_run_are_merged_whichever_page
     commands.backfill(config)
     assert _sources(pg) == {mid: {f"msg:{mid}", "vibe:messages"} for mid in ids}
     # each row's owner is its highest-ranked copy, whichever page recorded one first
-    assert dict(pg.execute("SELECT pk, source_key FROM kvmigrate.row_origin WHERE tbl = 'messages'").fetchall()) == {
-        mid: f"msg:{mid}" for mid in ids}
+    assert _owners(pg) == {mid: f"msg:{mid}" for mid in ids}
     assert pg.execute("SELECT count(*) FROM messages WHERE read AND payload = %s::jsonb",
                       (orjson.dumps({"_extra": {"read_at": READ_ISO}}).decode(),)).fetchone() == (60,)
     assert commands.verify(config, recheck_delay=0).clean
@@ -162,3 +174,40 @@ def test_an_unchanged_rerun_stages_no_list_and_a_counter_change_stages_only_its_
     commands.backfill(config)
     assert staged["messages"] == {"messages:hal"}
     assert pg.execute("SELECT id FROM messages WHERE NOT read").fetchall() == [("i2",)]
+
+
+def test_a_message_owned_by_its_own_key_is_extra_under_that_key_once_gone_and_deleting_it_forgets_the_owner(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    # a first load records these owners in the ledger rows of msg:m1 and msg:m2 (see adapters.pg.owners)
+    for mid in ("m1", "m2"):
+        kv.set(f"msg:{mid}", orjson.dumps(_msg(mid)))
+    config = _config(pg_url, kv_url)
+    commands.backfill(config)
+    assert pg.execute("SELECT count(*) FROM kvmigrate.ledger WHERE owns_row").fetchone() == (2,)
+    kv.delete("msg:m1")  # the app's weekly clean-up
+    found = commands.verify(config, recheck_delay=0)
+    assert [(d.kind, d.pk, d.key) for d in found.entities["messages"].extra] == [("extra", "m1", "msg:m1")]
+    deleted = commands.verify(config, recheck_delay=0, repair_extra=True, yes=True)
+    assert deleted.extra_deleted == 1
+    assert pg.execute("SELECT key FROM kvmigrate.ledger WHERE owns_row").fetchall() == [("msg:m2",)]
+    # the app writes m1 again: repair copies it, and it has its owner again (in row_origin now)
+    kv.set("msg:m1", orjson.dumps(_msg("m1")))
+    assert commands.verify(config, recheck_delay=0, repair=True).entities["messages"].repaired == 1
+    assert _owners(pg) == {"m1": "msg:m1", "m2": "msg:m2"}
+    assert commands.verify(config, recheck_delay=0).clean
+
+
+def test_a_msg_record_naming_another_id_owns_that_row_in_row_origin_and_an_app_row_has_no_owner(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    kv.set("msg:k1", orjson.dumps(_msg("other")))  # the value names another id than its key
+    config = _config(pg_url, kv_url)
+    commands.backfill(config)
+    assert pg.execute("SELECT pk, source_key FROM kvmigrate.row_origin WHERE tbl = 'messages'").fetchall() == [
+        ("other", "msg:k1")]
+    assert pg.execute("SELECT count(*) FROM kvmigrate.ledger WHERE owns_row").fetchone() == (0,)
+    # a row named after the key, written by the app alone: msg:k1 does not own it
+    pg.execute("INSERT INTO messages (id, from_handle, to_handle, content) VALUES ('k1', 'sam', 'hal', 'app')")
+    pg.commit()
+    assert _owners(pg) == {"other": "msg:k1", "k1": None}
+    found = commands.verify(config, recheck_delay=0)
+    assert [(d.pk, d.key) for d in found.entities["messages"].extra] == [("k1", "")]

@@ -67,7 +67,8 @@ def test_rehearse_runs_setup_backfill_and_verify_into_a_scratch_database(
     assert result["shadow"]["views"] and all(v["matched"] == v["checked"] for v in result["shadow"]["views"].values())
     assert result["setup"]["applied"] == ["001_kvmigrate_state.sql", "002_app_tables.sql", "003_app_schema.sql",
                                          "004_shadow.sql", "005_connections.sql", "006_ledger_companion.sql",
-                                         "007_cheaper_bookkeeping.sql", "008_ledger_without_entity_index.sql"]
+                                         "007_cheaper_bookkeeping.sql", "008_ledger_without_entity_index.sql",
+                                         "009_owners_in_the_ledger.sql"]
     assert pg.execute("SELECT handle, current_streak FROM streaks ORDER BY handle").fetchall() == [
         ("alice", 3), ("bob", 2)]
     assert pg.execute("SELECT count(*) FROM board_posts").fetchone() == (41,)  # 40 + the 1 MB post

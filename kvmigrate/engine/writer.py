@@ -108,8 +108,12 @@ class BatchWriter:
                 rows = _without_unchanged(batch.rows, unchanged, {n: lo.spec.pk for n, lo in self.loaders.items()})
             for table, loader in self.loaders.items():  # each loads once in this transaction
                 out[table] = loader.load(rows.get(table, []), stage_empty=fresh)
-            state.copy_ledger(self.conn, self.run_id, new)
+            # records that own the row named after them, with no row_origin row: their ledger row says so
+            owned = {key for stats in out.values() for key in stats.key_owned}
+            state.copy_ledger(self.conn, self.run_id, new, owns_row=owned)
             if entries:
+                if owned:
+                    state.stage_owners(self.conn, owned)
                 state.apply_ledger(self.conn, rules_runs=self.rewrite_older)
             records = [r for r in batch.records if r not in unchanged]
             rejects = [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged]

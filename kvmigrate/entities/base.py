@@ -76,6 +76,10 @@ class TableSpec:
     #: A row with one source is that source's values (the combine needs no source meta), so
     #: only rows of several sources keep them in `kvmigrate.fill_sources` (adapters.pg.sources).
     derivable: bool = False
+    #: For a derivable table, (prefix, rank) of the records named after the rows they make
+    #: (`msg:{id}` makes the `messages` row `id`): a row such a record owns when first loaded
+    #: gets no row_origin row; the record's ledger row says `owns_row` (adapters.pg.owners).
+    key_owner: tuple[str, int] | None = None
 
 
 class Entity(Protocol):

@@ -50,6 +50,7 @@ from kvmigrate.entities.base import EntityBase, Family, TableSpec
 from kvmigrate.entities.message_copies import combine
 from kvmigrate.model.records import Outcome, RawRecord, Reject, Row
 
+_MSG_RANK = 40  # `msg:{id}`, the highest-ranked copy of a message
 MESSAGES_TABLE = TableSpec(
     "messages",
     "id",
@@ -60,6 +61,7 @@ MESSAGES_TABLE = TableSpec(
     combine=combine,
     sample_whole=False,  # a sample reads only the copies drawn; a full verify reads them all
     derivable=True,  # a message with one copy is its row; only copies of one id are recorded
+    key_owner=("msg:", _MSG_RANK),  # `msg:{id}` owns the row `id`: its ledger row says so
 )
 _CONTENT_KEYS = ("body", "text")
 _TIME_KEYS = ("timestamp", "createdAt", "created_at")
@@ -69,7 +71,6 @@ _PLAIN = frozenset({"id", "from", "to", "read", *_CONTENT_KEYS, *_TIME_KEYS})
 _MAPPED = frozenset({"id", "from", "to", "payload", "type", "read",
                      *_CONTENT_KEYS, *_TIME_KEYS, *_READ_KEYS})
 _LIST = frozenset({"list"})
-_MSG_RANK = 40  # `msg:{id}`, the highest-ranked copy of a message
 
 
 class Messages(EntityBase):

@@ -242,7 +242,7 @@ def _delete_extra(conn: psycopg.Connection, differ: Differ) -> int:
             with conn.transaction():
                 cur = conn.execute(sql.SQL("DELETE FROM {t} WHERE {pk}::text = %s").format(
                     t=sql.Identifier(spec.name), pk=sql.Identifier(spec.pk)), (diff.pk,))
-                ledger.forget_origin(conn, spec.name, diff.pk)
+                ledger.forget_origin(conn, spec, diff.pk)
         except psycopg.errors.ForeignKeyViolation:
             continue
         if cur.rowcount:

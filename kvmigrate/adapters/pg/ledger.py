@@ -9,6 +9,9 @@ from collections.abc import Sequence
 
 import psycopg
 
+from kvmigrate.adapters.pg.owners import forget_key_owner
+from kvmigrate.entities.base import TableSpec
+
 
 def keys_per_entity(conn: psycopg.Connection, names: Sequence[str]) -> dict[str, int]:
     """Keys the ledger holds per entity (any status). Read-only; one query."""
@@ -88,9 +91,10 @@ def placeholder_users(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def forget_origin(conn: psycopg.Connection, table: str, pk: str) -> None:
+def forget_origin(conn: psycopg.Connection, spec: TableSpec, pk: str) -> None:
     """Forget the recorded owner of a row that was deleted (in the caller's transaction)."""
-    conn.execute("DELETE FROM kvmigrate.row_origin WHERE tbl = %s AND pk = %s", (table, pk))
+    conn.execute("DELETE FROM kvmigrate.row_origin WHERE tbl = %s AND pk = %s", (spec.name, pk))
+    forget_key_owner(conn, spec, pk)
 
 
 def shared_sources(conn: psycopg.Connection, source_keys: Sequence[str]) -> set[str]:

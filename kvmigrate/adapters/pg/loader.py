@@ -52,6 +52,9 @@ class LoadStats:
     placeholders: int = 0
     #: Rows of several sources that this load merged (each with the sources merged away).
     merges: list[Merged] = field(default_factory=list)
+    #: Source keys that own the row they are named after and got no row_origin row for it:
+    #: their ledger rows must say `owns_row` (see adapters.pg.owners), in the same transaction.
+    key_owned: list[str] = field(default_factory=list)
 
     @property
     def written(self) -> int:
@@ -214,7 +217,7 @@ class TableLoader:
             # rows this page is about to insert (same result, half the comparisons on a fresh load).
             stats.updated = self._update_changed()
             stats.inserted = self._insert_new()
-        self._record_origin()
+        stats.key_owned = self._record_origin(rows)
         if self.lock_refs and self.spec.name == "users" and self.spec.user_refs:
             self._lock_referenced()  # users refer to users of the same page: locked once written
         return stats
@@ -375,25 +378,38 @@ class TableLoader:
                  pk=ident(spec.pk), where=where, current=current, new=sql.SQL(", ").join(new))
         return self.conn.execute(query).rowcount
 
-    def _record_origin(self) -> None:
-        """Record each staged row's owner: a plain insert for the rows no owner can have been
-        recorded for (see `_maybe_loaded`), an upsert where the higher-ranked source wins for
-        the others. One statement, or two when a page holds both."""
+    def _record_origin(self, rows: Sequence[SourcedRow]) -> list[str]:
+        """Record the owners of the staged rows `rows`: a plain insert for the rows no owner can
+        have been recorded for (see `_maybe_loaded`), an upsert where the higher-ranked source
+        wins for the others. One statement, or two when a page holds both. Of the first, a row
+        owned by the record named after it (TableSpec.key_owner) gets no row_origin row: its
+        ledger row will say so; returns the keys of those records."""
         before = self._loaded_before if self._origin_fresh else None
         if before is None:  # any row may have an owner recorded
             self._insert_origin(sql.SQL(""), _OUTRANKS, None)
-            return
+            return []
         keys = text_array(before)
-        self._insert_origin(sql.SQL(" WHERE NOT ({}::text = ANY(%(keys)s::text[]))"), sql.SQL(""), keys)
+        pk_text = sql.SQL("{}::text").format(sql.Identifier(self.spec.pk))
+        where = sql.SQL(" WHERE NOT ({pk} = ANY(%(keys)s::text[]))").format(pk=pk_text)
+        owned: list[str] = []
+        if self.spec.key_owner is not None:
+            prefix, rank = self.spec.key_owner
+            seen, pk = set(before), self.spec.pk
+            owned = [row.source_key for row in rows if row.rank == rank and not row.source_field
+                     and row.source_key == prefix + str(row.values[pk]) and str(row.values[pk]) not in seen]
+            where += sql.SQL(" AND NOT (_rank = {rank} AND _fld = '' AND _src = {prefix} || {pk})").format(
+                rank=sql.Literal(rank), prefix=sql.Literal(prefix), pk=pk_text)
+        self._insert_origin(where, sql.SQL(""), keys)
         if before:
-            self._insert_origin(sql.SQL(" WHERE {}::text = ANY(%(keys)s::text[])"), _OUTRANKS, keys)
+            self._insert_origin(sql.SQL(" WHERE {pk} = ANY(%(keys)s::text[])").format(pk=pk_text), _OUTRANKS, keys)
+        return owned
 
-    def _insert_origin(self, where: sql.SQL, conflict: sql.SQL, keys: str | None) -> None:
-        """Insert the owners of the staged rows `where` (a condition on the primary key `{}`,
-        given `keys`) selects, `conflict` saying what a row_origin row already there does."""
+    def _insert_origin(self, where: sql.Composable, conflict: sql.SQL, keys: str | None) -> None:
+        """Insert the owners of the staged rows `where` (a WHERE clause on the stage, given
+        `keys`) selects, `conflict` saying what a row_origin row already there does."""
         ident, spec = sql.Identifier, self.spec
         query = sql.SQL("INSERT INTO kvmigrate.row_origin (tbl, pk, rank, source_key, source_field)"
                         " SELECT {tname}, {pk}::text, _rank, _src, _fld FROM {s}{where}{conflict}").format(
-            tname=sql.Literal(spec.name), pk=ident(spec.pk), s=ident(self.stage), where=where.format(ident(spec.pk)),
+            tname=sql.Literal(spec.name), pk=ident(spec.pk), s=ident(self.stage), where=where,
             conflict=conflict)
         self.conn.execute(query, None if keys is None else {"keys": keys})

@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from kvmigrate.adapters.pg.arrays import text_array
+from kvmigrate.adapters.pg.owners import any_key_owned, forget_key_owner, key_owned
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.common import has_float, json_bytes
 from kvmigrate.model.records import SourcedRow
@@ -64,8 +65,12 @@ def load_sources(conn: psycopg.Connection, spec: TableSpec, types: Sequence[str]
         text += (" UNION ALL SELECT o.pk, o.source_key, o.source_field, o.rank, to_jsonb(t), false"
                  " FROM kvmigrate.row_origin o CROSS JOIN LATERAL (SELECT * FROM {t} t WHERE t.{pk}::text = o.pk"
                  " LIMIT 1) t WHERE o.tbl = {tn} AND o.pk = ANY({pks}::text[]) AND o.rank >= 0")
+    owned = key_owned(spec, sql.SQL("{}::text[]").format(sql.Placeholder("pks")))
+    if spec.derivable and owned is not None:  # and the rows their own key's record owns
+        text += (" UNION ALL SELECT k.pk, k.key, k.field, k.rank, to_jsonb(t), false FROM ({owned}) k(pk, key, field, rank)"
+                 " CROSS JOIN LATERAL (SELECT * FROM {t} t WHERE t.{pk}::text = k.pk LIMIT 1) t")
     query = sql.SQL(text).format(tn=sql.Literal(spec.name), pks=sql.Placeholder("pks"), t=sql.Identifier(spec.name),
-                                 pk=sql.Identifier(spec.pk))
+                                 pk=sql.Identifier(spec.pk), owned=owned or sql.SQL(""))
     with conn.cursor() as cur:
         set_json_loads(json_loads, cur)  # numbers back with their exact digits
         rows = cur.execute(query, {"pks": text_array(pks)}).fetchall()
@@ -93,13 +98,13 @@ def any_recorded(conn: psycopg.Connection, spec: TableSpec) -> bool:
     if spec.derivable:
         query += " OR EXISTS (SELECT 1 FROM kvmigrate.row_origin WHERE tbl = %(t)s AND rank >= 0)"
     row = conn.execute(query, {"t": spec.name}).fetchone()
-    return bool(row and row[0])
+    return bool(row and row[0]) or (spec.derivable and any_key_owned(conn, spec))
 
 
 def any_owner(conn: psycopg.Connection, spec: TableSpec) -> bool:
-    """Whether kvmigrate.row_origin records an owner of any of `spec`'s rows. Read-only."""
+    """Whether an owner of any of `spec`'s rows is recorded (adapters.pg.owners). Read-only."""
     row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.row_origin WHERE tbl = %s)", (spec.name,)).fetchone()
-    return bool(row and row[0])
+    return bool(row and row[0]) or any_key_owned(conn, spec)
 
 
 def sources_to_store(spec: TableSpec, groups: Mapping[str, Mapping[tuple[str, str], SourcedRow]],
@@ -166,6 +171,10 @@ def recorded_sources(conn: psycopg.Connection, spec: TableSpec, pks: set[str]) -
         query += sql.SQL(" UNION ALL SELECT pk, source_key, source_field FROM kvmigrate.row_origin o"
                          " WHERE tbl = %(t)s AND pk = ANY(%(pks)s) AND rank >= 0 AND NOT EXISTS"
                          " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)")
+        owned = key_owned(spec, sql.SQL("%(pks)s::text[]"))
+        if owned is not None:  # the rows their own key's record owns (see adapters.pg.owners)
+            query += sql.SQL(" UNION ALL SELECT pk, key, field FROM ({}) k(pk, key, field, rank) WHERE NOT EXISTS"
+                             " (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = %(t)s AND f.pk = k.pk)").format(owned)
     return [(pk, key, field) for pk, key, field in conn.execute(
         query, {"t": spec.name, "pks": sorted(pks)}).fetchall()]
 
@@ -178,9 +187,19 @@ def forget_sources(conn: psycopg.Connection, spec: TableSpec, gone: Sequence[tup
         conn.cursor().executemany(
             "DELETE FROM kvmigrate.row_origin o WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
             " AND NOT EXISTS (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)", params)
+        for pk, key, field in gone:  # an owner recorded in its ledger row (see adapters.pg.owners)
+            if not has_sources(conn, spec, pk):
+                forget_key_owner(conn, spec, pk, key=key, field=field)
     conn.cursor().executemany(sql.SQL(
         "DELETE FROM kvmigrate.{} WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
     ).format(sql.Identifier(_store(spec))), params)
+
+
+def has_sources(conn: psycopg.Connection, spec: TableSpec, pk: str) -> bool:
+    """Whether kvmigrate.fill_sources holds sources of this row. Read-only."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM kvmigrate.fill_sources WHERE tbl = %s AND pk = %s)",
+                       (spec.name, pk)).fetchone()
+    return bool(row and row[0])
 
 
 def _store(spec: TableSpec) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import getpass
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -166,7 +166,7 @@ CREATE TEMP TABLE IF NOT EXISTS kvm_stage_rejects (LIKE kvmigrate.rejects INCLUD
 
 
 _LEDGER_COLUMNS = ("key", "field", "entity", "family", "redis_type", "value_hash", "status", "reason", "rows",
-                   "run_id", "companion_hash")
+                   "run_id", "companion_hash", "owns_row")
 
 
 def prepare_stages(conn: psycopg.Connection) -> None:
@@ -193,21 +193,30 @@ def ledger_empty(conn: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
-def copy_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry]) -> None:
+def copy_ledger(conn: psycopg.Connection, run_id: int, entries: Sequence[LedgerEntry], *,
+                owns_row: Collection[str] = ()) -> None:
     """COPY ledger rows straight into kvmigrate.ledger, in the caller's transaction: for keys
     the caller knows have no row yet (one per key and field). A key that has one fails the COPY
     with a UniqueViolation (and the transaction with it); `stage_ledger` + `apply_ledger`
-    upsert instead."""
+    upsert instead. `owns_row`: the keys whose (whole-key) row says `owns_row` (see
+    adapters.pg.owners)."""
     if entries:
-        _copy_entries(conn, "kvmigrate.ledger", run_id, entries)
+        _copy_entries(conn, "kvmigrate.ledger", run_id, entries, owns_row)
 
 
-def _copy_entries(conn: psycopg.Connection, table: str, run_id: int, entries: Sequence[LedgerEntry]) -> None:
+def stage_owners(conn: psycopg.Connection, keys: Collection[str]) -> None:
+    """Mark the staged ledger rows of these keys (whole keys) `owns_row`, for `apply_ledger`."""
+    conn.execute("UPDATE kvm_stage_ledger SET owns_row = true WHERE field = '' AND key = ANY(%s::text[])",
+                 (text_array(sorted(keys)),))
+
+
+def _copy_entries(conn: psycopg.Connection, table: str, run_id: int, entries: Sequence[LedgerEntry],
+                  owns_row: Collection[str] = ()) -> None:
     """COPY ledger entries, as rows written by `run_id`, into `table` (the ledger or its stage)."""
     with conn.cursor().copy(f"COPY {table} ({', '.join(_LEDGER_COLUMNS)}) FROM STDIN") as cp:
         for e in entries:
             cp.write_row((e.key, e.field, e.entity, e.family, e.redis_type, e.value_hash, e.status,
-                          e.reason, e.rows, run_id, e.companion_hash))
+                          e.reason, e.rows, run_id, e.companion_hash, e.key in owns_row and not e.field))
 
 
 def unstage_unchanged(conn: psycopg.Connection, run_ids: Sequence[int]) -> set[tuple[str, str]]:
@@ -285,15 +294,16 @@ def apply_ledger(conn: psycopg.Connection, *, rules_runs: Sequence[int] | None =
     under the current rules). In the caller's transaction. Returns the rows written."""
     cur = conn.execute(
         "INSERT INTO kvmigrate.ledger (key, field, entity, family, redis_type, value_hash, status, reason, rows, run_id,"
-        " companion_hash) SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, value_hash, status,"
-        " reason, rows, run_id, companion_hash FROM kvm_stage_ledger ORDER BY key, field"
+        " companion_hash, owns_row) SELECT DISTINCT ON (key, field) key, field, entity, family, redis_type, value_hash,"
+        " status, reason, rows, run_id, companion_hash, owns_row FROM kvm_stage_ledger ORDER BY key, field"
         " ON CONFLICT (key, field) DO UPDATE SET entity = EXCLUDED.entity, family = EXCLUDED.family,"
         " redis_type = EXCLUDED.redis_type, value_hash = EXCLUDED.value_hash, status = EXCLUDED.status,"
         " reason = EXCLUDED.reason, rows = EXCLUDED.rows, run_id = EXCLUDED.run_id,"
-        " companion_hash = EXCLUDED.companion_hash, updated_at = now()"
+        " companion_hash = EXCLUDED.companion_hash, owns_row = ledger.owns_row OR EXCLUDED.owns_row, updated_at = now()"
         " WHERE (ledger.entity, ledger.family, ledger.redis_type, ledger.value_hash, ledger.status, ledger.reason,"
         " ledger.rows, ledger.companion_hash) IS DISTINCT FROM (EXCLUDED.entity, EXCLUDED.family, EXCLUDED.redis_type,"
         " EXCLUDED.value_hash, EXCLUDED.status, EXCLUDED.reason, EXCLUDED.rows, EXCLUDED.companion_hash)"
+        " OR EXCLUDED.owns_row AND NOT ledger.owns_row"
         " OR NOT coalesce(ledger.run_id = ANY(%s::bigint[]), true)",  # no runs given: NULL, so true
         (None if rules_runs is None else list(rules_runs),),
     )

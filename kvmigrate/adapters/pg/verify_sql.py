@@ -14,16 +14,16 @@ from collections.abc import Collection
 import psycopg
 from psycopg import sql
 
+from kvmigrate.adapters.pg.owners import owner_of
 from kvmigrate.entities.base import TableSpec
 
 
 def skip_unread_owners(expected: sql.Composable, spec: TableSpec) -> sql.Composable:
     """`expected` (a query of staged rows with `_rank`, `_src`, `_fld`) without the rows whose
-    Postgres owner in row_origin is a higher-ranked source (one a sample did not read)."""
-    return sql.SQL("SELECT * FROM ({q}) x WHERE NOT EXISTS (SELECT 1 FROM kvmigrate.row_origin o"
-                   " WHERE o.tbl = {tn} AND o.pk = x.{pk}::text AND (o.rank, o.source_key, o.source_field)"
-                   " > (x._rank, x._src, x._fld))").format(
-        q=expected, tn=sql.Literal(spec.name), pk=sql.Identifier(spec.pk))
+    Postgres owner (adapters.pg.owners) is a higher-ranked source (one a sample did not read)."""
+    return sql.SQL("SELECT * FROM ({q}) x WHERE NOT EXISTS (SELECT 1 FROM ({owner}) o"
+                   " WHERE (o.rank, o.source_key, o.source_field) > (x._rank, x._src, x._fld))").format(
+        q=expected, owner=owner_of(spec, sql.SQL("x.{}::text").format(sql.Identifier(spec.pk))))
 
 
 def owned_rows(spec: TableSpec) -> sql.Composable:
@@ -37,16 +37,16 @@ def unexpected_rows(conn: psycopg.Connection, spec: TableSpec, stage: str,
                     bucket_filter: sql.Composable) -> list[tuple[str, str | None, str | None]]:
     """(pk, source key, source field) of the table's rows (placeholder users aside) that have no
     row in the `stage` of expected rows and whose recorded source cleanup did not delete; the
-    source is NULL for a row with no recorded owner. `bucket_filter` is a condition on `t`.
-    Read-only."""
+    source is NULL for a row with no recorded owner (adapters.pg.owners). `bucket_filter` is a
+    condition on `t`. Read-only."""
     query = sql.SQL("SELECT t.{pk}::text, o.source_key, o.source_field FROM {t} t"
-                    " LEFT JOIN kvmigrate.row_origin o ON o.tbl = {tn} AND o.pk = t.{pk}::text"
+                    " LEFT JOIN LATERAL ({owner}) o ON true"
                     " WHERE coalesce(o.rank, 0) >= 0 AND {bf}"
                     " AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{pk} = t.{pk})"
                     " AND NOT EXISTS (SELECT 1 FROM kvmigrate.ledger l WHERE l.key = o.source_key"
                     " AND l.field = o.source_field AND l.deleted_at IS NOT NULL)").format(
-        pk=sql.Identifier(spec.pk), t=sql.Identifier(spec.name), tn=sql.Literal(spec.name),
-        s=sql.Identifier(stage), bf=bucket_filter)
+        pk=sql.Identifier(spec.pk), t=sql.Identifier(spec.name), s=sql.Identifier(stage), bf=bucket_filter,
+        owner=owner_of(spec, sql.SQL("t.{}::text").format(sql.Identifier(spec.pk))))
     return [(pk, src, fld) for pk, src, fld in conn.execute(query).fetchall()]
 
 
