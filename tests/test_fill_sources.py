@@ -211,3 +211,17 @@ def test_a_msg_record_naming_another_id_owns_that_row_in_row_origin_and_an_app_r
     assert _owners(pg) == {"other": "msg:k1", "k1": None}
     found = commands.verify(config, recheck_delay=0)
     assert [(d.pk, d.key) for d in found.entities["messages"].extra] == [("k1", "")]
+
+
+def test_a_message_whose_ledger_row_is_upserted_still_records_its_owner(
+        pg_url: str, kv_url: str, kv: redis.Redis, pg: psycopg.Connection) -> None:
+    # users first: the ledger is no longer empty, so the messages' ledger rows are staged and
+    # upserted, not copied in; the owner each message row gets must still be said there
+    kv.hset("vibe:handles", mapping={h: orjson.dumps({"handle": h}) for h in ("sam", "hal")})
+    kv.set("msg:m1", orjson.dumps(_msg("m1")))
+    config = _config(pg_url, kv_url)
+    commands.backfill(config, entities=["users"])
+    commands.backfill(config, entities=["messages"])
+    assert _owners(pg) == {"m1": "msg:m1"}
+    assert pg.execute("SELECT key FROM kvmigrate.ledger WHERE owns_row").fetchall() == [("msg:m1",)]
+    assert commands.verify(config, recheck_delay=0).clean

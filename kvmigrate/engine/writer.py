@@ -112,8 +112,9 @@ class BatchWriter:
             owned = {key for stats in out.values() for key in stats.key_owned}
             state.copy_ledger(self.conn, self.run_id, new, owns_row=owned)
             if entries:
-                if owned:
-                    state.stage_owners(self.conn, owned)
+                staged_owners = owned.intersection(e.key for e in entries if not e.field)
+                if staged_owners:
+                    state.stage_owners(self.conn, staged_owners)
                 state.apply_ledger(self.conn, rules_runs=self.rewrite_older)
             records = [r for r in batch.records if r not in unchanged]
             rejects = [r for r in batch.rejects if (r.key, r.field.partition("#")[0]) not in unchanged]
