@@ -6,8 +6,9 @@ the `messages` row `id`) also has owners recorded more cheaply: a row its own ke
 when first loaded gets no row_origin row; that record's ledger row says `owns_row` instead (the
 backfill writes the ledger row anyway). So the owner of such a row is its row_origin row when
 there is one, else the record `{prefix}{pk}` (field '', the prefix's rank) when its ledger row
-says `owns_row`, else none (a row the app wrote). Every statement that reads owners goes through
-`owner_of`; `forget_key_owner` undoes an `owns_row`.
+says `owns_row`, else none (a row the app wrote). Every statement that reads the owner of a row
+goes through `owner_of` or `key_owned` (placeholder users, rank -1, are only ever in row_origin,
+and the statements about them read it alone); `forget_key_owner` undoes an `owns_row`.
 """
 
 from __future__ import annotations
@@ -59,13 +60,14 @@ def any_key_owned(conn: psycopg.Connection, spec: TableSpec) -> bool:
     return bool(row and row[0])
 
 
-def forget_key_owner(conn: psycopg.Connection, spec: TableSpec, pk: str, *, key: str | None = None,
-                     field: str = "") -> None:
-    """The record of `pk`'s own key no longer owns the row `pk` (when `key`/`field` are given:
-    only if they name that record). In the caller's transaction."""
-    if spec.key_owner is None:
-        return
-    own = spec.key_owner[0] + pk
-    if (key is not None and key != own) or field:
-        return
-    conn.execute("UPDATE kvmigrate.ledger SET owns_row = false WHERE key = %s AND field = '' AND owns_row", (own,))
+def own_key(spec: TableSpec, pk: str) -> str | None:
+    """The key of the record named after the row `pk` (see the module), or None for a table
+    without `key_owner`."""
+    return None if spec.key_owner is None else spec.key_owner[0] + pk
+
+
+def forget_key_owner(conn: psycopg.Connection, spec: TableSpec, pk: str) -> None:
+    """The record of `pk`'s own key no longer owns the row `pk`. In the caller's transaction."""
+    own = own_key(spec, pk)
+    if own is not None:
+        conn.execute("UPDATE kvmigrate.ledger SET owns_row = false WHERE key = %s AND field = '' AND owns_row", (own,))

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_dumps, set_json_loads
 
 from kvmigrate.adapters.pg.arrays import text_array
-from kvmigrate.adapters.pg.owners import any_key_owned, forget_key_owner, key_owned
+from kvmigrate.adapters.pg.owners import any_key_owned, forget_key_owner, key_owned, own_key
 from kvmigrate.entities.base import TableSpec
 from kvmigrate.entities.common import has_float, json_bytes
 from kvmigrate.model.records import SourcedRow
@@ -188,8 +188,8 @@ def forget_sources(conn: psycopg.Connection, spec: TableSpec, gone: Sequence[tup
             "DELETE FROM kvmigrate.row_origin o WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
             " AND NOT EXISTS (SELECT 1 FROM kvmigrate.fill_sources f WHERE f.tbl = o.tbl AND f.pk = o.pk)", params)
         for pk, key, field in gone:  # an owner recorded in its ledger row (see adapters.pg.owners)
-            if not has_sources(conn, spec, pk):
-                forget_key_owner(conn, spec, pk, key=key, field=field)
+            if key == own_key(spec, pk) and not field and not has_sources(conn, spec, pk):
+                forget_key_owner(conn, spec, pk)
     conn.cursor().executemany(sql.SQL(
         "DELETE FROM kvmigrate.{} WHERE tbl = %s AND pk = %s AND source_key = %s AND source_field = %s"
     ).format(sql.Identifier(_store(spec))), params)
