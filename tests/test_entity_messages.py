@@ -485,7 +485,7 @@ def test_the_fast_path_of_plain_messages_makes_what_the_general_rules_make() -> 
     rng = random.Random(5)
     fast = 0
     for _ in range(4000):
-        times = rng.sample(["timestamp", "createdAt", "created_at"], rng.choice([0, 1, 1, 1, 2]))
+        times = rng.sample(_TIMES, rng.choice([0, 1, 1, 1, 2]))
         m = {k: rng.choice(bad if rng.random() < 0.1 else good) for k, (good, bad) in _PLAIN_VALUES.items()
              if k in times or (k not in _TIMES and rng.random() < 0.8)}
         m = {k: v for k, v in m.items() if v is not None or rng.random() < 0.3}  # absent, or null
