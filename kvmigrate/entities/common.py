@@ -167,19 +167,19 @@ def checked_object(raw: bytes | str, *, what: str = "value") -> dict[str, Any]:
     """`json_object`, then `check_json_text` (NUL characters, depth), skipped when the text
     itself proves the value clean: no `\\u0000` escape, and no more brackets than the depth
     allowed (a value nested d levels deep holds at least d of them)."""
-    if isinstance(raw, bytes) and len(raw) <= MAX_VALUE_BYTES:  # most values: `load_json`'s first pass, inline
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass  # the general path below says why
-        else:
-            if type(value) is dict and b"\\u0000" not in raw and raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH:
-                return _exact(value, raw, what)
-    obj = json_object(raw, what=what)
     if isinstance(raw, bytes):
         clean = b"\\u0000" not in raw and raw.count(b"{") + raw.count(b"[") <= MAX_JSON_DEPTH
     else:
         clean = "\\u0000" not in raw and raw.count("{") + raw.count("[") <= MAX_JSON_DEPTH
+    if clean and isinstance(raw, bytes) and len(raw) <= MAX_VALUE_BYTES:  # most values: `load_json`'s first pass, inline
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # `json_object` below says why
+        else:
+            if type(value) is dict:
+                return _exact(value, raw, what)
+    obj = json_object(raw, what=what)
     return obj if clean else check_json_text(obj, what=what)
 
 
