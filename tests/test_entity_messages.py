@@ -475,6 +475,26 @@ def _outcome_of(parse: Any, *args: Any, **kwargs: Any) -> Any:
         return (exc.code, str(exc))
 
 
+@pytest.mark.parametrize(("sender", "to", "default_to", "expected"), [
+    ("alice", "bob", None, ("alice", "bob", 0)),
+    (" @Alice", "Bob-X", None, ("alice", "bob_x", 2)),
+    ("alice", "", "carol", ("alice", "carol", 0)),
+    ("alice", None, "carol", ("alice", "carol", 0)),
+    ("alice", "", None, ("missing_field", "message has no `to`")),
+    ("", "bob", None, ("missing_field", "message has no `from`")),
+    ("alice", " ", "carol", ("invalid_handle", "to ' ' is not a valid handle after normalising")),
+    ("no spaces!", "bob", None, ("invalid_handle", "from 'no spaces!' is not a valid handle after normalising")),
+    ("alice", 5, None, ("invalid_handle", "to is int, expected text")),
+])
+def test_the_two_handles_of_a_message_whichever_way_they_are_read(sender: Any, to: Any, default_to: str | None,
+                                                                   expected: tuple[Any, ...]) -> None:
+    """Two handles given as text take a shorter path than the rest (empty, missing, not
+    text, invalid); both give these handles, or these rejects."""
+    from kvmigrate.entities import messages as m_module
+
+    assert _outcome_of(m_module._handles, {"from": sender, "to": to}, default_to) == expected
+
+
 def test_the_fast_path_of_plain_messages_makes_what_the_general_rules_make() -> None:
     """A message of only id, from, to, text/body, one time and read takes a shorter path; it
     must give the same row, stats and rejects as the general rules, whatever the values."""

@@ -320,14 +320,15 @@ def handle(raw: Any, *, what: str = "handle") -> str:
     """Normalise a handle (trim, strip one leading @, lowercase, - → _) or reject it."""
     if not isinstance(raw, str):
         raise Bad("invalid_handle", f"{what} is {type(raw).__name__}, expected text")
-    h = _normal_handle(raw)
+    h = normal_handle(raw)
     if h is None:
         raise Bad("invalid_handle", f"{what} {raw!r} is not a valid handle after normalising")
     return h
 
 
 @lru_cache(maxsize=20_000)  # a store names the same few thousand handles over and over
-def _normal_handle(raw: str) -> str | None:
+def normal_handle(raw: str) -> str | None:
+    """`handle` of text, or None where `handle` would reject it (cached)."""
     h = raw.strip()
     if h.startswith("@"):
         h = h[1:]

@@ -68,6 +68,7 @@ _TIME_KEYS = ("timestamp", "createdAt", "created_at")
 _READ_KEYS = ("read_at", "readAt")
 #: The keys of a message the fast path takes (see `_plain_message`).
 _PLAIN = frozenset({"id", "from", "to", "read", *_CONTENT_KEYS, *_TIME_KEYS})
+_TIME_SET = frozenset(_TIME_KEYS)
 _MAPPED = frozenset({"id", "from", "to", "payload", "type", "read",
                      *_CONTENT_KEYS, *_TIME_KEYS, *_READ_KEYS})
 _LIST = frozenset({"list"})
@@ -90,6 +91,8 @@ class Messages(EntityBase):
     def from_msg(self, record: RawRecord) -> Outcome:
         msg = c.checked_object(_string(record))
         parsed = parse_message(msg, default_id=record.key.split(":", 1)[1])
+        if parsed.source_payload is None and not parsed.normalised and not parsed.derived_id:  # most messages
+            return Outcome((Row(MESSAGES_TABLE.name, parsed.values, _MSG_RANK),))
         return Outcome(rows=parsed.rows(_MSG_RANK), stats=parsed.stats())
 
     def from_inbox(self, record: RawRecord) -> Outcome:
@@ -191,11 +194,15 @@ def _plain_message(m: dict[str, Any], default_to: str | None, default_id: str | 
     content = body if text is None else text if body is None else None
     if not isinstance(content, str):
         return None
-    times = [k for k in _TIME_KEYS if k in m]
+    times = m.keys() & _TIME_SET  # a set operation, not a loop: most messages have one
     if len(times) > 1:
         return None
     sender, to, normalised = _handles(m, default_to)
-    created_at = c.optional_timestamp(m[times[0]], what=times[0]) if times else None
+    if times:
+        (when,) = times
+        created_at = c.optional_timestamp(m[when], what=when)
+    else:
+        created_at = None
     read = c.boolean(m.get("read"), what="read")
     msg_id, derived = _message_id(m.get("id") or default_id, sender, to, created_at, content)
     values = {"id": msg_id, "from_handle": sender, "to_handle": to, "content": content,
@@ -222,6 +229,10 @@ def _message_id(raw: Any, sender: str, to: str, created_at: datetime | None,
 
 def _handles(m: dict[str, Any], default_to: str | None) -> tuple[str, str, int]:
     raw_from, raw_to = m.get("from"), m.get("to")
+    if type(raw_from) is str and type(raw_to) is str:  # most messages: two handles, each as text
+        sender, to = c.normal_handle(raw_from), c.normal_handle(raw_to)
+        if sender is not None and to is not None:  # else: empty or invalid, said below
+            return sender, to, int(sender != raw_from) + int(to != raw_to)
     if raw_to is None or raw_to == "":
         raw_to = default_to
     for name, raw in (("from", raw_from), ("to", raw_to)):
