@@ -54,6 +54,8 @@ def decode_key(raw: bytes) -> str:
 def storable_name(name: str) -> tuple[str, str]:
     """(a form of `name` Postgres TEXT can hold, why it had to change or ""). A name that is not
     UTF-8 keeps its bytes as \\xNN escapes; a NUL byte becomes \\x00."""
+    if name.isascii() and "\x00" not in name:  # most names: no encoding to try
+        return name, ""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -157,6 +159,8 @@ class ValueSizes:
 
     def second_round(self, families: Sequence[str], first: Sequence[Sequence[int]]) -> list[list[int]]:
         """MGETs of the positions `first` did not ask for, packed by the sizes seen since."""
+        if not first:  # nothing asked yet (most pages): every position
+            return self.pack(families)
         asked = {i for group in first for i in group}
         return self._packed(families, [i for i in range(len(families)) if i not in asked])
 
@@ -176,8 +180,11 @@ class ValueSizes:
         out: list[list[int]] = []
         current: list[int] = []
         room = 0.0
+        needs: dict[str, float] = {}  # a page holds a few families: each one's expectation once
         for i, fam in enumerate(families):
-            need = self.expect(fam)
+            need = needs.get(fam)
+            if need is None:
+                need = needs[fam] = self.expect(fam)
             if current and (len(current) >= self.most or room + need > self.limit):
                 out.append(current)
                 current, room = [], 0.0
