@@ -90,10 +90,7 @@ class Messages(EntityBase):
 
     def from_msg(self, record: RawRecord) -> Outcome:
         msg = c.checked_object(_string(record))
-        parsed = parse_message(msg, default_id=record.key.split(":", 1)[1])
-        if parsed.source_payload is None and not parsed.normalised and not parsed.derived_id:  # most messages
-            return Outcome((Row(MESSAGES_TABLE.name, parsed.values, _MSG_RANK),))
-        return Outcome(rows=parsed.rows(_MSG_RANK), stats=parsed.stats())
+        return parse_message(msg, default_id=record.key.split(":", 1)[1]).outcome(_MSG_RANK)
 
     def from_inbox(self, record: RawRecord) -> Outcome:
         owner = record.key.split(":", 1)[1]
@@ -154,6 +151,12 @@ class Message:
             return {}  # most messages
         counts = {"handle_normalised": self.normalised, "derived_id": int(self.derived_id)}
         return {k: n for k, n in counts.items() if n}
+
+    def outcome(self, rank: int) -> Outcome:
+        """The message as a record of its own: `rows` and `stats`, in one outcome."""
+        if not isinstance(self.source_payload, dict) and not self.normalised and not self.derived_id:
+            return Outcome((Row(MESSAGES_TABLE.name, self.values, rank),))  # most messages: one row, no stats
+        return Outcome(rows=self.rows(rank), stats=self.stats())
 
 
 def parse_message(m: dict[str, Any], *, default_to: str | None = None,
